@@ -1,0 +1,113 @@
+r"""The paper's comparison: fp32 vs fixed 8-bit vs on-demand (+ naive).
+
+Usage:
+  python -m experiments.cifar_sweep --workdir=workdir/cifar_sweep
+  python -m experiments.cifar_sweep --config=experiments/configs/cifar_sweep.py:paper \
+      --workdir=/tmp/paper --config.fed.num_clients=32
+  python -m experiments.cifar_sweep --config.fed.rounds=10 --config.sweep.schemes=fp32,ondemand
+
+Presets (one config argument):
+  cpu   (default) small UNet, Fashion-MNIST unless CIFAR-10 is prepared in
+        tfds, KID/FID on a few hundred DDIM samples; the whole sweep in well
+        under 30 minutes on 2 CPU cores.
+  paper ch=128 UNet (35.7M params), CIFAR-10, K=10, FID on 10k DDIM samples;
+        for a GPU/TPU.
+"""
+import ml_collections
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  """Returns the sweep config for `preset` in {"cpu", "paper"}."""
+  if preset not in ("cpu", "paper"):
+    raise ValueError(f"preset {preset!r} is invalid; valid: cpu, paper")
+  paper = preset == "paper"
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "auto"  # auto: CIFAR-10 if tfds has it prepared, else FMNIST
+  c.data.data_dir = ""  # fashion_mnist idx dir or tfds data_dir ("" default)
+  c.data.tarball = ""  # path to cifar-10-python.tar.gz (trusted input)
+  c.data.resolution = 32
+  c.data.partition = "iid"  # iid | dirichlet | shards
+  c.data.dirichlet_alpha = 0.5
+  c.data.labels_per_client = 2
+  c.data.max_train = 0 if paper else 6000  # 0 = all
+  c.data.num_test = 10000 if paper else 1000  # reference images for FID/KID
+
+  c.model = ml_collections.ConfigDict()
+  c.model.ch = 128 if paper else 32
+  c.model.ch_mult = (1, 2, 2, 2) if paper else (1, 2, 2)
+  c.model.num_res_blocks = 2 if paper else 1
+  c.model.attn_resolutions = (16,)
+  c.model.dropout = 0.1
+  c.model.num_groups = 32 if paper else 8
+  c.model.dtype = "bfloat16" if paper else "float32"
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.T = 1000
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+
+  c.fed = ml_collections.ConfigDict()
+  c.fed.num_clients = 10
+  c.fed.clients_per_round = 10
+  c.fed.local_steps = 5 if paper else 4
+  c.fed.batch_size = 32 if paper else 16
+  c.fed.rounds = 100 if paper else 40
+  c.fed.server_lr = 1.0
+  c.fed.ema_decay = 0.999 if paper else 0.9
+  c.fed.parallelism = "vmap"  # vmap | chunked | map
+  c.fed.chunk_size = 1
+  c.fed.unroll = True  # unroll the local-step scan (XLA:CPU runs convs in
+  # a rolled scan much slower; see benchmarks/RESULTS.md)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = "adam"
+  c.optim.lr = 2e-4 if paper else 1e-3
+  c.optim.grad_clip = 1.0
+
+  c.quant = ml_collections.ConfigDict()
+  c.quant.method = "minmax"  # minmax | qsgd
+  c.quant.bucket_size = 0  # 0 = one bucket per tensor
+  c.quant.b_min = 1
+  c.quant.fixed_bits = 8
+  c.quant.target = "update"  # update | weights
+
+  c.energy = ml_collections.ConfigDict()
+  c.energy.radius_m = 500.0
+  c.energy.shadowing_db = 8.0
+  c.energy.rayleigh_fading = False
+  c.energy.total_bandwidth_hz = 20e6
+  c.energy.noise_psd_dbm_hz = -174.0
+  c.energy.p_max_w = 0.2
+  c.energy.f_min_hz = 0.1e9
+  c.energy.f_max_hz = 2e9
+  c.energy.tau_mean = 1e-28
+  c.energy.tau_spread = 0.5
+  c.energy.flops_per_cycle_choices = (8.0, 16.0, 32.0)
+  c.energy.eps_choices = (1e-3, 1e-2, 5e-2, 1e-1)
+  c.energy.deadline_s = 0.0  # 0 = deadline_factor x median fp32 min time
+  c.energy.deadline_factor = 1.2
+  c.energy.infeasible_policy = "drop"  # drop | degrade
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0  # rounds between evaluations (0 = only at the end)
+  c.eval.num_samples = 10000 if paper else 500
+  c.eval.batch_size = 500 if paper else 250
+  c.eval.sampler = "ddim"  # ddim | ddpm
+  c.eval.ddim_steps = 100 if paper else 25
+  c.eval.eta = 0.0
+  c.eval.fid = True
+  c.eval.kid_subset_size = 1000 if paper else 250
+  c.eval.grid = 64  # samples in the logged image grid
+
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.schemes = ("fp32", "fixed", "ondemand", "naive")
+
+  c.log_every = 1
+  c.ckpt_every = 10
+  c.max_rounds_this_run = 0  # >0: stop after that many rounds (resume tests)
+  c.compilation_cache = True
+  return c

@@ -1,0 +1,35 @@
+r"""Tiny config for tests and smoke runs (seconds on CPU).
+
+  python -m experiments.cifar_sweep --config=experiments/configs/test.py \
+      --workdir=/tmp/fedqjax_test
+"""
+import ml_collections
+
+from experiments.configs import cifar_sweep
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = cifar_sweep.get_config("cpu")
+  c.preset = "test"
+  c.data.name = "synthetic"
+  c.data.resolution = 16
+  c.data.max_train = 96
+  c.data.num_test = 32
+  c.model.ch = 16
+  c.model.ch_mult = (1, 2)
+  c.model.num_groups = 4
+  c.model.attn_resolutions = (8,)
+  c.diffusion.T = 50
+  c.fed.num_clients = 4
+  c.fed.clients_per_round = 3
+  c.fed.local_steps = 2
+  c.fed.batch_size = 4
+  c.fed.rounds = 3
+  c.eval.num_samples = 16
+  c.eval.batch_size = 16
+  c.eval.ddim_steps = 3
+  c.eval.fid = False
+  c.eval.kid_subset_size = 8
+  c.eval.grid = 16
+  c.ckpt_every = 2
+  return c

@@ -1,0 +1,330 @@
+"""DDPM U-Net of Ho et al. 2020 (https://arxiv.org/abs/2006.11239) in Flax linen.
+
+A port of the CIFAR-10 model in the authors' `diffusion_tf/models/unet.py`:
+GroupNorm + swish, sinusoidal timestep embedding followed by a two-layer MLP
+(width 4*ch), residual blocks with a timestep projection and dropout, one-head
+self-attention at the resolutions in `attn_resolutions` and in the middle,
+strided 3x3 convolutions to downsample, nearest-neighbour + 3x3 convolution to
+upsample. The defaults are the paper's CIFAR-10 model (35.7M parameters at
+32x32x3). Input channels and resolution are read from the input.
+
+Resolution constraint: each of the `len(ch_mult) - 1` downsamplings halves the
+resolution and the skip connections need it back exactly, so H and W must be
+divisible by 2**(len(ch_mult) - 1). 28x28 (Fashion-MNIST) works with three
+levels (28 -> 14 -> 7) but not with the paper's four (7 -> 4 breaks); pad
+28x28 images to 32x32 in the data layer or use three levels. A wrong
+resolution raises ValueError at init.
+
+`dtype` is the compute dtype (activations); parameters are always float32
+(`param_dtype`). GroupNorm statistics and the attention softmax are computed in
+float32, and the output is cast to float32, so bfloat16 compute changes only
+the convolutions and matmuls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fedqjax.typing import Array
+
+Dtype = Any
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _init(scale: float = 1.0) -> nn.initializers.Initializer:
+  # diffusion_tf: variance_scaling(scale, 'fan_avg', 'uniform'); "init_scale=0"
+  # there means 1e-10, which makes every residual branch start near identity.
+  return nn.initializers.variance_scaling(max(scale, 1e-10), "fan_avg", "uniform")
+
+
+def tiny_unet_kwargs() -> dict:
+  """Small U-Net kwargs for tests and CPU smoke runs (compiles in seconds).
+
+  Three levels, so 28x28 (28 -> 14 -> 7) and 32x32 (32 -> 16 -> 8) both work;
+  attention at 16 is active at 32x32 only (28x28 has a 14x14 level instead).
+  """
+  return dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
+              dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=8)
+
+
+def validate_unet(*, ch: int, ch_mult, num_res_blocks: int, num_groups: int,
+                  dropout: float, attn_resolutions=(), out_ch=None,
+                  resolution: Optional[int] = None, dtype: Any = "float32") -> None:
+  """Raises ValueError naming the first invalid U-Net setting."""
+  if not isinstance(ch, int) or ch < 1:
+    raise ValueError(f"ch must be a positive int, got {ch!r}")
+  if not isinstance(num_groups, int) or num_groups < 1 or ch % num_groups:
+    raise ValueError(f"num_groups must be a positive divisor of ch={ch} "
+                     f"(every channel count is a multiple of ch), got {num_groups!r}")
+  if len(ch_mult) < 1 or any((not isinstance(m, int)) or m < 1 for m in ch_mult):
+    raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}")
+  if not isinstance(num_res_blocks, int) or num_res_blocks < 1:
+    raise ValueError(f"num_res_blocks must be an int >= 1, got {num_res_blocks!r}")
+  if not 0.0 <= float(dropout) < 1.0:
+    raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+  if any((not isinstance(r, int)) or r < 1 for r in attn_resolutions):
+    raise ValueError(f"attn_resolutions must be positive ints, got {attn_resolutions!r}")
+  if out_ch is not None and (not isinstance(out_ch, int) or out_ch < 1):
+    raise ValueError(f"out_ch must be None or a positive int, got {out_ch!r}")
+  name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  if name not in _DTYPES:
+    raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+  if resolution is not None:
+    factor = 2 ** (len(ch_mult) - 1)
+    if not isinstance(resolution, int) or resolution < factor or resolution % factor:
+      raise ValueError(
+          f"resolution={resolution!r} must be a positive multiple of "
+          f"2**(len(ch_mult)-1)={factor} for ch_mult={tuple(ch_mult)} "
+          f"({len(ch_mult)} levels); e.g. pad 28x28 images to 32x32 or use 3 levels")
+
+
+def timestep_embedding(t: Array, dim: int) -> Array:
+  """Sinusoidal embedding of integer timesteps, as in diffusion_tf.
+
+  Args:
+    t: [B] integer timesteps.
+    dim: embedding width.
+
+  Returns:
+    [B, dim] float32 embedding (sin half, then cos half).
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class ResnetBlock(nn.Module):
+  """Pre-activation residual block with timestep projection and dropout."""
+  out_ch: int
+  dropout: float
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array, *, train: bool) -> Array:
+    # x: [B, H, W, C_in], temb: [B, 4*ch]
+    norm = lambda name: nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6,
+                                     dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    conv = lambda name, scale=1.0: nn.Conv(self.out_ch, (3, 3), dtype=self.dtype,
+                                           param_dtype=jnp.float32,
+                                           kernel_init=_init(scale), name=name)
+    h = conv("conv1")(nn.swish(norm("norm1")(x)))
+    h = h + nn.Dense(self.out_ch, dtype=self.dtype, param_dtype=jnp.float32,
+                     kernel_init=_init(), name="temb_proj")(nn.swish(temb))[:, None, None, :]
+    h = nn.swish(norm("norm2")(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv("conv2", 0.0)(h)
+    if x.shape[-1] != self.out_ch:
+      # 1x1 "network-in-network" shortcut, as in the paper model.
+      x = nn.Dense(self.out_ch, dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=_init(), name="nin_shortcut")(x)
+    return x + h  # [B, H, W, out_ch]
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all H*W positions (Ho et al.)."""
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, hh, ww, c = x.shape
+    dense = lambda name, scale=1.0: nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32,
+                                             kernel_init=_init(scale), name=name)
+    h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, dtype=self.dtype,
+                     param_dtype=jnp.float32, name="norm")(x)
+    h = h.reshape(b, hh * ww, c)  # [B, N, C]
+    q, k, v = dense("q")(h), dense("k")(h), dense("v")(h)
+    w = jnp.einsum("bnc,bmc->bnm", q, k, preferred_element_type=jnp.float32) * c ** -0.5
+    w = jax.nn.softmax(w, axis=-1).astype(self.dtype)  # [B, N, N], softmax in float32
+    h = jnp.einsum("bnm,bmc->bnc", w, v)
+    h = dense("proj_out", 0.0)(h)
+    return x + h.reshape(b, hh, ww, c)
+
+
+class Downsample(nn.Module):
+  with_conv: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.with_conv:  # 'SAME' pads (0, 1) for stride 2, like TF
+      return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                     param_dtype=jnp.float32, kernel_init=_init(), name="conv")(x)
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Upsample(nn.Module):
+  with_conv: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest neighbour, [B, 2H, 2W, C]
+    if self.with_conv:
+      x = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=_init(), name="conv")(x)
+    return x
+
+
+class UNet(nn.Module):
+  """Noise-prediction U-Net eps_theta(x_t, t) of Ho et al. 2020.
+
+  Attributes mirror diffusion_tf's `model(...)`; the defaults are the CIFAR-10
+  model. `dtype` is the compute dtype; parameters are float32.
+  """
+  ch: int = 128
+  ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Tuple[int, ...] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  out_ch: Optional[int] = None
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+
+  @classmethod
+  def tiny(cls, **overrides) -> "UNet":
+    """The `tiny_unet_kwargs()` model, with optional overrides."""
+    return cls(**{**tiny_unet_kwargs(), **overrides})
+
+  @nn.compact
+  def __call__(self, x: Array, t: Array, *, train: bool) -> Array:
+    """Predicts the noise in x.
+
+    Args:
+      x: [B, H, W, C] noisy images.
+      t: [B] integer timesteps in [0, T).
+      train: enables dropout (needs the 'dropout' rng).
+
+    Returns:
+      [B, H, W, out_ch or C] float32 noise prediction.
+
+    Raises:
+      ValueError: if a setting is invalid or H, W are not divisible by
+        2**(len(ch_mult) - 1).
+    """
+    b, hh, ww, c = x.shape
+    validate_unet(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
+                  num_groups=self.num_groups, dropout=self.dropout,
+                  attn_resolutions=tuple(self.attn_resolutions), out_ch=self.out_ch,
+                  dtype=self.dtype)
+    for res in {hh, ww}:
+      validate_unet(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
+                    num_groups=self.num_groups, dropout=self.dropout, resolution=res)
+    dt = self.dtype
+    n_levels = len(self.ch_mult)
+    res_block = lambda out, name: ResnetBlock(out, self.dropout, self.num_groups, dt, name=name)
+    attn = lambda name: AttnBlock(self.num_groups, dt, name=name)
+
+    temb = timestep_embedding(t, self.ch)  # [B, ch]
+    temb = nn.Dense(4 * self.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
+                    name="temb_dense0")(temb)
+    temb = nn.Dense(4 * self.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
+                    name="temb_dense1")(nn.swish(temb))  # [B, 4*ch]
+
+    hs = [nn.Conv(self.ch, (3, 3), dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
+                  name="conv_in")(x.astype(dt))]
+    for i in range(n_levels):
+      for j in range(self.num_res_blocks):
+        h = res_block(self.ch * self.ch_mult[i], f"down_{i}_block_{j}")(hs[-1], temb, train=train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn(f"down_{i}_attn_{j}")(h)
+        hs.append(h)
+      if i != n_levels - 1:
+        hs.append(Downsample(self.resamp_with_conv, dt, name=f"down_{i}_downsample")(hs[-1]))
+
+    h = hs[-1]
+    mid_ch = h.shape[-1]
+    h = res_block(mid_ch, "mid_block_1")(h, temb, train=train)
+    h = attn("mid_attn_1")(h)
+    h = res_block(mid_ch, "mid_block_2")(h, temb, train=train)
+
+    for i in reversed(range(n_levels)):
+      for j in range(self.num_res_blocks + 1):
+        h = jnp.concatenate([h, hs.pop()], axis=-1)
+        h = res_block(self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train=train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn(f"up_{i}_attn_{j}")(h)
+      if i != 0:
+        h = Upsample(self.resamp_with_conv, dt, name=f"up_{i}_upsample")(h)
+    assert not hs
+
+    h = nn.swish(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, dtype=dt,
+                              param_dtype=jnp.float32, name="norm_out")(h))
+    h = nn.Conv(self.out_ch or c, (3, 3), dtype=dt, param_dtype=jnp.float32,
+                kernel_init=_init(0.0), name="conv_out")(h)
+    return h.astype(jnp.float32)  # [B, H, W, out_ch]
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Frozen, hashable U-Net settings (the boundary between ConfigDict and model).
+
+  `dtype` is a string ('float32', 'bfloat16', 'float16'). `resolution`, when
+  set, is checked against the number of levels at construction.
+  """
+  ch: int = 128
+  ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Tuple[int, ...] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  out_ch: Optional[int] = None
+  num_groups: int = 32
+  dtype: str = "float32"
+  resolution: Optional[int] = None
+
+  def __post_init__(self):
+    # ConfigDicts hand over lists; tuples keep the config hashable (lru_cache keys).
+    object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+    object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+    if not isinstance(self.dtype, str):
+      object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+    validate_unet(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
+                  num_groups=self.num_groups, dropout=self.dropout,
+                  attn_resolutions=self.attn_resolutions, out_ch=self.out_ch,
+                  resolution=self.resolution, dtype=self.dtype)
+
+  @classmethod
+  def tiny(cls, **overrides) -> "UNetConfig":
+    return cls(**{**tiny_unet_kwargs(), **overrides})
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
+    """Builds a config from a mapping (e.g. `config.model.to_dict()`).
+
+    Raises:
+      ValueError: on unknown keys or invalid values.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid: {sorted(names)}")
+    return cls(**dict(d))
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def check_image_shape(self, image_shape: Tuple[int, ...]) -> None:
+    """Raises ValueError if [H, W, C] images do not fit the level count."""
+    if len(image_shape) != 3:
+      raise ValueError(f"image_shape must be (H, W, C), got {image_shape!r}")
+    for res in set(image_shape[:2]):
+      validate_unet(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
+                    num_groups=self.num_groups, dropout=self.dropout, resolution=int(res))
+
+  def make(self) -> UNet:
+    kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    kw.pop("resolution")
+    kw["dtype"] = jnp.dtype(kw["dtype"])
+    return UNet(**kw)

@@ -1,0 +1,9 @@
+"""Device energy model and energy-optimal allocation (arXiv 2403.04430; Yang et al. TWC 2021)."""
+from fedqjax.energy.allocator import (REASON_COMPUTE, REASON_OK, REASON_UPLOAD, Allocation,
+                                      allocate, deadline_from_fp32, degrade_bits,
+                                      feasible_mask, min_round_time, naive_allocation)
+from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_fading,
+                                    sample_devices, validate_devices)
+from fedqjax.energy.model import (comm_energy_of_time, comp_energy, comp_time,
+                                  cycles_per_sample, power_of_time, rate, snr, t_min,
+                                  upload_time)

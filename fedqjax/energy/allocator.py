@@ -1,0 +1,290 @@
+"""Energy-optimal CPU frequency and upload time per device (arXiv 2403.04430, sec. 4).
+
+Each device solves (Yang et al., IEEE TWC 2021, the per-device subproblem)
+
+  minimize_{f, t}  tau c n f^2 + E^com(t)
+  subject to       c n / f + t <= T,  f_min <= f <= f_max,  t >= t^min,
+
+with E^com(t) = t K (e^{a/t} - 1), K = N0 W / h, a = S ln 2 / W. Stationarity
+with multiplier nu on the deadline gives f(nu) = clip((nu / 2 tau)^{1/3}) and
+dE^com/dt = -K phi(x) = -nu with x = a / t, phi(x) = e^x (x - 1) + 1 (the
+Lambert-W equation of the paper). Instead of inverting phi inside an outer
+bisection on nu we bisect directly on u = log x: nu(x) = K phi(x) is explicit
+and increasing, so g(u) = c n / f(nu(x)) + a / x - T is strictly decreasing in
+u. One fixed-length `lax.fori_loop` bisects all devices at once (no nested
+solve, no data-dependent trip count: jit/vmap friendly). Everything is in log
+space, so gains from 1e-20 to 1 and payloads from 1 to 1e9+ bits stay finite in
+float32.
+
+Reason codes of `Allocation.reason`:
+  0 REASON_OK: feasible.
+  1 REASON_COMPUTE: c n / f_max >= T, the deadline is too short for the
+    computation alone at f_max.
+  2 REASON_UPLOAD: c n / f_max < T but c n / f_max + t^min > T, computation at
+    f_max plus upload at p_max exceeds the deadline.
+Infeasible devices get f = f_max, p = p_max, t = t^min, their energies, nu = 0.
+
+Infeasibility policies (MODEL.md sec. 4): "drop" is applied by the round
+engine: the device's upload is masked out of the average, its computation
+energy (e_comp_j at f_max) is counted and its communication energy is 0.
+"degrade" is `degrade_bits` below, called before `allocate`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedqjax.energy import model
+from fedqjax.energy.devices import Devices, validate_devices
+from fedqjax.typing import Array, ArrayLike
+
+REASON_OK, REASON_COMPUTE, REASON_UPLOAD = 0, 1, 2
+
+
+@flax.struct.dataclass
+class Allocation:
+  """Per-device resource allocation, every field [N] (or the broadcast shape)."""
+  freq_hz: Array
+  power_w: Array
+  t_comp_s: Array
+  t_comm_s: Array
+  e_comp_j: Array
+  e_comm_j: Array
+  energy_j: Array
+  nu: Array  # deadline multiplier (W); 0 for infeasible devices
+  feasible: Array  # bool
+  reason: Array  # int32, see module docstring
+  latency_s: Array  # t_comp_s + t_comm_s
+
+
+def _float(x):
+  x = jnp.asarray(x)
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.zeros(()).dtype)
+
+
+def _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample):
+  """Host checks when the inputs are concrete (skipped under jit)."""
+  leaves = jax.tree.leaves((devices, payload_bits, num_samples, deadline_s, flops_per_sample))
+  if any(isinstance(v, jax.core.Tracer) for v in leaves):
+    return
+  validate_devices(devices)
+  for name, v in (("payload_bits", payload_bits), ("num_samples", num_samples),
+                  ("deadline_s", deadline_s), ("flops_per_sample", flops_per_sample)):
+    a = np.asarray(v, np.float64)
+    bad = ~(np.isfinite(a) & (a > 0))
+    if np.any(bad):
+      raise ValueError(f"{name}={a[bad].ravel()[0]!r} is invalid; valid range: finite and > 0")
+
+
+def _problem(devices: Devices, payload_bits, num_samples, flops_per_sample):
+  """Per-device constants: cycles A = c n, a = S ln2 / W, t^min, log K."""
+  d = devices
+  cycles = model.cycles_per_sample(flops_per_sample, d.flops_per_cycle) * num_samples
+  s = jnp.maximum(_float(payload_bits), jnp.finfo(d.gain.dtype).tiny)  # S > 0: log a finite
+  tmin = model.t_min(s, d.gain, d.bandwidth_hz, d.p_max_w, d.noise_psd_w_hz)
+  return cycles, s, tmin
+
+
+def _feasibility(devices, cycles, tmin, deadline_s):
+  t_cmp_max = cycles / devices.f_max_hz
+  feasible = t_cmp_max + tmin <= deadline_s
+  reason = jnp.where(feasible, REASON_OK,
+                     jnp.where(t_cmp_max >= deadline_s, REASON_COMPUTE, REASON_UPLOAD))
+  return feasible, reason.astype(jnp.int32)
+
+
+def feasible_mask(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
+                  deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Array:
+  """Exactly c n / f_max + t^min <= T, elementwise (bool [N])."""
+  cycles, _, tmin = _problem(devices, payload_bits, num_samples, flops_per_sample)
+  return _feasibility(devices, cycles, tmin, deadline_s)[0]
+
+
+def min_round_time(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
+                   flops_per_sample: ArrayLike) -> Array:
+  """Fastest possible round c n / f_max + t^min (f = f_max, p = p_max), [N]."""
+  cycles, _, tmin = _problem(devices, payload_bits, num_samples, flops_per_sample)
+  return cycles / devices.f_max_hz + tmin
+
+
+def deadline_from_fp32(devices: Devices, num_params: int, num_samples: ArrayLike,
+                       flops_per_sample: ArrayLike, factor: float = 1.2) -> Array:
+  """T = factor x median over devices of the fp32 (S = 32 d bits) minimal round time."""
+  return factor * jnp.median(
+      min_round_time(devices, 32.0 * num_params, num_samples, flops_per_sample))
+
+
+def _ln_psi_over_x2(x):
+  """log(psi(x) / x^2), psi(x) = x - 1 + e^{-x} = e^{-x} phi(x), stable for all x >= 0.
+
+  psi cancels catastrophically for small x, so there the Taylor series
+  psi / x^2 = sum_k (-x)^k / (k + 2)! is used; terms up to k = 15 (float64) or
+  k = 8 (float32) keep the truncation below the dtype's rounding for x < 0.5.
+  """
+  xs = jnp.minimum(x, 0.5)
+  series = jnp.zeros_like(xs)
+  top = 15 if jnp.finfo(x.dtype).bits == 64 else 8
+  for k in range(top, -1, -1):  # Horner, static unroll
+    series = series * (-xs) + 1.0 / math.factorial(k + 2)
+  xl = jnp.maximum(x, 0.5)
+  direct = (xl + jnp.expm1(-xl)) / (xl * xl)
+  return jnp.log(jnp.where(x < 0.5, series, direct))
+
+
+def _ln_phi(u):
+  """log phi(e^u), phi(x) = e^x (x - 1) + 1 = -dE^com/dt / K."""
+  x = jnp.exp(u)
+  return x + 2.0 * u + _ln_psi_over_x2(x)
+
+
+def _default_iters(dtype) -> int:
+  # The bracket spans log(2T / t^min) < 64 e-folds of x for T <= 1e6 s and
+  # payloads >= 1 bit; 2^-52 of it reaches float64 rounding of u = log x and
+  # 2^-32 float32 rounding (extra iterations are harmless, they stagnate).
+  return 52 if jnp.finfo(dtype).bits == 64 else 32
+
+
+def allocate(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
+             deadline_s: ArrayLike, flops_per_sample: ArrayLike, *,
+             iters: Optional[int] = None) -> Allocation:
+  """Energy-optimal (f, p) for every device at once.
+
+  Args:
+    devices: Devices with [N] fields.
+    payload_bits: S, upload size in bits (> 0), scalar or [N].
+    num_samples: n = I B samples processed this round, scalar or [N].
+    deadline_s: round deadline T, scalar or [N].
+    flops_per_sample: training FLOPs per sample (forward + backward), scalar or [N].
+    iters: bisection steps (static); default 52 in float64, 32 in float32.
+
+  Returns:
+    Allocation; infeasible devices are flagged and get f_max / p_max numbers.
+
+  Raises:
+    ValueError: if called with concrete (non-traced) invalid inputs.
+  """
+  _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  iters = _default_iters(devices.gain.dtype) if iters is None else int(iters)
+  return _allocate(devices, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
+
+
+@functools.partial(jax.jit, static_argnums=5)  # one kernel even when called eagerly
+def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters):
+  dtype = d.gain.dtype
+  cycles, s, tmin = _problem(d, payload_bits, num_samples, flops_per_sample)
+  T = jnp.asarray(deadline_s, dtype)
+  feasible, reason = _feasibility(d, cycles, tmin, T)
+  shape = jnp.broadcast_shapes(cycles.shape, s.shape, T.shape, d.gain.shape)
+  cycles, s, tmin, T = (jnp.broadcast_to(v, shape) for v in (cycles, s, tmin, T))
+
+  ln_a = jnp.log(s) + math.log(model.LN2) - jnp.log(d.bandwidth_hz)  # a = S ln2 / W
+  ln_k = jnp.log(d.noise_psd_w_hz) + jnp.log(d.bandwidth_hz) - jnp.log(d.gain)  # K = N0 W / h
+  ln_cyc = jnp.log(cycles)
+  ln_2tau = math.log(2.0) + jnp.log(d.tau)
+  ln_fmin, ln_fmax = jnp.log(d.f_min_hz), jnp.log(d.f_max_hz)
+  x_max = jnp.log1p(model.snr(d.p_max_w, d.gain, d.bandwidth_hz, d.noise_psd_w_hz))
+  u_hi0 = jnp.log(x_max)  # t = t^min
+  u_lo0 = jnp.minimum(ln_a - jnp.log(T) - math.log(2.0), u_hi0)  # a / x = 2T: g > 0
+
+  def ln_freq(u):
+    return jnp.clip((ln_k + _ln_phi(u) - ln_2tau) / 3.0, ln_fmin, ln_fmax)
+
+  def g(u):  # deadline residual, strictly decreasing in u
+    return jnp.exp(ln_cyc - ln_freq(u)) + jnp.exp(ln_a - u) - T
+
+  def body(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    pos = g(mid) > 0
+    return jnp.where(pos, mid, lo), jnp.where(pos, hi, mid)
+
+  # Devices whose t would sit at t^min (g(u_hi0) > 0) skip the bisection result.
+  at_tmin = g(u_hi0) > 0
+  _, u = jax.lax.fori_loop(0, iters, body, (u_lo0, u_hi0))  # hi end: deadline met
+
+  # Interior upload time: t = a / x and f from the stationarity in nu.
+  f_int = jnp.exp(ln_freq(u))
+  t_int = jnp.exp(ln_a - u)
+  nu_int = jnp.exp(ln_k + _ln_phi(u))
+  # t pinned at t^min: the deadline fixes f, and nu from the f stationarity.
+  f_tm = jnp.clip(cycles / jnp.maximum(T - tmin, jnp.finfo(dtype).tiny), d.f_min_hz, d.f_max_hz)
+  nu_tm = jnp.exp(ln_2tau + 3.0 * jnp.log(f_tm))
+
+  freq = jnp.where(feasible, jnp.where(at_tmin, f_tm, f_int), d.f_max_hz)
+  t_comm = jnp.where(feasible & ~at_tmin, t_int, tmin)
+  power = jnp.where(feasible & ~at_tmin,
+                    model.power_of_time(t_comm, s, d.gain, d.bandwidth_hz, d.noise_psd_w_hz),
+                    d.p_max_w)
+  power = jnp.minimum(power, d.p_max_w)  # rounding guard at t ~ t^min
+  nu = jnp.where(feasible, jnp.where(at_tmin, nu_tm, nu_int), 0.0)
+  return _finish(d, cycles, num_samples, freq, power, t_comm, nu, feasible, reason)
+
+
+def _finish(d, cycles, num_samples, freq, power, t_comm, nu, feasible, reason):
+  del num_samples  # already in cycles
+  t_comp = cycles / freq
+  e_comp = model.comp_energy(d.tau, cycles, 1.0, freq)
+  e_comm = power * t_comm
+  return Allocation(freq_hz=freq, power_w=power, t_comp_s=t_comp, t_comm_s=t_comm,
+                    e_comp_j=e_comp, e_comm_j=e_comm, energy_j=e_comp + e_comm, nu=nu,
+                    feasible=feasible, reason=reason, latency_s=t_comp + t_comm)
+
+
+def naive_allocation(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
+                     deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Allocation:
+  """No optimization: f = f_max, p = p_max; feasibility by the same test as `allocate`."""
+  _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  return _naive(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+
+
+@jax.jit
+def _naive(d, payload_bits, num_samples, deadline_s, flops_per_sample):
+  cycles, s, tmin = _problem(d, payload_bits, num_samples, flops_per_sample)
+  T = jnp.asarray(deadline_s, d.gain.dtype)
+  feasible, reason = _feasibility(d, cycles, tmin, T)
+  shape = jnp.broadcast_shapes(cycles.shape, tmin.shape, T.shape, d.gain.shape)
+  b = lambda v: jnp.broadcast_to(v, shape)
+  return _finish(d, b(cycles), num_samples, b(d.f_max_hz), b(d.p_max_w), b(tmin),
+                 jnp.zeros(shape, d.gain.dtype), b(feasible), b(reason))
+
+
+def degrade_bits(devices: Devices, bits: ArrayLike,
+                 payload_bits_fn: Callable[[Array], Array], num_samples: ArrayLike,
+                 deadline_s: ArrayLike, flops_per_sample: ArrayLike,
+                 b_min: int = 1) -> Tuple[Array, Array]:
+  """Infeasibility policy "degrade": largest feasible bit-width <= the requested one.
+
+  All 32 bit-widths are tested at once as an [N, 32] array (traced, no loop).
+
+  Args:
+    devices: Devices with [N] fields.
+    bits: requested bit-widths, int [N].
+    payload_bits_fn: maps an int bit-width array to payload bits (same shape),
+      e.g. `lambda b: d * b + 64 * num_buckets`.
+    num_samples, deadline_s, flops_per_sample: as in `allocate`.
+    b_min: smallest bit-width allowed (static).
+
+  Returns:
+    (new_bits int32 [N], shortfall_s [N]): new_bits = max feasible b in
+    [b_min, bits], or b_min if none; shortfall_s = c n / f_max + t^min(b_min) - T
+    for devices still infeasible at b_min, else 0.
+  """
+  bits = jnp.asarray(bits, jnp.int32)
+  n = devices.gain.shape[-1]
+  cand = jnp.arange(1, 33, dtype=jnp.int32)  # [32]
+  payload = payload_bits_fn(jnp.broadcast_to(cand, (n, 32)))  # [N, 32]
+  ok = jax.vmap(lambda p: feasible_mask(devices, p, num_samples, deadline_s, flops_per_sample),
+                in_axes=1, out_axes=1)(payload)  # [N, 32]
+  allowed = ok & (cand <= bits[:, None]) & (cand >= b_min)
+  best = jnp.max(jnp.where(allowed, cand, 0), axis=1)
+  new_bits = jnp.where(best > 0, best, jnp.minimum(b_min, bits)).astype(jnp.int32)
+  t_bmin = min_round_time(devices, payload_bits_fn(jnp.full((n,), b_min, jnp.int32)),
+                          num_samples, flops_per_sample)
+  shortfall = jnp.where(best > 0, 0.0, jnp.maximum(t_bmin - deadline_s, 0.0))
+  return new_bits, shortfall.astype(devices.gain.dtype)

@@ -1,0 +1,260 @@
+"""Device population and wireless channel for the energy model (arXiv 2403.04430, sec. 3).
+
+The channel model and the defaults follow Yang et al., "Energy Efficient
+Federated Learning Over Wireless Communication Networks", IEEE TWC 2021:
+devices uniform in a disc around the base station, path loss
+128.1 + 37.6 log10(d_km) dB, log-normal shadowing (8 dB), optional Rayleigh
+block fading redrawn every round, N0 = -174 dBm/Hz, FDMA with an equal share of
+W = 20 MHz, p_max = 0.2 W, f in [0.1, 2] GHz, tau = 1e-28 x U[0.5, 1.5].
+
+`EnergyConfig` is the frozen, validated boundary object (never traced);
+`Devices` is the per-device pytree of [N] arrays that the jitted round carries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping, Optional, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedqjax.typing import Array, PRNGKey
+
+
+def _is_bad_number(x: Any) -> bool:
+  return not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyConfig:
+  """Static description of the device population (SI units in field names).
+
+  Attributes:
+    num_devices: number of devices N sampled by `sample_devices`.
+    radius_m: radius of the cell (devices uniform in the disc).
+    min_distance_m: smallest device distance, keeps log10(d) finite.
+    pathloss_const_db, pathloss_exp_db: path loss a + b log10(d_km) in dB.
+    shadowing_db: std of the log-normal shadowing in dB (0 disables it).
+    rayleigh_fading: multiply the large-scale gain by |h|^2 ~ Exp(1), redrawn
+      per round with `redraw_fading`.
+    total_bandwidth_hz: W, shared equally (FDMA) by `bandwidth_shares` devices.
+    bandwidth_shares: number of equal shares of W; None means num_devices
+      (set it to the number of participants K when K < N).
+    noise_psd_dbm_hz: noise power spectral density N0.
+    p_max_w: maximum transmit power.
+    f_min_hz, f_max_hz: CPU frequency range.
+    tau_mean: mean effective switched capacitance (J / (cycle Hz^2)).
+    tau_spread: tau = tau_mean * U[1 - spread, 1 + spread].
+    flops_per_cycle_choices: per-device FLOPs per CPU cycle, drawn uniformly.
+    eps_choices: per-device relative quantization error budgets, drawn uniformly.
+    bit_caps: optional per-device bit-width caps, drawn uniformly (None: 32).
+  """
+  num_devices: int = 10
+  radius_m: float = 500.0
+  min_distance_m: float = 10.0
+  pathloss_const_db: float = 128.1
+  pathloss_exp_db: float = 37.6
+  shadowing_db: float = 8.0
+  rayleigh_fading: bool = False
+  total_bandwidth_hz: float = 20e6
+  bandwidth_shares: Optional[int] = None
+  noise_psd_dbm_hz: float = -174.0
+  p_max_w: float = 0.2
+  f_min_hz: float = 0.1e9
+  f_max_hz: float = 2e9
+  tau_mean: float = 1e-28
+  tau_spread: float = 0.5
+  flops_per_cycle_choices: Tuple[float, ...] = (8.0, 16.0, 32.0)
+  eps_choices: Tuple[float, ...] = (1e-3, 1e-2, 5e-2, 1e-1)
+  bit_caps: Optional[Tuple[int, ...]] = None
+
+  def __post_init__(self):
+    # Tuples keep the dataclass hashable (it may be a static jit argument).
+    for name in ("flops_per_cycle_choices", "eps_choices", "bit_caps"):
+      v = getattr(self, name)
+      if v is not None and not isinstance(v, tuple):
+        object.__setattr__(self, name, tuple(v))
+    self.validate()
+
+  def validate(self) -> "EnergyConfig":
+    """Checks every field; raises ValueError naming field, value and valid range."""
+    def bad(name, rng):
+      raise ValueError(f"EnergyConfig.{name}={getattr(self, name)!r} is invalid; "
+                       f"valid range: {rng}")
+    if not isinstance(self.num_devices, (int, np.integer)) or self.num_devices < 1:
+      bad("num_devices", "integer >= 1")
+    positive = ("radius_m", "min_distance_m", "total_bandwidth_hz", "p_max_w",
+                "f_min_hz", "f_max_hz", "tau_mean")
+    for name in positive:
+      v = getattr(self, name)
+      if _is_bad_number(v) or v <= 0:
+        bad(name, "finite and > 0")
+    for name in ("pathloss_const_db", "pathloss_exp_db", "noise_psd_dbm_hz"):
+      if _is_bad_number(getattr(self, name)):
+        bad(name, "finite")
+    if _is_bad_number(self.shadowing_db) or self.shadowing_db < 0:
+      bad("shadowing_db", "finite and >= 0")
+    if self.min_distance_m >= self.radius_m:
+      bad("min_distance_m", f"(0, radius_m={self.radius_m})")
+    if self.f_min_hz >= self.f_max_hz:
+      bad("f_min_hz", f"(0, f_max_hz={self.f_max_hz})")
+    if _is_bad_number(self.tau_spread) or not 0 <= self.tau_spread < 1:
+      bad("tau_spread", "[0, 1)")
+    if self.bandwidth_shares is not None and (
+        not isinstance(self.bandwidth_shares, (int, np.integer)) or self.bandwidth_shares < 1):
+      bad("bandwidth_shares", "None or integer >= 1")
+    if not self.flops_per_cycle_choices or any(
+        _is_bad_number(float(c)) or c <= 0 for c in self.flops_per_cycle_choices):
+      bad("flops_per_cycle_choices", "non-empty, each finite and > 0")
+    if not self.eps_choices or any(
+        _is_bad_number(float(e)) or e <= 0 for e in self.eps_choices):
+      bad("eps_choices", "non-empty, each finite and > 0")
+    if self.bit_caps is not None and (not self.bit_caps or any(
+        int(b) != b or not 1 <= b <= 32 for b in self.bit_caps)):
+      bad("bit_caps", "None or non-empty integers in [1, 32]")
+    return self
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "EnergyConfig":
+    """Builds a config from a dict or an ml_collections ConfigDict.
+
+    Unknown keys raise ValueError so that typos in a config file are caught.
+    """
+    if hasattr(d, "to_dict"):
+      d = d.to_dict()
+    d = dict(d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"EnergyConfig: unknown field(s) {unknown}; known: {sorted(names)}")
+    for k in ("flops_per_cycle_choices", "eps_choices", "bit_caps"):
+      if d.get(k) is not None:
+        d[k] = tuple(d[k])
+    return cls(**d)
+
+
+@flax.struct.dataclass
+class Devices:
+  """Per-device parameters, every field an array of shape [N].
+
+  `gain` is the current linear channel power gain (path loss, shadowing and,
+  when enabled, this round's fading); `large_scale_gain` excludes fading.
+  `bit_cap` is an int bit-width cap (32 = no cap).
+  """
+  distance_m: Array
+  shadowing_db: Array
+  gain: Array
+  large_scale_gain: Array
+  bandwidth_hz: Array
+  p_max_w: Array
+  f_min_hz: Array
+  f_max_hz: Array
+  tau: Array
+  flops_per_cycle: Array
+  eps: Array
+  bit_cap: Array
+  noise_psd_w_hz: Array
+
+  @property
+  def num_devices(self) -> int:
+    return self.gain.shape[-1]
+
+
+def pathloss_db(distance_m: Array, const_db: float = 128.1, exp_db: float = 37.6) -> Array:
+  """Path loss in dB, 128.1 + 37.6 log10(d_km) (3GPP macro cell, Yang et al. 2021)."""
+  return const_db + exp_db * jnp.log10(distance_m / 1000.0)
+
+
+def sample_devices(config: EnergyConfig, key: PRNGKey, n: Optional[int] = None) -> Devices:
+  """Samples a device population.
+
+  Args:
+    config: validated EnergyConfig (static).
+    key: PRNG key.
+    n: number of devices; defaults to config.num_devices.
+
+  Returns:
+    Devices with [n] arrays in the default float dtype.
+  """
+  n = config.num_devices if n is None else int(n)
+  return _sample_devices(config, key, n)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))  # config is frozen, hence hashable
+def _sample_devices(config: EnergyConfig, key: PRNGKey, n: int) -> Devices:
+  dtype = jnp.zeros(()).dtype  # float64 only when jax_enable_x64 is on
+  k_d, k_s, k_f, k_tau, k_c, k_e, k_b = jax.random.split(key, 7)
+  r0, r1 = config.min_distance_m, config.radius_m
+  # Uniform in the annulus: the CDF of d is quadratic, hence the sqrt.
+  u = jax.random.uniform(k_d, (n,), dtype)
+  distance = jnp.sqrt(r0**2 + u * (r1**2 - r0**2))
+  shadow = config.shadowing_db * jax.random.normal(k_s, (n,), dtype)
+  large = 10.0 ** (-(pathloss_db(distance, config.pathloss_const_db, config.pathloss_exp_db)
+                     + shadow) / 10.0)
+  fading = jax.random.exponential(k_f, (n,), dtype) if config.rayleigh_fading else 1.0
+  shares = config.bandwidth_shares or config.num_devices
+  full = lambda v: jnp.full((n,), v, dtype)
+  tau = config.tau_mean * jax.random.uniform(
+      k_tau, (n,), dtype, 1.0 - config.tau_spread, 1.0 + config.tau_spread)
+  pick = lambda k, choices, dt: jnp.asarray(choices, dt)[
+      jax.random.randint(k, (n,), 0, len(choices))]
+  caps = config.bit_caps if config.bit_caps is not None else (32,)
+  return Devices(
+      distance_m=distance,
+      shadowing_db=shadow,
+      gain=large * fading,
+      large_scale_gain=large,
+      bandwidth_hz=full(config.total_bandwidth_hz / shares),
+      p_max_w=full(config.p_max_w),
+      f_min_hz=full(config.f_min_hz),
+      f_max_hz=full(config.f_max_hz),
+      tau=tau,
+      flops_per_cycle=pick(k_c, config.flops_per_cycle_choices, dtype),
+      eps=pick(k_e, config.eps_choices, dtype),
+      bit_cap=pick(k_b, caps, jnp.int32),
+      noise_psd_w_hz=full(10.0 ** ((config.noise_psd_dbm_hz - 30.0) / 10.0)),
+  )
+
+
+def redraw_fading(devices: Devices, key: PRNGKey, enabled: bool = True) -> Devices:
+  """Redraws Rayleigh block fading, |h|^2 ~ Exp(1), on the large-scale gain.
+
+  Args:
+    devices: current devices.
+    key: PRNG key for this round.
+    enabled: static flag (config.rayleigh_fading); False returns devices as is.
+  """
+  if not enabled:
+    return devices
+  fading = jax.random.exponential(key, devices.gain.shape, devices.gain.dtype)
+  return devices.replace(gain=devices.large_scale_gain * fading)
+
+
+def validate_devices(devices: Devices) -> Devices:
+  """Host-side check of a Devices pytree; raises ValueError naming the field."""
+  positive = ("gain", "large_scale_gain", "bandwidth_hz", "p_max_w", "f_min_hz",
+              "f_max_hz", "tau", "flops_per_cycle", "eps", "noise_psd_w_hz", "distance_m")
+  for name in positive + ("shadowing_db",):
+    v = np.asarray(getattr(devices, name), np.float64)
+    if not np.all(np.isfinite(v)):
+      i = int(np.flatnonzero(~np.isfinite(v).ravel())[0])
+      raise ValueError(f"Devices.{name} has non-finite value {v.ravel()[i]!r} at index {i}; "
+                       "valid range: finite")
+    if name in positive and not np.all(v > 0):
+      i = int(np.flatnonzero(~(v > 0).ravel())[0])
+      raise ValueError(f"Devices.{name} has value {v.ravel()[i]!r} at index {i}; "
+                       "valid range: > 0")
+  fmin, fmax = np.asarray(devices.f_min_hz), np.asarray(devices.f_max_hz)
+  if np.any(fmin >= fmax):
+    i = int(np.flatnonzero((fmin >= fmax).ravel())[0])
+    raise ValueError(f"Devices.f_min_hz={fmin.ravel()[i]!r} >= f_max_hz={fmax.ravel()[i]!r} "
+                     f"at index {i}; valid range: f_min_hz < f_max_hz")
+  cap = np.asarray(devices.bit_cap)
+  if np.any((cap < 1) | (cap > 32)):
+    i = int(np.flatnonzero(((cap < 1) | (cap > 32)).ravel())[0])
+    raise ValueError(f"Devices.bit_cap={cap.ravel()[i]!r} at index {i}; valid range: [1, 32]")
+  return devices
