@@ -86,7 +86,7 @@ def validate_tree(tree: PyTree, name: str = "tree") -> None:
     dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       raise ValueError(f"{where} has dtype {dtype}; only floating-point leaves can be quantized")
-    if not _is_traced(leaf) and not bool(jnp.all(jnp.isfinite(jnp.asarray(leaf)))):
+    if not _is_traced(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
       raise ValueError(f"{where} contains NaN or inf; quantization needs finite values")
 
 
@@ -229,7 +229,10 @@ def _qsgd_levels(v: Array, b: Array, u: Array) -> tuple[Array, Array, Array]:
   m = jnp.max(jnp.abs(v), axis=1, keepdims=True)  # [nb, 1]
   rm = 1.0 / jnp.where(m > 0, m, 1.0)
   w = v * rm  # |w| <= 1, so the sum of squares cannot overflow
-  r = jnp.sqrt(jnp.sum(w * w, axis=1, keepdims=True))  # >= 1 unless the bucket is 0
+  # The select keeps XLA from contracting w·w into the reduction's adds (FMA) in
+  # some compilations only; it passes w·w through (w == w unless w is NaN).
+  sq = jnp.where(w == w, w * w, 1.0)
+  r = jnp.sqrt(jnp.sum(sq, axis=1, keepdims=True))  # >= 1 unless the bucket is 0
   norm = m * r  # ‖v‖ (inf only if ‖v‖ itself exceeds float32)
   s = _levels_f32(b)
   scale = rm * (s * (1.0 / jnp.where(r > 0, r, 1.0)))  # s/‖v‖ without overflow

@@ -121,7 +121,10 @@ def build(config, workdir: str) -> Setup:
   k_init, k_dev, k_run = jax.random.split(root, 3)
   params = diffusion.init_unet(unet, k_init, image_shape)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  flops = float(diffusion.train_flops_per_image(unet, image_shape))
+  # Lowered (unoptimized) HLO count: within 0.2-2% of the compiled count
+  # (35.006 vs 35.078 GFLOPs for the paper model) at a fraction of the time.
+  flops = float(diffusion.train_flops_per_image(unet, image_shape,
+                                                compiled=False))
   ecfg = config_lib.energy_config(config)
   devices = energy.sample_devices(ecfg, k_dev)
   energy.validate_devices(devices)

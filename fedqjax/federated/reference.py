@@ -6,6 +6,7 @@ Used by tests (the compiled round must equal it) and by benchmarks (the
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Tuple
 
@@ -13,18 +14,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedqjax import energy, quantization
+from fedqjax import energy
 from fedqjax.diffusion import losses
 from fedqjax.federated import round as round_lib
 from fedqjax.federated.client import client_update
 from fedqjax.federated.spec import RoundSpec, Scheme
 
 
-@functools.lru_cache(maxsize=None)
 def _jitted_pieces(spec: RoundSpec):
-  q = quantization.make_quantizer(spec.quantizer, spec.bucket_size)
+  # The per-client pieces do not depend on how clients are laid out: share
+  # one compile across parallelism modes, client counts and meshes.
+  return _jitted_pieces_cached(dataclasses.replace(
+      spec, num_clients=1, clients_per_round=1, parallelism="vmap",
+      chunk_size=1, mesh=None))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_pieces_cached(spec: RoundSpec):
   local = jax.jit(functools.partial(client_update, spec=spec))
-  quant = jax.jit(q.quantize)
+  quant = jax.jit(functools.partial(round_lib.quantize_upload, spec=spec))
   bits = jax.jit(functools.partial(round_lib.choose_bits, spec=spec))
   alloc = jax.jit(functools.partial(round_lib.allocate_all, spec=spec))
   return local, quant, bits, alloc

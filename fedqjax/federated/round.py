@@ -18,7 +18,7 @@ from flax import struct
 
 from fedqjax import energy, quantization
 from fedqjax.diffusion import losses
-from fedqjax.federated import sharding
+from fedqjax.federated import packed, sharding
 from fedqjax.federated.client import client_update
 from fedqjax.federated.spec import (BITS_FIXED, BITS_FP32, RoundSpec, Scheme)
 from fedqjax.typing import Array, Params, PRNGKey, PyTree
@@ -49,10 +49,13 @@ def init_server_state(params: Params, key: PRNGKey) -> ServerState:
   key = jnp.asarray(jax.random.key_data(key) if jnp.issubdtype(
       getattr(key, "dtype", jnp.uint32), jax.dtypes.prng_key) else key,
                     jnp.uint32)
-  z = jnp.zeros((), jnp.float32)
-  return ServerState(params=params, ema_params=jax.tree.map(jnp.copy, params),
-                     round=jnp.zeros((), jnp.int32), rng=key,
-                     energy_comp_j=z, energy_comm_j=z, uploaded_bits=z)
+  # Fresh buffers throughout: the jitted round donates the state, and the
+  # caller's params (or one shared zero) must not be donated twice.
+  z = lambda: jnp.zeros((), jnp.float32)
+  copy = lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t)
+  return ServerState(params=copy(params), ema_params=copy(params),
+                     round=jnp.zeros((), jnp.int32), rng=jnp.array(key),
+                     energy_comp_j=z(), energy_comm_j=z(), uploaded_bits=z())
 
 
 def round_keys(rng: Array, rnd: Array) -> Dict[str, Array]:
@@ -104,6 +107,11 @@ def _sq_norm(tree) -> Array:
              for x in jax.tree.leaves(tree))
 
 
+def _packed(spec: RoundSpec) -> bool:
+  """min-max uses the packed fast path (O(1) compile in the leaf count)."""
+  return spec.quantizer == "minmax"
+
+
 def choose_bits(upload: PyTree, devices: energy.Devices, scheme: Scheme,
                 spec: RoundSpec) -> Array:
   """Bit-width of ONE client by scheme (traced): 32, fixed, or on demand.
@@ -111,22 +119,41 @@ def choose_bits(upload: PyTree, devices: energy.Devices, scheme: Scheme,
   On demand: the least b whose variance bound meets eps_k ||u_k||^2
   (MODEL.md section 2), then capped by the device's bit cap.
   """
-  q = quantization.make_quantizer(spec.quantizer, spec.bucket_size)
-  ondemand = jnp.minimum(q.bits_for(upload, devices.eps, spec.b_min, 32),
-                         devices.bit_cap)
+  if _packed(spec):
+    lay = packed.layout_of(upload, spec.bucket_size)
+    ondemand = packed.ondemand_bits(packed.pack(upload), devices.eps, lay,
+                                    spec.b_min, 32)
+  else:
+    q = quantization.make_quantizer(spec.quantizer, spec.bucket_size)
+    ondemand = q.bits_for(upload, devices.eps, spec.b_min, 32)
+  ondemand = jnp.minimum(ondemand, devices.bit_cap)
   return jnp.where(scheme.bits_mode == BITS_FP32, 32,
                    jnp.where(scheme.bits_mode == BITS_FIXED,
                              scheme.fixed_bits, ondemand)).astype(jnp.int32)
 
 
 def payload_fn(template: PyTree, spec: RoundSpec):
-  """bits (int array, any shape) -> payload bits, from shapes only."""
+  """bits (int array, any shape) -> payload bits (float32), from shapes only."""
+  if _packed(spec):
+    lay = packed.layout_of(template, spec.bucket_size)
+    return lambda bits: packed.payload_bits(bits, lay)
   q = quantization.make_quantizer(spec.quantizer, spec.bucket_size)
   one = lambda b: q.payload_bits(template, b)
   def fn(bits):
     flat = bits.reshape(-1)
     return jax.vmap(one)(flat).reshape(bits.shape).astype(jnp.float32)
   return fn
+
+
+def quantize_upload(upload: PyTree, bits: Array, key: PRNGKey,
+                    spec: RoundSpec) -> PyTree:
+  """Dequantized Q_b(u) of ONE client's upload."""
+  if _packed(spec):
+    lay = packed.layout_of(upload, spec.bucket_size)
+    flat = packed.quantize(packed.pack(upload), bits, key, lay)
+    return packed.unpack(flat, upload)
+  q = quantization.make_quantizer(spec.quantizer, spec.bucket_size)
+  return q.quantize(upload, bits, key)
 
 
 def allocate_all(devices: energy.Devices, bits: Array, scheme: Scheme,
@@ -186,8 +213,8 @@ def round_step(state: ServerState, data: FedData, devices: energy.Devices,
   bits = jax.vmap(lambda u, d: choose_bits(u, d, scheme, spec))(u_k, dev)
   bits, payload, alloc = allocate_all(dev, bits, scheme, w, spec)
 
-  q = quantization.make_quantizer(spec.quantizer, spec.bucket_size)
-  deq = jax.vmap(q.quantize)(u_k, bits, k_quant)  # [Kp] dequantized uploads
+  deq = jax.vmap(lambda u, b, k: quantize_upload(u, b, k, spec))(
+      u_k, bits, k_quant)  # [Kp] dequantized uploads
   sq_err = jax.vmap(lambda a, b: _sq_norm(_tree_sub(a, b)))(deq, u_k)
   sq_norm = jax.vmap(_sq_norm)(u_k)
 
