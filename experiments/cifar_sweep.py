@@ -13,6 +13,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fedqjax import report, train
@@ -27,7 +28,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  logging.getLogger("fedqjax").setLevel(logging.INFO)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet orbax/clu
+  log = logging.getLogger("fedqjax")
+  log.setLevel(logging.INFO)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s fedqjax: %(message)s"))
+  log.addHandler(handler)
+  log.propagate = False
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # bad config / data: a clear message, exit 2

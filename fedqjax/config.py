@@ -56,7 +56,7 @@ SCHEMA: Dict[str, Tuple[tuple, Tuple[Callable[[Any], bool], str]]] = {
                                   "synthetic")),
     "data.data_dir": ((str,), _ANY),
     "data.tarball": ((str,), _ANY),
-    "data.resolution": ((int,), _choice(8, 16, 28, 32)),
+    "data.resolution": ((int,), _choice(0, 8, 16, 28, 32)),  # 0 = native
     "data.partition": ((str,), _choice("iid", "dirichlet", "shards")),
     "data.dirichlet_alpha": (_NUM, _rng(0, None, lo_open=True)),
     "data.labels_per_client": ((int,), _rng(1, 10)),
@@ -193,7 +193,7 @@ def validate_config(config) -> None:
     raise ValueError(f"config.model.ch={c.model.ch} must be divisible by "
                      f"model.num_groups={c.model.num_groups}")
   levels = len(c.model.ch_mult)
-  if c.data.resolution % (2 ** (levels - 1)):
+  if c.data.resolution and c.data.resolution % (2 ** (levels - 1)):
     raise ValueError(
         f"config.data.resolution={c.data.resolution} is invalid for "
         f"{levels} UNet levels (model.ch_mult={tuple(c.model.ch_mult)}); "

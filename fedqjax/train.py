@@ -58,6 +58,7 @@ class Setup:
 
 def enable_compilation_cache(path: str) -> None:
   """JAX's persistent compilation cache: a rerun compiles in seconds."""
+  path = os.environ.get("JAX_COMPILATION_CACHE_DIR", path)  # env wins
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -90,7 +91,8 @@ def load_data(config, name: str):
     elif config.data.data_dir:
       opts["data_dir"] = config.data.data_dir
   elif name == "synthetic":
-    opts = dict(num=max(config.data.max_train, 64), size=config.data.resolution,
+    opts = dict(num=max(config.data.max_train, 64),
+                size=config.data.resolution or 32,
                 channels=1, seed=config.seed)
   x, y = data_lib.load(name, "train", **opts)
   if name == "synthetic":
@@ -105,7 +107,7 @@ def build(config, workdir: str) -> Setup:
   """Loads data, builds model, devices, deadline and the round spec."""
   name = resolve_dataset(config)
   x, y, xt = load_data(config, name)
-  res = config.data.resolution
+  res = config.data.resolution or x.shape[1]  # 0 = native size
   xf = data_lib.to_float(x, resolution=res)
   cd = data_lib.partition(xf, y, config.fed.num_clients, config.data.partition,
                           seed=config.seed, alpha=config.data.dirichlet_alpha,
@@ -278,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   for name in config.sweep.schemes:
     summaries.append(run_scheme(setup, name, run_key, workdir, evaluator))
   meta = dict(preset=config.preset, dataset=setup.dataset,
-              resolution=config.data.resolution,
+              resolution=int(setup.image_shape[0]),
               num_params=setup.num_params,
               flops_per_sample=setup.flops_per_sample,
               deadline_s=setup.deadline_s,

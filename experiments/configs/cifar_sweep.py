@@ -29,7 +29,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.data.name = "auto"  # auto: CIFAR-10 if tfds has it prepared, else FMNIST
   c.data.data_dir = ""  # fashion_mnist idx dir or tfds data_dir ("" default)
   c.data.tarball = ""  # path to cifar-10-python.tar.gz (trusted input)
-  c.data.resolution = 32
+  c.data.resolution = 0  # 0 = native (28 Fashion-MNIST, 32 CIFAR-10)
   c.data.partition = "iid"  # iid | dirichlet | shards
   c.data.dirichlet_alpha = 0.5
   c.data.labels_per_client = 2
@@ -53,8 +53,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.fed = ml_collections.ConfigDict()
   c.fed.num_clients = 10
   c.fed.clients_per_round = 10
-  c.fed.local_steps = 5 if paper else 4
-  c.fed.batch_size = 32 if paper else 16
+  c.fed.local_steps = 5 if paper else 2
+  c.fed.batch_size = 32 if paper else 8
   c.fed.rounds = 100 if paper else 40
   c.fed.server_lr = 1.0
   c.fed.ema_decay = 0.999 if paper else 0.9
@@ -94,13 +94,13 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0  # rounds between evaluations (0 = only at the end)
-  c.eval.num_samples = 10000 if paper else 500
-  c.eval.batch_size = 500 if paper else 250
+  c.eval.num_samples = 10000 if paper else 256
+  c.eval.batch_size = 500 if paper else 128
   c.eval.sampler = "ddim"  # ddim | ddpm
-  c.eval.ddim_steps = 100 if paper else 25
+  c.eval.ddim_steps = 100 if paper else 20
   c.eval.eta = 0.0
   c.eval.fid = True
-  c.eval.kid_subset_size = 1000 if paper else 250
+  c.eval.kid_subset_size = 1000 if paper else 200
   c.eval.grid = 64  # samples in the logged image grid
 
   c.sweep = ml_collections.ConfigDict()

@@ -15,10 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.resolution = 16
   c.data.max_train = 96
   c.data.num_test = 32
-  c.model.ch = 16
-  c.model.ch_mult = (1, 2)
+  c.model.ch = 8
+  c.model.ch_mult = (1,)
   c.model.num_groups = 4
-  c.model.attn_resolutions = (8,)
+  c.model.attn_resolutions = ()
   c.diffusion.T = 50
   c.fed.num_clients = 4
   c.fed.clients_per_round = 3

@@ -1,0 +1,1 @@
+"""Peer implementations for benchmarks/peers.py (PyTorch loop, Flower sim)."""

@@ -1,0 +1,95 @@
+"""fedqjax side of the peer benchmark: `jit_round_step` (all K clients in one
+compiled round) and, for context, `round_step_reference` (fedqjax's own
+Python loop over clients calling jitted per-client pieces).
+
+Same config as the peers: tiny/paper U-Net in float32, K clients all taking
+part, I local Adam steps of batch B, 8-bit stochastic quantization of each
+update ("fixed" scheme, generous deadline so every client uploads).
+Compile time is measured separately (`lower().compile()`); the timed rounds
+run after one warm-up round.
+
+  PYTHONPATH=. python -m benchmarks.peers.fedqjax_run '<BenchConfig json>'
+(normally started by benchmarks/peers.py).
+"""
+from __future__ import annotations
+
+import time
+
+from benchmarks.peers import common
+
+
+def _setup(cfg: common.BenchConfig, parallelism: str):
+  import jax
+  import jax.numpy as jnp
+  from fedqjax import energy, federated as fed
+  from fedqjax.diffusion.unet import UNet
+  model = UNet(**common.model_kwargs(cfg.model))
+  h = w = cfg.res
+  params = model.init({"params": jax.random.PRNGKey(cfg.seed)},
+                      jnp.zeros((1, h, w, cfg.channels)), jnp.zeros((1,), jnp.int32),
+                      train=False)
+  spec = fed.RoundSpec(model=model, num_clients=cfg.clients, clients_per_round=cfg.clients,
+                       local_steps=cfg.local_steps, batch_size=cfg.batch, lr=cfg.lr,
+                       T=cfg.T, ema_decay=0.999, flops_per_sample=1e9,
+                       parallelism=parallelism, chunk_size=cfg.chunk_size, unroll=True)
+  imgs, counts = common.make_client_data(cfg)
+  data = fed.FedData(images=jnp.asarray(imgs), counts=jnp.asarray(counts))
+  devices = energy.sample_devices(energy.EnergyConfig(num_devices=cfg.clients),
+                                  jax.random.PRNGKey(cfg.seed + 1))
+  d = sum(x.size for x in jax.tree.leaves(params))
+  deadline = float(energy.deadline_from_fp32(devices, d, spec.samples_per_round,
+                                             spec.flops_per_sample, factor=50.0))
+  scheme = fed.make_scheme("fixed", deadline_s=deadline, fixed_bits=cfg.bits)
+  return spec, params, data, devices, scheme, d
+
+
+def run(cfg: common.BenchConfig) -> dict:
+  import jax
+  import numpy as np
+  from fedqjax import federated as fed
+  spec, params, data, devices, scheme, d = _setup(cfg, cfg.fedqjax_mode)
+  key = jax.random.PRNGKey(cfg.seed + 2)
+
+  # --- the compiled round (all K clients in one XLA program) ---
+  state = fed.init_server_state(params, key)
+  t0 = time.perf_counter()
+  compiled = fed.jit_round_step(spec).lower(state, data, devices, scheme).compile()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  state, m = compiled(state, data, devices, scheme)
+  jax.block_until_ready(state)
+  first = time.perf_counter() - t0
+  losses = [float(m["loss"])]
+  uploaded = int(np.sum(np.asarray(m["uploaded"])))
+  times = []
+  for _ in range(cfg.rounds):
+    t0 = time.perf_counter()
+    state, m = compiled(state, data, devices, scheme)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t0)
+    losses.append(float(m["loss"]))
+  out = dict(peer="fedqjax", version=jax.__version__, mode=cfg.fedqjax_mode,
+             num_params=int(d), compile_s=compile_s, first_round_s=first,
+             uploaded_clients=uploaded, bits=np.asarray(m["bits"]).tolist(),
+             losses=losses, **common.summarize(times))
+
+  # --- fedqjax's own sequential reference loop (context) ---
+  ref_rounds = max(1, min(cfg.rounds, 2))
+  state = fed.init_server_state(params, key)
+  t0 = time.perf_counter()
+  state, _ = fed.round_step_reference(state, data, devices, scheme, spec=spec)
+  jax.block_until_ready(state)
+  ref_first = time.perf_counter() - t0  # includes compiling the per-client pieces
+  ref_times = []
+  for _ in range(ref_rounds):
+    t0 = time.perf_counter()
+    state, _ = fed.round_step_reference(state, data, devices, scheme, spec=spec)
+    jax.block_until_ready(state)
+    ref_times.append(time.perf_counter() - t0)
+  ref = common.summarize(ref_times)
+  out["reference"] = dict(first_round_s=ref_first, **ref)
+  return out
+
+
+if __name__ == "__main__":
+  common.runner_main(run)

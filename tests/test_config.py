@@ -1,0 +1,76 @@
+"""Config validation: every field checked before anything compiles."""
+import ml_collections
+import pytest
+
+from experiments.configs import cifar_sweep, test as test_config
+from fedqjax import config as config_lib
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_presets_are_valid(preset):
+  config_lib.validate_config(cifar_sweep.get_config(preset))
+
+
+def test_test_config_valid_and_every_key_in_schema():
+  c = test_config.get_config()
+  config_lib.validate_config(c)
+  assert set(config_lib.flatten(c)) == set(config_lib.SCHEMA)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("fed.num_clients", 0, r"fed\.num_clients=0.*valid"),
+    ("fed.clients_per_round", 99, r"clients_per_round"),
+    ("fed.ema_decay", 1.0, r"ema_decay=1\.0.*\[0, 1\)"),
+    ("optim.lr", float("nan"), r"optim\.lr=nan"),
+    ("optim.optimizer", "adamw", r"optimizer.*adam"),
+    ("quant.fixed_bits", 33, r"fixed_bits=33.*\[1, 32\]"),
+    ("quant.b_min", 0, r"b_min"),
+    ("energy.p_max_w", -0.2, r"p_max_w=-0\.2"),
+    ("energy.f_min_hz", 3e9, r"f_min_hz"),
+    ("energy.total_bandwidth_hz", 0.0, r"total_bandwidth_hz"),
+    ("energy.eps_choices", (0.1, -1.0), r"eps_choices"),
+    ("diffusion.beta_end", 1e-5, r"beta_start must be < beta_end"),
+    ("eval.ddim_steps", 5000, r"ddim_steps=5000"),
+    ("model.num_groups", 3, r"divisible"),
+    ("data.resolution", 20, r"resolution=20"),
+    ("data.dirichlet_alpha", 0.0, r"dirichlet_alpha"),
+    ("sweep.schemes", ("fp32", "int4"), r"sweep\.schemes"),
+    ("fed.local_steps", 2.5, r"local_steps=2\.5"),
+    ("energy.rayleigh_fading", 1, r"rayleigh_fading"),
+])
+def test_bad_values_name_key_and_range(key, value, match):
+  # type_safe=False: programmatic users (and fuzzers) can put any type in.
+  c = ml_collections.ConfigDict(test_config.get_config().to_dict(),
+                                type_safe=False)
+  node = c
+  *path, last = key.split(".")
+  for p in path:
+    node = node[p]
+  with c.unlocked():
+    node[last] = value
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(c)
+
+
+def test_unknown_key_suggests_closest():
+  c = test_config.get_config()
+  with c.unlocked():
+    c.fed.num_clientz = 3
+  with pytest.raises(ValueError, match=r"fed\.num_clientz.*fed\.num_clients"):
+    config_lib.validate_config(c)
+
+
+def test_missing_key_reported():
+  c = ml_collections.ConfigDict(test_config.get_config().to_dict())
+  del c.eval["fid"]
+  with pytest.raises(ValueError, match="missing.*eval.fid"):
+    config_lib.validate_config(c)
+
+
+def test_schemes_from_comma_string():
+  c = ml_collections.ConfigDict(test_config.get_config().to_dict(),
+                                type_safe=False)
+  with c.unlocked():
+    c.sweep.schemes = "fp32, ondemand"
+  config_lib.validate_config(c)
+  assert tuple(c.sweep.schemes) == ("fp32", "ondemand")
