@@ -35,7 +35,7 @@ run: setup
 	$(BIN)/python -m experiments.cifar_sweep --workdir=$(WORKDIR) $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 tests $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) workdir

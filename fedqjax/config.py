@@ -18,9 +18,18 @@ from fedqjax.federated import spec as spec_lib
 _NUM = (int, float)
 
 
+def _as_float(v):
+  """float(v), or None when v is not a finite number (huge ints included)."""
+  try:
+    f = float(v)
+  except (OverflowError, TypeError, ValueError):
+    return None
+  return f if math.isfinite(f) else None
+
+
 def _rng(lo=None, hi=None, lo_open=False, hi_open=False):
   def check(v):
-    if isinstance(v, float) and not math.isfinite(v):
+    if _as_float(v) is None:  # NaN, inf, or an int too large for a float
       return False
     if lo is not None and (v <= lo if lo_open else v < lo):
       return False
@@ -45,7 +54,7 @@ def _tuple_of(elem_check, min_len=1, desc="values"):
 
 
 _pos = lambda x: isinstance(x, _NUM) and not isinstance(x, bool) and \
-    math.isfinite(x) and x > 0
+    (_as_float(x) or 0) > 0
 _ANY = (lambda v: True), "any"
 
 # key -> (types, (check, description))
@@ -141,19 +150,25 @@ def flatten(config, prefix: str = "") -> Dict[str, Any]:
 
 
 def _normalize(config) -> None:
-  """Comma strings from the command line -> tuples (e.g. sweep.schemes)."""
+  """Comma lists -> tuples for sweep.schemes.
+
+  Accepts "fp32,ondemand" (a string) and ('fp32,ondemand',) (what
+  config_flags makes of `--config.sweep.schemes=fp32,ondemand`, the default
+  being a tuple).
+  """
   s = config.sweep.schemes
-  if isinstance(s, str):
-    with config.unlocked() if hasattr(config, "unlocked") else _null():
-      config.sweep.schemes = tuple(x.strip() for x in s.split(",") if x.strip())
-
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
+  items = [s] if isinstance(s, str) else list(s) if isinstance(
+      s, (tuple, list)) else None
+  if items is None or not all(isinstance(x, str) for x in items):
+    return
+  split = tuple(x.strip() for item in items for x in item.split(",")
+                if x.strip())
+  if split != tuple(s if not isinstance(s, str) else (s,)):
+    if hasattr(config.sweep, "ignore_type"):  # a type-safe ConfigDict
+      with config.sweep.ignore_type():
+        config.sweep.schemes = split
+    else:
+      config.sweep.schemes = split
 
 
 def validate_config(config) -> None:

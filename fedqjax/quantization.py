@@ -141,6 +141,9 @@ def _mix32(x: Array) -> Array:
   return x ^ (x >> 16)
 
 
+mix32 = _mix32  # public: the round's packed quantizer uses the same hash
+
+
 def _uniform(key: PRNGKey, shape: tuple[int, ...], rng: str) -> Array:
   """Uniform [0, 1) float32 with 24 random bits (exactly representable)."""
   if rng == "key":

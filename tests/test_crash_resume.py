@@ -148,6 +148,23 @@ def _tmp_ckpt_dirs(workdir):
                        "*.orbax-checkpoint-tmp*"))
 
 
+def _tmp_ids(workdir):
+  ids = set()
+  for d in _tmp_ckpt_dirs(workdir):
+    try:
+      st = os.stat(d)
+    except FileNotFoundError:
+      continue
+    ids.add((d, st.st_ino, st.st_ctime_ns))
+  return ids
+
+
+def _new_tmp_dir(workdir):
+  """cond(): an orbax tmp dir appeared that a previous kill did not leave."""
+  stale = _tmp_ids(workdir)
+  return lambda: bool(_tmp_ids(workdir) - stale)
+
+
 def _kill_when(p, cond, delay_s, poll_s, timeout_s=RUN_TIMEOUT_S):
   """Waits for cond() (or exit), sleeps delay_s, SIGKILLs; True if it killed."""
   t_end = time.time() + timeout_s
@@ -169,16 +186,17 @@ def test_sigkill_and_resume(env, reference, tmp_path):
   t0 = time.time()
   ckpts = lambda s: lambda: glob.glob(str(wd / s / "checkpoints" / "[0-9]*"))
   plans = [
-      # (what, condition, delay, poll interval)
-      ("random delay after fp32's first checkpoint", ckpts("fp32"),
+      # (what, condition factory, delay, poll interval)
+      ("random delay after fp32's first checkpoint", lambda: ckpts("fp32"),
        rng.uniform(0.0, 2.0), 0.02),
-      ("during a checkpoint write (tmp dir seen)",
-       lambda: bool(_tmp_ckpt_dirs(wd)), 0.0, 0.001),
-      ("random delay after ondemand's first checkpoint", ckpts("ondemand"),
-       rng.uniform(0.0, 1.5), 0.02),
+      ("during a checkpoint write (new tmp dir seen)",
+       lambda: _new_tmp_dir(wd), 0.0, 0.001),
+      ("random delay after ondemand's first checkpoint",
+       lambda: ckpts("ondemand"), rng.uniform(0.0, 1.5), 0.02),
   ]
   kills, notes, logs = 0, [], []
-  for what, cond, delay, poll in plans:
+  for what, make_cond, delay, poll in plans:
+    cond = make_cond()  # snapshot before the process starts
     p = runner.start(wd)
     killed = _kill_when(p, cond, delay, poll)
     rc, text, wall = runner.finish(p, ok=not killed)
@@ -229,3 +247,12 @@ def test_damaged_checkpoint_falls_back(env, reference, tmp_path):
   assert (ckdir / "4.damaged").is_dir()
   _assert_same_results(_results(wd), reference)
   assert _assert_checkpoints_restore(wd) >= len(SCHEMES)
+
+
+def test_cli_comma_separated_schemes(env, tmp_path):
+  cmd = [sys.executable, "-m", "experiments.cifar_sweep",
+         "--config=experiments/configs/test.py", f"--workdir={tmp_path}",
+         "--config.fed.rounds=1", "--config.sweep.schemes=fp32,ondemand"]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=RUN_TIMEOUT_S)
+  assert out.returncode == 0, out.stderr[-2000:]

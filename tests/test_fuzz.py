@@ -139,9 +139,16 @@ def _mutated_config(draw):
   return ml_collections.ConfigDict(d), mutated
 
 
+# Cross-field errors that name these keys without their section prefix:
+# "config.diffusion.beta_start must be < beta_end, ..." and EnergyConfig's
+# "EnergyConfig.min_distance_m=10.0 is invalid; valid range: (0, radius_m=5)".
+_LEAF_ONLY = {"diffusion.beta_end", "energy.radius_m"}
+
+
 def _names_a_key(msg: str, keys) -> bool:
-  """The message names one of the mutated keys (dotted name or its leaf)."""
-  return any(k in msg or k.rsplit(".", 1)[-1] in msg for k in keys)
+  """The message names one of the mutated keys (its full dotted name)."""
+  return any(k in msg or (k in _LEAF_ONLY and k.rsplit(".", 1)[-1] in msg)
+             for k in keys)
 
 
 @settings(max_examples=400, **SETTINGS)
@@ -170,16 +177,18 @@ def test_config_unmutated_validates():
   config_lib.round_spec(c, None, 1e6)
 
 
+def test_config_radius_below_min_distance_names_radius():
+  # SCHEMA allows any radius_m > 0; EnergyConfig needs radius_m > 10 m.
+  with pytest.raises(ValueError, match="radius_m"):
+    config_lib.validate_config(_config_with("energy.radius_m", 5.0))
+
+
 def _config_with(key, value):
   d = test_config.get_config().to_dict()
   _set(d, key, value)
   return ml_collections.ConfigDict(d)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "fedqjax/config.py: ints too large for a float pass SCHEMA's range checks "
-    "(_rng compares exactly; math.isfinite in _pos overflows) and then "
-    "energy_config()'s float(...) raises OverflowError instead of ValueError"))
 @pytest.mark.parametrize("key", ["energy.p_max_w", "energy.radius_m",
                                  "energy.tau_mean", "energy.f_max_hz",
                                  "energy.eps_choices"])
@@ -189,10 +198,6 @@ def test_config_huge_int_is_value_error(key):
     config_lib.validate_config(_config_with(key, value))
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "fedqjax/config.py: energy.deadline_s=10**400 passes validate_config "
-    "(_rng(0) has no upper bound and no float conversion), then "
-    "fedqjax/train.py build() float(config.energy.deadline_s) overflows"))
 def test_config_huge_deadline_rejected_at_validation():
   c = _config_with("energy.deadline_s", _HUGE_INT)
   try:
@@ -202,10 +207,6 @@ def test_config_huge_deadline_rejected_at_validation():
   float(c.energy.deadline_s)  # what train.build does next
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "fedqjax/config.py _normalize: SCHEMA allows sweep.schemes as a comma "
-    "string, but writing the split tuple back into a (type-safe) ConfigDict "
-    "whose field is a str raises ml_collections TypeError"))
 def test_config_schemes_comma_string():
   c = _config_with("sweep.schemes", "fp32,ondemand")
   config_lib.validate_config(c)
@@ -244,9 +245,16 @@ def _population(draw):
   bits = draw(_logu(1.0, 1.2e9)).astype(dt)
   samples = np.asarray(draw(st.lists(st.integers(1, 200), min_size=N_DEV,
                                      max_size=N_DEV)), dt)
-  deadline = draw(_logu(1e-6, 1e6)).astype(dt)
-  flops = np.asarray(draw(st.floats(6, 10)), dt)
-  flops = (10.0 ** flops).astype(dt)
+  flops = np.asarray(10.0 ** draw(st.floats(6, 10)), dt)
+  # Deadlines: absolute (log-uniform 1e-6..1e6 s) or a slack factor of the
+  # fastest possible round (0.5..100, mostly feasible), clipped to 1e-6..1e6.
+  absolute = draw(_logu(1e-6, 1e6))
+  slack = draw(_logu(0.5, 100.0))
+  use_abs = np.asarray(draw(st.lists(st.booleans(), min_size=N_DEV,
+                                     max_size=N_DEV)))
+  t_fast = np.asarray(E.min_round_time(d, bits, samples, flops), np.float64)
+  deadline = np.where(use_abs, absolute, t_fast * slack)
+  deadline = np.clip(deadline, 1e-6, 1e6).astype(dt)
   return d, bits, samples, deadline, flops
 
 
@@ -262,7 +270,10 @@ def _check_allocation(al, d, deadline, mask, naive):
   assert np.all(lat[feas] <= T[feas] * (1 + 1e-4)), (lat[feas], T[feas])
   f = np.asarray(al.freq_hz)
   fmin, fmax = np.asarray(d.f_min_hz), np.asarray(d.f_max_hz)
-  assert np.all((f >= fmin) & (f <= fmax)), (f, fmin, fmax)
+  # 1e-6 relative slack: exp(log(f_min)) rounds below f_min in float32 (see
+  # test_allocate_frequency_box_exact, xfail).
+  assert np.all((f >= fmin * (1 - 1e-6)) & (f <= fmax * (1 + 1e-6))), (
+      f, fmin, fmax)
   p, pmax = np.asarray(al.power_w), np.asarray(d.p_max_w)
   assert np.all((p > 0) & (p <= pmax)), (p, pmax)
   for name in ("t_comp_s", "t_comm_s", "e_comp_j"):
@@ -289,6 +300,20 @@ def test_allocate_extreme_populations(problem):
   e_nv = np.asarray(nv.energy_j, np.float64)[feas]
   assert np.all(e_opt <= e_nv * (1 + 1e-3)), (e_opt, e_nv)
   _count("devices_feasible", int(feas.sum()))
+
+
+def test_allocate_frequency_box_exact():
+  a = lambda v: jnp.asarray(np.full((4,), v), jnp.float32)
+  d = E.Devices(
+      distance_m=a(10.0), shadowing_db=a(0.0), gain=a(1.0),
+      large_scale_gain=a(1.0), bandwidth_hz=a(1e3), p_max_w=a(1.0),
+      f_min_hz=a(1e5), f_max_hz=a(1e6), tau=a(1e-26), flops_per_cycle=a(1.0),
+      eps=a(0.01), bit_cap=jnp.full((4,), 32, jnp.int32),
+      noise_psd_w_hz=a(1e-17))
+  f32 = np.float32
+  al = E.allocate(d, f32(1.0), f32(1.0), f32(100.0), f32(1e6))  # slack: f_min
+  assert np.asarray(al.feasible).all()
+  assert np.all(np.asarray(al.freq_hz) >= np.asarray(d.f_min_hz)), al.freq_hz
 
 
 def _valid_population():
@@ -377,6 +402,7 @@ def test_energy_config_rejects_invalid(kv):
 
 SHAPES = [(7,), (3, 5), (64,)]
 _F32_MAX = float(np.finfo(np.float32).max)
+_TINY = float(np.finfo(np.float32).tiny)  # 2^-126, smallest normal
 _elements = st.one_of(
     st.floats(width=32, allow_nan=True, allow_infinity=True,
               allow_subnormal=True),
@@ -416,7 +442,9 @@ def _assert_in_bucket_range(x, out, bucket_size, what):
   xf, of = x.reshape(-1), out.reshape(-1)
   for sl in _buckets(x, bucket_size):
     lo, hi = xf[sl].min(), xf[sl].max()
-    ok = (of[sl] >= lo) & (of[sl] <= hi)
+    # XLA:CPU flushes denormals to zero, so bounds within 2^-126 of 0 may come
+    # out as 0 (see the denormal xfail tests below).
+    ok = (of[sl] >= lo - _TINY) & (of[sl] <= hi + _TINY)
     assert np.all(ok), (what, sl, lo, hi, of[sl][~ok], xf[sl][~ok])
 
 
@@ -534,6 +562,34 @@ def test_codec_roundtrip_equals_quantize_tree(x, y, bits, bucket_size, method,
     else:  # QSGD norms agree to float32 rounding only (quantization.py)
       np.testing.assert_allclose(g, w, rtol=1e-5,
                                  atol=1e-6 * float(np.abs(w).max() or 1.0))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fedqjax/quantization.py: a constant bucket of denormals (1e-45) is "
+    "returned as 0.0 for bits < 32 (XLA:CPU flushes denormals to zero in "
+    "min/max and the select), outside the bucket range [1e-45, 1e-45]; the "
+    "module docstring promises constant buckets come back exactly"))
+def test_quantize_tree_denormal_constant_bucket():
+  x = np.full((7,), 1e-45, np.float32)
+  out = np.asarray(Q.quantize_tree(x, 8, jax.random.key(0)))
+  np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fedqjax/federated/packed.py quantize and fedqjax/quantization.py "
+    "_minmax_dequant: Q = 2*(0.5*lo + q*delta); 0.5*lo is denormal for "
+    "lo = 2^-126 and XLA:CPU flushes it to 0, so level 0 dequantizes to 0.0 "
+    "< lo (out of the bucket range by < 2^-126)"))
+@pytest.mark.parametrize("which", ["packed", "quantize_tree"])
+def test_quantizers_smallest_normal_lower_bound(which):
+  x = np.tile(np.array([_TINY, 1.0], np.float32), 4)[:7]
+  key = jax.random.key(0)
+  if which == "packed":
+    out = packed.quantize(jnp.asarray(x), jnp.int32(1), key,
+                          packed.layout_of(x))
+  else:
+    out = Q.quantize_tree(x, 1, key)
+  assert np.asarray(out).min() >= _TINY, out
 
 
 def test_print_counts():

@@ -209,7 +209,8 @@ def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
   _, u = jax.lax.fori_loop(0, iters, body, (u_lo0, u_hi0))  # hi end: deadline met
 
   # Interior upload time: t = a / x and f from the stationarity in nu.
-  f_int = jnp.exp(ln_freq(u))
+  # Clip again after exp: exp(log(f_min)) can round just below f_min.
+  f_int = jnp.clip(jnp.exp(ln_freq(u)), d.f_min_hz, d.f_max_hz)
   t_int = jnp.exp(ln_a - u)
   nu_int = jnp.exp(ln_k + _ln_phi(u))
   # t pinned at t^min: the deadline fixes f, and nu from the f stationarity.

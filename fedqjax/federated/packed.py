@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedqjax.quantization import mix32 as _mix32
 from fedqjax.typing import Array, PRNGKey, PyTree
 
 
@@ -85,15 +86,6 @@ def bucket_range(flat: Array, layout: Layout) -> Tuple[Array, Array]:
   kw = dict(num_segments=layout.num_buckets, indices_are_sorted=True)
   return (jax.ops.segment_min(flat, seg, **kw),
           jax.ops.segment_max(flat, seg, **kw))
-
-
-def _mix32(x: Array) -> Array:
-  # lowbias32 integer finalizer (C. Wellons): a well-mixed uint32 bijection.
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
 
 
 def uniform_hash(key: PRNGKey, n: int) -> Array:

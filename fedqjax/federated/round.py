@@ -90,7 +90,7 @@ def map_clients(fn, args, spec: RoundSpec):
   """Applies a one-client `fn` over the leading axis of `args` by mode."""
   if spec.parallelism == "vmap":
     return jax.vmap(fn)(*args)
-  if spec.parallelism in ("map", "sequential"):
+  if spec.parallelism == "map":
     return jax.lax.map(lambda a: fn(*a), args)
   c = spec.chunk_size  # chunked: lax.map over vmapped chunks of C clients
   chunked = jax.tree.map(lambda x: x.reshape((-1, c) + x.shape[1:]), args)

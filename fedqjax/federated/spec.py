@@ -16,7 +16,7 @@ from flax import struct
 
 BITS_FP32, BITS_FIXED, BITS_ONDEMAND = 0, 1, 2
 SCHEMES = ("fp32", "fixed", "ondemand", "naive")
-PARALLELISM = ("vmap", "chunked", "map", "sequential")
+PARALLELISM = ("vmap", "chunked", "map")
 TARGETS = ("update", "weights")
 POLICIES = ("drop", "degrade")
 OPTIMIZERS = ("adam", "sgd")
@@ -73,7 +73,8 @@ class RoundSpec:
     policy: infeasible devices are "drop"ped or "degrade"d (fewer bits).
     flops_per_sample: training FLOPs per image (forward + backward), XLA CPU
       cost analysis (MODEL.md section 3).
-    parallelism: "vmap" | "chunked" | "map" | "sequential" (lax.map alias).
+    parallelism: "vmap" (all K at once) | "chunked" (lax.map over vmapped
+      chunks of chunk_size) | "map" (lax.map, one client at a time).
     chunk_size: clients per vmapped chunk for "chunked".
     unroll: unroll factor of the local-step scan (True = fully unrolled).
     fading: redraw Rayleigh fading each round.
