@@ -4,6 +4,7 @@ from fedqjax.energy.allocator import (REASON_COMPUTE, REASON_OK, REASON_UPLOAD, 
                                       feasible_mask, min_round_time, naive_allocation)
 from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_fading,
                                     sample_devices, validate_devices)
+from fedqjax.energy.shared_bandwidth import allocate_shared_bandwidth
 from fedqjax.energy.model import (comm_energy_of_time, comp_energy, comp_time,
                                   cycles_per_sample, power_of_time, rate, snr, t_min,
                                   upload_time)
