@@ -16,28 +16,15 @@ import time
 
 import jax
 import numpy as np
-from scipy import optimize
+
+from fedqjax.energy.reference import scipy_energy
 
 LN2 = math.log(2.0)
 
 
 def scipy_solve(tau, cyc, bits, h, W, n0, pmax, fmin, fmax, T):
-  """Per-device reference: t = T - A/f substituted, bounded Brent over f. None if infeasible."""
-  tmin = bits / (W * np.log1p(pmax * h / (n0 * W)) / LN2)
-  if cyc / fmax + tmin > T:
-    return None
-  lo = max(fmin, cyc / (T - tmin))
-
-  def energy(f):
-    t = T - cyc / f
-    return tau * cyc * f * f + t * (n0 * W / h) * np.expm1(bits * LN2 / (t * W))
-
-  cands = [energy(lo), energy(fmax)]
-  if fmax - lo > 1e-12 * fmax:
-    res = optimize.minimize_scalar(lambda y: energy(y * fmax), bounds=(lo / fmax, 1.0),
-                                   method="bounded", options=dict(xatol=1e-13, maxiter=2000))
-    cands.append(res.fun)
-  return min(cands)
+  """Per-device reference (scipy, bounded Brent over f); None if infeasible."""
+  return scipy_energy(tau, cyc, bits, h, W, n0, pmax, fmin, fmax, T)
 
 
 def problem(n, seed=0):

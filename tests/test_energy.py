@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from scipy import optimize
 
 from fedqjax import energy as E
+from fedqjax.energy.reference import scipy_energy as reference_energy
 from fedqjax.energy import allocator as A
 
 LN2 = math.log(2.0)
@@ -61,21 +61,7 @@ def scipy_energy(d, i, bits, samples, T):
   tau, h, W, n0, pmax = g("tau"), g("gain"), g("bandwidth_hz"), g("noise_psd_w_hz"), g("p_max_w")
   fmin, fmax = g("f_min_hz"), g("f_max_hz")
   cyc = FLOPS / g("flops_per_cycle") * samples
-  tmin = bits / (W * np.log1p(pmax * h / (n0 * W)) / LN2)
-  if cyc / fmax + tmin > T:
-    return None
-  lo = max(fmin, cyc / (T - tmin))
-
-  def energy(f):
-    t = T - cyc / f
-    return tau * cyc * f * f + t * (n0 * W / h) * np.expm1(bits * LN2 / (t * W))
-
-  cands = [energy(lo), energy(fmax)]
-  if fmax - lo > 1e-12 * fmax:
-    res = optimize.minimize_scalar(lambda y: energy(y * fmax), bounds=(lo / fmax, 1.0),
-                                   method="bounded", options=dict(xatol=1e-13, maxiter=2000))
-    cands.append(res.fun)
-  return min(cands)
+  return reference_energy(tau, cyc, bits, h, W, n0, pmax, fmin, fmax, T)
 
 
 def test_matches_scipy_float64():
