@@ -113,7 +113,7 @@ def test_fp32_everyone_equals_plain_fedavg(params, devices, data8):
   _assert_trees_close(new.params, expected)
 
 
-def test_masked_client_has_no_effect_and_weights_follow_counts(params, data8):
+def test_masked_client_has_no_effect(params, data8):
   """Client 3 cannot meet the deadline (tiny gain): its upload is dropped."""
   spec = H.make_spec(**MODES["chunked_k8"])
   dev = H.make_devices(8)
@@ -129,9 +129,7 @@ def test_masked_client_has_no_effect_and_weights_follow_counts(params, data8):
   bad = fed.FedData(images=data8.images.at[3].set(1e3), counts=data8.counts)
   new2, _ = fed.jit_round_step(spec)(_state(params), bad, dev, scheme)
   _assert_trees_close(new.params, new2.params, rtol=0, atol=0)
-  # Doubling the count of client 0 changes the weights (n_k weighting).
-  c2 = fed.FedData(images=data8.images, counts=data8.counts.at[0].add(0))
-  np.testing.assert_array_equal(np.asarray(c2.counts), np.asarray(data8.counts))
+  # (n_k weighting itself is checked against plain FedAvg above.)
 
 
 def test_energy_and_payload_metrics(params, devices, data8):
