@@ -11,6 +11,7 @@ centralized training of one model at batch K*B; compile times; MFU from the
 XLA-CPU-counted FLOPs per image (MODEL.md section 3) and a peak you give.
 """
 import argparse
+import dataclasses
 import functools
 import platform
 import resource
@@ -47,13 +48,21 @@ def main():
   ap.add_argument("--peak_tflops", type=float, default=0.0,
                   help="accelerator peak for MFU (e.g. 989 for H100 bf16)")
   ap.add_argument("--skip_reference", action="store_true")
+  ap.add_argument("--conv_impl", default="xla",
+                  choices=sorted(diffusion.CONV_IMPLS))
+  ap.add_argument("--unroll", default="true",
+                  help="local-step scan unroll: true (full) or an int")
   a = ap.parse_args()
+  unroll = True if a.unroll.lower() == "true" else int(a.unroll)
 
-  ucfg = (diffusion.UNetConfig.tiny(dtype=a.dtype) if a.model == "tiny"
-          else diffusion.UNetConfig(dtype=a.dtype))
+  ucfg = (diffusion.UNetConfig.tiny(dtype=a.dtype, conv_impl=a.conv_impl)
+          if a.model == "tiny"
+          else diffusion.UNetConfig(dtype=a.dtype, conv_impl=a.conv_impl))
   shape = (a.res, a.res, a.channels)
   params = diffusion.init_unet(ucfg, jax.random.key(0), shape)
-  flops = diffusion.train_flops_per_image(ucfg, shape, compiled=False)
+  # FLOPs of the model with XLA's convolutions (im2col's patches would count).
+  flops = diffusion.train_flops_per_image(
+      dataclasses.replace(ucfg, conv_impl="xla"), shape, compiled=False)
   k, n_max = a.clients, 4 * a.batch
   rng = np.random.default_rng(0)
   data = fed.FedData(
@@ -71,6 +80,7 @@ def main():
         f"{[d.device_kind for d in jax.devices()][:1]} x{jax.device_count()}")
   print(f"# model={a.model} params={nparams:,} dtype={a.dtype} "
         f"res={shape} K={k} I={a.local_steps} B={a.batch} "
+        f"conv_impl={a.conv_impl} local unroll={unroll} "
         f"train GFLOPs/img={flops / 1e9:.3f}")
   rows = []
 
@@ -78,10 +88,12 @@ def main():
     ips = imgs / secs
     mfu = (ips * flops / (a.peak_tflops * 1e12)) if a.peak_tflops else None
     rows.append((name, secs, ips, compile_s, mfu))
+    print(f"# {name}: {secs:.3f} s/round, {ips:.1f} img/s, compile "
+          f"{compile_s:.1f} s", flush=True)
 
   base = dict(model=ucfg.make(), num_clients=k, clients_per_round=k,
               local_steps=a.local_steps, batch_size=a.batch,
-              flops_per_sample=flops, unroll=True)
+              flops_per_sample=flops, unroll=unroll)
   for mode in a.modes.split(","):
     spec = fed.RoundSpec(parallelism=mode, chunk_size=a.chunk, **base)
     state = fed.init_server_state(params, jax.random.key(2))

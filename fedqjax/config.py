@@ -12,6 +12,8 @@ import difflib
 import math
 from typing import Any, Callable, Dict, Tuple
 
+import jax
+
 from fedqjax import energy
 from fedqjax.federated import spec as spec_lib
 
@@ -80,6 +82,7 @@ SCHEMA: Dict[str, Tuple[tuple, Tuple[Callable[[Any], bool], str]]] = {
     "model.dropout": (_NUM, _rng(0, 1, hi_open=True)),
     "model.num_groups": ((int,), _rng(1, 1024)),
     "model.dtype": ((str,), _choice("float32", "bfloat16")),
+    "model.conv_impl": ((str,), _choice("xla", "im2col", "fwd_form")),
     "diffusion.T": ((int,), _rng(2, 100000)),
     "diffusion.beta_start": (_NUM, _rng(0, 1, lo_open=True, hi_open=True)),
     "diffusion.beta_end": (_NUM, _rng(0, 1, lo_open=True, hi_open=True)),
@@ -90,7 +93,7 @@ SCHEMA: Dict[str, Tuple[tuple, Tuple[Callable[[Any], bool], str]]] = {
     "fed.rounds": ((int,), _rng(1, 10_000_000)),
     "fed.server_lr": (_NUM, _rng(0, 10, lo_open=True)),
     "fed.ema_decay": (_NUM, _rng(0, 1, hi_open=True)),
-    "fed.parallelism": ((str,), _choice(*spec_lib.PARALLELISM)),
+    "fed.parallelism": ((str,), _choice("auto", *spec_lib.PARALLELISM)),
     "fed.chunk_size": ((int,), _rng(1, 1_000_000)),
     "fed.unroll": ((bool, int), (lambda v: isinstance(v, bool) or v >= 1,
                                  "True/False or an int >= 1")),
@@ -247,7 +250,9 @@ def round_spec(config, model, flops_per_sample: float, mesh=None
       beta_end=float(config.diffusion.beta_end), quantizer=q.method,
       bucket_size=q.bucket_size or None, b_min=q.b_min, target=q.target,
       policy=config.energy.infeasible_policy,
-      flops_per_sample=float(flops_per_sample), parallelism=f.parallelism,
+      flops_per_sample=float(flops_per_sample),
+      parallelism=spec_lib.resolve_parallelism(f.parallelism,
+                                               jax.default_backend()),
       chunk_size=f.chunk_size, unroll=f.unroll,
       fading=bool(config.energy.rayleigh_fading), mesh=mesh)
 

@@ -26,13 +26,38 @@ def main():
   s2, m2 = fed.jit_round_step(sharded)(state, sdata, fed.replicate(devices,
                                                                    mesh),
                                        fed.replicate(scheme, mesh))
+  _check_equal(s1, m1, s2, m2)
+  # "unrolled" on the mesh: [shards, K / shards], shard axis vmapped.
+  unrolled = H.make_spec(n=8, k=6, parallelism="unrolled", mesh=mesh)
+  state = fed.replicate(fed.init_server_state(params, jax.random.PRNGKey(7)),
+                        mesh)
+  s3, m3 = fed.jit_round_step(unrolled)(state, sdata, fed.replicate(devices,
+                                                                    mesh),
+                                        fed.replicate(scheme, mesh))
+  _check_equal(s1, m1, s3, m3, flips=True)
+  print(f"SHARDED_OK devices={jax.device_count()}")
+
+
+def _check_equal(s1, m1, s2, m2, flips=False):
+  """Equal params; with `flips`, up to rare stochastic-rounding flips.
+
+  A client computed as a different program (unrolled vs vmapped) differs by
+  float rounding; an entry within that of a rounding threshold may round to
+  the neighbouring level (see test_federated._assert_quantized_close).
+  """
   b1, b2 = np.asarray(m1["bits"]), np.asarray(m2["bits"])[:6]
   np.testing.assert_array_equal(b1, b2)
   assert not np.asarray(m2["present"])[6:].any()
-  for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4,
-                               atol=2e-6)
-  print(f"SHARDED_OK devices={jax.device_count()}")
+  pairs = [(np.asarray(x), np.asarray(y)) for x, y in
+           zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params))]
+  if not flips:
+    for x, y in pairs:
+      np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6)
+    return
+  diff = np.concatenate([np.abs(x - y).ravel() for x, y in pairs])
+  ref = np.concatenate([np.abs(y).ravel() for _, y in pairs])
+  off = diff > 2e-6 + 2e-4 * ref
+  assert off.mean() <= 0.01 and diff.max() <= 5e-3, (off.mean(), diff.max())
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ def _assert_quantized_close(a, b, max_frac=0.01, max_abs=5e-3):
 
 
 # One spec per parallelism mode; each compiles once and is shared below.
-# K in {1, 3, 8} across the three modes (3 compiles in all).
+# K in {1, 3, 8} across the four modes (4 compiles in all).
 MODES = {
     "vmap_k3": dict(n=8, k=3, parallelism="vmap"),
+    "unrolled_k3": dict(n=8, k=3, parallelism="unrolled"),
     "map_k1": dict(n=8, k=1, parallelism="map"),
     "chunked_k8": dict(n=8, k=8, parallelism="chunked", chunk_size=4),
 }
@@ -198,6 +199,15 @@ def test_learning_20_rounds(params, devices, data8):
       losses.append(float(m["loss"]))
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.8 * first, (name, losses)
+
+
+def test_auto_parallelism_is_resolved_per_backend():
+  assert fed.resolve_parallelism("auto", "cpu") == "unrolled"
+  assert fed.resolve_parallelism("auto", "gpu") == "vmap"
+  assert fed.resolve_parallelism("auto", "tpu") == "vmap"
+  assert fed.resolve_parallelism("chunked", "cpu") == "chunked"
+  with pytest.raises(ValueError, match="fed.parallelism"):
+    H.make_spec(parallelism="auto")  # resolved by the config, not the spec
 
 
 def test_bad_spec_values():

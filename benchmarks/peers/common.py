@@ -35,7 +35,9 @@ class BenchConfig:
   T: int = 1000
   bits: int = 8  # stochastic quantization of each client's update
   threads: int = 2  # torch intra-op threads (torch loop)
-  fedqjax_mode: str = "vmap"  # vmap | map | chunked
+  fedqjax_mode: str = "unrolled"  # fedqjax.federated.PARALLELISM
+  fedqjax_conv_impl: str = "xla"  # fedqjax.diffusion.CONV_IMPLS
+  fedqjax_unroll: int = 0  # local-step scan unroll; 0 = fully unrolled
   chunk_size: int = 4
   flower_cpus_per_client: float = 1.0  # Ray resources per virtual client
   seed: int = 0

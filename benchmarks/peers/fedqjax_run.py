@@ -23,7 +23,7 @@ def _setup(cfg: common.BenchConfig, parallelism: str):
   import jax.numpy as jnp
   from fedqjax import energy, federated as fed
   from fedqjax.diffusion.unet import UNet
-  model = UNet(**common.model_kwargs(cfg.model))
+  model = UNet(**common.model_kwargs(cfg.model), conv_impl=cfg.fedqjax_conv_impl)
   h = w = cfg.res
   params = model.init({"params": jax.random.PRNGKey(cfg.seed)},
                       jnp.zeros((1, h, w, cfg.channels)), jnp.zeros((1,), jnp.int32),
@@ -31,7 +31,8 @@ def _setup(cfg: common.BenchConfig, parallelism: str):
   spec = fed.RoundSpec(model=model, num_clients=cfg.clients, clients_per_round=cfg.clients,
                        local_steps=cfg.local_steps, batch_size=cfg.batch, lr=cfg.lr,
                        T=cfg.T, ema_decay=0.999, flops_per_sample=1e9,
-                       parallelism=parallelism, chunk_size=cfg.chunk_size, unroll=True)
+                       parallelism=parallelism, chunk_size=cfg.chunk_size,
+                       unroll=cfg.fedqjax_unroll or True)
   imgs, counts = common.make_client_data(cfg)
   data = fed.FedData(images=jnp.asarray(imgs), counts=jnp.asarray(counts))
   devices = energy.sample_devices(energy.EnergyConfig(num_devices=cfg.clients),
@@ -69,6 +70,7 @@ def run(cfg: common.BenchConfig) -> dict:
     times.append(time.perf_counter() - t0)
     losses.append(float(m["loss"]))
   out = dict(peer="fedqjax", version=jax.__version__, mode=cfg.fedqjax_mode,
+             conv_impl=cfg.fedqjax_conv_impl, local_unroll=cfg.fedqjax_unroll or "full",
              num_params=int(d), compile_s=compile_s, first_round_s=first,
              uploaded_clients=uploaded, bits=np.asarray(m["bits"]).tolist(),
              losses=losses, **common.summarize(times))

@@ -44,6 +44,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   c.model.num_groups = 32 if paper else 8
   c.model.dtype = "bfloat16" if paper else "float32"
+  # xla | im2col | fwd_form: fedqjax/diffusion/conv.py; XLA's own is fastest
+  # for the default modes (unrolled on CPU, vmap on accelerators).
+  c.model.conv_impl = "xla"
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.T = 1000
@@ -58,7 +61,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.fed.rounds = 100 if paper else 20
   c.fed.server_lr = 1.0
   c.fed.ema_decay = 0.999 if paper else 0.9
-  c.fed.parallelism = "vmap"  # vmap | chunked | map
+  # auto: "unrolled" on CPU, "vmap" on GPU/TPU | vmap | chunked | map |
+  # unrolled (benchmarks/RESULTS.md measures them)
+  c.fed.parallelism = "auto"
   c.fed.chunk_size = 1
   c.fed.unroll = True  # unroll the local-step scan (XLA:CPU runs convs in
   # a rolled scan much slower; see benchmarks/RESULTS.md)

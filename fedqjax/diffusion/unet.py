@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedqjax.diffusion.conv import CONV_IMPLS
 from fedqjax.typing import Array
 
 Dtype = Any
@@ -54,7 +55,8 @@ def tiny_unet_kwargs() -> dict:
 
 def validate_unet(*, ch: int, ch_mult, num_res_blocks: int, num_groups: int,
                   dropout: float, attn_resolutions=(), out_ch=None,
-                  resolution: Optional[int] = None, dtype: Any = "float32") -> None:
+                  resolution: Optional[int] = None, dtype: Any = "float32",
+                  conv_impl: str = "xla") -> None:
   """Raises ValueError naming the first invalid U-Net setting."""
   if not isinstance(ch, int) or ch < 1:
     raise ValueError(f"ch must be a positive int, got {ch!r}")
@@ -71,6 +73,8 @@ def validate_unet(*, ch: int, ch_mult, num_res_blocks: int, num_groups: int,
     raise ValueError(f"attn_resolutions must be positive ints, got {attn_resolutions!r}")
   if out_ch is not None and (not isinstance(out_ch, int) or out_ch < 1):
     raise ValueError(f"out_ch must be None or a positive int, got {out_ch!r}")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {tuple(CONV_IMPLS)}, got {conv_impl!r}")
   name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
   if name not in _DTYPES:
     raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -108,6 +112,7 @@ class ResnetBlock(nn.Module):
   dropout: float
   num_groups: int
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, temb: Array, *, train: bool) -> Array:
@@ -116,7 +121,8 @@ class ResnetBlock(nn.Module):
                                      dtype=self.dtype, param_dtype=jnp.float32, name=name)
     conv = lambda name, scale=1.0: nn.Conv(self.out_ch, (3, 3), dtype=self.dtype,
                                            param_dtype=jnp.float32,
-                                           kernel_init=_init(scale), name=name)
+                                           kernel_init=_init(scale), name=name,
+                                           conv_general_dilated=CONV_IMPLS[self.conv_impl])
     h = conv("conv1")(nn.swish(norm("norm1")(x)))
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, param_dtype=jnp.float32,
                      kernel_init=_init(), name="temb_proj")(nn.swish(temb))[:, None, None, :]
@@ -154,25 +160,29 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
   with_conv: bool
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if self.with_conv:  # 'SAME' pads (0, 1) for stride 2, like TF
       return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                     param_dtype=jnp.float32, kernel_init=_init(), name="conv")(x)
+                     param_dtype=jnp.float32, kernel_init=_init(), name="conv",
+                     conv_general_dilated=CONV_IMPLS[self.conv_impl])(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
 class Upsample(nn.Module):
   with_conv: bool
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest neighbour, [B, 2H, 2W, C]
     if self.with_conv:
       x = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=_init(), name="conv")(x)
+                  kernel_init=_init(), name="conv",
+                  conv_general_dilated=CONV_IMPLS[self.conv_impl])(x)
     return x
 
 
@@ -191,6 +201,7 @@ class UNet(nn.Module):
   out_ch: Optional[int] = None
   num_groups: int = 32
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # "xla" | "im2col" | "fwd_form" (fedqjax.diffusion.conv)
 
   @classmethod
   def tiny(cls, **overrides) -> "UNet":
@@ -217,13 +228,16 @@ class UNet(nn.Module):
     validate_unet(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                   num_groups=self.num_groups, dropout=self.dropout,
                   attn_resolutions=tuple(self.attn_resolutions), out_ch=self.out_ch,
-                  dtype=self.dtype)
+                  dtype=self.dtype, conv_impl=self.conv_impl)
     for res in {hh, ww}:
       validate_unet(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                     num_groups=self.num_groups, dropout=self.dropout, resolution=res)
     dt = self.dtype
     n_levels = len(self.ch_mult)
-    res_block = lambda out, name: ResnetBlock(out, self.dropout, self.num_groups, dt, name=name)
+    ci = self.conv_impl
+    conv = CONV_IMPLS[ci]
+    res_block = lambda out, name: ResnetBlock(out, self.dropout, self.num_groups, dt,
+                                              conv_impl=ci, name=name)
     attn = lambda name: AttnBlock(self.num_groups, dt, name=name)
 
     temb = timestep_embedding(t, self.ch)  # [B, ch]
@@ -233,7 +247,7 @@ class UNet(nn.Module):
                     name="temb_dense1")(nn.swish(temb))  # [B, 4*ch]
 
     hs = [nn.Conv(self.ch, (3, 3), dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
-                  name="conv_in")(x.astype(dt))]
+                  name="conv_in", conv_general_dilated=conv)(x.astype(dt))]
     for i in range(n_levels):
       for j in range(self.num_res_blocks):
         h = res_block(self.ch * self.ch_mult[i], f"down_{i}_block_{j}")(hs[-1], temb, train=train)
@@ -241,7 +255,8 @@ class UNet(nn.Module):
           h = attn(f"down_{i}_attn_{j}")(h)
         hs.append(h)
       if i != n_levels - 1:
-        hs.append(Downsample(self.resamp_with_conv, dt, name=f"down_{i}_downsample")(hs[-1]))
+        hs.append(Downsample(self.resamp_with_conv, dt, conv_impl=ci,
+                                        name=f"down_{i}_downsample")(hs[-1]))
 
     h = hs[-1]
     mid_ch = h.shape[-1]
@@ -256,13 +271,13 @@ class UNet(nn.Module):
         if h.shape[1] in self.attn_resolutions:
           h = attn(f"up_{i}_attn_{j}")(h)
       if i != 0:
-        h = Upsample(self.resamp_with_conv, dt, name=f"up_{i}_upsample")(h)
+        h = Upsample(self.resamp_with_conv, dt, conv_impl=ci, name=f"up_{i}_upsample")(h)
     assert not hs
 
     h = nn.swish(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, dtype=dt,
                               param_dtype=jnp.float32, name="norm_out")(h))
     h = nn.Conv(self.out_ch or c, (3, 3), dtype=dt, param_dtype=jnp.float32,
-                kernel_init=_init(0.0), name="conv_out")(h)
+                kernel_init=_init(0.0), name="conv_out", conv_general_dilated=conv)(h)
     return h.astype(jnp.float32)  # [B, H, W, out_ch]
 
 
@@ -283,6 +298,7 @@ class UNetConfig:
   num_groups: int = 32
   dtype: str = "float32"
   resolution: Optional[int] = None
+  conv_impl: str = "xla"  # "xla" | "im2col" | "fwd_form": see fedqjax.diffusion.conv
 
   def __post_init__(self):
     # ConfigDicts hand over lists; tuples keep the config hashable (lru_cache keys).
@@ -293,7 +309,7 @@ class UNetConfig:
     validate_unet(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
                   num_groups=self.num_groups, dropout=self.dropout,
                   attn_resolutions=self.attn_resolutions, out_ch=self.out_ch,
-                  resolution=self.resolution, dtype=self.dtype)
+                  resolution=self.resolution, dtype=self.dtype, conv_impl=self.conv_impl)
 
   @classmethod
   def tiny(cls, **overrides) -> "UNetConfig":

@@ -9,4 +9,4 @@ from fedqjax.federated.round import (FedData, ServerState, allocate_all,
 from fedqjax.federated.sharding import (client_mesh, replicate, shard_clients,
                                         to_host)
 from fedqjax.federated.spec import (PARALLELISM, SCHEMES, RoundSpec, Scheme,
-                                    make_scheme)
+                                    make_scheme, resolve_parallelism)

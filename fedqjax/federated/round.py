@@ -92,9 +92,32 @@ def map_clients(fn, args, spec: RoundSpec):
     return jax.vmap(fn)(*args)
   if spec.parallelism == "map":
     return jax.lax.map(lambda a: fn(*a), args)
+  if spec.parallelism == "unrolled":
+    return _unrolled(fn, args, spec.num_shards)
   c = spec.chunk_size  # chunked: lax.map over vmapped chunks of C clients
   chunked = jax.tree.map(lambda x: x.reshape((-1, c) + x.shape[1:]), args)
   out = jax.lax.map(lambda a: jax.vmap(fn)(*a), chunked)
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+
+def _unrolled(fn, args, num_shards: int):
+  """`lax.scan` over clients, fully unrolled (`parallelism="unrolled"`).
+
+  Each client's convolutions keep plain (unbatched) weights and no convolution
+  sits in a rolled loop body: on XLA:CPU both of those run convolutions several
+  times slower (benchmarks/RESULTS.md). XLA may run independent clients'
+  operations concurrently. The program grows linearly with the clients per
+  shard, and so does compile time. On a mesh the client axis is split into
+  [shards, K / shards]: the shard axis is vmapped (one client per device per
+  step), the rest unrolled.
+  """
+  def scan(a):
+    return jax.lax.scan(lambda c, x: (c, fn(*x)), None, a, unroll=True)[1]
+  if num_shards == 1:
+    return scan(args)
+  split = jax.tree.map(lambda x: x.reshape((num_shards, -1) + x.shape[1:]),
+                       args)
+  out = jax.vmap(scan)(split)
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
 
 

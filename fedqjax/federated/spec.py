@@ -16,7 +16,9 @@ from flax import struct
 
 BITS_FP32, BITS_FIXED, BITS_ONDEMAND = 0, 1, 2
 SCHEMES = ("fp32", "fixed", "ondemand", "naive")
-PARALLELISM = ("vmap", "chunked", "map")
+PARALLELISM = ("vmap", "chunked", "map", "unrolled")
+# "auto" (configs only) resolves per backend; measured in benchmarks/RESULTS.md.
+AUTO_PARALLELISM = {"cpu": "unrolled"}  # every other backend: "vmap"
 TARGETS = ("update", "weights")
 POLICIES = ("drop", "degrade")
 OPTIMIZERS = ("adam", "sgd")
@@ -52,6 +54,18 @@ def make_scheme(name: str, *, deadline_s: float, fixed_bits: int = 8
                 deadline_s=jnp.float32(deadline_s))
 
 
+def resolve_parallelism(name: str, backend: str) -> str:
+  """`name`, or for "auto" the measured default of `backend` ("cpu", "gpu"...).
+
+  XLA:CPU runs per-client (vmapped, grouped) convolutions and convolution
+  gradients in rolled loops several times slower than plain ones, so CPU
+  unrolls the clients; accelerators vmap them.
+  """
+  if name == "auto":
+    return AUTO_PARALLELISM.get(backend, "vmap")
+  return name
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundSpec:
   """Static settings of a federated round (hashable; a jit static argument).
@@ -74,7 +88,9 @@ class RoundSpec:
     flops_per_sample: training FLOPs per image (forward + backward), XLA CPU
       cost analysis (MODEL.md section 3).
     parallelism: "vmap" (all K at once) | "chunked" (lax.map over vmapped
-      chunks of chunk_size) | "map" (lax.map, one client at a time).
+      chunks of chunk_size) | "map" (lax.map, one client at a time) |
+      "unrolled" (lax.scan over clients, fully unrolled: plain per-client
+      convolutions, no rolled loop; compile time grows with K per shard).
     chunk_size: clients per vmapped chunk for "chunked".
     unroll: unroll factor of the local-step scan (True = fully unrolled).
     fading: redraw Rayleigh fading each round.
