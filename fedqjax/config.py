@@ -251,8 +251,10 @@ def round_spec(config, model, flops_per_sample: float, mesh=None
       bucket_size=q.bucket_size or None, b_min=q.b_min, target=q.target,
       policy=config.energy.infeasible_policy,
       flops_per_sample=float(flops_per_sample),
-      parallelism=spec_lib.resolve_parallelism(f.parallelism,
-                                               jax.default_backend()),
+      parallelism=spec_lib.resolve_parallelism(
+          f.parallelism, jax.default_backend(),
+          -(-f.clients_per_round // (1 if mesh is None
+                                     else int(mesh.shape["clients"])))),
       chunk_size=f.chunk_size, unroll=f.unroll,
       fading=bool(config.energy.rayleigh_fading), mesh=mesh)
 

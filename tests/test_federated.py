@@ -206,6 +206,9 @@ def test_auto_parallelism_is_resolved_per_backend():
   assert fed.resolve_parallelism("auto", "gpu") == "vmap"
   assert fed.resolve_parallelism("auto", "tpu") == "vmap"
   assert fed.resolve_parallelism("chunked", "cpu") == "chunked"
+  many = fed.spec.AUTO_MAX_UNROLLED + 1  # too many copies to compile: map
+  assert fed.resolve_parallelism("auto", "cpu", many) == "map"
+  assert fed.resolve_parallelism("auto", "gpu", many) == "vmap"
   with pytest.raises(ValueError, match="fed.parallelism"):
     H.make_spec(parallelism="auto")  # resolved by the config, not the spec
 

@@ -61,8 +61,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.fed.rounds = 100 if paper else 20
   c.fed.server_lr = 1.0
   c.fed.ema_decay = 0.999 if paper else 0.9
-  # auto: "unrolled" on CPU, "vmap" on GPU/TPU | vmap | chunked | map |
-  # unrolled (benchmarks/RESULTS.md measures them)
+  # auto: "unrolled" on CPU (up to 16 clients per round and device, then
+  # "map"), "vmap" on GPU/TPU | vmap | chunked | map | unrolled
+  # (benchmarks/RESULTS.md measures them)
   c.fed.parallelism = "auto"
   c.fed.chunk_size = 1
   c.fed.unroll = True  # unroll the local-step scan (XLA:CPU runs convs in

@@ -19,6 +19,10 @@ SCHEMES = ("fp32", "fixed", "ondemand", "naive")
 PARALLELISM = ("vmap", "chunked", "map", "unrolled")
 # "auto" (configs only) resolves per backend; measured in benchmarks/RESULTS.md.
 AUTO_PARALLELISM = {"cpu": "unrolled"}  # every other backend: "vmap"
+# Unrolling compiles one copy of the client program per client (about 45 s
+# each for the tiny U-Net on 2 cores): beyond this many clients per shard,
+# "auto" on CPU falls back to "map" (compile time independent of K).
+AUTO_MAX_UNROLLED = 16
 TARGETS = ("update", "weights")
 POLICIES = ("drop", "degrade")
 OPTIMIZERS = ("adam", "sgd")
@@ -54,16 +58,21 @@ def make_scheme(name: str, *, deadline_s: float, fixed_bits: int = 8
                 deadline_s=jnp.float32(deadline_s))
 
 
-def resolve_parallelism(name: str, backend: str) -> str:
+def resolve_parallelism(name: str, backend: str,
+                        clients_per_shard: int = 1) -> str:
   """`name`, or for "auto" the measured default of `backend` ("cpu", "gpu"...).
 
   XLA:CPU runs per-client (vmapped, grouped) convolutions and convolution
   gradients in rolled loops several times slower than plain ones, so CPU
-  unrolls the clients; accelerators vmap them.
+  unrolls the clients (up to AUTO_MAX_UNROLLED per shard, then "map");
+  accelerators vmap them.
   """
-  if name == "auto":
-    return AUTO_PARALLELISM.get(backend, "vmap")
-  return name
+  if name != "auto":
+    return name
+  mode = AUTO_PARALLELISM.get(backend, "vmap")
+  if mode == "unrolled" and clients_per_shard > AUTO_MAX_UNROLLED:
+    return "map"
+  return mode
 
 
 @dataclasses.dataclass(frozen=True)
