@@ -116,6 +116,8 @@ def main(argv=None):
                   help="local-step scan unroll (0: fully unrolled)")
   ap.add_argument("--chunk_size", type=int, default=4)
   ap.add_argument("--threads", type=int, default=2, help="torch threads (torch loop)")
+  ap.add_argument("--torch_device", default="cpu", choices=("cpu", "cuda"),
+                  help="device of the PyTorch loop (cuda for the GPU comparison)")
   ap.add_argument("--flower_cpus_per_client", type=float, default=1.0,
                   help="Ray CPUs per virtual client (1 on 2 cores = 2 concurrent clients)")
   ap.add_argument("--python", default=sys.executable, help="interpreter for fedqjax/torch")
@@ -129,6 +131,7 @@ def main(argv=None):
   cfg = common.BenchConfig(model=args.model, clients=args.clients, rounds=args.rounds,
                            local_steps=args.local_steps, batch=args.batch, res=args.res,
                            n_max=args.n_max, threads=args.threads,
+                           torch_device=args.torch_device,
                            fedqjax_mode=args.fedqjax_mode, chunk_size=args.chunk_size,
                            fedqjax_conv_impl=args.fedqjax_conv_impl,
                            fedqjax_unroll=args.fedqjax_unroll,
@@ -184,8 +187,10 @@ def main(argv=None):
     rows.append(("fedqjax `round_step_reference` (python loop over clients)",
                  dict(fq["reference"], peak_rss_tree_mb=None, num_params=fq["num_params"])))
   if "torch" in results:
-    rows.append((f"PyTorch sequential loop ({results['torch']['threads']} threads)",
-                 results["torch"]))
+    tr = results["torch"]
+    where = (f"{tr['threads']} threads" if tr.get("device", "cpu") == "cpu"
+             else tr["device"])
+    rows.append((f"PyTorch sequential loop ({where})", tr))
   if "flower" in results:
     fl = results["flower"]
     rows.append((f"Flower {fl['version']} simulation (Ray, {fl['cpus_per_client']:g} "

@@ -35,6 +35,7 @@ class BenchConfig:
   T: int = 1000
   bits: int = 8  # stochastic quantization of each client's update
   threads: int = 2  # torch intra-op threads (torch loop)
+  torch_device: str = "cpu"  # torch loop device: "cpu" | "cuda"
   fedqjax_mode: str = "unrolled"  # fedqjax.federated.PARALLELISM
   fedqjax_conv_impl: str = "xla"  # fedqjax.diffusion.CONV_IMPLS
   fedqjax_unroll: int = 0  # local-step scan unroll; 0 = fully unrolled

@@ -57,21 +57,27 @@ def run(cfg: common.BenchConfig) -> dict:
   import torch
   from benchmarks.peers import torch_unet as TU
   torch.set_num_threads(cfg.threads)
+  dev = torch.device(cfg.torch_device)
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   imgs, counts = common.make_client_data(cfg)
-  images = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 1, 4, 2, 3)))  # NCHW
+  images = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 1, 4, 2, 3))).to(dev)  # NCHW
   model, sched = build(cfg)
+  model.to(dev)
   global_w = {n: v.detach().clone() for n, v in model.state_dict().items()}
   ema_w = {n: v.clone() for n, v in global_w.items()}
-  gen = torch.Generator().manual_seed(cfg.seed)
+  gen = torch.Generator(device=dev).manual_seed(cfg.seed)
   t0 = time.perf_counter()
   warm_loss = fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen)
+  sync()
   first = time.perf_counter() - t0
   times, losses = [], []
   for _ in range(cfg.rounds):
     t0 = time.perf_counter()
     losses.append(fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen))
+    sync()
     times.append(time.perf_counter() - t0)
   return dict(peer="torch_loop", version=torch.__version__, threads=torch.get_num_threads(),
+              device=str(dev),
               num_params=TU.num_params(model), first_round_s=first,
               losses=[warm_loss] + losses, **common.summarize(times))
 

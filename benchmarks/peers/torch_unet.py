@@ -229,10 +229,11 @@ def ddpm_loss(model: nn.Module, x0: torch.Tensor, sched: LinearSchedule,
               gen: Optional[torch.Generator] = None) -> torch.Tensor:
   """L_simple: eps-prediction MSE averaged over pixels, t ~ U{0..T-1}."""
   b = x0.shape[0]
-  t = torch.randint(0, sched.T, (b,), generator=gen)
-  noise = torch.randn(x0.shape, generator=gen)
-  x_t = (sched.sqrt_ab[t][:, None, None, None] * x0
-         + sched.sqrt_1m_ab[t][:, None, None, None] * noise)
+  dev = x0.device
+  t = torch.randint(0, sched.T, (b,), generator=gen, device=dev)
+  noise = torch.randn(x0.shape, generator=gen, device=dev)
+  x_t = (sched.sqrt_ab.to(dev)[t][:, None, None, None] * x0
+         + sched.sqrt_1m_ab.to(dev)[t][:, None, None, None] * noise)
   return torch.mean(torch.square(model(x_t, t) - noise))
 
 
@@ -248,7 +249,7 @@ def local_train(model: nn.Module, images: torch.Tensor, count: int, steps: int,
   opt = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
   total = 0.0
   for _ in range(steps):
-    idx = torch.randint(0, max(count, 1), (batch,), generator=gen)
+    idx = torch.randint(0, max(count, 1), (batch,), generator=gen, device=images.device)
     loss = ddpm_loss(model, images[idx], sched, gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -269,13 +270,15 @@ def stochastic_quantize_(tensors: Sequence[torch.Tensor], bits: int = 8,
   """
   flat = torch.cat([t.reshape(-1) for t in tensors])
   sizes = [t.numel() for t in tensors]
-  seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-  lo = torch.full((len(sizes),), float("inf")).scatter_reduce(0, seg, flat, "amin")
-  hi = torch.full((len(sizes),), float("-inf")).scatter_reduce(0, seg, flat, "amax")
+  dev = flat.device
+  seg = torch.repeat_interleave(torch.arange(len(sizes), device=dev),
+                                torch.tensor(sizes, device=dev))
+  lo = torch.full((len(sizes),), float("inf"), device=dev).scatter_reduce(0, seg, flat, "amin")
+  hi = torch.full((len(sizes),), float("-inf"), device=dev).scatter_reduce(0, seg, flat, "amax")
   levels = float(2 ** bits - 1)
   delta = ((hi - lo) / levels).clamp_min(1e-30)
   x = (flat - lo[seg]) / delta[seg]
-  q = torch.floor(x + torch.rand(x.shape, generator=gen)).clamp_(0, levels)
+  q = torch.floor(x + torch.rand(x.shape, generator=gen, device=dev)).clamp_(0, levels)
   deq = lo[seg] + q * delta[seg]
   off = 0
   for t, n in zip(tensors, sizes):

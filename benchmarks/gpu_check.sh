@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The prepared accelerator measurements of issues #7 and #10 (paper-size
+# U-Net, 35.7M params). Meant for the `device` machine (one H100/H200, jax,
+# flax, optax, chex, torch; no clu/TF): run from the repo root, one stage per
+# call so each stays under the 10-minute command limit. Results go to $OUT.
+#
+#   bash benchmarks/gpu_check.sh round   # round_step (vmap) vs reference vs
+#                                        # centralized, K=32, bf16 (~5 min)
+#   bash benchmarks/gpu_check.sh peers   # fedqjax vs the PyTorch loop, K=8
+#                                        # and K=32, float32 (~8 min)
+#
+# PEAK (TFLOP/s for MFU) defaults to the H100 SXM bf16 dense peak, 989.
+set -euo pipefail
+export PYTHONPATH=.
+OUT=${OUT:-/tmp/fedqjax_gpu}
+mkdir -p "$OUT"
+export JAX_COMPILATION_CACHE_DIR="$OUT/jax_cache"
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
+
+case "${1:-round}" in
+  round)
+    python -u benchmarks/round.py --model=paper --clients=32 --batch=32 \
+      --local_steps=2 --dtype=bfloat16 --peak_tflops="${PEAK:-989}" \
+      --modes=vmap --rounds=3 2>&1 | tee "$OUT/round_paper_k32.txt"
+    ;;
+  peers)
+    for k in 8 32; do
+      python -u benchmarks/peers.py --model paper --clients "$k" --rounds 2 \
+        --local_steps 2 --batch 32 --peers torch --torch_device cuda --fedqjax_mode vmap \
+        --timeout 500 --json_out "$OUT/peers_paper_k$k.json" 2>&1 \
+        | tee "$OUT/peers_paper_k$k.txt"
+    done
+    ;;
+  *)
+    echo "usage: $0 round|peers" >&2
+    exit 2
+    ;;
+esac
