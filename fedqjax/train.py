@@ -281,9 +281,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     enable_compilation_cache(os.path.join(workdir, ".jax_cache"))
   t0 = time.time()
   setup, run_key = build(config, workdir)
-  log.info("dataset=%s params=%d flops/sample=%.3g deadline=%.3fs",
-           setup.dataset, setup.num_params, setup.flops_per_sample,
-           setup.deadline_s)
+  log.info("dataset=%s params=%d flops/sample=%.3g deadline=%.3fs "
+           "parallelism=%s (config: %s)", setup.dataset, setup.num_params,
+           setup.flops_per_sample, setup.deadline_s, setup.spec.parallelism,
+           config.fed.parallelism)
   evaluator = evaluation.Evaluator(setup, workdir)
   summaries = []
   for name in config.sweep.schemes:
@@ -298,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
               if config.eval.sampler == "ddim" else "ddpm",
               reference_images=len(setup.test_images),
               backend=jax.default_backend(),
+              parallelism=setup.spec.parallelism,
               num_devices=jax.device_count(),
               wall_s=time.time() - t0)
   results = dict(schemes=summaries, meta=meta)
