@@ -8,8 +8,9 @@ Usage:
 
 Presets (one config argument):
   cpu   (default) small UNet, Fashion-MNIST unless CIFAR-10 is prepared in
-        tfds, KID/FID on a few hundred DDIM samples; the whole sweep in well
-        under 30 minutes on 2 CPU cores.
+        tfds, N = K = 10 clients, 30 rounds, KID/FID on a few hundred DDIM
+        samples; the whole sweep in about half an hour on 2 CPU cores (6 of
+        those minutes compile the round once; see README).
   paper ch=128 UNet (35.7M params), CIFAR-10, K=10, FID on 10k DDIM samples;
         for a GPU/TPU.
 """
