@@ -11,8 +11,10 @@ interchangeable between the implementations.
   as forward-form NHWC/HWIO convolutions. JAX's transpose rules emit gradient
   convolutions with other dimension labels, which XLA:CPU only rewrites into
   its fast form outside loops: inside a rolled `lax.scan` / `lax.map` body
-  they ran 10-20x slower. With this form, clients (and local steps) can run
-  in a rolled loop at full speed, and compile time stops growing with K.
+  they ran 10-20x slower. With this form the convolutions cost the same in
+  a rolled loop as unrolled, so clients (and local steps) can be rolled and
+  compile time stops growing with K; the whole round rolled still measured
+  ~1.9x slower than unrolled on 2 cores (see benchmarks/RESULTS.md).
 - `im2col_conv` ("im2col"): the kh*kw shifted views of the padded input
   concatenated on the channel axis times the kernel as a [kh*kw*C, O] matrix.
   Under `vmap` with per-client weights XLA turns a convolution into a
