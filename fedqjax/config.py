@@ -1,223 +1,119 @@
-"""Config validation and conversion at the boundary (before anything compiles).
+"""Config keys -> settings dataclasses, validated before anything compiles.
 
-The sweep's ml_collections ConfigDict is checked field by field against
-SCHEMA: every key has a type and a valid range; errors name the key, the
-value and the range; unknown keys are rejected with the closest valid name.
-Then it is turned into frozen dataclasses (RoundSpec, EnergyConfig,
-UNetConfig): no ConfigDict is ever traced.
+The sweep's ml_collections ConfigDict is mapped key by key onto the frozen
+settings of the core (`RoundSpec`, `EnergyConfig`, `UNetConfig`), which
+validate themselves in their own field names; this layer checks types,
+unknown keys ("did you mean"), removed keys (naming their replacement), the
+ranges of keys that only the experiment uses (data, eval, sweep, logging),
+and rewrites a core message "RoundSpec.local_steps=0 is invalid; valid: >= 1"
+as "config.fed.local_steps=0 is invalid; valid: >= 1". No ConfigDict is ever
+traced, and the core never names a config path.
 """
 from __future__ import annotations
 
 import difflib
-import math
-from typing import Any, Callable, Dict, Tuple
+import re
+from typing import Any, Dict
 
 import jax
 
 from fedqjax import energy
+from fedqjax import quantization as quant_lib
+from fedqjax.config_schema import (CORE_KEYS, REMOVED_KEYS, SCHEMA, TYPES,
+                                   flatten)
+from fedqjax.diffusion import UNetConfig
+from fedqjax.federated import execution as execution_lib
 from fedqjax.federated import spec as spec_lib
 
-_NUM = (int, float)
-
-
-def _as_float(v):
-  """float(v), or None when v is not a finite number (huge ints included)."""
-  try:
-    f = float(v)
-  except (OverflowError, TypeError, ValueError):
-    return None
-  return f if math.isfinite(f) else None
-
-
-def _rng(lo=None, hi=None, lo_open=False, hi_open=False):
-  def check(v):
-    if _as_float(v) is None:  # NaN, inf, or an int too large for a float
-      return False
-    if lo is not None and (v <= lo if lo_open else v < lo):
-      return False
-    if hi is not None and (v >= hi if hi_open else v > hi):
-      return False
-    return True
-  lb = "(" if lo_open else "["
-  rb = ")" if hi_open else "]"
-  desc = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
-  return check, desc
-
-
-def _choice(*options):
-  return (lambda v: v in options), f"one of {options}"
-
-
-def _tuple_of(elem_check, min_len=1, desc="values"):
-  def check(v):
-    return (isinstance(v, (tuple, list)) and len(v) >= min_len and
-            all(elem_check(x) for x in v))
-  return check, f"a tuple of >= {min_len} {desc}"
-
-
-_pos = lambda x: isinstance(x, _NUM) and not isinstance(x, bool) and \
-    (_as_float(x) or 0) > 0
-_ANY = (lambda v: True), "any"
-
-# key -> (types, (check, description))
-SCHEMA: Dict[str, Tuple[tuple, Tuple[Callable[[Any], bool], str]]] = {
-    "preset": ((str,), _choice("cpu", "paper", "test")),
-    "seed": ((int,), _rng(0, 2**31 - 1)),
-    "data.name": ((str,), _choice("auto", "cifar10", "fashion_mnist",
-                                  "synthetic")),
-    "data.data_dir": ((str,), _ANY),
-    "data.tarball": ((str,), _ANY),
-    "data.resolution": ((int,), _choice(0, 8, 16, 28, 32)),  # 0 = native
-    "data.partition": ((str,), _choice("iid", "dirichlet", "shards")),
-    "data.dirichlet_alpha": (_NUM, _rng(0, None, lo_open=True)),
-    "data.labels_per_client": ((int,), _rng(1, 10)),
-    "data.max_train": ((int,), _rng(0)),
-    "data.num_test": ((int,), _rng(2)),
-    "model.ch": ((int,), _rng(1, 1024)),
-    "model.ch_mult": ((tuple, list), _tuple_of(
-        lambda x: isinstance(x, int) and x >= 1, 1, "ints >= 1")),
-    "model.num_res_blocks": ((int,), _rng(1, 8)),
-    "model.attn_resolutions": ((tuple, list), _tuple_of(
-        lambda x: isinstance(x, int) and x >= 1, 0, "ints")),
-    "model.dropout": (_NUM, _rng(0, 1, hi_open=True)),
-    "model.num_groups": ((int,), _rng(1, 1024)),
-    "model.dtype": ((str,), _choice("float32", "bfloat16")),
-    "model.conv_impl": ((str,), _choice("xla", "im2col", "fwd_form")),
-    "diffusion.T": ((int,), _rng(2, 100000)),
-    "diffusion.beta_start": (_NUM, _rng(0, 1, lo_open=True, hi_open=True)),
-    "diffusion.beta_end": (_NUM, _rng(0, 1, lo_open=True, hi_open=True)),
-    "fed.num_clients": ((int,), _rng(1, 1_000_000)),
-    "fed.clients_per_round": ((int,), _rng(1, 1_000_000)),
-    "fed.local_steps": ((int,), _rng(1, 10_000)),
-    "fed.batch_size": ((int,), _rng(1, 100_000)),
-    "fed.rounds": ((int,), _rng(1, 10_000_000)),
-    "fed.server_lr": (_NUM, _rng(0, 10, lo_open=True)),
-    "fed.ema_decay": (_NUM, _rng(0, 1, hi_open=True)),
-    "fed.parallelism": ((str,), _choice("auto", *spec_lib.PARALLELISM)),
-    "fed.chunk_size": ((int,), _rng(1, 1_000_000)),
-    "fed.unroll": ((bool, int), (lambda v: isinstance(v, bool) or v >= 1,
-                                 "True/False or an int >= 1")),
-    "optim.optimizer": ((str,), _choice(*spec_lib.OPTIMIZERS)),
-    "optim.lr": (_NUM, _rng(0, 10, lo_open=True, hi_open=True)),
-    "optim.grad_clip": (_NUM, _rng(0)),
-    "quant.method": ((str,), _choice("minmax", "qsgd")),
-    "quant.bucket_size": ((int,), _rng(0)),
-    "quant.b_min": ((int,), _rng(1, 32)),
-    "quant.fixed_bits": ((int,), _rng(1, 32)),
-    "quant.target": ((str,), _choice(*spec_lib.TARGETS)),
-    "energy.radius_m": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.shadowing_db": (_NUM, _rng(0, 40)),
-    "energy.rayleigh_fading": ((bool,), _ANY),
-    "energy.total_bandwidth_hz": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.noise_psd_dbm_hz": (_NUM, _rng(-250, 0)),
-    "energy.p_max_w": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.f_min_hz": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.f_max_hz": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.tau_mean": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.tau_spread": (_NUM, _rng(0, 1, hi_open=True)),
-    "energy.flops_per_cycle_choices": ((tuple, list), _tuple_of(_pos, 1,
-                                                                "values > 0")),
-    "energy.eps_choices": ((tuple, list), _tuple_of(_pos, 1, "values > 0")),
-    "energy.deadline_s": (_NUM, _rng(0)),
-    "energy.deadline_factor": (_NUM, _rng(0, None, lo_open=True)),
-    "energy.infeasible_policy": ((str,), _choice(*spec_lib.POLICIES)),
-    "eval.every": ((int,), _rng(0)),
-    "eval.num_samples": ((int,), _rng(2, 1_000_000)),
-    "eval.batch_size": ((int,), _rng(1, 100_000)),
-    "eval.sampler": ((str,), _choice("ddim", "ddpm")),
-    "eval.ddim_steps": ((int,), _rng(1, 100_000)),
-    "eval.eta": (_NUM, _rng(0, 1)),
-    "eval.fid": ((bool,), _ANY),
-    "eval.kid_subset_size": ((int,), _rng(2, 1_000_000)),
-    "eval.grid": ((int,), _rng(1, 1024)),
-    "sweep.schemes": ((tuple, list, str), _tuple_of(
-        lambda s: s in spec_lib.SCHEMES, 1, f"names in {spec_lib.SCHEMES}")),
-    "log_every": ((int,), _rng(1)),
-    "ckpt_every": ((int,), _rng(1)),
-    "max_rounds_this_run": ((int,), _rng(0)),
-    "compilation_cache": ((bool,), _ANY),
-}
-
-
-def flatten(config, prefix: str = "") -> Dict[str, Any]:
-  """ConfigDict / dict -> {"a.b": value}."""
-  out = {}
-  items = config.items() if hasattr(config, "items") else []
-  for k, v in items:
-    key = f"{prefix}{k}"
-    if hasattr(v, "items"):
-      out.update(flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
+_CORE_MESSAGE = re.compile(r"^(\w+)\.(\w+)=(.*?) is invalid; (.*)$", re.S)
 
 
 def _normalize(config) -> None:
-  """Comma lists -> tuples for sweep.schemes.
+  """Comma lists -> tuples for the sweep's list keys.
 
   Accepts "fp32,ondemand" (a string) and ('fp32,ondemand',) (what
-  config_flags makes of `--config.sweep.schemes=fp32,ondemand`, the default
-  being a tuple).
+  config_flags makes of `--config.sweep.schemes=fp32,ondemand`).
   """
-  s = config.sweep.schemes
-  items = [s] if isinstance(s, str) else list(s) if isinstance(
-      s, (tuple, list)) else None
-  if items is None or not all(isinstance(x, str) for x in items):
-    return
-  split = tuple(x.strip() for item in items for x in item.split(",")
-                if x.strip())
-  if split != tuple(s if not isinstance(s, str) else (s,)):
-    if hasattr(config.sweep, "ignore_type"):  # a type-safe ConfigDict
-      with config.sweep.ignore_type():
-        config.sweep.schemes = split
-    else:
-      config.sweep.schemes = split
+  for name in ("schemes", "allocations"):
+    s = config.sweep.get(name) if hasattr(config, "sweep") else None
+    items = [s] if isinstance(s, str) else list(s) if isinstance(
+        s, (tuple, list)) else None
+    if items is None or not all(isinstance(x, str) for x in items):
+      continue
+    split = tuple(x.strip() for item in items for x in item.split(",")
+                  if x.strip())
+    if split != tuple(s if not isinstance(s, str) else (s,)):
+      if hasattr(config.sweep, "ignore_type"):  # a type-safe ConfigDict
+        with config.sweep.ignore_type():
+          config.sweep[name] = split
+      else:
+        config.sweep[name] = split
+
+
+def _check_keys(flat: Dict[str, Any]) -> None:
+  for key in flat:
+    if key in REMOVED_KEYS:
+      raise ValueError(f"config.{key} was removed; {REMOVED_KEYS[key]}")
+    if key not in TYPES:
+      close = difflib.get_close_matches(key, TYPES.keys(), n=1)
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise ValueError(f"unknown config key {key!r}{hint}")
+  missing = sorted(set(TYPES) - set(flat))
+  if missing:
+    raise ValueError(f"config is missing key(s) {missing}")
+
+
+def _check_types_and_ranges(flat: Dict[str, Any]) -> None:
+  for key, types in TYPES.items():
+    v = flat[key]
+    ok = isinstance(v, types) and not (isinstance(v, bool) and
+                                       bool not in types)
+    if not ok:
+      names = "/".join(t.__name__ for t in types)
+      raise ValueError(f"config.{key}={v!r} is invalid; valid: a {names}"
+                       + (f" in {SCHEMA[key][1]}" if key in SCHEMA else ""))
+    if key in SCHEMA and not SCHEMA[key][0](v):
+      raise ValueError(f"config.{key}={v!r} is invalid; valid: "
+                       f"{SCHEMA[key][1]}")
+
+
+def _core(section: str, build):
+  """Runs a settings constructor; rewrites its message in config keys."""
+  try:
+    return build()
+  except ValueError as e:
+    m = _CORE_MESSAGE.match(str(e))
+    key = m and CORE_KEYS.get(f"{m.group(1)}.{m.group(2)}")
+    if key:
+      raise ValueError(f"config.{key}={m.group(3)} is invalid; "
+                       f"{m.group(4)}") from None
+    raise ValueError(f"config.{section}: {e}") from None
 
 
 def validate_config(config) -> None:
-  """Checks every field; raises ValueError naming key, value and range."""
+  """Checks every key; raises ValueError naming key, value and range."""
   _normalize(config)
   flat = flatten(config)
-  for key in flat:
-    if key not in SCHEMA:
-      close = difflib.get_close_matches(key, SCHEMA.keys(), n=1)
-      hint = f"; did you mean {close[0]!r}?" if close else ""
-      raise ValueError(f"unknown config key {key!r}{hint}")
-  missing = sorted(set(SCHEMA) - set(flat))
-  if missing:
-    raise ValueError(f"config is missing key(s) {missing}")
-  for key, (types, (check, desc)) in SCHEMA.items():
-    v = flat[key]
-    ok_type = isinstance(v, types) and not (
-        isinstance(v, bool) and bool not in types)
-    if not ok_type or not check(v):
-      raise ValueError(f"config.{key}={v!r} is invalid; valid: {desc}")
-  # Cross-field constraints.
+  _check_keys(flat)
+  _check_types_and_ranges(flat)
   c = config
-  if c.fed.clients_per_round > c.fed.num_clients:
-    raise ValueError(f"config.fed.clients_per_round={c.fed.clients_per_round}"
-                     f" is invalid; valid: 1..fed.num_clients="
-                     f"{c.fed.num_clients}")
-  if c.diffusion.beta_start >= c.diffusion.beta_end:
-    raise ValueError("config.diffusion.beta_start must be < beta_end, got "
-                     f"{c.diffusion.beta_start} >= {c.diffusion.beta_end}")
-  if c.energy.f_min_hz >= c.energy.f_max_hz:
-    raise ValueError(f"config.energy.f_min_hz={c.energy.f_min_hz} must be < "
-                     f"energy.f_max_hz={c.energy.f_max_hz}")
   if c.eval.ddim_steps > c.diffusion.T:
     raise ValueError(f"config.eval.ddim_steps={c.eval.ddim_steps} is invalid;"
                      f" valid: 1..diffusion.T={c.diffusion.T}")
-  if c.model.ch % c.model.num_groups:
-    raise ValueError(f"config.model.ch={c.model.ch} must be divisible by "
-                     f"model.num_groups={c.model.num_groups}")
-  levels = len(c.model.ch_mult)
-  if c.data.resolution and c.data.resolution % (2 ** (levels - 1)):
-    raise ValueError(
-        f"config.data.resolution={c.data.resolution} is invalid for "
-        f"{levels} UNet levels (model.ch_mult={tuple(c.model.ch_mult)}); "
-        f"valid: a multiple of {2 ** (levels - 1)}")
-  # Let the energy dataclass run its own checks now (before compiling).
-  energy_config(config)
+  if c.data.resolution:
+    _core("model", lambda: unet_config(config, c.data.resolution))
+  _core("energy", lambda: energy_config(config))
+  unet = _core("model", lambda: unet_config(config, None))
+  _core("fed", lambda: round_spec(config, unet, None, 1.0))
+
+
+def unet_config(config, resolution) -> UNetConfig:
+  m = config.model
+  return UNetConfig(ch=m.ch, ch_mult=tuple(m.ch_mult),
+                    num_res_blocks=m.num_res_blocks,
+                    attn_resolutions=tuple(m.attn_resolutions),
+                    dropout=float(m.dropout), num_groups=m.num_groups,
+                    dtype=m.dtype, resolution=resolution or None)
 
 
 def energy_config(config) -> energy.EnergyConfig:
@@ -236,32 +132,52 @@ def energy_config(config) -> energy.EnergyConfig:
       eps_choices=tuple(float(x) for x in e.eps_choices))
 
 
-def round_spec(config, model, flops_per_sample: float, mesh=None
-               ) -> spec_lib.RoundSpec:
-  f, q = config.fed, config.quant
+def make_quantizer(config, template) -> Any:
+  q = config.quant
+  return quant_lib.make_quantizer(template, method=q.method,
+                                  bucket_size=q.bucket_size or None)
+
+
+def sweep_plan(config):
+  """(bits schemes to train, allocation policies to price), aliases resolved.
+
+  `naive` = on-demand bits priced at f_max / p_max (the "max" policy).
+  """
+  bits, allocs = [], list(config.sweep.allocations)
+  for name in config.sweep.schemes:
+    b = "ondemand" if name == "naive" else name
+    if b not in bits:
+      bits.append(b)
+    if name == "naive" and "max" not in allocs:
+      allocs.append("max")
+  return tuple(bits), tuple(allocs)
+
+
+def round_spec(config, unet: UNetConfig, quantizer, flops_per_sample: float,
+               mesh=None, backend: str | None = None) -> spec_lib.RoundSpec:
+  """The round's static settings; `fed.client_loop` resolved here."""
+  f, o, d = config.fed, config.optim, config.diffusion
+  shards = 1 if mesh is None else int(mesh.shape["clients"])
+  execution = execution_lib.resolve_execution(
+      f.client_loop, backend or jax.default_backend(),
+      -(-f.clients_per_round // shards))
   return spec_lib.RoundSpec(
-      model=model, num_clients=f.num_clients,
+      unet=unet, quantizer=quantizer, num_clients=f.num_clients,
       clients_per_round=f.clients_per_round, local_steps=f.local_steps,
-      batch_size=f.batch_size, lr=float(config.optim.lr),
-      optimizer=config.optim.optimizer,
-      grad_clip=float(config.optim.grad_clip), server_lr=float(f.server_lr),
-      ema_decay=float(f.ema_decay), T=config.diffusion.T,
-      beta_start=float(config.diffusion.beta_start),
-      beta_end=float(config.diffusion.beta_end), quantizer=q.method,
-      bucket_size=q.bucket_size or None, b_min=q.b_min, target=q.target,
-      policy=config.energy.infeasible_policy,
+      batch_size=f.batch_size, lr=float(o.lr), optimizer=o.optimizer,
+      grad_clip=float(o.grad_clip), server_lr=float(f.server_lr),
+      ema_decay=float(f.ema_decay), T=d.T, beta_start=float(d.beta_start),
+      beta_end=float(d.beta_end), b_min=config.quant.b_min,
+      target=config.quant.target,
+      infeasible_policy=config.energy.infeasible_policy,
       flops_per_sample=float(flops_per_sample),
-      parallelism=spec_lib.resolve_parallelism(
-          f.parallelism, jax.default_backend(),
-          -(-f.clients_per_round // (1 if mesh is None
-                                     else int(mesh.shape["clients"])))),
-      chunk_size=f.chunk_size, unroll=f.unroll,
+      allocations=sweep_plan(config)[1], execution=execution,
       fading=bool(config.energy.rayleigh_fading), mesh=mesh)
 
 
-def flat_hparams(config, scheme: str) -> Dict[str, Any]:
+def flat_hparams(config, run: str) -> Dict[str, Any]:
   """Scalars for clu's write_hparams (tuples as strings)."""
-  out = {"scheme": scheme}
+  out = {"run": run}
   for k, v in flatten(config).items():
     out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
   return out

@@ -1,11 +1,14 @@
 """The main job: train_and_evaluate(config, workdir) runs the scheme sweep.
 
-For each scheme (fp32 / fixed / on-demand / naive, MODEL.md section 1) one
-subdirectory holds TensorBoard logs (clu), orbax checkpoints, a per-round
-history and a summary; the workdir gets results.csv / results.json and PNG
-figures. Rerunning the same command resumes each scheme from its last
-checkpoint and skips finished schemes. All schemes share ONE compiled round
-(the scheme is traced data) and JAX's persistent compilation cache.
+A sweep is a list of runs: each bits scheme (fp32 / fixed / on-demand,
+MODEL.md section 1) trains ONCE per seed (on-demand once per error-demand
+scale too); every allocation policy is priced inside the same round on the
+same uploads. One subdirectory per run holds TensorBoard logs (clu), orbax
+checkpoints, the per-round history and a summary; the workdir gets
+results.csv / results.json and PNG figures (fedqjax.report). Rerunning the
+same command resumes each run from its last checkpoint and skips finished
+runs. All runs share ONE compiled round (the scheme is traced data) and
+JAX's persistent compilation cache.
 
 This module (with `data` loaders and `report`) is where TensorFlow-backed
 pieces (clu writers, tfds) are imported; the core stays TF-free.
@@ -18,43 +21,44 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from fedqjax import config as config_lib
-from fedqjax import data as data_lib
-from fedqjax import diffusion, energy, federated
+from fedqjax import console, federated, results as results_lib
+from fedqjax.setup import Setup, build, load_dataset
 
 log = logging.getLogger("fedqjax")
-
-HISTORY_KEYS = ("loss", "energy_j", "round_energy_comp_j",
-                "round_energy_comm_j", "latency_s", "infeasible",
-                "num_uploaded", "bits_mean")
 
 
 class DivergedError(RuntimeError):
   """A non-finite loss or parameter was seen at a log step."""
 
 
-@dataclasses.dataclass
-class Setup:
-  """Everything shared by all schemes of a sweep (built once)."""
-  config: ml_collections.ConfigDict
-  dataset: str
-  fed_data: federated.FedData
-  test_images: np.ndarray  # uint8 [n, H, W, C] (reference for FID/KID)
-  image_shape: tuple
-  unet: diffusion.UNetConfig
-  spec: federated.RoundSpec
-  devices: energy.Devices
-  params: Any
-  deadline_s: float
-  flops_per_sample: float
-  num_params: int
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the sweep: a bits scheme at a seed and eps scale."""
+  name: str
+  bits: str
+  seed: int
+  eps_scale: float
+
+
+def plan_runs(config) -> List[Run]:
+  """Bits schemes x seeds (x eps scales for on-demand), in a stable order."""
+  bits, _ = config_lib.sweep_plan(config)
+  seeds, scales = tuple(config.sweep.seeds), tuple(config.sweep.eps_scales)
+  runs = []
+  for seed in seeds:
+    for b in bits:
+      for scale in (scales if b == "ondemand" else (1.0,)):
+        name = b + (f"_seed{seed}" if len(seeds) > 1 else "") + (
+            f"_eps{scale:g}" if b == "ondemand" and len(scales) > 1 else "")
+        runs.append(Run(name, b, int(seed), float(scale)))
+  return runs
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -66,196 +70,127 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def resolve_dataset(config) -> str:
-  """`auto` -> cifar10 when tfds has it prepared (or a tarball is given)."""
-  name = config.data.name
-  if name != "auto":
-    return name
-  if config.data.tarball or data_lib.cifar10_available(
-      config.data.data_dir or None):
-    return "cifar10"
-  log.warning("=" * 70)
-  log.warning("data.name=auto: CIFAR-10 is not available offline; using the "
-              "installed Fashion-MNIST instead (recorded in the results).")
-  log.warning("=" * 70)
-  return "fashion_mnist"
+def _finite_state(state) -> bool:
+  sums = jax.device_get(jax.tree.map(lambda p: p.sum(), state.params))
+  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(sums))
 
 
-def load_data(config, name: str):
-  """(train uint8, train labels, test uint8) for dataset `name`."""
-  opts: Dict[str, Any] = {}
-  if name == "fashion_mnist" and config.data.data_dir:
-    opts["data_dir"] = config.data.data_dir
-  elif name == "cifar10":
-    if config.data.tarball:
-      opts["tarball"] = config.data.tarball
-    elif config.data.data_dir:
-      opts["data_dir"] = config.data.data_dir
-  elif name == "synthetic":
-    opts = dict(num=max(config.data.max_train, 64),
-                size=config.data.resolution or 32,
-                channels=1, seed=config.seed)
-  x, y = data_lib.load(name, "train", **opts)
-  if name == "synthetic":
-    opts["num"] = max(config.data.num_test, 16)
-  xt, _ = data_lib.load(name, "test", **opts)
-  if config.data.max_train:
-    x, y = x[:config.data.max_train], y[:config.data.max_train]
-  return x, y, xt[:config.data.num_test]
+def history_row(rnd: int, m: Dict[str, Any], state, policies) -> Dict[str, Any]:
+  """One JSON-able history row from host metrics and the new state."""
+  present = np.asarray(m["client_uploaded"])
+  row = dict(round=rnd, loss=float(m["loss"]), bits_mean=float(m["bits_mean"]),
+             num_trained=int(m["num_trained"]),
+             num_uploaded=int(m["num_uploaded"]),
+             num_skipped=int(m["num_skipped"]),
+             num_dropped=int(m["num_dropped"]),
+             bit_shortfall=int(m["bit_shortfall"]),
+             round_uploaded_mb=float(m["uploaded_bits"]) / 8e6,
+             cum_uploaded_mb=float(state.uploaded_bits) / 8e6,
+             bits=[int(b) for b in np.asarray(m["client_bits"])[present]])
+  comp, comm = np.asarray(state.energy_comp_j), np.asarray(state.energy_comm_j)
+  row["energy"] = {p: dict(round_j=float(m["energy_j"][i]),
+                           latency_s=float(m["latency_s"][i]),
+                           cum_j=float(comp[i] + comm[i]),
+                           cum_comp_j=float(comp[i]), cum_comm_j=float(comm[i]))
+                   for i, p in enumerate(policies)}
+  return row
 
 
-def build(config, workdir: str) -> Setup:
-  """Loads data, builds model, devices, deadline and the round spec."""
-  name = resolve_dataset(config)
-  x, y, xt = load_data(config, name)
-  res = config.data.resolution or x.shape[1]  # 0 = native size
-  xf = data_lib.to_float(x, resolution=res)
-  cd = data_lib.partition(xf, y, config.fed.num_clients, config.data.partition,
-                          seed=config.seed, alpha=config.data.dirichlet_alpha,
-                          labels_per_client=config.data.labels_per_client)
-  # Test images at the training resolution (padded the same way) for FID.
-  test_u8 = data_lib.to_uint8(data_lib.to_float(xt, resolution=res))
-  image_shape = tuple(xf.shape[1:])
-  unet = diffusion.UNetConfig.from_dict(
-      {**config.model.to_dict(), "resolution": res})
-  unet.check_image_shape(image_shape)
-  model = unet.make()
-  root = jax.random.key(config.seed)
-  _, k_dev, k_run = jax.random.split(root, 3)  # [0]: init (_init_params)
-  params = _init_params(unet, config.seed, image_shape)
-  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  # Lowered (unoptimized) HLO count: within 0.2-2% of the compiled count
-  # (35.006 vs 35.078 GFLOPs for the paper model) at a fraction of the time.
-  flops = float(diffusion.train_flops_per_image(unet, image_shape,
-                                                compiled=False))
-  ecfg = config_lib.energy_config(config)
-  devices = energy.sample_devices(ecfg, k_dev)
-  energy.validate_devices(devices)
-  samples = config.fed.local_steps * config.fed.batch_size
-  if config.energy.deadline_s > 0:
-    deadline = float(config.energy.deadline_s)
-  else:
-    deadline = float(energy.deadline_from_fp32(
-        devices, num_params, samples, flops,
-        factor=config.energy.deadline_factor))
-  spec = config_lib.round_spec(config, model, flops)
-  fed_data = federated.FedData(images=jnp.asarray(cd.images),
-                               counts=jnp.asarray(cd.counts))
-  return Setup(config=config, dataset=name, fed_data=fed_data,
-               test_images=test_u8, image_shape=image_shape, unet=unet,
-               spec=spec, devices=devices, params=params,
-               deadline_s=deadline, flops_per_sample=flops,
-               num_params=num_params), k_run
+def write_round(writer, row: Dict[str, Any], m: Dict[str, Any]) -> None:
+  """TensorBoard scalars and histograms of one round (clu writer)."""
+  scalars = {k: v for k, v in row.items()
+             if isinstance(v, (int, float)) and k != "round"}
+  for p, e in row["energy"].items():
+    scalars.update({f"{k}/{p}": v for k, v in e.items()})
+  up = np.asarray(m["client_uploaded"])
+  if up.any():
+    scalars["rel_quant_error_max"] = float(
+        np.asarray(m["client_rel_quant_error"])[up].max())
+    writer.write_histograms(row["round"], {
+        "bits": np.asarray(m["client_bits"])[up],
+        "energy_per_client_j": (np.asarray(m["client_energy_comp_j"][0]) +
+                                np.asarray(m["client_energy_comm_j"][0]))[up]})
+  writer.write_scalars(row["round"], scalars)
 
 
-@functools.lru_cache(maxsize=8)
-def _init_params(unet: diffusion.UNetConfig, seed: int, image_shape: tuple):
-  """Initial UNet variables, cached per process (init compiles for ~20 s on
-  2 CPU cores; the round never mutates them: the state copies them)."""
-  k_init = jax.random.split(jax.random.key(seed), 3)[0]
-  return diffusion.init_unet(unet, k_init, image_shape)
+def evaluate_heldout(setup: Setup, state, writer, rnd: int) -> Dict[str, float]:
+  """Held-out denoising loss of the EMA and raw params (fixed (t, noise))."""
+  out = dict(heldout_ema=setup.heldout(state.ema_params),
+             heldout_raw=setup.heldout(state.params))
+  writer.write_scalars(rnd, out)
+  return out
 
 
-def _to_host(m):
-  return jax.tree.map(np.asarray, jax.device_get(m))
-
-
-def run_scheme(setup: Setup, scheme_name: str, run_key, workdir: str,
-               evaluator=None) -> Dict[str, Any]:
-  """Trains one scheme (resuming), evaluates it, returns its summary."""
+def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
+  """Trains `run` from its last checkpoint; returns state, history, flags."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   from fedqjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-
-  config = setup.config
-  sdir = os.path.join(workdir, scheme_name)
-  os.makedirs(sdir, exist_ok=True)
-  summary_path = os.path.join(sdir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
-    log.info("scheme %s already finished; skipping", scheme_name)
-    return summary
-
-  scheme = federated.make_scheme(scheme_name, deadline_s=setup.deadline_s,
-                                 fixed_bits=config.quant.fixed_bits)
-  step = federated.jit_round_step(setup.spec)
-  state = federated.init_server_state(setup.params, run_key)
+  config, spec = setup.config, setup.spec
+  scheme = federated.make_scheme(run.bits, deadline_s=setup.deadline_s,
+                                 fixed_bits=config.quant.fixed_bits,
+                                 eps_scale=run.eps_scale)
+  step = federated.jit_round_step(spec)
+  state = federated.init_server_state(setup.params, setup.run_key,
+                                      len(spec.allocations))
   mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
   state, history = mgr.restore_latest(state)
   start = int(state.round)
   if start:
-    log.info("scheme %s: resumed at round %d", scheme_name, start)
-  writer = metric_writers.create_default_writer(sdir, just_logging=False,
-                                                asynchronous=False)
+    log.info("run %s: resumed at round %d", run.name, start)
+  progress.run_started(run.name, start)
+  writer = metric_writers.create_default_writer(sdir, asynchronous=False)
   if start == 0:
-    writer.write_hparams(config_lib.flat_hparams(config, scheme_name))
-  rounds = config.fed.rounds
-  report = periodic_actions.ReportProgress(num_train_steps=rounds,
-                                           writer=writer, every_steps=10)
-  t0 = time.time()
-  diverged = False
-  stop_at = rounds if not config.max_rounds_this_run else min(
-      rounds, start + config.max_rounds_this_run)
-  for rnd in range(start, stop_at):
+    writer.write_hparams(config_lib.flat_hparams(config, run.name))
+    history = [dict(round=0, **evaluate_heldout(setup, state, writer, 0))]
+  rounds, every = config.fed.rounds, config.eval.every
+  stop = min(rounds, start + (config.max_rounds_this_run or rounds))
+  t0, diverged = time.time(), False
+  for rnd in range(start + 1, stop + 1):
     state, m = step(state, setup.fed_data, setup.devices, scheme)
-    last = rnd + 1 == stop_at
-    if (rnd + 1) % config.log_every == 0 or last:
-      hm = _to_host(m)
-      if not np.isfinite(hm["loss"]) or not all(
-          np.isfinite(np.asarray(x)).all() for x in
-          jax.tree.leaves(jax.device_get(
-              jax.tree.map(lambda p: jnp.sum(p), state.params)))):
+    if rnd == start + 1:  # the first call compiles (or loads the cache)
+      jax.block_until_ready(state.round)
+      progress.compiled(time.time() - t0)
+    if rnd % config.log_every == 0 or rnd == stop:
+      m = federated.to_host(m)
+      if not (np.isfinite(m["loss"]) and _finite_state(state)):
         diverged = True
-        log.error("scheme %s diverged at round %d (non-finite loss or "
+        log.error("run %s diverged at round %d (non-finite loss or "
                   "parameters); keeping the last good checkpoint and moving "
-                  "to the next scheme", scheme_name, rnd + 1)
+                  "to the next run", run.name, rnd)
         break
-      row = {k: float(hm[k]) for k in HISTORY_KEYS}
-      row.update(round=rnd + 1,
-                 cum_energy_j=float(state.energy_comp_j + state.energy_comm_j),
-                 cum_energy_comp_j=float(state.energy_comp_j),
-                 cum_energy_comm_j=float(state.energy_comm_j),
-                 cum_uploaded_mb=float(state.uploaded_bits) / 8e6,
-                 round_uploaded_mb=float(hm["payload_bits"].sum()) / 8e6)
-      p = hm["present"]
-      row["bits"] = [int(b) for b in hm["bits"][p]]
+      row = history_row(rnd, m, state, spec.allocations)
+      if (every and rnd % every == 0) or rnd == rounds:
+        row.update(evaluate_heldout(setup, state, writer, rnd))
       history.append(row)
-      writer.write_scalars(rnd + 1, {
-          **{k: v for k, v in row.items() if k not in ("round", "bits")},
-          "bits_min": float(hm["bits"][p].min()),
-          "bits_max": float(hm["bits"][p].max()),
-          "rel_quant_error_max": float(hm["rel_quant_error"][p].max())})
-      writer.write_histograms(rnd + 1, {
-          "bits": hm["bits"][p], "energy_per_client_j":
-          (hm["energy_comp_j"] + hm["energy_comm_j"])[p]})
-    report(rnd + 1)
-    if (rnd + 1) % config.ckpt_every == 0 or last:
+      write_round(writer, row, m)
+      progress.round_done(run.name, rnd, row)
+    if rnd % config.ckpt_every == 0 or rnd == stop:
       mgr.save(state, history)
-  train_time = time.time() - t0
-  done = int(state.round) >= rounds and not diverged
-  summary: Dict[str, Any] = dict(
-      scheme=scheme_name, rounds=int(state.round), diverged=diverged,
-      complete=done, train_wall_s=train_time)
-  if history:
-    summary.update(
-        total_energy_j=history[-1]["cum_energy_j"],
-        comp_energy_j=history[-1]["cum_energy_comp_j"],
-        comm_energy_j=history[-1]["cum_energy_comm_j"],
-        uploaded_mb=history[-1]["cum_uploaded_mb"],
-        mean_bits=float(np.mean([h["bits_mean"] for h in history])),
-        final_loss=history[-1]["loss"],
-        infeasible_total=int(sum(h["infeasible"] for h in history)))
-  if done and evaluator is not None:
-    t1 = time.time()
-    ev = evaluator(state.ema_params, scheme_name)
-    summary.update({k: v for k, v in ev.items() if k != "grid"})
-    summary["eval_wall_s"] = time.time() - t1
-    writer.write_images(int(state.round), {"samples": ev["grid"][None]})
-    np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
-    writer.write_scalars(int(state.round), {
-        k: v for k, v in ev.items() if k in ("fid", "kid", "kid_std")})
-  writer.flush()
+  mgr.close()
+  return dict(state=state, history=history, writer=writer, diverged=diverged,
+              train_wall_s=time.time() - t0)
+
+
+def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
+  """Trains (resuming) and evaluates one run; returns its summary."""
+  sdir = os.path.join(workdir, run.name)
+  os.makedirs(sdir, exist_ok=True)
+  summary_path = os.path.join(sdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      progress.run_finished(run.name, skipped=True)
+      return json.load(f)
+  out = train_loop(setup, run, sdir, progress)
+  state, history = out["state"], out["history"]
+  done = int(state.round) >= setup.config.fed.rounds and not out["diverged"]
+  summary = results_lib.run_summary(
+      run, setup, history, rounds=int(state.round), diverged=out["diverged"],
+      complete=done, train_wall_s=out["train_wall_s"],
+      skipped=int(state.skipped), dropped=int(state.dropped))
+  if done and setup.config.eval.num_samples and setup.evaluator is not None:
+    summary.update(final_samples(setup, run, state, out["writer"], sdir,
+                                 progress))
+  out["writer"].flush()
   with open(os.path.join(sdir, "history.json"), "w") as f:
     json.dump(history, f)
   if done:
@@ -263,45 +198,71 @@ def run_scheme(setup: Setup, scheme_name: str, run_key, workdir: str,
     with open(tmp, "w") as f:
       json.dump(summary, f, indent=1)
     os.replace(tmp, summary_path)
-  mgr.close()
+  progress.run_finished(run.name)
   return summary
+
+
+def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
+                  progress) -> Dict[str, Any]:
+  """EMA samples, their grid and (if enabled) FID/KID."""
+  t1 = time.time()
+  progress.eval_started(run.name, "samples" + (
+      " + FID/KID" if setup.config.eval.fid else ""))
+  ev = setup.evaluator(state.ema_params, run.name)
+  out = {k: v for k, v in ev.items() if k != "grid"}
+  out["eval_wall_s"] = time.time() - t1
+  writer.write_images(int(state.round), {"samples": ev["grid"][None]})
+  np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
+  writer.write_scalars(int(state.round), {
+      k: v for k, v in ev.items() if k in ("fid", "kid", "kid_std")})
+  progress.eval_done(run.name, out)
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> Dict[str, Any]:
-  """Runs every scheme of `config.sweep.schemes`; writes results + figures.
+  """Runs every run of the sweep; writes results + figures.
 
   Returns:
-    {"schemes": [summary per scheme], "meta": {...}}.
+    {"runs": [summary per run], "rows": [one per (run, allocation)],
+     "meta": {...}}.
   """
-  from fedqjax import evaluation, report  # pylint: disable=g-import-not-at-top
+  from fedqjax import report  # pylint: disable=g-import-not-at-top
   config_lib.validate_config(config)  # before anything compiles
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache:
     enable_compilation_cache(os.path.join(workdir, ".jax_cache"))
   t0 = time.time()
-  setup, run_key = build(config, workdir)
-  log.info("dataset=%s params=%d flops/sample=%.3g deadline=%.3fs "
-           "parallelism=%s (config: %s)", setup.dataset, setup.num_params,
-           setup.flops_per_sample, setup.deadline_s, setup.spec.parallelism,
-           config.fed.parallelism)
-  evaluator = evaluation.Evaluator(setup, workdir)
+  runs = plan_runs(config)
+  progress = console.SweepProgress([r.name for r in runs], config.fed.rounds)
+  dataset = load_dataset(config)
+  setups: Dict[int, Setup] = {}
   summaries = []
-  for name in config.sweep.schemes:
-    summaries.append(run_scheme(setup, name, run_key, workdir, evaluator))
-  meta = dict(preset=config.preset, dataset=setup.dataset,
-              resolution=int(setup.image_shape[0]),
-              num_params=setup.num_params,
-              flops_per_sample=setup.flops_per_sample,
-              deadline_s=setup.deadline_s,
-              eval_samples=config.eval.num_samples,
-              sampler=f"{config.eval.sampler}-{config.eval.ddim_steps}"
-              if config.eval.sampler == "ddim" else "ddpm",
-              reference_images=len(setup.test_images),
-              backend=jax.default_backend(),
-              parallelism=setup.spec.parallelism,
-              num_devices=jax.device_count(),
-              wall_s=time.time() - t0)
-  results = dict(schemes=summaries, meta=meta)
+  for run in runs:
+    if run.seed not in setups:
+      setups[run.seed] = build(config, dataset, run.seed, workdir)
+      announce(setups[run.seed], progress, first=len(setups) == 1)
+    summaries.append(run_one(setups[run.seed], run, workdir, progress))
+  results = results_lib.assemble(config, summaries, setups[runs[0].seed],
+                                 workdir, wall_s=time.time() - t0)
   report.write_results(workdir, results)
   return results
+
+
+def announce(setup: Setup, progress, first: bool) -> None:
+  """Logs the setup and, once, what the first round will compile."""
+  spec = setup.spec
+  log.info("dataset=%s seed=%d params=%d flops/sample=%.3g deadline=%.3fs "
+           "(%s) client_loop=%s conv=%s skipped at T: %d of %d devices",
+           setup.dataset, setup.seed, setup.num_params,
+           setup.flops_per_sample, setup.deadline_s, setup.deadline_rule,
+           spec.execution.layout, spec.execution.conv_impl,
+           setup.devices_over_deadline, spec.num_clients)
+  if first:
+    backend = jax.default_backend()
+    est = console.estimate_compile_s(
+        backend, spec.execution.layout,
+        spec.padded_clients // spec.num_shards, setup.num_params)
+    progress.compiling(f"the federated round ({spec.clients_per_round} "
+                       f"clients, {spec.execution.layout} layout, {backend})",
+                       est)

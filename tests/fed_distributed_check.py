@@ -23,17 +23,17 @@ def main():
   devices = H.make_devices(4)
   data = H.make_data(4)
   mesh = fed.client_mesh() if pid >= 0 else None
-  spec = H.make_spec(n=4, k=4, parallelism="vmap", mesh=mesh)
+  spec = H.make_spec(n=4, k=4, loop="vmap", mesh=mesh)
   deadline = H.generous_deadline(devices, spec, params)
   scheme = fed.make_scheme("ondemand", deadline_s=deadline)
-  state = fed.init_server_state(params, jax.random.PRNGKey(7))
+  state = H.state(params, spec)
   if mesh is not None:
     assert jax.device_count() == 2 and jax.process_count() == 2
     data = fed.shard_clients(data, mesh)
     state, devices, scheme = (fed.replicate(x, mesh)
                               for x in (state, devices, scheme))
   state, m = fed.jit_round_step(spec)(state, data, devices, scheme)
-  host = fed.to_host(dict(params=state.params, bits=m["bits"],
+  host = fed.to_host(dict(params=state.params, bits=m["client_bits"],
                           loss=m["loss"]))
   flat = {f"p{i}": x for i, x in enumerate(jax.tree.leaves(host["params"]))}
   flat.update(bits=host["bits"], loss=host["loss"])

@@ -12,24 +12,24 @@ def main():
   devices = H.make_devices(8)
   data = H.make_data(8)
   mesh = fed.client_mesh()
-  plain = H.make_spec(n=8, k=6, parallelism="vmap")
-  sharded = H.make_spec(n=8, k=6, parallelism="vmap", mesh=mesh)
+  plain = H.make_spec(n=8, k=6, loop="vmap")
+  sharded = H.make_spec(n=8, k=6, loop="vmap", mesh=mesh)
   assert sharded.padded_clients == 8  # 6 clients padded to the mesh
   deadline = H.generous_deadline(devices, plain, params)
   scheme = fed.make_scheme("ondemand", deadline_s=deadline)
   s1, m1 = fed.jit_round_step(plain)(
-      fed.init_server_state(params, jax.random.PRNGKey(7)), data, devices,
+      H.state(params, plain), data, devices,
       scheme)
   sdata = fed.shard_clients(data, mesh)
-  state = fed.replicate(fed.init_server_state(params, jax.random.PRNGKey(7)),
+  state = fed.replicate(H.state(params, plain),
                         mesh)
   s2, m2 = fed.jit_round_step(sharded)(state, sdata, fed.replicate(devices,
                                                                    mesh),
                                        fed.replicate(scheme, mesh))
   _check_equal(s1, m1, s2, m2)
   # "unrolled" on the mesh: [shards, K / shards], shard axis vmapped.
-  unrolled = H.make_spec(n=8, k=6, parallelism="unrolled", mesh=mesh)
-  state = fed.replicate(fed.init_server_state(params, jax.random.PRNGKey(7)),
+  unrolled = H.make_spec(n=8, k=6, loop="unrolled", mesh=mesh)
+  state = fed.replicate(H.state(params, plain),
                         mesh)
   s3, m3 = fed.jit_round_step(unrolled)(state, sdata, fed.replicate(devices,
                                                                     mesh),
@@ -45,9 +45,9 @@ def _check_equal(s1, m1, s2, m2, flips=False):
   float rounding; an entry within that of a rounding threshold may round to
   the neighbouring level (see test_federated._assert_quantized_close).
   """
-  b1, b2 = np.asarray(m1["bits"]), np.asarray(m2["bits"])[:6]
+  b1, b2 = np.asarray(m1["client_bits"]), np.asarray(m2["client_bits"])[:6]
   np.testing.assert_array_equal(b1, b2)
-  assert not np.asarray(m2["present"])[6:].any()
+  assert not np.asarray(m2["client_present"])[6:].any()
   pairs = [(np.asarray(x), np.asarray(y)) for x, y in
            zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params))]
   if not flips:

@@ -4,6 +4,7 @@ import pytest
 
 from experiments.configs import cifar_sweep, test as test_config
 from fedqjax import config as config_lib
+from fedqjax import config_schema
 
 
 @pytest.mark.parametrize("preset", ["cpu", "paper"])
@@ -14,7 +15,7 @@ def test_presets_are_valid(preset):
 def test_test_config_valid_and_every_key_in_schema():
   c = test_config.get_config()
   config_lib.validate_config(c)
-  assert set(config_lib.flatten(c)) == set(config_lib.SCHEMA)
+  assert set(config_lib.flatten(c)) == set(config_schema.TYPES)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -29,10 +30,20 @@ def test_test_config_valid_and_every_key_in_schema():
     ("energy.f_min_hz", 3e9, r"f_min_hz"),
     ("energy.total_bandwidth_hz", 0.0, r"total_bandwidth_hz"),
     ("energy.eps_choices", (0.1, -1.0), r"eps_choices"),
-    ("diffusion.beta_end", 1e-5, r"beta_start must be < beta_end"),
+    ("diffusion.beta_end", 1e-5, r"diffusion\.beta_start=.*beta_end"),
     ("eval.ddim_steps", 5000, r"ddim_steps=5000"),
-    ("model.num_groups", 3, r"divisible"),
+    ("model.num_groups", 3, r"config\.model\.num_groups=3"),
+    ("model.ch", 0, r"config\.model\.ch=0"),
     ("data.resolution", 20, r"resolution=20"),
+    ("fed.client_loop", "threads", r"fed\.client_loop='threads'.*unrolled"),
+    ("sweep.allocations", ("kkt", "cheap"), r"sweep\.allocations"),
+    ("sweep.seeds", (0, -1), r"sweep\.seeds"),
+    ("sweep.eps_scales", (1.0, 0.0), r"sweep\.eps_scales"),
+    ("energy.deadline_rule", "mean", r"deadline_rule.*fp32_feasible"),
+    ("energy.deadline_quantile", 1.5, r"deadline_quantile=1\.5"),
+    ("energy.tau_spread", 1.0, r"config\.energy\.tau_spread=1\.0"),
+    ("fed.local_steps", 0, r"config\.fed\.local_steps=0.*>= 1"),
+    ("quant.target", "delta", r"config\.quant\.target='delta'"),
     ("data.dirichlet_alpha", 0.0, r"dirichlet_alpha"),
     ("sweep.schemes", ("fp32", "int4"), r"sweep\.schemes"),
     ("fed.local_steps", 2.5, r"local_steps=2\.5"),
@@ -50,6 +61,36 @@ def test_bad_values_name_key_and_range(key, value, match):
     node[last] = value
   with pytest.raises(ValueError, match=match):
     config_lib.validate_config(c)
+
+
+@pytest.mark.parametrize("key", sorted(config_schema.REMOVED_KEYS))
+def test_removed_keys_name_the_new_one(key):
+  c = test_config.get_config()
+  section, name = key.split(".")
+  with c.unlocked():
+    c[section][name] = 1
+  with pytest.raises(ValueError, match=r"removed.*fed\.client_loop"):
+    config_lib.validate_config(c)
+
+
+def test_core_messages_never_name_config_paths():
+  """The core's settings name their own fields; the config layer maps."""
+  import re
+  import subprocess
+  root = config_schema.__file__.rsplit("/fedqjax/", 1)[0]
+  out = subprocess.run(
+      ["grep", "-rnE", r"(fed|quant|energy|optim|model|eval|sweep)\.[a-z_]+=",
+       "fedqjax/federated", "fedqjax/energy", "fedqjax/diffusion",
+       "fedqjax/quantization"], cwd=root, capture_output=True, text=True)
+  hits = [l for l in out.stdout.splitlines() if re.search(r"[\"']", l)]
+  assert not hits, hits
+
+
+def test_naive_alias_and_plan():
+  c = test_config.get_config()
+  c.sweep.schemes = ("fp32", "naive")
+  c.sweep.allocations = ("kkt",)
+  assert config_lib.sweep_plan(c) == (("fp32", "ondemand"), ("kkt", "max"))
 
 
 def test_unknown_key_suggests_closest():

@@ -14,7 +14,12 @@ from fedqjax import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMES = ("fp32", "ondemand")
 NUMBERS = ("total_energy_j", "comp_energy_j", "comm_energy_j", "uploaded_mb",
-           "mean_bits", "final_loss", "rounds")
+           "mean_bits", "final_loss", "heldout_loss", "rounds",
+           "skipped_client_rounds")
+
+
+def _rows(results):
+  return {(r["run"], r["allocation"]): r for r in results["rows"]}
 
 
 def _config(**overrides):
@@ -50,24 +55,35 @@ def full_run(tmp_path_factory):
 
 def test_end_to_end_writes_everything(full_run):
   workdir, results = full_run
-  assert [s["scheme"] for s in results["schemes"]] == list(SCHEMES)
+  assert [s["run"] for s in results["runs"]] == list(SCHEMES)
+  allocs = tuple(test_config.get_config().sweep.allocations)
+  assert sorted(_rows(results)) == sorted(
+      (s, a) for s in SCHEMES for a in allocs)
   assert results["meta"]["dataset"] == "synthetic"
   for name in SCHEMES:
     sdir = os.path.join(workdir, name)
     events = glob.glob(os.path.join(sdir, "events.out.tfevents.*"))
     assert events, f"no TensorBoard events for {name}"
     tags = _event_tags(sdir)
-    for tag in ("loss", "cum_energy_j", "bits_mean", "round_uploaded_mb",
-                "latency_s", "infeasible", "bits", "samples"):
+    for tag in ("loss", "cum_j/kkt", "cum_j/max", "bits_mean",
+                "round_uploaded_mb", "latency_s/kkt", "num_skipped", "bits",
+                "samples", "heldout_ema", "heldout_raw"):
       assert tag in tags, (name, tag, sorted(tags))
     assert os.listdir(os.path.join(sdir, "checkpoints"))
     assert json.load(open(os.path.join(sdir, "summary.json")))["complete"]
   with open(os.path.join(workdir, "results.json")) as f:
     on_disk = json.load(f)
-  assert on_disk["schemes"][0]["scheme"] == "fp32"
+  assert on_disk["runs"][0]["run"] == "fp32"
   header = open(os.path.join(workdir, "results.csv")).read().splitlines()
-  assert header[1].startswith("scheme,total_energy_j")
-  for fig in ("energy_vs_rounds", "schemes", "bits_histogram", "samples"):
+  cols = header[1].split(",")
+  for c in ("bits_scheme", "allocation", "total_energy_j", "comp_energy_j",
+            "comm_energy_j", "uploaded_mb", "mean_bits",
+            "skipped_client_rounds", "deadline_s", "deadline_policy",
+            "heldout_loss", "energy_to_target_j", "mb_to_target",
+            "total_energy_j_mean", "total_energy_j_ci95"):
+    assert c in cols, c
+  for fig in ("energy_vs_rounds", "schemes", "bits_histogram", "samples",
+              "quality_vs_energy"):
     path = os.path.join(workdir, "figures", fig + ".png")
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
@@ -76,26 +92,50 @@ def test_end_to_end_writes_everything(full_run):
 def test_paper_direction_on_tiny_run(full_run):
   """On-demand uploads fewer bits and spends less energy than fp32."""
   _, results = full_run
-  by = {s["scheme"]: s for s in results["schemes"]}
-  assert by["ondemand"]["uploaded_mb"] < by["fp32"]["uploaded_mb"]
-  assert by["ondemand"]["comm_energy_j"] < by["fp32"]["comm_energy_j"]
-  assert by["ondemand"]["mean_bits"] < 32 == by["fp32"]["mean_bits"]
+  by = _rows(results)
+  for a in ("kkt", "deadline", "max"):
+    on, fp = by[("ondemand", a)], by[("fp32", a)]
+    assert on["uploaded_mb"] < fp["uploaded_mb"]
+    assert on["comm_energy_j"] < fp["comm_energy_j"]
+    assert on["mean_bits"] < 32 == fp["mean_bits"]
+    assert on["skipped_client_rounds"] == fp["skipped_client_rounds"] == 0
+  for s in SCHEMES:  # the policies price the same uploads
+    e = [by[(s, a)]["total_energy_j"] for a in ("kkt", "deadline", "max")]
+    assert e[0] <= e[1] <= e[2], (s, e)
+    assert by[(s, "kkt")]["uploaded_mb"] == by[(s, "max")]["uploaded_mb"]
+
+
+def test_heldout_curve_identical_at_round_0_and_improves(full_run):
+  """Round 0 is the same initial model for every run; training lowers the
+  EMA's held-out loss on the tiny run (3 rounds, 16 held-out images)."""
+  workdir, _ = full_run
+  h = {s: json.load(open(os.path.join(workdir, s, "history.json")))
+       for s in SCHEMES}
+  r0 = {s: (h[s][0]["round"], h[s][0]["heldout_ema"], h[s][0]["heldout_raw"])
+        for s in SCHEMES}
+  assert r0["fp32"] == r0["ondemand"] and r0["fp32"][0] == 0
+  assert r0["fp32"][1] == r0["fp32"][2]  # EMA == raw at initialization
+  for s in SCHEMES:
+    curve = [x["round"] for x in h[s] if "heldout_ema" in x]
+    assert curve == [0, 2, 3], curve  # eval.every = 2 and the last round
+    assert h[s][-1]["heldout_raw"] < h[s][0]["heldout_raw"]
 
 
 def test_resume_equals_uninterrupted(full_run, tmp_path):
   workdir, results = full_run
   part = str(tmp_path / "part")
   r1 = train.train_and_evaluate(_config(max_rounds_this_run=2), part)
-  assert all(not s["complete"] for s in r1["schemes"])
-  assert all(s["rounds"] == 2 for s in r1["schemes"])
+  assert all(not s["complete"] for s in r1["runs"])
+  assert all(s["rounds"] == 2 for s in r1["runs"])
   r2 = train.train_and_evaluate(_config(), part)
-  for a, b in zip(r2["schemes"], results["schemes"]):
+  want = _rows(results)
+  for key, a in _rows(r2).items():
     for k in NUMBERS:
-      assert a[k] == b[k], (a["scheme"], k, a[k], b[k])  # bitwise on CPU
-  # A third run skips both finished schemes.
+      assert a[k] == want[key][k], (key, k, a[k], want[key][k])  # bitwise
+  # A third run skips both finished runs.
   r3 = train.train_and_evaluate(_config(), part)
-  assert [s["train_wall_s"] for s in r3["schemes"]] == [
-      s["train_wall_s"] for s in r2["schemes"]]
+  assert [s["train_wall_s"] for s in r3["runs"]] == [
+      s["train_wall_s"] for s in r2["runs"]]
 
 
 def test_divergence_guard_keeps_going(tmp_path, monkeypatch):
@@ -116,7 +156,7 @@ def test_divergence_guard_keeps_going(tmp_path, monkeypatch):
   monkeypatch.setattr(federated, "jit_round_step", poisoned)
   res = train.train_and_evaluate(_config(log_every=1, ckpt_every=1),
                                  str(tmp_path))
-  by = {s["scheme"]: s for s in res["schemes"]}
+  by = {s["run"]: s for s in res["runs"]}
   assert by["fp32"]["diverged"] and not by["fp32"]["complete"]
   assert by["ondemand"]["complete"] and not by["ondemand"]["diverged"]
   steps = os.listdir(tmp_path / "fp32" / "checkpoints")
@@ -145,12 +185,13 @@ def test_cli_runs_and_matches_in_process(full_run, tmp_path):
   _, results = full_run
   out = _cli([], tmp_path / "cli")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "| ondemand |" in out.stdout
+  assert "| ondemand | ondemand | kkt |" in out.stdout
   with open(tmp_path / "cli" / "results.json") as f:
     cli = json.load(f)
-  for a, b in zip(cli["schemes"], results["schemes"]):
+  want = _rows(results)
+  for key, a in _rows(cli).items():
     for k in NUMBERS:
-      assert a[k] == b[k], (a["scheme"], k)
+      assert a[k] == want[key][k], (key, k)
 
 
 def test_cli_invalid_override_names_key(tmp_path):

@@ -45,9 +45,6 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   c.model.num_groups = 32 if paper else 8
   c.model.dtype = "bfloat16" if paper else "float32"
-  # xla | im2col | fwd_form: fedqjax/diffusion/conv.py; XLA's own is fastest
-  # for the default modes (unrolled on CPU, vmap on accelerators).
-  c.model.conv_impl = "xla"
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.T = 1000
@@ -61,14 +58,14 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.fed.batch_size = 32 if paper else 8
   c.fed.rounds = 100 if paper else 30  # CPU: ~3 s per round (unrolled)
   c.fed.server_lr = 1.0
+  # Per-round decay cap; it warms up as min(decay, (1 + r) / (10 + r)), so
+  # the initial weights hold < 1% of the EMA after 10 rounds.
   c.fed.ema_decay = 0.999 if paper else 0.9
-  # auto: "unrolled" on CPU (up to 16 clients per round and device, then
-  # "map"), "vmap" on GPU/TPU | vmap | chunked | map | unrolled
-  # (benchmarks/RESULTS.md measures them)
-  c.fed.parallelism = "auto"
-  c.fed.chunk_size = 1
-  c.fed.unroll = True  # unroll the local-step scan (XLA:CPU runs convs in
-  # a rolled scan much slower; see benchmarks/RESULTS.md)
+  # auto | vmap | unrolled | map: the client layout, and with it the
+  # local-step unroll and the convolution form (fedqjax/federated/
+  # execution.py; auto = unrolled on CPU up to 16 clients per device, then
+  # map; vmap on GPU/TPU; measured in benchmarks/RESULTS.md).
+  c.fed.client_loop = "auto"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adam"
@@ -95,12 +92,22 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.energy.tau_spread = 0.5
   c.energy.flops_per_cycle_choices = (8.0, 16.0, 32.0)
   c.energy.eps_choices = (1e-3, 1e-2, 5e-2, 1e-1)
-  c.energy.deadline_s = 0.0  # 0 = deadline_factor x median fp32 min time
+  # T: deadline_s seconds if > 0, else deadline_factor x a statistic of
+  # the devices' fp32 minimal round times (c n / f_max + 32 d / r(p_max)):
+  # fp32_feasible = the largest (every device can deliver every scheme's
+  # upload), median, or quantile (deadline_quantile; devices above it skip).
+  c.energy.deadline_s = 0.0
+  c.energy.deadline_rule = "fp32_feasible"
   c.energy.deadline_factor = 1.2
+  c.energy.deadline_quantile = 0.95
   c.energy.infeasible_policy = "drop"  # drop | degrade
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every = 0  # rounds between evaluations (0 = only at the end)
+  # Held-out denoising loss (EMA and raw params) on `heldout_size` fixed
+  # test images with fixed (t, noise), every `every` rounds (0: at the end
+  # only); FID/KID and samples at the end.
+  c.eval.every = 20 if paper else 5
+  c.eval.heldout_size = 256
   c.eval.num_samples = 10000 if paper else 256
   c.eval.batch_size = 500 if paper else 128
   c.eval.sampler = "ddim"  # ddim | ddpm
@@ -111,7 +118,16 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.eval.grid = 64  # samples in the logged image grid
 
   c.sweep = ml_collections.ConfigDict()
-  c.sweep.schemes = ("fp32", "fixed", "ondemand", "naive")
+  # Bits schemes, each trained once per (seed, eps scale): fp32 | fixed |
+  # ondemand ("naive" = ondemand priced with the "max" policy).
+  c.sweep.schemes = ("fp32", "fixed", "ondemand")
+  # Allocation policies priced on the same uploads inside the round.
+  c.sweep.allocations = ("kkt", "deadline", "split", "max")
+  c.sweep.seeds = (0,)
+  c.sweep.eps_scales = (1.0,)  # multiplies every device's error budget
+  # energy_to_target: first cumulative energy at which the held-out loss
+  # reaches fp32's final value x (1 + margin).
+  c.sweep.target_margin = 0.02
 
   c.log_every = 1
   c.ckpt_every = 10

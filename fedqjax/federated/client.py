@@ -1,5 +1,5 @@
 """One client's local DDPM training (I optimizer steps), written for ONE
-client and lifted over the client axis by the round (vmap / lax.map).
+client and lifted over the client axis by the round (execution.py).
 
 FedAvg (McMahan et al. 2017, arXiv 1602.05629) with local DDPM steps as in
 arXiv 2403.04430, section "federated diffusion training".
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedqjax.diffusion import losses, schedule as schedule_lib
+from fedqjax.diffusion import make_train_step, schedule as schedule_lib
 from fedqjax.federated.spec import RoundSpec
 from fedqjax.typing import Array, Params, PRNGKey
 
@@ -48,6 +48,9 @@ def client_update(params: Params, images: Array, count: Array, key: PRNGKey,
                   *, spec: RoundSpec) -> Tuple[Params, Array]:
   """I local optimizer steps of the DDPM loss from the global params.
 
+  Each step is `fedqjax.diffusion.make_train_step`'s (the centralized
+  trainer's) on a minibatch drawn from this client's padded data.
+
   Args:
     params: global variables {'params': ...} (shared by all clients).
     images: [n_max, H, W, C] this client's padded data in [-1, 1].
@@ -59,19 +62,14 @@ def client_update(params: Params, images: Array, count: Array, key: PRNGKey,
     (local params w_k after I steps, mean loss over the I steps).
   """
   opt = make_optimizer(spec)
-  sched = make_schedule(spec)
-  apply_fn = spec.model.apply
+  train_step = make_train_step(spec.model.apply, opt, make_schedule(spec))
 
   def step(carry, k):
-    p, opt_state = carry
     k_batch, k_loss = jax.random.split(k)
     x0 = draw_batch(images, count, k_batch, spec.batch_size)
-    loss, grads = jax.value_and_grad(losses.ddpm_loss)(
-        p, apply_fn, x0, k_loss, sched)
-    updates, opt_state = opt.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), loss
+    return train_step(carry, x0, k_loss)
 
   keys = jax.random.split(key, spec.local_steps)
   (p, _), step_losses = jax.lax.scan(step, (params, opt.init(params)), keys,
-                                     unroll=spec.unroll)
+                                     unroll=spec.execution.local_unroll)
   return p, jnp.mean(step_losses)
