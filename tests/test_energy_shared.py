@@ -118,7 +118,7 @@ def test_kkt_common_multiplier_float64():
     at_pmax = np.asarray(al.power_w) >= 0.2 * (1 - 1e-9)
     assert 0 < at_pmax.sum() < 16  # both branches (p < p_max and p = p_max) are exercised
     s = jnp.asarray(bits)
-    mus = SB._mu_of_allocation(d, al, s, w)
+    mus = SB.mu_of_allocation(d, al, s, w)
     np.testing.assert_allclose(np.asarray(mus), float(mu), rtol=1e-5)
     np.testing.assert_allclose(float(jnp.sum(w)), w_tot, rtol=1e-10)
 
@@ -199,3 +199,17 @@ def test_rejects_bad_total_bandwidth():
   d, bits, samples, T, _ = problem(50, 16)
   with pytest.raises(ValueError, match="total_bandwidth_hz"):
     SB.allocate_shared_bandwidth(d, bits, samples, T, FLOPS, -1.0)
+
+
+def test_present_mask_equals_subset():
+  """Padded (absent) devices take no bandwidth: the result equals the unpadded call."""
+  d, bits, samples, T, w_tot = problem(60, 16, slack=(1.001, 10.0))
+  present = np.arange(16) < 11
+  al, w, mu = SB.allocate_shared_bandwidth(d, bits, samples, T, FLOPS, w_tot, present=present)
+  sub = lambda v: v[:11]
+  al_s, w_s, mu_s = SB.allocate_shared_bandwidth(jax.tree.map(sub, d), bits[:11], samples[:11],
+                                                 T[:11], FLOPS, w_tot)
+  assert np.all(np.asarray(w)[11:] == 0) and not np.any(np.asarray(al.feasible)[11:])
+  np.testing.assert_allclose(np.asarray(w)[:11], np.asarray(w_s), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(al.energy_j)[:11], np.asarray(al_s.energy_j), rtol=1e-5)
+  np.testing.assert_allclose(float(mu), float(mu_s), rtol=1e-5)

@@ -1,9 +1,11 @@
 """Device energy model and energy-optimal allocation (arXiv 2403.04430; Yang et al. TWC 2021)."""
-from fedqjax.energy.allocator import (REASON_COMPUTE, REASON_OK, REASON_UPLOAD, Allocation,
-                                      allocate, deadline_from_fp32, degrade_bits,
-                                      feasible_mask, min_round_time, naive_allocation)
+from fedqjax.energy.allocator import (DEADLINE_RULES, REASON_COMPUTE, REASON_OK, REASON_UPLOAD,
+                                      Allocation, allocate, deadline_for, deadline_from_fp32,
+                                      degrade_bits, feasible_mask, make_allocation,
+                                      min_round_time, naive_allocation)
 from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_fading,
                                     sample_devices, validate_devices)
+from fedqjax.energy.policies import ALLOCATIONS, allocate_policies, check_policies
 from fedqjax.energy.shared_bandwidth import allocate_shared_bandwidth
 from fedqjax.energy.model import (comm_energy_of_time, comp_energy, comp_time,
                                   cycles_per_sample, power_of_time, rate, snr, t_min,

@@ -16,13 +16,10 @@ solve, no data-dependent trip count: jit/vmap friendly). Everything is in log
 space, so gains from 1e-20 to 1 and payloads from 1 to 1e9+ bits stay finite in
 float32.
 
-Reason codes of `Allocation.reason`:
-  0 REASON_OK: feasible.
-  1 REASON_COMPUTE: c n / f_max >= T, the deadline is too short for the
-    computation alone at f_max.
-  2 REASON_UPLOAD: c n / f_max < T but c n / f_max + t^min > T, computation at
-    f_max plus upload at p_max exceeds the deadline.
-Infeasible devices get f = f_max, p = p_max, t = t^min, their energies, nu = 0.
+Feasibility, its reason codes (`Allocation.reason`), the log-space functions
+and the bisection live in `numerics` (shared with `policies` and
+`shared_bandwidth`). Infeasible devices get f = f_max, p = p_max, t = t^min,
+their energies, nu = 0.
 
 Infeasibility policies (MODEL.md sec. 4): "drop" is applied by the round
 engine: the device's upload is masked out of the average, its computation
@@ -40,11 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedqjax.energy import model
-from fedqjax.energy.devices import Devices, validate_devices
+from fedqjax.energy import model, numerics as nm
+from fedqjax.energy.devices import Devices
+from fedqjax.energy.numerics import REASON_COMPUTE, REASON_OK, REASON_UPLOAD  # noqa: F401
 from fedqjax.typing import Array, ArrayLike
-
-REASON_OK, REASON_COMPUTE, REASON_UPLOAD = 0, 1, 2
 
 
 @flax.struct.dataclass
@@ -63,91 +59,75 @@ class Allocation:
   latency_s: Array  # t_comp_s + t_comm_s
 
 
-def _float(x):
-  x = jnp.asarray(x)
-  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.zeros(()).dtype)
-
-
-def _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample):
-  """Host checks when the inputs are concrete (skipped under jit)."""
-  leaves = jax.tree.leaves((devices, payload_bits, num_samples, deadline_s, flops_per_sample))
-  if any(isinstance(v, jax.core.Tracer) for v in leaves):
-    return
-  validate_devices(devices)
-  for name, v in (("payload_bits", payload_bits), ("num_samples", num_samples),
-                  ("deadline_s", deadline_s), ("flops_per_sample", flops_per_sample)):
-    a = np.asarray(v, np.float64)
-    bad = ~(np.isfinite(a) & (a > 0))
-    if np.any(bad):
-      raise ValueError(f"{name}={a[bad].ravel()[0]!r} is invalid; valid range: finite and > 0")
-
-
-def _problem(devices: Devices, payload_bits, num_samples, flops_per_sample):
-  """Per-device constants: cycles A = c n, a = S ln2 / W, t^min, log K."""
-  d = devices
-  cycles = model.cycles_per_sample(flops_per_sample, d.flops_per_cycle) * num_samples
-  s = jnp.maximum(_float(payload_bits), jnp.finfo(d.gain.dtype).tiny)  # S > 0: log a finite
-  tmin = model.t_min(s, d.gain, d.bandwidth_hz, d.p_max_w, d.noise_psd_w_hz)
-  return cycles, s, tmin
-
-
-def _feasibility(devices, cycles, tmin, deadline_s):
-  t_cmp_max = cycles / devices.f_max_hz
-  feasible = t_cmp_max + tmin <= deadline_s
-  reason = jnp.where(feasible, REASON_OK,
-                     jnp.where(t_cmp_max >= deadline_s, REASON_COMPUTE, REASON_UPLOAD))
-  return feasible, reason.astype(jnp.int32)
-
-
 def feasible_mask(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
                   deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Array:
   """Exactly c n / f_max + t^min <= T, elementwise (bool [N])."""
-  cycles, _, tmin = _problem(devices, payload_bits, num_samples, flops_per_sample)
-  return _feasibility(devices, cycles, tmin, deadline_s)[0]
+  cycles, _, tmin = nm.problem(devices, payload_bits, num_samples, flops_per_sample)
+  return nm.feasibility(devices, cycles, tmin, deadline_s)[0]
 
 
 def min_round_time(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
                    flops_per_sample: ArrayLike) -> Array:
   """Fastest possible round c n / f_max + t^min (f = f_max, p = p_max), [N]."""
-  cycles, _, tmin = _problem(devices, payload_bits, num_samples, flops_per_sample)
+  cycles, _, tmin = nm.problem(devices, payload_bits, num_samples, flops_per_sample)
   return cycles / devices.f_max_hz + tmin
+
+
+DEADLINE_RULES = ("fp32_feasible", "median", "quantile")
+
+
+def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike,
+                 flops_per_sample: ArrayLike, rule: str = "fp32_feasible",
+                 factor: ArrayLike = 1.2, quantile: ArrayLike = 0.95, *,
+                 present: Optional[Array] = None) -> Array:
+  """Round deadline T from the devices' fp32 (S = 32 d bits) minimal round times.
+
+  T = factor x (the largest | the median | the `quantile`-quantile) over the
+  devices of c n / f_max + t^min(32 d). "fp32_feasible" (factor >= 1) lets
+  every device deliver every scheme's upload (no payload exceeds fp32's);
+  "quantile" keeps one extreme device of a large population from setting T
+  for everyone (the devices above the quantile may be infeasible).
+
+  Args:
+    devices: Devices with [N] fields.
+    num_params: d, the model's parameter count (scalar).
+    num_samples, flops_per_sample: as in `allocate`.
+    rule: one of DEADLINE_RULES (static).
+    factor: multiplier (> 0).
+    quantile: in (0, 1], used by rule "quantile".
+    present: optional bool [N]; absent (padded) devices are ignored.
+
+  Returns:
+    T, a scalar (float).
+
+  Raises:
+    ValueError: unknown rule, or concrete factor / quantile / num_params out of range.
+  """
+  if rule not in DEADLINE_RULES:
+    raise ValueError(f"rule={rule!r} is invalid; valid: {', '.join(DEADLINE_RULES)}")
+  for name, v, ok, rng in (("factor", factor, lambda a: a > 0, "finite and > 0"),
+                           ("quantile", quantile, lambda a: 0 < a <= 1, "(0, 1]"),
+                           ("num_params", num_params, lambda a: a > 0, "finite and > 0")):
+    if not nm.is_traced(v):
+      a = np.asarray(v, np.float64)
+      if not (np.all(np.isfinite(a)) and np.all(ok(a))):
+        raise ValueError(f"{name}={v!r} is invalid; valid range: {rng}")
+  t = min_round_time(devices, 32.0 * num_params, num_samples, flops_per_sample)
+  if present is None:
+    stat = {"fp32_feasible": lambda: jnp.max(t), "median": lambda: jnp.median(t),
+            "quantile": lambda: jnp.quantile(t, quantile)}[rule]()
+  else:
+    masked = jnp.where(present, t, jnp.nan)
+    stat = {"fp32_feasible": lambda: jnp.nanmax(masked),
+            "median": lambda: jnp.nanmedian(masked),
+            "quantile": lambda: jnp.nanquantile(masked, quantile)}[rule]()
+  return factor * stat
 
 
 def deadline_from_fp32(devices: Devices, num_params: int, num_samples: ArrayLike,
                        flops_per_sample: ArrayLike, factor: float = 1.2) -> Array:
-  """T = factor x median over devices of the fp32 (S = 32 d bits) minimal round time."""
-  return factor * jnp.median(
-      min_round_time(devices, 32.0 * num_params, num_samples, flops_per_sample))
-
-
-def _ln_psi_over_x2(x):
-  """log(psi(x) / x^2), psi(x) = x - 1 + e^{-x} = e^{-x} phi(x), stable for all x >= 0.
-
-  psi cancels catastrophically for small x, so there the Taylor series
-  psi / x^2 = sum_k (-x)^k / (k + 2)! is used; terms up to k = 15 (float64) or
-  k = 8 (float32) keep the truncation below the dtype's rounding for x < 0.5.
-  """
-  xs = jnp.minimum(x, 0.5)
-  series = jnp.zeros_like(xs)
-  top = 15 if jnp.finfo(x.dtype).bits == 64 else 8
-  for k in range(top, -1, -1):  # Horner, static unroll
-    series = series * (-xs) + 1.0 / math.factorial(k + 2)
-  xl = jnp.maximum(x, 0.5)
-  direct = (xl + jnp.expm1(-xl)) / (xl * xl)
-  return jnp.log(jnp.where(x < 0.5, series, direct))
-
-
-def _ln_phi(u):
-  """log phi(e^u), phi(x) = e^x (x - 1) + 1 = -dE^com/dt / K."""
-  x = jnp.exp(u)
-  return x + 2.0 * u + _ln_psi_over_x2(x)
-
-
-def _default_iters(dtype) -> int:
-  # The bracket spans log(2T / t^min) < 64 e-folds of x for T <= 1e6 s and
-  # payloads >= 1 bit; 2^-52 of it reaches float64 rounding of u = log x and
-  # 2^-32 float32 rounding (extra iterations are harmless, they stagnate).
-  return 52 if jnp.finfo(dtype).bits == 64 else 32
+  """T = factor x median fp32 minimal round time: `deadline_for(..., "median", factor)`."""
+  return deadline_for(devices, num_params, num_samples, flops_per_sample, "median", factor)
 
 
 def allocate(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
@@ -169,19 +149,16 @@ def allocate(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
   Raises:
     ValueError: if called with concrete (non-traced) invalid inputs.
   """
-  _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
-  iters = _default_iters(devices.gain.dtype) if iters is None else int(iters)
+  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  iters = nm.default_iters(devices.gain.dtype) if iters is None else int(iters)
   return _allocate(devices, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
 
 
 @functools.partial(jax.jit, static_argnums=5)  # one kernel even when called eagerly
 def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters):
   dtype = d.gain.dtype
-  cycles, s, tmin = _problem(d, payload_bits, num_samples, flops_per_sample)
-  T = jnp.asarray(deadline_s, dtype)
-  feasible, reason = _feasibility(d, cycles, tmin, T)
-  shape = jnp.broadcast_shapes(cycles.shape, s.shape, T.shape, d.gain.shape)
-  cycles, s, tmin, T = (jnp.broadcast_to(v, shape) for v in (cycles, s, tmin, T))
+  cycles, s, tmin, T, feasible, reason = nm.setup(d, payload_bits, num_samples, deadline_s,
+                                                  flops_per_sample)
 
   ln_a = jnp.log(s) + math.log(model.LN2) - jnp.log(d.bandwidth_hz)  # a = S ln2 / W
   ln_k = jnp.log(d.noise_psd_w_hz) + jnp.log(d.bandwidth_hz) - jnp.log(d.gain)  # K = N0 W / h
@@ -193,26 +170,20 @@ def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
   u_lo0 = jnp.minimum(ln_a - jnp.log(T) - math.log(2.0), u_hi0)  # a / x = 2T: g > 0
 
   def ln_freq(u):
-    return jnp.clip((ln_k + _ln_phi(u) - ln_2tau) / 3.0, ln_fmin, ln_fmax)
+    return jnp.clip((ln_k + nm.ln_phi(u) - ln_2tau) / 3.0, ln_fmin, ln_fmax)
 
   def g(u):  # deadline residual, strictly decreasing in u
     return jnp.exp(ln_cyc - ln_freq(u)) + jnp.exp(ln_a - u) - T
 
-  def body(_, bracket):
-    lo, hi = bracket
-    mid = 0.5 * (lo + hi)
-    pos = g(mid) > 0
-    return jnp.where(pos, mid, lo), jnp.where(pos, hi, mid)
-
   # Devices whose t would sit at t^min (g(u_hi0) > 0) skip the bisection result.
   at_tmin = g(u_hi0) > 0
-  _, u = jax.lax.fori_loop(0, iters, body, (u_lo0, u_hi0))  # hi end: deadline met
+  _, u = nm.bisect(g, u_lo0, u_hi0, iters)  # hi end: deadline met
 
   # Interior upload time: t = a / x and f from the stationarity in nu.
   # Clip again after exp: exp(log(f_min)) can round just below f_min.
   f_int = jnp.clip(jnp.exp(ln_freq(u)), d.f_min_hz, d.f_max_hz)
   t_int = jnp.exp(ln_a - u)
-  nu_int = jnp.exp(ln_k + _ln_phi(u))
+  nu_int = jnp.exp(ln_k + nm.ln_phi(u))
   # t pinned at t^min: the deadline fixes f, and nu from the f stationarity.
   f_tm = jnp.clip(cycles / jnp.maximum(T - tmin, jnp.finfo(dtype).tiny), d.f_min_hz, d.f_max_hz)
   nu_tm = jnp.exp(ln_2tau + 3.0 * jnp.log(f_tm))
@@ -224,11 +195,18 @@ def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
                     d.p_max_w)
   power = jnp.minimum(power, d.p_max_w)  # rounding guard at t ~ t^min
   nu = jnp.where(feasible, jnp.where(at_tmin, nu_tm, nu_int), 0.0)
-  return _finish(d, cycles, num_samples, freq, power, t_comm, nu, feasible, reason)
+  return make_allocation(d, cycles, freq, power, t_comm, nu, feasible, reason)
 
 
-def _finish(d, cycles, num_samples, freq, power, t_comm, nu, feasible, reason):
-  del num_samples  # already in cycles
+def make_allocation(d: Devices, cycles: Array, freq: Array, power: Array, t_comm: Array,
+                    nu: Array, feasible: Array, reason: Array) -> Allocation:
+  """The Allocation of a given (f, p, t^com): times and energies from the model.
+
+  E^cmp = tau A f^2 and E^com = p t^com, the same for every policy. Inside a
+  larger jit XLA may contract a product into the sum energy_j (FMA), so
+  energy_j can differ from e_comp_j + e_comm_j in the last bit; the separate
+  fields are exact.
+  """
   t_comp = cycles / freq
   e_comp = model.comp_energy(d.tau, cycles, 1.0, freq)
   e_comm = power * t_comm
@@ -240,19 +218,16 @@ def _finish(d, cycles, num_samples, freq, power, t_comm, nu, feasible, reason):
 def naive_allocation(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
                      deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Allocation:
   """No optimization: f = f_max, p = p_max; feasibility by the same test as `allocate`."""
-  _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
   return _naive(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
 
 
 @jax.jit
 def _naive(d, payload_bits, num_samples, deadline_s, flops_per_sample):
-  cycles, s, tmin = _problem(d, payload_bits, num_samples, flops_per_sample)
-  T = jnp.asarray(deadline_s, d.gain.dtype)
-  feasible, reason = _feasibility(d, cycles, tmin, T)
-  shape = jnp.broadcast_shapes(cycles.shape, tmin.shape, T.shape, d.gain.shape)
-  b = lambda v: jnp.broadcast_to(v, shape)
-  return _finish(d, b(cycles), num_samples, b(d.f_max_hz), b(d.p_max_w), b(tmin),
-                 jnp.zeros(shape, d.gain.dtype), b(feasible), b(reason))
+  pr = nm.setup(d, payload_bits, num_samples, deadline_s, flops_per_sample)
+  b = lambda v: jnp.broadcast_to(v, pr.cycles.shape)
+  return make_allocation(d, pr.cycles, b(d.f_max_hz), b(d.p_max_w), pr.t_min_s,
+                         jnp.zeros(pr.cycles.shape, d.gain.dtype), pr.feasible, pr.reason)
 
 
 def degrade_bits(devices: Devices, bits: ArrayLike,

@@ -74,48 +74,21 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from fedqjax.energy import model
-from fedqjax.energy.allocator import (Allocation, _allocate, _check_inputs, _float,
-                                      _ln_phi, _ln_psi_over_x2)
+from fedqjax.energy import model, numerics as nm
+from fedqjax.energy.allocator import Allocation, allocate
 from fedqjax.energy.devices import Devices
 from fedqjax.typing import Array, ArrayLike
-
-
-def _ln_expm1(x):
-  """log(e^x - 1) for x > 0 without overflow or cancellation."""
-  small = jnp.log(jnp.expm1(jnp.minimum(x, 1.0)))
-  xl = jnp.maximum(x, 1.0)
-  return jnp.where(x <= 1.0, small, xl + jnp.log1p(-jnp.exp(-xl)))
-
-
-def _ln_psi(u):
-  """log psi(e^u), psi(x) = x - 1 + e^{-x}."""
-  return 2.0 * u + _ln_psi_over_x2(jnp.exp(u))
-
-
-def _bisect(fn, lo, hi, iters):
-  """Bisection keeping fn(lo) > 0 >= fn(hi) (fn decreasing); returns (lo, hi)."""
-  def body(_, b):
-    lo, hi = b
-    mid = 0.5 * (lo + hi)
-    pos = fn(mid) > 0
-    return jnp.where(pos, mid, lo), jnp.where(pos, hi, mid)
-  return jax.lax.fori_loop(0, iters, body, (lo, hi))
-
-
-def _defaults(dtype):
-  x64 = jnp.finfo(dtype).bits == 64
-  return (60, 52) if x64 else (36, 32)
 
 
 def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
                               num_samples: ArrayLike, deadline_s: ArrayLike,
                               flops_per_sample: ArrayLike, total_bandwidth_hz: ArrayLike, *,
+                              present: Optional[ArrayLike] = None,
                               outer_iters: Optional[int] = None,
                               inner_iters: Optional[int] = None
                               ) -> Tuple[Allocation, Array, Array]:
@@ -125,6 +98,8 @@ def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
     devices: Devices with [K] fields; `bandwidth_hz` is ignored.
     payload_bits, num_samples, deadline_s, flops_per_sample: as in `allocate`.
     total_bandwidth_hz: W_tot, the budget sum_k W_k <= W_tot (scalar, > 0).
+    present: optional bool [K]; absent (padded) devices take no part: they are
+      treated like infeasible ones (no bandwidth, feasible=False).
     outer_iters: bisection steps on log mu (static); default 60 float64 / 36 float32.
     inner_iters: per-device bisection steps (static); default 52 float64 / 32 float32.
 
@@ -133,126 +108,161 @@ def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
     bandwidths, the bandwidths (0 for infeasible devices) and the budget
     multiplier mu in J/Hz (0 when no device is feasible).
   """
-  _check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
-  if not isinstance(total_bandwidth_hz, jax.core.Tracer):
+  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  if not nm.is_traced(total_bandwidth_hz):
     w = float(jnp.asarray(total_bandwidth_hz))
     if not (math.isfinite(w) and w > 0):
       raise ValueError(f"total_bandwidth_hz={w!r} is invalid; valid range: finite and > 0")
-  oi, ii = _defaults(devices.gain.dtype)
-  oi = oi if outer_iters is None else int(outer_iters)
-  ii = ii if inner_iters is None else int(inner_iters)
+  dtype = devices.gain.dtype
+  oi = nm.default_outer_iters(dtype) if outer_iters is None else int(outer_iters)
+  ii = nm.default_iters(dtype) if inner_iters is None else int(inner_iters)
+  present = jnp.ones(devices.gain.shape, bool) if present is None else jnp.asarray(present, bool)
   return _shared(devices, payload_bits, num_samples, deadline_s, flops_per_sample,
-                 total_bandwidth_hz, oi, ii)
+                 total_bandwidth_hz, present, oi, ii)
 
 
-def _mu_of_allocation(d, al, s, bw):
+def mu_of_allocation(d: Devices, al: Allocation, s: Array, bw: Array) -> Array:
   """mu_k(W) = -dE*_k/dW (envelope theorem) from a per-device allocation at W."""
   t = al.t_comm_s
   x = s * model.LN2 / (t * bw)
-  kphi = jnp.exp(jnp.log(d.noise_psd_w_hz) + jnp.log(bw) - jnp.log(d.gain) + _ln_phi(jnp.log(x)))
+  kphi = jnp.exp(jnp.log(d.noise_psd_w_hz) + jnp.log(bw) - jnp.log(d.gain) + nm.ln_phi(jnp.log(x)))
   lam = jnp.maximum(al.nu - kphi, 0.0)  # multiplier of t >= t^min (0 when interior)
   xm = jnp.log1p(model.snr(d.p_max_w, d.gain, bw, d.noise_psd_w_hz))
-  ratio = jnp.exp(_ln_psi(jnp.log(xm)) - jnp.log(xm))  # psi(x_max) / x_max
+  ratio = jnp.exp(nm.ln_psi(jnp.log(xm)) - jnp.log(xm))  # psi(x_max) / x_max
   return t / bw * (kphi + lam * ratio)
 
 
-@functools.partial(jax.jit, static_argnums=(6, 7))
-def _shared(d, payload_bits, num_samples, deadline_s, flops_per_sample, total_bw,
-            outer_iters, inner_iters):
+class _Consts(NamedTuple):
+  """Per-device log-space constants of the joint problem, [K]."""
+  cycles: Array
+  deadline: Array
+  payload: Array  # S
+  ln_b: Array  # log(S ln 2)
+  ln_n0: Array
+  ln_h: Array
+  ln_c: Array  # log(p_max h / N0)
+  ln_cyc: Array
+  ln_2tau: Array
+  ln_fmin: Array
+  ln_fmax: Array
+  u_wmin: Array  # log x at W_min (bisection lo end: W slightly above W_min)
+  feasible: Array
+
+
+def _consts(d, pr, present, inner_iters) -> _Consts:
+  """Feasibility with all the bandwidth (the `allocate` test) and W_min per device."""
   dtype = d.gain.dtype
-  tiny = jnp.finfo(dtype).tiny
-  w_tot = jnp.asarray(total_bw, dtype)
-  cycles = model.cycles_per_sample(flops_per_sample, d.flops_per_cycle) * num_samples
-  s = jnp.maximum(_float(payload_bits), tiny)
-  T = jnp.asarray(deadline_s, dtype)
-  shape = jnp.broadcast_shapes(cycles.shape, s.shape, T.shape, d.gain.shape)
-  cycles, s, T = (jnp.broadcast_to(v, shape).astype(dtype) for v in (cycles, s, T))
-
-  # Feasibility with all the bandwidth, exactly as `allocate` would test it.
-  tmin_all = model.t_min(s, d.gain, w_tot, d.p_max_w, d.noise_psd_w_hz)
+  feasible = pr.feasible & present
+  cycles, s, T = (v.astype(dtype) for v in (pr.cycles, pr.payload_bits, pr.deadline_s))
   s_max = T - cycles / d.f_max_hz  # longest upload time (f = f_max)
-  feasible = s_max >= tmin_all
   s_max_safe = jnp.where(feasible, s_max, T)
-
   ln_b = jnp.log(s) + math.log(model.LN2)  # b = S ln 2
   ln_n0, ln_h = jnp.log(d.noise_psd_w_hz), jnp.log(d.gain)
   ln_c = jnp.log(d.p_max_w) + ln_h - ln_n0  # c = p_max h / N0
-  ln_cyc = jnp.log(cycles)
-  ln_2tau = math.log(2.0) + jnp.log(d.tau)
-  ln_fmin, ln_fmax = jnp.log(d.f_min_hz), jnp.log(d.f_max_hz)
-
   # W_min: x / (e^x - 1) = r = b / (c s_max), x = ln(1 + c / W_min); decreasing in x.
   ln_r = jnp.minimum(ln_b - ln_c - jnp.log(s_max_safe), -jnp.finfo(dtype).eps)
   u_lo0 = jnp.log(-jnp.expm1(ln_r))  # x/(e^x-1) >= 1 - x/2 > r
   u_hi0 = jnp.log(2.0 - 2.0 * ln_r)  # x/(e^x-1) <= r
   # lo end: x slightly below x(W_min), W slightly above W_min (feasible side).
-  u_wmin, _ = _bisect(lambda u: (u - _ln_expm1(jnp.exp(u))) - ln_r, u_lo0, u_hi0,
-                      inner_iters + 8)
-  ln_wmin = ln_c - _ln_expm1(jnp.exp(u_wmin))
-  w_min = jnp.where(feasible, jnp.exp(ln_wmin), 0.0)
-  k_feas = jnp.maximum(jnp.sum(feasible), 1).astype(dtype)
+  u_wmin, _ = nm.bisect(lambda u: (u - nm.ln_expm1(jnp.exp(u))) - ln_r, u_lo0, u_hi0,
+                        inner_iters + 8)
+  return _Consts(cycles=cycles, deadline=T, payload=s, ln_b=ln_b, ln_n0=ln_n0, ln_h=ln_h, ln_c=ln_c,
+                 ln_cyc=jnp.log(cycles), ln_2tau=math.log(2.0) + jnp.log(d.tau),
+                 ln_fmin=jnp.log(d.f_min_hz), ln_fmax=jnp.log(d.f_max_hz), u_wmin=u_wmin,
+                 feasible=feasible)
 
-  # Bracket on log mu from the budget split W'.
+
+def _mu_bracket(d, k, args, w_tot, inner_iters):
+  """Bracket on log mu from the budget split W'_k = W_min,k + slack / K."""
+  dtype = d.gain.dtype
+  w_min = jnp.where(k.feasible, jnp.exp(k.ln_c - nm.ln_expm1(jnp.exp(k.u_wmin))), 0.0)
+  k_feas = jnp.maximum(jnp.sum(k.feasible), 1).astype(dtype)
   slack = jnp.maximum(w_tot - jnp.sum(w_min), 0.0)
-  w_split = jnp.where(feasible, jnp.maximum(w_min + slack / k_feas, w_min * 1.001), w_tot)
-  al_split = _allocate(d.replace(bandwidth_hz=w_split), payload_bits, num_samples, deadline_s,
-                       flops_per_sample, inner_iters)
-  mu_split = _mu_of_allocation(d, al_split, s, w_split)
-  ok = feasible & al_split.feasible & (mu_split > 0) & jnp.isfinite(mu_split)
+  w_split = jnp.where(k.feasible, jnp.maximum(w_min + slack / k_feas, w_min * 1.001), w_tot)
+  al_split = allocate(d.replace(bandwidth_hz=w_split), *args, iters=inner_iters)
+  mu_split = mu_of_allocation(d, al_split, k.payload, w_split)
+  ok = k.feasible & al_split.feasible & (mu_split > 0) & jnp.isfinite(mu_split)
   ln_mu_split = jnp.log(jnp.where(ok, mu_split, 1.0))
   big = jnp.asarray(jnp.finfo(dtype).max, dtype)
   lm_lo = jnp.min(jnp.where(ok, ln_mu_split, big)) - 2.0
   lm_hi = jnp.max(jnp.where(ok, ln_mu_split, -big)) + 2.0
   any_ok = jnp.any(ok)
-  lm_lo, lm_hi = jnp.where(any_ok, lm_lo, 0.0), jnp.where(any_ok, lm_hi, 0.0)
+  return jnp.where(any_ok, lm_lo, 0.0), jnp.where(any_ok, lm_hi, 0.0), any_ok
 
-  def bandwidth(lm):
-    """W_k(mu) per device, mu = e^lm (decreasing in mu)."""
-    # Branch A: power below p_max.
-    def ln_t_a(u):
-      return lm + ln_h - ln_n0 - _ln_phi(u)
 
-    def ln_w_a(u):
-      return ln_b - ln_t_a(u) - u
+def _bandwidth_a(d, k, lm, inner_iters):
+  """Branch A (power below p_max): (log W, valid) at mu = e^lm."""
+  def ln_t_a(u):
+    return lm + k.ln_h - k.ln_n0 - nm.ln_phi(u)
 
-    def g_a(u):
-      lt = ln_t_a(u)
-      ln_nu = lm + ln_w_a(u) - lt
-      lf = jnp.clip((ln_nu - ln_2tau) / 3.0, ln_fmin, ln_fmax)
-      return jnp.exp(ln_cyc - lf) + jnp.exp(lt) - T
+  def ln_w_a(u):
+    return k.ln_b - ln_t_a(u) - u
 
-    ua_hi = u_wmin
-    ua_lo = jnp.minimum(jnp.minimum(0.0, 0.5 * (lm + ln_h - ln_n0 - jnp.log(T))), ua_hi)
-    _, ua = _bisect(g_a, ua_lo, ua_hi, inner_iters)
-    lw_a = ln_w_a(ua)
-    valid_a = (g_a(ua_hi) <= 0) & (_ln_expm1(jnp.exp(ua)) <= ln_c - lw_a)
+  def g_a(u):
+    lt = ln_t_a(u)
+    ln_nu = lm + ln_w_a(u) - lt
+    lf = jnp.clip((ln_nu - k.ln_2tau) / 3.0, k.ln_fmin, k.ln_fmax)
+    return jnp.exp(k.ln_cyc - lf) + jnp.exp(lt) - k.deadline
 
-    # Branch B: p = p_max, on the curve t = t^min(W); solve mu_B(x) = mu.
-    def ln_w_b(u):
-      return ln_c - _ln_expm1(jnp.exp(u))
+  ua_hi = k.u_wmin
+  ua_lo = jnp.minimum(jnp.minimum(0.0, 0.5 * (lm + k.ln_h - k.ln_n0 - jnp.log(k.deadline))),
+                      ua_hi)
+  _, ua = nm.bisect(g_a, ua_lo, ua_hi, inner_iters)
+  lw_a = ln_w_a(ua)
+  valid_a = (g_a(ua_hi) <= 0) & (nm.ln_expm1(jnp.exp(ua)) <= k.ln_c - lw_a)
+  return lw_a, valid_a
 
-    def neg_h_b(u):  # lm - log mu_B(u), decreasing in u
-      lw = ln_w_b(u)
-      lt = ln_b - lw - u
-      t = jnp.exp(lt)
-      f_raw = jnp.minimum(cycles / jnp.maximum(T - t, tiny), d.f_max_hz)
-      coef = jnp.where(f_raw >= d.f_min_hz, jnp.exp(ln_2tau + 3.0 * jnp.log(f_raw)), 0.0)
-      ln_mu_b = jnp.log(coef + d.p_max_w) + lt + _ln_psi(u) - lw - u
-      return lm - ln_mu_b
 
-    ub, _ = _bisect(neg_h_b, u_wmin - 40.0, u_wmin, inner_iters)
-    w = jnp.exp(jnp.where(valid_a, lw_a, ln_w_b(ub)))
-    return jnp.where(feasible, w, 0.0)
+def _bandwidth_b(d, k, lm, inner_iters):
+  """Branch B (p = p_max, t = t^min(W)): log W solving mu_B(x) = mu = e^lm."""
+  tiny = jnp.finfo(d.gain.dtype).tiny
 
-  _, lm = _bisect(lambda lm: jnp.sum(bandwidth(lm)) - w_tot, lm_lo, lm_hi, outer_iters)
-  w = bandwidth(lm)
+  def ln_w_b(u):
+    return k.ln_c - nm.ln_expm1(jnp.exp(u))
+
+  def neg_h_b(u):  # lm - log mu_B(u), decreasing in u
+    lw = ln_w_b(u)
+    lt = k.ln_b - lw - u
+    t = jnp.exp(lt)
+    f_raw = jnp.minimum(k.cycles / jnp.maximum(k.deadline - t, tiny), d.f_max_hz)
+    coef = jnp.where(f_raw >= d.f_min_hz, jnp.exp(k.ln_2tau + 3.0 * jnp.log(f_raw)), 0.0)
+    ln_mu_b = jnp.log(coef + d.p_max_w) + lt + nm.ln_psi(u) - lw - u
+    return lm - ln_mu_b
+
+  ub, _ = nm.bisect(neg_h_b, k.u_wmin - 40.0, k.u_wmin, inner_iters)
+  return ln_w_b(ub)
+
+
+def _bandwidth(d, k, lm, inner_iters):
+  """W_k(mu) per device, mu = e^lm (decreasing in mu); 0 for infeasible devices."""
+  lw_a, valid_a = _bandwidth_a(d, k, lm, inner_iters)
+  w = jnp.exp(jnp.where(valid_a, lw_a, _bandwidth_b(d, k, lm, inner_iters)))
+  return jnp.where(k.feasible, w, 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8))
+def _shared(d, payload_bits, num_samples, deadline_s, flops_per_sample, total_bw, present,
+            outer_iters, inner_iters):
+  dtype = d.gain.dtype
+  tiny = jnp.finfo(dtype).tiny
+  w_tot = jnp.asarray(total_bw, dtype)
+  # Feasibility with all the bandwidth, exactly as `allocate` would test it.
+  pr = nm.setup(d.replace(bandwidth_hz=jnp.broadcast_to(w_tot, d.gain.shape)), payload_bits,
+                num_samples, deadline_s, flops_per_sample)
+  k = _consts(d, pr, present, inner_iters)
+  args = (payload_bits, num_samples, deadline_s, flops_per_sample)
+  lm_lo, lm_hi, any_ok = _mu_bracket(d, k, args, w_tot, inner_iters)
+  _, lm = nm.bisect(lambda lm: jnp.sum(_bandwidth(d, k, lm, inner_iters)) - w_tot,
+                    lm_lo, lm_hi, outer_iters)
+  w = _bandwidth(d, k, lm, inner_iters)
   total = jnp.sum(w)
   w = w * jnp.where((total > 0) & (total < w_tot), w_tot / jnp.maximum(total, tiny), 1.0)
   mu = jnp.where(any_ok, jnp.exp(lm), 0.0)
 
-  al = _allocate(d.replace(bandwidth_hz=jnp.where(feasible, w, w_tot)), payload_bits,
-                 num_samples, deadline_s, flops_per_sample, inner_iters)
+  al = allocate(d.replace(bandwidth_hz=jnp.where(k.feasible, w, w_tot)), *args,
+                iters=inner_iters)
   zero = jnp.zeros_like(al.e_comm_j)
+  feasible = k.feasible
   al = al.replace(
       power_w=jnp.where(feasible, al.power_w, zero),
       e_comm_j=jnp.where(feasible, al.e_comm_j, zero),
