@@ -163,7 +163,8 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
         row.update(evaluate_heldout(setup, state, writer, rnd))
       history.append(row)
       write_round(writer, row, m)
-      progress.round_done(run.name, rnd, row)
+      first = row["energy"][spec.allocations[0]]  # the console shows one
+      progress.round_done(run.name, rnd, dict(row, cum_energy_j=first["cum_j"]))
     if rnd % config.ckpt_every == 0 or rnd == stop:
       mgr.save(state, history)
   mgr.close()
