@@ -1,6 +1,6 @@
 r"""Per-client convolutions on one backend: which layout of the client axis
-and which convolution form run fast (the measurement behind
-`fed.parallelism="auto"` and `UNet(conv_impl=...)`).
+and which convolution form run fast (the measurement behind the client-loop
+resolver and `UNetConfig.conv_impl`).
 
   PYTHONPATH=. python benchmarks/conv_cpu.py            # K=8, B=4, 32x32x32
 
@@ -9,8 +9,9 @@ take the gradient w.r.t. their kernel and input. The client axis is laid out
 as: `vmap` (batched weights), `unrolled` (lax.scan, unroll=True: K plain
 convolutions in one program), `rolled` (lax.scan, one client per iteration),
 and `pyloop` (a Python loop calling one jitted client, the sequential
-baseline). Convolution forms: XLA's ("xla"), `fwd_form_conv` and
-`im2col_conv` (fedqjax.diffusion.conv). Prints ms per call (best of 5) and
+baseline). Convolution forms: XLA's ("xla") and `im2col_conv`
+(fedqjax.diffusion.conv; the removed custom-VJP "fwd_form" is in git
+history and in benchmarks/RESULTS.md). Prints ms per call (best of 5) and
 compile seconds, warm, `block_until_ready`.
 """
 import argparse
@@ -30,7 +31,6 @@ def _xla(x, w):
 
 
 FORMS = {"xla": _xla,
-         "fwd_form": lambda x, w: conv_lib.fwd_form_conv(x, w, (1, 1), "SAME"),
          "im2col": lambda x, w: conv_lib.im2col_conv(x, w, (1, 1), "SAME")}
 
 

@@ -8,14 +8,21 @@ module-scoped fixture. Shape tests of the tiny and paper models use
 `jax.eval_shape` (no compile). Statistical tests state their failure
 probability; seeds are fixed, so they are deterministic in practice.
 """
+import dataclasses
+import hashlib
+
 import chex
 import jax
 import jax.numpy as jnp
+import math
+
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from fedqjax import diffusion as dm
+from fedqjax.diffusion.unet import UNet
 
 FAST = {"xla_backend_optimization_level": 0}
 SMALL = dm.UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
@@ -68,7 +75,7 @@ def test_paper_model_param_count():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 28, 28, 1)])
 def test_tiny_shapes_and_dtypes(shape, dtype):
-  model = dm.UNet.tiny(dtype=dtype)
+  model = dm.UNetConfig.tiny(dtype=dtype).make()
   variables = _abstract_init(model, shape)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
   out = jax.eval_shape(
@@ -84,36 +91,73 @@ def test_bfloat16_compute_close_to_float32(trained):
   variables, _ = trained
   x = jnp.asarray(_patterns(4, RES, seed=1)) * 0.7
   t = jnp.array([0, 10, 500, 999])
-  outs = [jax.jit(lambda v, x, t, m=SMALL.make().clone(dtype=d): m.apply(v, x, t, train=False),
-                  compiler_options=FAST)(variables, x, t) for d in (jnp.float32, jnp.bfloat16)]
+  models = [dataclasses.replace(SMALL, dtype=d).make() for d in ("float32", "bfloat16")]
+  outs = [jax.jit(lambda v, x, t, m=m: m.apply(v, x, t, train=False),
+                  compiler_options=FAST)(variables, x, t) for m in models]
   assert outs[1].dtype == jnp.float32
   rel = float(jnp.linalg.norm(outs[1] - outs[0]) / jnp.linalg.norm(outs[0]))
   assert rel < 0.05, rel  # bf16 has ~3 significant digits
 
 
+def _tree_digest(variables):
+  """sha256 of the sorted (path, shape, dtype) rows of a parameter tree."""
+  rows = sorted(f"{jax.tree_util.keystr(p)}:{tuple(x.shape)}:{x.dtype}"
+                for p, x in jax.tree_util.tree_leaves_with_path(variables))
+  return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16], len(rows)
+
+
+@pytest.mark.parametrize("config,shape,digest,leaves", [
+    (dm.UNetConfig.tiny(), (1, 32, 32, 3), "5df8b808a8e8ae98", 182),
+    (dm.UNetConfig.tiny(), (1, 28, 28, 1), "79368230fbab74d4", 152),
+    (dm.UNetConfig(), (1, 32, 32, 3), "f1e66b21d8ab9fad", 328),
+    (dm.UNetConfig(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                   dropout=0.0, num_groups=4), (1, 8, 8, 1), "d2b32944f2e163f1", 74),
+])
+def test_param_tree_unchanged_since_unet_took_one_config(config, shape, digest, leaves):
+  """Same parameter names, shapes and dtypes as the UNet that re-declared
+  every UNetConfig field (digests recorded from it, commit 906dd7c), so
+  checkpoints stay interchangeable."""
+  assert _tree_digest(_abstract_init(UNet(config), shape)) == (digest, leaves)
+  assert _tree_digest(_abstract_init(config.make(), shape)) == (digest, leaves)
+
+
 def test_resolution_error_names_constraint():
-  with pytest.raises(ValueError, match="resolution=28.*2\\*\\*\\(len\\(ch_mult\\)-1\\)=8"):
+  rule = "valid: a positive multiple of 2\\*\\*\\(len\\(ch_mult\\)-1\\)=8"
+  with pytest.raises(ValueError, match=f"resolution=28 .*{rule}"):
     _abstract_init(dm.UNet(), (1, 28, 28, 1))
-  with pytest.raises(ValueError, match="resolution"):
+  with pytest.raises(ValueError, match=f"resolution=28 .*{rule}"):
     dm.UNetConfig().check_image_shape((28, 28, 1))
+  with pytest.raises(ValueError, match=f"^UNetConfig.resolution=28 is invalid; {rule}"):
+    dm.UNetConfig(resolution=28)
   dm.UNetConfig.tiny().check_image_shape((28, 28, 1))
 
 
 @pytest.mark.parametrize("field,value", [
     ("num_groups", 12), ("ch", 0), ("ch_mult", ()), ("num_res_blocks", 0), ("dropout", 1.0),
-    ("dtype", "int8"), ("resolution", 28), ("out_ch", -1), ("attn_resolutions", (0,))])
+    ("dtype", "int8"), ("resolution", 28), ("out_ch", -1), ("attn_resolutions", (0,)),
+    ("conv_impl", "fwd_form"), ("resamp_with_conv", 1)])
 def test_bad_config_names_field(field, value):
-  with pytest.raises(ValueError, match=field):
+  """Errors name the UNetConfig field (never a config-file path)."""
+  with pytest.raises(ValueError, match=f"^UNetConfig\\.{field}=.* is invalid; valid: "):
     dm.UNetConfig(**{field: value})
 
 
+def test_unet_takes_one_config():
+  assert [f.name for f in dataclasses.fields(dm.UNet) if f.name not in ("parent", "name")] \
+      == ["config"]
+  assert dm.UNet() == dm.UNetConfig().make() == UNet(config=dm.UNetConfig())
+  with pytest.raises(TypeError, match="UNetConfig"):
+    _abstract_init(UNet({"ch": 8}), (1, 8, 8, 1))
+
+
 def test_config_from_configdict():
-  cd = ml_collections.ConfigDict(dict(dm.tiny_unet_kwargs(), dtype="bfloat16", resolution=32))
+  cd = ml_collections.ConfigDict(dict(dm.UNetConfig.tiny().to_dict(), dtype="bfloat16",
+                                      resolution=32))
   cfg = dm.UNetConfig.from_dict(cd.to_dict())
   assert cfg == dm.UNetConfig.tiny(dtype="bfloat16", resolution=32)
+  assert cfg.ch_mult == (1, 2, 2) and isinstance(cfg.attn_resolutions, tuple)
   assert hash(cfg) == hash(dm.UNetConfig.from_dict(cfg.to_dict()))
-  assert cfg.make().dtype == jnp.bfloat16 and cfg.make().ch == 32
-  assert dm.UNetConfig().make() == dm.UNet()
+  assert cfg.make().config is cfg and dm.UNetConfig(dtype=jnp.bfloat16).dtype == "bfloat16"
   with pytest.raises(ValueError, match="unknown UNetConfig field.*'chh'"):
     dm.UNetConfig.from_dict({"chh": 3})
 
@@ -157,6 +201,54 @@ def test_ema_update():
   chex.assert_trees_all_close(new, {"a": jnp.full(3, 0.9), "b": {"c": jnp.full(2, 0.1)}})
 
 
+def _log_init_weight_closed_form(max_decay, R):
+  """log prod_{r<R} min(max_decay, (1 + r) / (10 + r)): the ratio rises with r,
+  so the first r* steps are uncapped (product 1 / C(r* + 9, 9)), the rest capped."""
+  r_star = next(r for r in range(10 ** 6) if (1 + r) / (10 + r) > max_decay)
+  m = min(R, r_star)
+  return max(R - r_star, 0) * math.log(max_decay) - math.log(math.comb(m + 9, 9))
+
+
+@pytest.mark.parametrize("max_decay", [0.9, 0.999, 0.9999])
+def test_ema_decay_forgets_the_initialization(max_decay):
+  """The initial parameters' weight in the EMA after R updates is < 1% for
+  every R in 10..10000: in closed form, as a float64 cumulative product, and
+  through the real ema_update (EMA starts at ones, every later params are
+  zeros, so the EMA is exactly that weight)."""
+  R = 10_000
+  steps = np.arange(R)
+  d = np.asarray(jax.jit(jax.vmap(lambda s: dm.ema_decay(s, max_decay)))(steps))
+  assert d.dtype == np.float32
+  d64 = np.minimum(max_decay, (1.0 + steps) / (10.0 + steps))
+  np.testing.assert_allclose(d, d64, rtol=1e-6)
+  log_w = np.cumsum(np.log(d64))  # log_w[R - 1]: log weight after R updates
+  closed = [_log_init_weight_closed_form(max_decay, r) for r in (1, 10, 11, 100, 1000, R)]
+  np.testing.assert_allclose(log_w[[0, 9, 10, 99, 999, R - 1]], closed, rtol=1e-9)
+  w = np.exp(log_w)
+  assert w[9:].max() < 0.01, w[9:].max()
+
+  def body(ema, s):
+    ema = dm.ema_update(ema, {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))},
+                        dm.ema_decay(s, max_decay))
+    return ema, ema["a"][0]
+  ema, traj = jax.jit(lambda: jax.lax.scan(
+      body, {"a": jnp.ones(3), "b": jnp.ones((2, 2))}, jnp.arange(R)))()
+  traj = np.asarray(traj, np.float64)
+  big = w > 1e-30  # float32 keeps relative accuracy (R roundings ~ 1e-3) above that
+  np.testing.assert_allclose(traj[big], w[big], rtol=2e-3)
+  assert traj[9:].max() < 0.01 and np.all(np.asarray(ema["b"]) == np.float32(traj[-1]))
+
+
+def test_ema_decay_values_and_errors():
+  assert float(dm.ema_decay(0, 0.999)) == np.float32(0.1)  # first update keeps 10% of init
+  assert float(dm.ema_decay(10 ** 6, 0.999)) == np.float32(0.999)
+  assert float(dm.ema_decay(jnp.int32(5), 0.999, warmup=2.0)) == np.float32(6 / 7)
+  with pytest.raises(ValueError, match="max_decay=1.0 is invalid"):
+    dm.ema_decay(0, 1.0)
+  with pytest.raises(ValueError, match="warmup=0.5 is invalid"):
+    dm.ema_decay(0, 0.9, warmup=0.5)
+
+
 # ---------------------------------------------------------------- loss / training
 
 
@@ -194,6 +286,112 @@ def test_ddpm_loss_with_analytic_model():
   assert float(loss) < 1e-6 and abs(float(g)) < 1e-4
   # eps = 0: L = mean of 1024 squared normals, std 0.044; 0.25 is 5.6 std.
   assert abs(float(f(jnp.float32(0.0), apply_fn, x0, jax.random.key(0), s)[0]) - 1) < 0.25
+
+
+def _shifted_point_denoiser(point):
+  """apply_fn whose eps is exact for data = `point`, scaled by a scalar param."""
+  s = _SCHED
+
+  def apply_fn(params, x, t, *, train, rngs=None):
+    del train, rngs
+    bc = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+    return params * (x - bc(s.sqrt_alpha_bars[t]) * point) / bc(s.sqrt_one_minus_alpha_bars[t])
+  return apply_fn
+
+
+def test_make_train_step_is_one_step_on_the_given_batch():
+  """The step uses x0 as given (no resampling) and its key as ddpm_loss's key."""
+  s = _SCHED
+  x0 = jnp.linspace(-0.9, 0.9, 8)[:, None, None, None] * jnp.ones((8, 4, 4, 1))
+  apply_fn = _shifted_point_denoiser(0.5)
+  tx = optax.sgd(0.1)
+  step = jax.jit(dm.make_train_step(apply_fn, tx, s))
+  key = jax.random.key(3)
+  (p1, _), loss = step((jnp.float32(1.0), tx.init(jnp.float32(1.0))), x0, key)
+  want_loss, g = jax.jit(dm.loss_and_grad, static_argnums=1)(jnp.float32(1.0), apply_fn, x0,
+                                                              key, s)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(p1, 1.0 - 0.1 * g, rtol=1e-6)
+  assert abs(float(g)) > 0.1  # a real step, not a no-op
+
+
+# ---------------------------------------------------------------- held-out loss
+
+
+def test_heldout_timesteps_cover_every_stratum_once():
+  T = 1000
+  t = dm.stratified_timesteps(jax.random.key(0), T, 100)
+  np.testing.assert_array_equal(t // 10, np.arange(100))  # strata [10 i, 10 i + 10)
+  i = np.arange(7)
+  t7 = dm.stratified_timesteps(jax.random.key(1), T, 7)
+  assert np.all((np.floor(i * T / 7) <= t7) & (t7 < (i + 1) * T / 7)), t7
+  t2 = dm.stratified_timesteps(jax.random.key(2), 50, 100)  # n = 2T: each t twice
+  np.testing.assert_array_equal(np.bincount(t2, minlength=50), np.full(50, 2))
+  assert not np.array_equal(t, dm.stratified_timesteps(jax.random.key(3), T, 100))
+
+
+def test_heldout_set_is_deterministic_subset():
+  images = np.arange(12, dtype=np.float32).reshape(12, 1, 1, 1) * np.ones((1, 2, 2, 1), np.float32)
+  a = dm.heldout_set(images, 100, jax.random.key(5), 5)
+  b = dm.heldout_set(jnp.asarray(images), 100, jax.random.key(5), 5)
+  chex.assert_trees_all_equal(a, b)
+  chex.assert_shape([a.x0, a.noise], (5, 2, 2, 1))
+  assert a.t.dtype == jnp.int32 and a.noise.dtype == jnp.float32
+  ids = np.asarray(a.x0[:, 0, 0, 0]).astype(int)
+  assert len(set(ids)) == 5 and np.all(images[ids] == np.asarray(a.x0))  # distinct images
+  full = dm.heldout_set(images, 100, jax.random.key(5), 12)
+  assert sorted(np.asarray(full.x0[:, 0, 0, 0]).astype(int)) == list(range(12))
+  for bad in (0, 13):
+    with pytest.raises(ValueError, match=f"num={bad} is invalid; valid: 1..12"):
+      dm.heldout_set(images, 100, jax.random.key(5), bad)
+
+
+def test_heldout_loss_with_analytic_model():
+  """Exact denoiser of the data point: loss ~0; eps = 0: loss = mean(noise^2)
+  exactly; chunked (lax.map, padded last chunk) equals one batch."""
+  x0 = np.full((10, 4, 4, 1), 0.3, np.float32)
+  hs = dm.heldout_set(x0, T_SMALL, jax.random.key(0), 10)
+  apply_fn = _shifted_point_denoiser(0.3)
+  f = jax.jit(dm.heldout_loss, static_argnames=("apply_fn", "batch_size"))
+  assert float(f(jnp.float32(1.0), apply_fn, hs, _SCHED)) < 1e-8
+  zero = float(f(jnp.float32(0.0), apply_fn, hs, _SCHED))
+  np.testing.assert_allclose(zero, np.mean(np.asarray(hs.noise, np.float64) ** 2), rtol=1e-6)
+  wrong = _shifted_point_denoiser(0.0)  # eps off by sqrt(ab_t / (1 - ab_t)) 0.3
+  one = float(f(jnp.float32(1.0), wrong, hs, _SCHED))
+  chunked = float(f(jnp.float32(1.0), wrong, hs, _SCHED, batch_size=3))
+  t = np.asarray(hs.t)
+  ratio = (np.asarray(_SCHED.sqrt_alpha_bars, np.float64)[t]
+           / np.asarray(_SCHED.sqrt_one_minus_alpha_bars, np.float64)[t])
+  np.testing.assert_allclose(one, np.mean(ratio ** 2) * 0.09, rtol=1e-5)
+  np.testing.assert_allclose(chunked, one, rtol=1e-6)
+  with pytest.raises(ValueError, match="batch_size=0 is invalid"):
+    dm.heldout_loss(1.0, apply_fn, hs, _SCHED, batch_size=0)
+
+
+def test_heldout_loss_on_unet(trained):
+  """On the SMALL U-Net: bitwise deterministic; equal to a direct NumPy
+  recomputation (at init and after training); lower after 40 steps of
+  train_centralized (seen: 0.985 -> 0.200; asserted: < 0.6x init)."""
+  variables, _ = trained
+  model, sched = SMALL.make(), dm.linear_schedule()  # train_centralized's schedule
+  init = dm.init_unet(SMALL, jax.random.split(jax.random.key(0, impl="rbg"))[0], (RES, RES, 1),
+                      compiler_options=FAST)  # the fixture's initial parameters
+  hs = dm.heldout_set(_patterns(24, RES, seed=2), sched.num_timesteps, jax.random.key(9), 24)
+  f = jax.jit(lambda p: dm.heldout_loss(p, model.apply, hs, sched, batch_size=16),
+              compiler_options=FAST)
+  fwd = jax.jit(lambda p, x, t: model.apply(p, x, t, train=False), compiler_options=FAST)
+  ab = np.asarray(sched.alpha_bars, np.float64)[np.asarray(hs.t)][:, None, None, None]
+  noise = np.asarray(hs.noise, np.float64)
+  x_t = np.sqrt(ab) * np.asarray(hs.x0, np.float64) + np.sqrt(1 - ab) * noise
+  got = {}
+  for name, p in (("init", init), ("trained", variables)):
+    got[name] = f(p)
+    assert np.asarray(got[name]).tobytes() == np.asarray(f(p)).tobytes()  # bitwise
+    eps = np.asarray(fwd(p, jnp.asarray(x_t, jnp.float32), hs.t), np.float64)
+    np.testing.assert_allclose(float(got[name]), np.mean((eps - noise) ** 2), rtol=1e-5)
+  print(f"held-out loss: init {float(got['init']):.4f}, after 40 steps "
+        f"{float(got['trained']):.4f}")
+  assert float(got["trained"]) < 0.6 * float(got["init"])
 
 
 # ---------------------------------------------------------------- samplers
@@ -311,8 +509,9 @@ def test_samplers_do_not_retrace():
 
 
 def test_sampler_with_unet_traces():
-  assert dm.eps_fn_from_module(dm.UNet.tiny()) == dm.eps_fn_from_module(dm.UNet.tiny())
-  model = dm.UNet.tiny()
+  tiny = dm.UNetConfig.tiny()
+  assert dm.eps_fn_from_module(tiny.make()) == dm.eps_fn_from_module(tiny.make())
+  model = tiny.make()
   variables = _abstract_init(model, (1, 32, 32, 3))
   out = jax.eval_shape(lambda v: dm.ddim_sample(dm.eps_fn_from_module(model), v, _SCHED,
                                                 jax.random.key(0), (2, 32, 32, 3), num_steps=4),

@@ -50,6 +50,37 @@ def loss_and_grad(params: Params, apply_fn: ApplyFn, batch_x0: Array, key: PRNGK
   return jax.value_and_grad(ddpm_loss)(params, apply_fn, batch_x0, key, schedule, train=train)
 
 
+def ema_decay(step: int | Array, max_decay: float, warmup: float = 10.0) -> Array:
+  """Warm-up EMA decay min(max_decay, (1 + step) / (warmup + step)).
+
+  `step` counts the EMA updates already made (0 for the first). The weight
+  of the initial parameters after R updates is prod_{r<R} decay_r. Each
+  decay is at most the warm-up ratio, so for warmup = 10 that weight is at
+  most prod_{r<R} (1 + r) / (10 + r) = 1 / C(R + 9, 9) (1.1e-5 at R = 10)
+  whatever the cap: below 1% for every R >= 2 and any max_decay < 1. A
+  fixed decay of 0.999 would leave 0.999^R (90% after 100 updates).
+
+  Args:
+    step: update count, a Python int or a traced integer scalar.
+    max_decay: the decay cap, in [0, 1).
+    warmup: w >= 1; the decay is (1 + step) / (w + step) until it reaches
+      the cap.
+
+  Returns:
+    float32 scalar decay.
+
+  Raises:
+    ValueError: if max_decay or warmup (given as Python numbers) are out of
+      range.
+  """
+  if isinstance(max_decay, (int, float)) and not 0.0 <= max_decay < 1.0:
+    raise ValueError(f"max_decay={max_decay!r} is invalid; valid: [0, 1)")
+  if isinstance(warmup, (int, float)) and not warmup >= 1.0:
+    raise ValueError(f"warmup={warmup!r} is invalid; valid: >= 1")
+  s = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(max_decay), (1.0 + s) / (jnp.float32(warmup) + s))
+
+
 def ema_update(ema_params: PyTree, params: PyTree, decay: float | Array) -> PyTree:
   """Exponential moving average: decay * ema + (1 - decay) * params, leafwise.
 

@@ -29,21 +29,38 @@ Carry = Tuple[Params, optax.OptState]
 
 
 def make_train_step(apply_fn: Callable[..., Array], tx: optax.GradientTransformation,
-                    schedule: NoiseSchedule, batch_size: int
+                    schedule: NoiseSchedule
                     ) -> Callable[[Carry, Array, PRNGKey], Tuple[Carry, Array]]:
-  """One Adam step on a minibatch drawn from `images`.
+  """One optimizer step of L_simple on a given minibatch.
+
+  The one DDPM step of the project: `train_centralized` and the federated
+  client both call it; each draws its own minibatch (the client from its
+  padded data) and passes it in.
+
+  Args:
+    apply_fn: a Flax module's `apply` (see `ddpm_loss`).
+    tx: the optimizer.
+    schedule: noise schedule.
 
   Returns:
-    `step((params, opt_state), images [N, H, W, C], key) -> ((params, opt_state), loss)`.
+    `step((params, opt_state), x0 [B, H, W, C], key) -> ((params, opt_state),
+    loss)`; `key` draws t, the noise and dropout (`ddpm_loss`).
   """
-  def step(carry: Carry, images: Array, key: PRNGKey) -> Tuple[Carry, Array]:
+  def step(carry: Carry, x0: Array, key: PRNGKey) -> Tuple[Carry, Array]:
     params, opt_state = carry
-    k_idx, k_loss = jax.random.split(key)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])  # [B]
-    loss, grads = loss_and_grad(params, apply_fn, images[idx], k_loss, schedule)
+    loss, grads = loss_and_grad(params, apply_fn, x0, key, schedule)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
   return step
+
+
+def _draw_then_step(step, batch_size: int):
+  """(carry, images [N, ...], key) -> step on B images drawn with replacement."""
+  def run(carry: Carry, images: Array, key: PRNGKey) -> Tuple[Carry, Array]:
+    k_idx, k_loss = jax.random.split(key)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])  # [B]
+    return step(carry, images[idx], k_loss)
+  return run
 
 
 def init_unet(unet_config: UNetConfig, key: PRNGKey, image_shape: Tuple[int, int, int], *,
@@ -84,17 +101,18 @@ def train_centralized(unet_config: UNetConfig, images: Array, *, steps: int, bat
   Returns:
     (variables {'params': ...}, losses [steps] as NumPy float32).
   """
-  if steps < 1 or batch_size < 1:
-    raise ValueError(f"steps and batch_size must be >= 1, got {steps!r}, {batch_size!r}")
+  for name, v in (("steps", steps), ("batch_size", batch_size)):
+    if not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"{name}={v!r} is invalid; valid: an int >= 1")
   images = jnp.asarray(images, jnp.float32)
   if images.ndim != 4:
-    raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
+    raise ValueError(f"images.shape={images.shape} is invalid; valid: [N, H, W, C]")
   schedule = linear_schedule() if schedule is None else schedule
   k_init, k_train = jax.random.split(key)
   params = (init_unet(unet_config, k_init, images.shape[1:], compiler_options=compiler_options)
             if init_params is None else init_params)
   tx = optax.adam(lr)
-  step = make_train_step(unet_config.make().apply, tx, schedule, batch_size)
+  step = _draw_then_step(make_train_step(unet_config.make().apply, tx, schedule), batch_size)
   carry = (params, tx.init(params))
   keys = jax.random.split(k_train, steps)  # [steps] keys
   if use_scan:

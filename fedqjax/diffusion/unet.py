@@ -5,8 +5,9 @@ GroupNorm + swish, sinusoidal timestep embedding followed by a two-layer MLP
 (width 4*ch), residual blocks with a timestep projection and dropout, one-head
 self-attention at the resolutions in `attn_resolutions` and in the middle,
 strided 3x3 convolutions to downsample, nearest-neighbour + 3x3 convolution to
-upsample. The defaults are the paper's CIFAR-10 model (35.7M parameters at
-32x32x3). Input channels and resolution are read from the input.
+upsample. `UNet` takes one `UNetConfig` (every setting, validated there);
+the defaults are the paper's CIFAR-10 model (35.7M parameters at 32x32x3).
+Input channels and resolution are read from the input.
 
 Resolution constraint: each of the `len(ch_mult) - 1` downsamplings halves the
 resolution and the skip connections need it back exactly, so H and W must be
@@ -43,48 +44,138 @@ def _init(scale: float = 1.0) -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(max(scale, 1e-10), "fan_avg", "uniform")
 
 
-def tiny_unet_kwargs() -> dict:
-  """Small U-Net kwargs for tests and CPU smoke runs (compiles in seconds).
+def _is_pos_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-  Three levels, so 28x28 (28 -> 14 -> 7) and 32x32 (32 -> 16 -> 8) both work;
-  attention at 16 is active at 32x32 only (28x28 has a 14x14 level instead).
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Frozen, hashable U-Net settings: the one description of a model.
+
+  The defaults are Ho et al.'s CIFAR-10 model (35.7M parameters at 32x32x3);
+  `UNetConfig.tiny()` is a small one for tests and CPU runs. `UNet(config)`
+  (or `config.make()`) is the Flax module. Validated at construction; errors
+  name the field: "UNetConfig.ch=0 is invalid; valid: ...".
+
+  Attributes:
+    ch: base channel count.
+    ch_mult: channel multiplier per level (one downsampling between levels).
+    num_res_blocks: residual blocks per level.
+    attn_resolutions: feature-map sizes that get self-attention.
+    dropout: dropout rate in the residual blocks, in [0, 1).
+    resamp_with_conv: 3x3 convolutions in the down/upsampling.
+    out_ch: output channels (None: the input's).
+    num_groups: GroupNorm groups (a divisor of ch).
+    dtype: compute dtype, 'float32', 'bfloat16' or 'float16' (parameters
+      are float32).
+    resolution: when set, checked against the number of levels.
+    conv_impl: 'xla' or 'im2col' (fedqjax.diffusion.conv); set by the
+      execution resolver, not a user setting.
   """
-  return dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
-              dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=8)
+  ch: int = 128
+  ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Tuple[int, ...] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  out_ch: Optional[int] = None
+  num_groups: int = 32
+  dtype: str = "float32"
+  resolution: Optional[int] = None
+  conv_impl: str = "xla"
 
+  def __post_init__(self):
+    # ConfigDicts hand over lists; tuples keep the config hashable (jit/lru_cache keys).
+    for name in ("ch_mult", "attn_resolutions"):
+      v = getattr(self, name)
+      object.__setattr__(self, name, tuple(v) if isinstance(v, (list, tuple)) else v)
+    if not isinstance(self.dtype, str):
+      try:
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+      except TypeError:
+        pass  # reported by _validate
+    self._validate()
 
-def validate_unet(*, ch: int, ch_mult, num_res_blocks: int, num_groups: int,
-                  dropout: float, attn_resolutions=(), out_ch=None,
-                  resolution: Optional[int] = None, dtype: Any = "float32",
-                  conv_impl: str = "xla") -> None:
-  """Raises ValueError naming the first invalid U-Net setting."""
-  if not isinstance(ch, int) or ch < 1:
-    raise ValueError(f"ch must be a positive int, got {ch!r}")
-  if not isinstance(num_groups, int) or num_groups < 1 or ch % num_groups:
-    raise ValueError(f"num_groups must be a positive divisor of ch={ch} "
-                     f"(every channel count is a multiple of ch), got {num_groups!r}")
-  if len(ch_mult) < 1 or any((not isinstance(m, int)) or m < 1 for m in ch_mult):
-    raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}")
-  if not isinstance(num_res_blocks, int) or num_res_blocks < 1:
-    raise ValueError(f"num_res_blocks must be an int >= 1, got {num_res_blocks!r}")
-  if not 0.0 <= float(dropout) < 1.0:
-    raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-  if any((not isinstance(r, int)) or r < 1 for r in attn_resolutions):
-    raise ValueError(f"attn_resolutions must be positive ints, got {attn_resolutions!r}")
-  if out_ch is not None and (not isinstance(out_ch, int) or out_ch < 1):
-    raise ValueError(f"out_ch must be None or a positive int, got {out_ch!r}")
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl must be one of {tuple(CONV_IMPLS)}, got {conv_impl!r}")
-  name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
-  if name not in _DTYPES:
-    raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-  if resolution is not None:
-    factor = 2 ** (len(ch_mult) - 1)
-    if not isinstance(resolution, int) or resolution < factor or resolution % factor:
-      raise ValueError(
-          f"resolution={resolution!r} must be a positive multiple of "
-          f"2**(len(ch_mult)-1)={factor} for ch_mult={tuple(ch_mult)} "
-          f"({len(ch_mult)} levels); e.g. pad 28x28 images to 32x32 or use 3 levels")
+  def _bad(self, name: str, valid: str):
+    raise ValueError(f"UNetConfig.{name}={getattr(self, name)!r} is invalid; valid: {valid}")
+
+  def _validate(self) -> None:
+    if not _is_pos_int(self.ch):
+      self._bad("ch", "a positive int")
+    if not _is_pos_int(self.num_groups) or self.ch % self.num_groups:
+      self._bad("num_groups", f"a positive divisor of ch={self.ch} "
+                "(every channel count is a multiple of ch)")
+    if (not isinstance(self.ch_mult, tuple) or not self.ch_mult
+        or not all(_is_pos_int(m) for m in self.ch_mult)):
+      self._bad("ch_mult", "a non-empty tuple of positive ints")
+    if not _is_pos_int(self.num_res_blocks):
+      self._bad("num_res_blocks", "an int >= 1")
+    if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+      self._bad("dropout", "[0, 1)")
+    if (not isinstance(self.attn_resolutions, tuple)
+        or not all(_is_pos_int(r) for r in self.attn_resolutions)):
+      self._bad("attn_resolutions", "a tuple of positive ints")
+    if self.out_ch is not None and not _is_pos_int(self.out_ch):
+      self._bad("out_ch", "None or a positive int")
+    if not isinstance(self.resamp_with_conv, bool):
+      self._bad("resamp_with_conv", "True or False")
+    if self.dtype not in _DTYPES:
+      self._bad("dtype", ", ".join(_DTYPES))
+    if self.conv_impl not in CONV_IMPLS:
+      self._bad("conv_impl", ", ".join(CONV_IMPLS))
+    if self.resolution is not None and not self._fits(self.resolution):
+      self._bad("resolution", self._resolution_rule())
+
+  def _fits(self, res: Any) -> bool:
+    factor = 2 ** (len(self.ch_mult) - 1)
+    return _is_pos_int(res) and res % factor == 0
+
+  def _resolution_rule(self) -> str:
+    n = len(self.ch_mult)
+    return (f"a positive multiple of 2**(len(ch_mult)-1)={2 ** (n - 1)} for "
+            f"ch_mult={self.ch_mult} ({n} levels); e.g. pad 28x28 images to 32x32 "
+            "or use 3 levels")
+
+  def check_image_shape(self, image_shape: Tuple[int, ...]) -> None:
+    """Raises ValueError if [H, W, C] images do not fit the level count."""
+    if len(image_shape) != 3:
+      raise ValueError(f"image_shape={tuple(image_shape)!r} is invalid; valid: (H, W, C)")
+    for res in image_shape[:2]:
+      if not self._fits(int(res)):
+        raise ValueError(f"image resolution={int(res)} (image_shape="
+                         f"{tuple(int(d) for d in image_shape)}) does not fit this "
+                         f"UNetConfig; valid: {self._resolution_rule()}")
+
+  @classmethod
+  def tiny(cls, **overrides) -> "UNetConfig":
+    """Small model for tests and CPU runs (compiles in seconds).
+
+    Three levels, so 28x28 (28 -> 14 -> 7) and 32x32 (32 -> 16 -> 8) both
+    work; attention at 16 is active at 32x32 only.
+    """
+    base = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
+                dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=8)
+    return cls(**{**base, **overrides})
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
+    """Builds a config from a mapping (e.g. `config.model.to_dict()`).
+
+    Raises:
+      ValueError: on unknown keys or invalid values.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid: {sorted(names)}")
+    return cls(**dict(d))
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def make(self) -> "UNet":
+    """The Flax module of this config."""
+    return UNet(self)
 
 
 def timestep_embedding(t: Array, dim: int) -> Array:
@@ -189,24 +280,11 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
   """Noise-prediction U-Net eps_theta(x_t, t) of Ho et al. 2020.
 
-  Attributes mirror diffusion_tf's `model(...)`; the defaults are the CIFAR-10
-  model. `dtype` is the compute dtype; parameters are float32.
+  Attributes:
+    config: every setting (see UNetConfig); the default is the paper's
+      CIFAR-10 model.
   """
-  ch: int = 128
-  ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
-  num_res_blocks: int = 2
-  attn_resolutions: Tuple[int, ...] = (16,)
-  dropout: float = 0.1
-  resamp_with_conv: bool = True
-  out_ch: Optional[int] = None
-  num_groups: int = 32
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "xla"  # "xla" | "im2col" | "fwd_form" (fedqjax.diffusion.conv)
-
-  @classmethod
-  def tiny(cls, **overrides) -> "UNet":
-    """The `tiny_unet_kwargs()` model, with optional overrides."""
-    return cls(**{**tiny_unet_kwargs(), **overrides})
+  config: UNetConfig = UNetConfig()
 
   @nn.compact
   def __call__(self, x: Array, t: Array, *, train: bool) -> Array:
@@ -221,42 +299,36 @@ class UNet(nn.Module):
       [B, H, W, out_ch or C] float32 noise prediction.
 
     Raises:
-      ValueError: if a setting is invalid or H, W are not divisible by
-        2**(len(ch_mult) - 1).
+      TypeError: if `config` is not a UNetConfig.
+      ValueError: if H, W are not divisible by 2**(len(ch_mult) - 1).
     """
-    b, hh, ww, c = x.shape
-    validate_unet(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                  num_groups=self.num_groups, dropout=self.dropout,
-                  attn_resolutions=tuple(self.attn_resolutions), out_ch=self.out_ch,
-                  dtype=self.dtype, conv_impl=self.conv_impl)
-    for res in {hh, ww}:
-      validate_unet(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                    num_groups=self.num_groups, dropout=self.dropout, resolution=res)
-    dt = self.dtype
-    n_levels = len(self.ch_mult)
-    ci = self.conv_impl
+    cfg = self.config
+    if not isinstance(cfg, UNetConfig):
+      raise TypeError(f"UNet.config must be a UNetConfig, got {type(cfg).__name__}")
+    cfg.check_image_shape(x.shape[1:])
+    dt, ci, n_levels = jnp.dtype(cfg.dtype), cfg.conv_impl, len(cfg.ch_mult)
     conv = CONV_IMPLS[ci]
-    res_block = lambda out, name: ResnetBlock(out, self.dropout, self.num_groups, dt,
+    res_block = lambda out, name: ResnetBlock(out, cfg.dropout, cfg.num_groups, dt,
                                               conv_impl=ci, name=name)
-    attn = lambda name: AttnBlock(self.num_groups, dt, name=name)
+    attn = lambda name: AttnBlock(cfg.num_groups, dt, name=name)
 
-    temb = timestep_embedding(t, self.ch)  # [B, ch]
-    temb = nn.Dense(4 * self.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
+    temb = timestep_embedding(t, cfg.ch)  # [B, ch]
+    temb = nn.Dense(4 * cfg.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
                     name="temb_dense0")(temb)
-    temb = nn.Dense(4 * self.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
+    temb = nn.Dense(4 * cfg.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
                     name="temb_dense1")(nn.swish(temb))  # [B, 4*ch]
 
-    hs = [nn.Conv(self.ch, (3, 3), dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
+    hs = [nn.Conv(cfg.ch, (3, 3), dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
                   name="conv_in", conv_general_dilated=conv)(x.astype(dt))]
     for i in range(n_levels):
-      for j in range(self.num_res_blocks):
-        h = res_block(self.ch * self.ch_mult[i], f"down_{i}_block_{j}")(hs[-1], temb, train=train)
-        if h.shape[1] in self.attn_resolutions:
+      for j in range(cfg.num_res_blocks):
+        h = res_block(cfg.ch * cfg.ch_mult[i], f"down_{i}_block_{j}")(hs[-1], temb, train=train)
+        if h.shape[1] in cfg.attn_resolutions:
           h = attn(f"down_{i}_attn_{j}")(h)
         hs.append(h)
       if i != n_levels - 1:
-        hs.append(Downsample(self.resamp_with_conv, dt, conv_impl=ci,
-                                        name=f"down_{i}_downsample")(hs[-1]))
+        hs.append(Downsample(cfg.resamp_with_conv, dt, conv_impl=ci,
+                             name=f"down_{i}_downsample")(hs[-1]))
 
     h = hs[-1]
     mid_ch = h.shape[-1]
@@ -265,82 +337,17 @@ class UNet(nn.Module):
     h = res_block(mid_ch, "mid_block_2")(h, temb, train=train)
 
     for i in reversed(range(n_levels)):
-      for j in range(self.num_res_blocks + 1):
+      for j in range(cfg.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = res_block(self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train=train)
-        if h.shape[1] in self.attn_resolutions:
+        h = res_block(cfg.ch * cfg.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train=train)
+        if h.shape[1] in cfg.attn_resolutions:
           h = attn(f"up_{i}_attn_{j}")(h)
       if i != 0:
-        h = Upsample(self.resamp_with_conv, dt, conv_impl=ci, name=f"up_{i}_upsample")(h)
+        h = Upsample(cfg.resamp_with_conv, dt, conv_impl=ci, name=f"up_{i}_upsample")(h)
     assert not hs
 
-    h = nn.swish(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, dtype=dt,
+    h = nn.swish(nn.GroupNorm(num_groups=cfg.num_groups, epsilon=1e-6, dtype=dt,
                               param_dtype=jnp.float32, name="norm_out")(h))
-    h = nn.Conv(self.out_ch or c, (3, 3), dtype=dt, param_dtype=jnp.float32,
+    h = nn.Conv(cfg.out_ch or x.shape[-1], (3, 3), dtype=dt, param_dtype=jnp.float32,
                 kernel_init=_init(0.0), name="conv_out", conv_general_dilated=conv)(h)
     return h.astype(jnp.float32)  # [B, H, W, out_ch]
-
-
-@dataclasses.dataclass(frozen=True)
-class UNetConfig:
-  """Frozen, hashable U-Net settings (the boundary between ConfigDict and model).
-
-  `dtype` is a string ('float32', 'bfloat16', 'float16'). `resolution`, when
-  set, is checked against the number of levels at construction.
-  """
-  ch: int = 128
-  ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
-  num_res_blocks: int = 2
-  attn_resolutions: Tuple[int, ...] = (16,)
-  dropout: float = 0.1
-  resamp_with_conv: bool = True
-  out_ch: Optional[int] = None
-  num_groups: int = 32
-  dtype: str = "float32"
-  resolution: Optional[int] = None
-  conv_impl: str = "xla"  # "xla" | "im2col" | "fwd_form": see fedqjax.diffusion.conv
-
-  def __post_init__(self):
-    # ConfigDicts hand over lists; tuples keep the config hashable (lru_cache keys).
-    object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-    object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-    if not isinstance(self.dtype, str):
-      object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
-    validate_unet(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                  num_groups=self.num_groups, dropout=self.dropout,
-                  attn_resolutions=self.attn_resolutions, out_ch=self.out_ch,
-                  resolution=self.resolution, dtype=self.dtype, conv_impl=self.conv_impl)
-
-  @classmethod
-  def tiny(cls, **overrides) -> "UNetConfig":
-    return cls(**{**tiny_unet_kwargs(), **overrides})
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
-    """Builds a config from a mapping (e.g. `config.model.to_dict()`).
-
-    Raises:
-      ValueError: on unknown keys or invalid values.
-    """
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid: {sorted(names)}")
-    return cls(**dict(d))
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
-
-  def check_image_shape(self, image_shape: Tuple[int, ...]) -> None:
-    """Raises ValueError if [H, W, C] images do not fit the level count."""
-    if len(image_shape) != 3:
-      raise ValueError(f"image_shape must be (H, W, C), got {image_shape!r}")
-    for res in set(image_shape[:2]):
-      validate_unet(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                    num_groups=self.num_groups, dropout=self.dropout, resolution=int(res))
-
-  def make(self) -> UNet:
-    kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    kw.pop("resolution")
-    kw["dtype"] = jnp.dtype(kw["dtype"])
-    return UNet(**kw)
