@@ -52,7 +52,7 @@ _POS = lambda x: isinstance(x, _NUM) and not isinstance(x, bool) and \
 
 # Experiment-only keys: key -> (check, description).
 SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {
-    "preset": _choice("cpu", "paper", "test", "quality"),
+    "preset": _choice("cpu", "paper", "test"),
     "seed": _rng(0, 2**31 - 1),
     "data.name": _choice("auto", "cifar10", "fashion_mnist", "synthetic"),
     "data.data_dir": _ANY, "data.tarball": _ANY,

@@ -87,12 +87,17 @@ def load_dataset(config) -> Tuple[str, np.ndarray, np.ndarray, np.ndarray]:
   return name, x, y, xt[:config.data.num_test]
 
 
+def seed_keys(seed: int) -> Dict[str, Any]:
+  """The seed's named streams: model init, device population, run."""
+  k_init, k_dev, k_run = jax.random.split(jax.random.key(seed), 3)
+  return dict(init=k_init, devices=k_dev, run=k_run)
+
+
 @functools.lru_cache(maxsize=8)
 def _init_params(unet: diffusion.UNetConfig, seed: int, image_shape: tuple):
   """Initial U-Net variables, cached per process (the round never mutates
   them: the state copies them)."""
-  k_init = jax.random.split(jax.random.key(seed), 3)[0]
-  return diffusion.init_unet(unet, k_init, image_shape)
+  return diffusion.init_unet(unet, seed_keys(seed)["init"], image_shape)
 
 
 @functools.lru_cache(maxsize=8)
@@ -159,12 +164,12 @@ def build(config, dataset, seed: int, workdir: str) -> Setup:
   image_shape = tuple(xf.shape[1:])
   unet = config_lib.unet_config(config, res)
   unet.check_image_shape(image_shape)
-  _, k_dev, k_run = jax.random.split(jax.random.key(seed), 3)
+  keys = seed_keys(seed)
   params = _init_params(unet, seed, image_shape)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   flops = _flops(unet, image_shape)
   devices = energy.validate_devices(energy.sample_devices(
-      config_lib.energy_config(config), k_dev))
+      config_lib.energy_config(config), keys["devices"]))
   t, rule, over = deadline(config, devices, num_params, flops)
   quantizer = config_lib.make_quantizer(config, params)
   spec = config_lib.round_spec(config, unet, quantizer, flops)
@@ -173,7 +178,8 @@ def build(config, dataset, seed: int, workdir: str) -> Setup:
       fed_data=federated.FedData(images=jnp.asarray(cd.images),
                                  counts=jnp.asarray(cd.counts)),
       test_images=data_lib.to_uint8(test_f), image_shape=image_shape,
-      unet=unet, spec=spec, devices=devices, params=params, run_key=k_run,
+      unet=unet, spec=spec, devices=devices, params=params,
+      run_key=keys["run"],
       deadline_s=t, deadline_rule=rule, devices_over_deadline=over,
       flops_per_sample=flops, num_params=num_params,
       heldout=make_heldout(unet, test_f, config))

@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 16
   c.eval.ddim_steps = 3
   c.eval.fid = False
+  c.sweep.seeds = (0,)
   c.eval.kid_subset_size = 8
   c.eval.grid = 16
   c.eval.every = 2
