@@ -1,5 +1,5 @@
-"""DDPM for fedqjax: U-Net, schedule, loss, EMA, held-out loss, samplers, FLOPs,
-centralized training.
+"""DDPM for fedqjax: U-Net, schedule, loss, EMA, held-out loss and variational
+bound, samplers, FLOPs, centralized training.
 
 Ho et al. 2020 (https://arxiv.org/abs/2006.11239); DDIM: Song et al. 2021
 (https://arxiv.org/abs/2010.02502).
@@ -15,12 +15,13 @@ from fedqjax.diffusion.schedule import (NoiseSchedule, linear_schedule, predict_
                                         q_sample, schedule_from_betas)
 from fedqjax.diffusion.train import init_unet, make_train_step, train_centralized
 from fedqjax.diffusion.unet import UNet, UNetConfig
+from fedqjax.diffusion.vlb import kl_timesteps, vlb_bits_per_dim
 
 __all__ = [
     "CONV_IMPLS", "HeldoutSet", "NoiseSchedule", "UNet", "UNetConfig", "ddim_sample",
     "ddim_timesteps", "ddpm_loss", "ddpm_sample", "ema_decay", "ema_update",
     "eps_fn_from_module", "heldout_loss", "heldout_set", "im2col_conv", "init_unet",
-    "linear_schedule", "loss_and_grad", "make_train_step", "predict_x0_from_eps", "q_sample",
-    "sample_flops_per_image", "schedule_from_betas", "stratified_timesteps",
-    "train_centralized", "train_flops_per_image",
+    "kl_timesteps", "linear_schedule", "loss_and_grad", "make_train_step",
+    "predict_x0_from_eps", "q_sample", "sample_flops_per_image", "schedule_from_betas",
+    "stratified_timesteps", "train_centralized", "train_flops_per_image", "vlb_bits_per_dim",
 ]

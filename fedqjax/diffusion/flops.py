@@ -40,8 +40,8 @@ def _abstract_setup(unet_config: UNetConfig, image_shape: Tuple[int, int, int]):
   x = _cpu_struct((1, *image_shape), jnp.float32)  # [1, H, W, C]
   t = _cpu_struct((1,), jnp.int32)
   variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(x.shape), jnp.zeros(t.shape, jnp.int32),
-                         train=False))
+      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(x.shape),
+                         jnp.zeros(t.shape, jnp.int32), train=False))
   variables = jax.tree_util.tree_map(lambda s: _cpu_struct(s.shape, s.dtype), variables)
   return model, variables, x, t
 

@@ -111,12 +111,20 @@ def heldout_loss(params: Params, apply_fn: Callable[..., Array], heldout: Heldou
     err = jnp.square(eps.astype(jnp.float32) - noise)
     return jnp.mean(err.reshape(err.shape[0], -1), axis=1)
 
-  n = heldout.t.shape[0]
+  return jnp.mean(map_in_chunks(per_image, (heldout.x0, heldout.t, heldout.noise), batch_size))
+
+
+def map_in_chunks(fn: Callable[..., Array], xs: tuple, batch_size: Optional[int]) -> Array:
+  """fn(*xs) -> [n] evaluated on chunks of `batch_size` rows under `lax.map`.
+
+  Pads the last chunk with zero rows and drops their outputs, so the result
+  is fn's on all n rows; None (or batch_size >= n) is one call.
+  """
+  n = xs[0].shape[0]
   if batch_size is None or batch_size >= n:
-    return jnp.mean(per_image(heldout.x0, heldout.t, heldout.noise))
+    return fn(*xs)
   pad = -n % batch_size
   chunk = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
       (-1, batch_size) + a.shape[1:])  # [n_chunks, b, ...]
-  losses = jax.lax.map(lambda c: per_image(*c),
-                       (chunk(heldout.x0), chunk(heldout.t), chunk(heldout.noise)))
-  return jnp.mean(losses.reshape(-1)[:n])
+  out = jax.lax.map(lambda c: fn(*c), tuple(chunk(a) for a in xs))  # [n_chunks, b]
+  return out.reshape(-1)[:n]

@@ -44,6 +44,24 @@ def _init(scale: float = 1.0) -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(max(scale, 1e-10), "fan_avg", "uniform")
 
 
+def _conv(features: int, dtype: Dtype, conv_impl: str, name: str, scale: float = 1.0,
+          strides: Tuple[int, int] = (1, 1)) -> nn.Conv:
+  """3x3 'SAME' convolution (for stride 2 TF-style padding (0, 1)), float32 params."""
+  return nn.Conv(features, (3, 3), strides=strides, padding="SAME", dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=_init(scale), name=name,
+                 conv_general_dilated=CONV_IMPLS[conv_impl])
+
+
+def _dense(features: int, dtype: Dtype, name: str, scale: float = 1.0) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=_init(scale),
+                  name=name)
+
+
+def _norm(num_groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
 def _is_pos_int(v: Any) -> bool:
   return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -208,22 +226,15 @@ class ResnetBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, temb: Array, *, train: bool) -> Array:
     # x: [B, H, W, C_in], temb: [B, 4*ch]
-    norm = lambda name: nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6,
-                                     dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    conv = lambda name, scale=1.0: nn.Conv(self.out_ch, (3, 3), dtype=self.dtype,
-                                           param_dtype=jnp.float32,
-                                           kernel_init=_init(scale), name=name,
-                                           conv_general_dilated=CONV_IMPLS[self.conv_impl])
-    h = conv("conv1")(nn.swish(norm("norm1")(x)))
-    h = h + nn.Dense(self.out_ch, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=_init(), name="temb_proj")(nn.swish(temb))[:, None, None, :]
-    h = nn.swish(norm("norm2")(h))
+    dt, out = self.dtype, self.out_ch
+    h = _conv(out, dt, self.conv_impl, "conv1")(nn.swish(_norm(self.num_groups, dt, "norm1")(x)))
+    h = h + _dense(out, dt, "temb_proj")(nn.swish(temb))[:, None, None, :]
+    h = nn.swish(_norm(self.num_groups, dt, "norm2")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = conv("conv2", 0.0)(h)
-    if x.shape[-1] != self.out_ch:
+    h = _conv(out, dt, self.conv_impl, "conv2", 0.0)(h)
+    if x.shape[-1] != out:
       # 1x1 "network-in-network" shortcut, as in the paper model.
-      x = nn.Dense(self.out_ch, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=_init(), name="nin_shortcut")(x)
+      x = _dense(out, dt, "nin_shortcut")(x)
     return x + h  # [B, H, W, out_ch]
 
 
@@ -235,10 +246,8 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     b, hh, ww, c = x.shape
-    dense = lambda name, scale=1.0: nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32,
-                                             kernel_init=_init(scale), name=name)
-    h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="norm")(x)
+    dense = lambda name, scale=1.0: _dense(c, self.dtype, name, scale)
+    h = _norm(self.num_groups, self.dtype, "norm")(x)
     h = h.reshape(b, hh * ww, c)  # [B, N, C]
     q, k, v = dense("q")(h), dense("k")(h), dense("v")(h)
     w = jnp.einsum("bnc,bmc->bnm", q, k, preferred_element_type=jnp.float32) * c ** -0.5
@@ -255,10 +264,8 @@ class Downsample(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    if self.with_conv:  # 'SAME' pads (0, 1) for stride 2, like TF
-      return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                     param_dtype=jnp.float32, kernel_init=_init(), name="conv",
-                     conv_general_dilated=CONV_IMPLS[self.conv_impl])(x)
+    if self.with_conv:
+      return _conv(x.shape[-1], self.dtype, self.conv_impl, "conv", strides=(2, 2))(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -271,9 +278,7 @@ class Upsample(nn.Module):
   def __call__(self, x: Array) -> Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest neighbour, [B, 2H, 2W, C]
     if self.with_conv:
-      x = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=_init(), name="conv",
-                  conv_general_dilated=CONV_IMPLS[self.conv_impl])(x)
+      x = _conv(x.shape[-1], self.dtype, self.conv_impl, "conv")(x)
     return x
 
 
@@ -307,19 +312,14 @@ class UNet(nn.Module):
       raise TypeError(f"UNet.config must be a UNetConfig, got {type(cfg).__name__}")
     cfg.check_image_shape(x.shape[1:])
     dt, ci, n_levels = jnp.dtype(cfg.dtype), cfg.conv_impl, len(cfg.ch_mult)
-    conv = CONV_IMPLS[ci]
     res_block = lambda out, name: ResnetBlock(out, cfg.dropout, cfg.num_groups, dt,
                                               conv_impl=ci, name=name)
     attn = lambda name: AttnBlock(cfg.num_groups, dt, name=name)
 
-    temb = timestep_embedding(t, cfg.ch)  # [B, ch]
-    temb = nn.Dense(4 * cfg.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
-                    name="temb_dense0")(temb)
-    temb = nn.Dense(4 * cfg.ch, dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
-                    name="temb_dense1")(nn.swish(temb))  # [B, 4*ch]
+    temb = _dense(4 * cfg.ch, dt, "temb_dense0")(timestep_embedding(t, cfg.ch))  # [B, 4*ch]
+    temb = _dense(4 * cfg.ch, dt, "temb_dense1")(nn.swish(temb))
 
-    hs = [nn.Conv(cfg.ch, (3, 3), dtype=dt, param_dtype=jnp.float32, kernel_init=_init(),
-                  name="conv_in", conv_general_dilated=conv)(x.astype(dt))]
+    hs = [_conv(cfg.ch, dt, ci, "conv_in")(x.astype(dt))]
     for i in range(n_levels):
       for j in range(cfg.num_res_blocks):
         h = res_block(cfg.ch * cfg.ch_mult[i], f"down_{i}_block_{j}")(hs[-1], temb, train=train)
@@ -346,8 +346,6 @@ class UNet(nn.Module):
         h = Upsample(cfg.resamp_with_conv, dt, conv_impl=ci, name=f"up_{i}_upsample")(h)
     assert not hs
 
-    h = nn.swish(nn.GroupNorm(num_groups=cfg.num_groups, epsilon=1e-6, dtype=dt,
-                              param_dtype=jnp.float32, name="norm_out")(h))
-    h = nn.Conv(cfg.out_ch or x.shape[-1], (3, 3), dtype=dt, param_dtype=jnp.float32,
-                kernel_init=_init(0.0), name="conv_out", conv_general_dilated=conv)(h)
+    h = nn.swish(_norm(cfg.num_groups, dt, "norm_out")(h))
+    h = _conv(cfg.out_ch or x.shape[-1], dt, ci, "conv_out", 0.0)(h)
     return h.astype(jnp.float32)  # [B, H, W, out_ch]
