@@ -1,49 +1,71 @@
-r"""Main job: compare fp32 / fixed / on-demand / naive federated DDPM training.
+r"""Main job: compare fp32 / fixed / on-demand federated DDPM training.
 
   python -m experiments.cifar_sweep --workdir=workdir/cifar_sweep
   python -m experiments.cifar_sweep --config=experiments/configs/cifar_sweep.py:paper \
       --workdir=/tmp/paper --config.fed.num_clients=32
   python -m experiments.cifar_sweep --config=experiments/configs/test.py --workdir=/tmp/t
 
-Writes TensorBoard logs (one subdirectory per scheme), results.csv/json and
-figures/ under --workdir. Rerunning resumes.
+Writes TensorBoard logs (one subdirectory per run), results.csv/json and
+figures/ under --workdir. Rerunning resumes. The console shows a compile
+notice, progress lines with ETAs and the results table; `--verbosity=1` (or
+FEDQJAX_VERBOSE=1) also shows the libraries' own log lines (XLA, TF, orbax).
+A bad command line exits with status 2 and one line on stderr.
 """
-import logging
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from fedqjax import report, train
+from fedqjax import console
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdir/cifar_sweep",
-                               "Output directory (logs, checkpoints, results).")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/cifar_sweep.py",
-    "Config file (optionally :preset).", lock_config=True)
+FLAGS = flags.FLAGS
+_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")
+
+
+def _define_flags() -> None:
+  # Inside the parser: ml_collections reads --config.KEY overrides from argv
+  # already while defining the flag, and a bad one must exit like the rest.
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", "workdir/cifar_sweep",
+                      "Output directory (logs, checkpoints, results).")
+  config_flags.DEFINE_config_file(
+      "config", "experiments/configs/cifar_sweep.py",
+      "Config file (optionally :preset).", lock_config=True)
+
+
+def _parse(argv):
+  """Defines and parses flags, checks config and workdir; errors exit 2."""
+  try:
+    _define_flags()
+    rest = FLAGS(argv)
+    if len(rest) > 1:
+      raise ValueError(f"unexpected argument(s) {rest[1:]}; valid: flags "
+                       f"only ({', '.join(_MAIN_FLAGS)})")
+    if FLAGS["verbosity"].using_default_value:
+      FLAGS.verbosity = -1  # else absl raises it to 0 (INFO: orbax chatter)
+    console.setup(FLAGS.verbosity)  # before jax loads
+    from fedqjax import config as config_lib  # pylint: disable=g-import-not-at-top
+    config_lib.validate_config(FLAGS.config)
+    console.check_workdir(FLAGS.workdir)
+  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
+    # KeyError / AttributeError: ml_collections on an unknown key; OSError:
+    # a config file that cannot be read (raised when the value is read).
+    console.exit_with_error(console.command_line_error(e, argv, _MAIN_FLAGS))
+  return rest
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet orbax/clu
-  log = logging.getLogger("fedqjax")
-  log.setLevel(logging.INFO)
-  handler = logging.StreamHandler()
-  handler.setFormatter(logging.Formatter("%(asctime)s fedqjax: %(message)s"))
-  log.addHandler(handler)
-  log.propagate = False
+  del argv
+  if console.resolve_verbosity(FLAGS.verbosity) <= 0:
+    console.import_quietly("tensorflow")  # its load-time INFO lines
+  from fedqjax import report, train  # pylint: disable=g-import-not-at-top
   try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ValueError as e:  # bad config / data: a clear message, exit 2
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(report.markdown_table(results))
-  print(f"results: {_WORKDIR.value}/results.csv, figures: "
-        f"{_WORKDIR.value}/figures/")
+    console.exit_with_error(str(e))
+  print(report.markdown_table(results), flush=True)
+  console.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse)
