@@ -270,7 +270,6 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "file" / "sub")
 
 
-@pytest.mark.xfail(strict=False, reason="waiting for train.py wiring")
 def test_console_of_a_real_run(tmp_path):
   """Issue 22 item 6: compile line, progress with ETA, table, tensorboard."""
   workdir = tmp_path / "run"
