@@ -20,11 +20,12 @@ import jax
 from fedqjax import energy
 from fedqjax import quantization as quant_lib
 from fedqjax.config_schema import (CORE_KEYS, REMOVED_KEYS, SCHEMA, TYPES,
-                                   flatten)
+                                   finite as _finite, flatten)
 from fedqjax.diffusion import UNetConfig
 from fedqjax.federated import execution as execution_lib
 from fedqjax.federated import spec as spec_lib
 
+_NUMBER, _INTEGER = (int, float), (int,)
 _CORE_MESSAGE = re.compile(r"^(\w+)\.(\w+)=(.*?) is invalid; (.*)$", re.S)
 
 
@@ -72,6 +73,9 @@ def _check_types_and_ranges(flat: Dict[str, Any]) -> None:
       names = "/".join(t.__name__ for t in types)
       raise ValueError(f"config.{key}={v!r} is invalid; valid: a {names}"
                        + (f" in {SCHEMA[key][1]}" if key in SCHEMA else ""))
+    if types in (_NUMBER, _INTEGER) and not _finite(v):
+      raise ValueError(f"config.{key}={v!r} is invalid; valid: a finite "
+                       "number")
     if key in SCHEMA and not SCHEMA[key][0](v):
       raise ValueError(f"config.{key}={v!r} is invalid; valid: "
                        f"{SCHEMA[key][1]}")
@@ -85,9 +89,23 @@ def _core(section: str, build):
     m = _CORE_MESSAGE.match(str(e))
     key = m and CORE_KEYS.get(f"{m.group(1)}.{m.group(2)}")
     if key:
+      owner = m.group(1)
+      valid = re.sub(r"\b([a-z_]+)=", lambda f: CORE_KEYS.get(
+          f"{owner}.{f.group(1)}", f.group(1)) + "=", m.group(4))
       raise ValueError(f"config.{key}={m.group(3)} is invalid; "
-                       f"{m.group(4)}") from None
+                       f"{valid}") from None
     raise ValueError(f"config.{section}: {e}") from None
+
+
+def _floats(config, key: str) -> tuple:
+  """A tuple key's values as floats, or a ValueError naming the key."""
+  section, name = key.split(".")
+  values = config[section][name]
+  try:
+    return tuple(float(x) for x in values)
+  except (TypeError, ValueError, OverflowError):
+    raise ValueError(f"config.{key}={values!r} is invalid; valid: a tuple "
+                     "of numbers") from None
 
 
 def validate_config(config) -> None:
@@ -127,9 +145,9 @@ def energy_config(config) -> energy.EnergyConfig:
       noise_psd_dbm_hz=float(e.noise_psd_dbm_hz), p_max_w=float(e.p_max_w),
       f_min_hz=float(e.f_min_hz), f_max_hz=float(e.f_max_hz),
       tau_mean=float(e.tau_mean), tau_spread=float(e.tau_spread),
-      flops_per_cycle_choices=tuple(float(x) for x in
-                                    e.flops_per_cycle_choices),
-      eps_choices=tuple(float(x) for x in e.eps_choices))
+      flops_per_cycle_choices=_floats(config,
+                                      "energy.flops_per_cycle_choices"),
+      eps_choices=_floats(config, "energy.eps_choices"))
 
 
 def make_quantizer(config, template) -> Any:

@@ -17,7 +17,8 @@ _NUM = (int, float)
 _TUP = (tuple, list)
 
 
-def _finite(v) -> bool:
+def finite(v) -> bool:
+  """float(v) is a finite number (huge ints, NaN, inf and non-numbers: no)."""
   try:
     return math.isfinite(float(v))
   except (OverflowError, TypeError, ValueError):
@@ -26,7 +27,7 @@ def _finite(v) -> bool:
 
 def _rng(lo=None, hi=None, lo_open=False, hi_open=False):
   def check(v):
-    if not _finite(v):
+    if not finite(v):
       return False
     if lo is not None and (v <= lo if lo_open else v < lo):
       return False
@@ -48,7 +49,7 @@ def _tuple_of(elem: Callable[[Any], bool], min_len: int, desc: str):
 
 _ANY = (lambda v: True), "any"
 _POS = lambda x: isinstance(x, _NUM) and not isinstance(x, bool) and \
-    _finite(x) and x > 0
+    finite(x) and x > 0
 
 # Experiment-only keys: key -> (check, description).
 SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {

@@ -13,7 +13,7 @@ from fedqjax.diffusion.sampling import (ddim_sample, ddim_timesteps, ddpm_sample
                                         eps_fn_from_module)
 from fedqjax.diffusion.schedule import (NoiseSchedule, linear_schedule, predict_x0_from_eps,
                                         q_sample, schedule_from_betas)
-from fedqjax.diffusion.train import init_unet, make_train_step, train_centralized
+from fedqjax.diffusion.centralized import init_unet, make_train_step, train_centralized
 from fedqjax.diffusion.unet import UNet, UNetConfig
 from fedqjax.diffusion.vlb import kl_timesteps, vlb_bits_per_dim
 
