@@ -11,12 +11,11 @@ notice, progress lines with ETAs and the results table; `--verbosity=1` (or
 FEDQJAX_VERBOSE=1) also shows the libraries' own log lines (XLA, TF, orbax).
 A bad command line exits with status 2 and one line on stderr.
 """
-import sys
 
 from absl import app
 from absl import flags
 
-from fedqjax import console
+from fedqjax import cli_errors, console
 
 FLAGS = flags.FLAGS
 _MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")
@@ -46,11 +45,11 @@ def _parse(argv):
     console.setup(FLAGS.verbosity)  # before jax loads
     from fedqjax import config as config_lib  # pylint: disable=g-import-not-at-top
     config_lib.validate_config(FLAGS.config)
-    console.check_workdir(FLAGS.workdir)
+    cli_errors.check_workdir(FLAGS.workdir)
   except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
     # KeyError / AttributeError: ml_collections on an unknown key; OSError:
     # a config file that cannot be read (raised when the value is read).
-    console.exit_with_error(console.command_line_error(e, argv, _MAIN_FLAGS))
+    cli_errors.exit_with_error(cli_errors.command_line_error(e, argv, _MAIN_FLAGS))
   return rest
 
 
@@ -62,7 +61,7 @@ def main(argv):
   try:
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ValueError as e:  # bad config / data: a clear message, exit 2
-    console.exit_with_error(str(e))
+    cli_errors.exit_with_error(str(e))
   print(report.markdown_table(results), flush=True)
   console.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
 

@@ -16,7 +16,6 @@ pieces (clu writers, tfds) are imported; the core stays TF-free.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fedqjax import console
+from fedqjax import cli_errors, console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
@@ -148,25 +148,25 @@ def test_fmt_duration_and_outputs():
 
 
 def test_check_workdir(tmp_path):
-  console.check_workdir(str(tmp_path))  # existing
-  console.check_workdir(str(tmp_path / "new" / "deeper"))  # creatable
+  cli_errors.check_workdir(str(tmp_path))  # existing
+  cli_errors.check_workdir(str(tmp_path / "new" / "deeper"))  # creatable
   assert os.listdir(tmp_path) == []  # nothing created
   (tmp_path / "f").write_text("x")
   with pytest.raises(ValueError, match=r"--workdir=.*f/sub cannot be "
                      r"created: .*f is a file; valid: a writable directory"):
-    console.check_workdir(str(tmp_path / "f" / "sub"))
+    cli_errors.check_workdir(str(tmp_path / "f" / "sub"))
   with pytest.raises(ValueError, match=r"--workdir=.*f is a file; valid"):
-    console.check_workdir(str(tmp_path / "f"))
+    cli_errors.check_workdir(str(tmp_path / "f"))
   os.chmod(tmp_path, 0o500)
   try:  # (root may write anyway: then there is nothing to check)
     if not os.access(tmp_path, os.W_OK):
       with pytest.raises(ValueError, match=r"cannot be created: .* is not "
                          "writable"):
-        console.check_workdir(str(tmp_path / "new"))
+        cli_errors.check_workdir(str(tmp_path / "new"))
   finally:
     os.chmod(tmp_path, 0o700)
   with pytest.raises(ValueError, match="--workdir= is empty"):
-    console.check_workdir("")
+    cli_errors.check_workdir("")
 
 
 _CPP_PROBE = """

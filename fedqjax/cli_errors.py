@@ -1,0 +1,152 @@
+"""Command-line errors of the main job: ONE line naming the flag or config
+key and its valid values (exit status 2), and the workdir check; nothing is
+created before these checks pass."""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from typing import Optional, Sequence
+
+from fedqjax.console import _CPP_ENV, _CPP_QUIET
+
+CONFIG_EXAMPLES = ("experiments/configs/cifar_sweep.py[:preset] or "
+                   "experiments/configs/test.py")
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([\w.]+)(?:=(.*))?$", re.S)
+
+
+def check_workdir(path: str) -> None:
+  """Raises ValueError unless `path` is (or can be made) a writable directory.
+
+  Creates nothing: the check runs before anything is written.
+  """
+  full = os.path.abspath(path) if path else ""
+  parent = full
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  at = "" if parent == full else f"cannot be created: {parent} "
+  if not path:
+    problem = "is empty"
+  elif not os.path.isdir(parent):
+    problem = at + "is a file"
+  elif not os.access(parent, os.W_OK | os.X_OK):
+    problem = at + "is not writable"
+  else:
+    return
+  raise ValueError(f"--workdir={path} {problem}; valid: a writable directory "
+                   "(created if missing)")
+
+
+def _schema():
+  """(TYPES, SCHEMA, REMOVED_KEYS) of the sweep config; empty if unloadable."""
+  if "jax._src.lib" not in sys.modules:
+    os.environ.setdefault(_CPP_ENV, _CPP_QUIET)  # quiet jaxlib's start-up
+  try:
+    from fedqjax import config_schema as cs  # pylint: disable=g-import-not-at-top
+    return dict(cs.TYPES), dict(cs.SCHEMA), dict(cs.REMOVED_KEYS)
+  except Exception:  # pylint: disable=broad-except  # message only
+    return {}, {}, {}
+
+
+def _valid_value(key: str) -> str:
+  types, schema, _ = _schema()
+  if key not in types:
+    return "see the config file"
+  names = "/".join(t.__name__ for t in types[key])
+  return f"{names} {schema[key][1]}" if key in schema else names
+
+
+def _unknown_config_key(argv: Sequence[str]) -> Optional[str]:
+  """The message for the first `--config.KEY=...` naming no config key."""
+  keys = [m.group(1) for m in map(_OVERRIDE.match, argv[1:]) if m]
+  if not keys:
+    return None
+  types, _, removed = _schema()
+  for key in keys:
+    if not types or key in types or any(t.startswith(key + ".")
+                                        for t in types):
+      continue
+    if key in removed:
+      return f"--config.{key} was removed; {removed[key]}"
+    group = key.rpartition(".")[0]
+    close = difflib.get_close_matches(key, list(types), n=1)
+    hint = f"; did you mean --config.{close[0]}?" if close else ""
+    names = sorted(k[len(group) + 1:] for k in types
+                   if k.startswith(group + ".")) if group else sorted(
+                       {k.split(".")[0] for k in types})
+    where = f"config.{group}" if group else "config"
+    return (f"--config.{key} is not a config key{hint} (valid keys of "
+            f"{where}: {', '.join(names)})")
+  return None
+
+
+def _config_arg(argv: Sequence[str]) -> str:
+  for a in argv[1:]:
+    m = re.match(r"^--?config=(.*)$", a, re.S)
+    if m:
+      return m.group(1)
+  return "<default>"
+
+
+def command_line_error(exc: BaseException, argv: Sequence[str],
+                       main_flags: Sequence[str] = ()) -> str:
+  """One line (no traceback) naming the flag or config key and its valid
+  values, for an error raised while defining, parsing or checking flags.
+
+  Args:
+    exc: the exception (absl flags.Error, ml_collections' KeyError /
+      AttributeError for unknown keys, OSError for a missing config file,
+      ValueError from config validation or `check_workdir`).
+    argv: the command line, argv[0] the program.
+    main_flags: the program's own flags, for the unknown-flag message.
+  """
+  unknown = _unknown_config_key(argv)
+  if unknown:
+    return unknown
+  text = str(exc)
+  name = type(exc).__name__
+  if name == "UnrecognizedFlagError":
+    flag = getattr(exc, "flagname", "") or text
+    sugg = re.search(r"Did you mean: ([\w.-]+)", text)  # absl's own hint
+    hint = f"; did you mean --{sugg.group(1)}?" if sugg else ""
+    valid = ", ".join(main_flags) or "see --helpfull"
+    return f"unknown flag --{flag}{hint} (valid: {valid}; --helpfull lists all)"
+  if text.startswith("flag --config="):
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = re.sub(r"^\w*(Error|Exception): ", "", lines[-1])
+    path = _config_arg(argv)
+    if "positional argument" in last:
+      base = path.split(":", 1)[0]
+      return (f"--config={path}: this config file takes no :preset; valid: "
+              f"--config={base}")
+    return f"--config={path}: {last}"
+  m = re.match(r"^flag --config\.([\w.]+)=(.*?): (.*)$", text, re.S)
+  if m:
+    reason = " ".join(m.group(3).split())
+    return (f"--config.{m.group(1)}={m.group(2)}: {reason}; valid: "
+            f"{_valid_value(m.group(1))}")
+  m = re.match(r"^Missing value for flag --config\.([\w.]+)", text)
+  if m:
+    return (f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
+            f"VALUE); valid: {_valid_value(m.group(1))}")
+  if isinstance(exc, OSError):
+    reason = text.splitlines()[-1].strip() if text else name
+    return (f"--config={_config_arg(argv)} cannot be loaded ({reason}); "
+            f"valid: a Python file defining get_config(), e.g. "
+            f"{CONFIG_EXAMPLES}")
+  if name == "FlagOrderError":
+    return (" ".join(text.split()) + "; valid: --config=FILE first, then "
+            "--config.KEY=VALUE overrides")
+  one = " ".join(text.split()) or name
+  if one.startswith("config."):  # fedqjax.config's messages: as typed
+    return "--" + one
+  return one if isinstance(exc, ValueError) else f"{one} (see --helpfull)"
+
+
+def exit_with_error(message: str, status: int = 2) -> None:
+  """Writes `error: message` as ONE line on stderr and exits with `status`."""
+  sys.stdout.flush()
+  sys.stderr.write(f"error: {' '.join(message.split())}\n")
+  sys.stderr.flush()
+  sys.exit(status)
