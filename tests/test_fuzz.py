@@ -6,13 +6,15 @@
 * device populations with extreme values: `allocate` / `naive_allocation`
   are finite, meet the deadline, respect the box constraints and agree with
   `feasible_mask`; invalid populations raise ValueError naming the field;
-* quantizers (per-leaf, packed, codec) on adversarial float32 tensors.
+* quantizers (min-max and QSGD, traced and codec) on adversarial float32
+  tensors.
 
 All examples are derandomized (fixed seed) and bounded; arrays use a few
 fixed shapes so that jit compiles stay few. `pytest -s` prints the counts.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -29,7 +31,6 @@ from fedqjax import config as config_lib
 from fedqjax import diffusion
 from fedqjax import energy as E
 from fedqjax import quantization as Q
-from fedqjax.federated import packed
 from fedqjax.federated import spec as spec_lib
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -410,8 +411,8 @@ _elements = st.one_of(
 
 
 @st.composite
-def _tensor(draw, finite=False):
-  shape = draw(st.sampled_from(SHAPES))
+def _tensor(draw, finite=False, shapes=tuple(SHAPES)):
+  shape = draw(st.sampled_from(shapes))
   kind = draw(st.sampled_from(["random", "constant", "two", "random"]))
   elems = _elements if not finite else _elements.filter(math.isfinite)
   if kind == "constant":
@@ -446,155 +447,152 @@ def _assert_in_bucket_range(x, out, bucket_size, what):
     assert np.all(ok), (what, sl, lo, hi, of[sl][~ok], xf[sl][~ok])
 
 
+@functools.lru_cache(maxsize=None)
+def _quantizer(template, method="minmax", bucket_size=None):
+  """(quantizer, its jitted quantize) for nested tuples of shapes (cached)."""
+  is_shape = lambda s: isinstance(s, tuple) and all(
+      isinstance(n, int) for n in s)
+  tree = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), template,
+                      is_leaf=is_shape)
+  q = Q.make_quantizer(tree, method, bucket_size)
+  return q, jax.jit(q.quantize)
+
+
 @settings(max_examples=150, **SETTINGS)
 @given(_tensor(), st.integers(1, 32), st.sampled_from([None, 4]),
        st.integers(0, 2**31 - 1))
 def test_minmax_quantizers_stay_in_range_or_reject(x, bits, bucket_size, seed):
+  """quantize and the codec: inside each bucket's [lo, hi], or ValueError."""
   _count("tensors")
   key = jax.random.key(seed)
+  q, _ = _quantizer((x.shape,), "minmax", bucket_size)
+  flat = x.reshape(-1)
   finite = bool(np.all(np.isfinite(x)))
   for name, fn in (
-      ("quantize_tree", lambda: Q.quantize_tree(
-          {"w": x}, bits, key, bucket_size=bucket_size)["w"]),
-      ("stochastic_quantize", lambda: Q.stochastic_quantize(
-          x, bits, key, bucket_size=bucket_size))):
+      ("quantize", lambda: q.quantize(flat, bits, key)),
+      ("encode", lambda: Q.decode(q, Q.encode(q, flat, bits, key)))):
     if not finite:
       with pytest.raises(ValueError, match="NaN or inf"):
         fn()
       continue
-    out = fn()
+    out = np.asarray(fn()).reshape(x.shape)
     _assert_in_bucket_range(x, out, bucket_size, name)
     if bits == 32:
-      np.testing.assert_array_equal(np.asarray(out), x)
+      np.testing.assert_array_equal(out.view(np.uint32), x.view(np.uint32))
 
 
 @settings(max_examples=100, **SETTINGS)
-@given(_tensor(finite=True), st.integers(1, 32), st.integers(0, 2**31 - 1))
-def test_qsgd_quantizer_finite_and_bounded(x, bits, seed):
+@given(_tensor(finite=True), st.integers(1, 32), st.sampled_from([None, 4]),
+       st.integers(0, 2**31 - 1))
+def test_qsgd_quantizer_finite_and_bounded(x, bits, bucket_size, seed):
+  """|Q(v)_i| <= ||v|| of its bucket (saturated at 3.4e38), signs kept."""
   _count("tensors")
-  out = np.asarray(Q.quantize_tree(x, bits, jax.random.key(seed),
-                                   method="qsgd"))
+  q, _ = _quantizer((x.shape,), "qsgd", bucket_size)
+  out = np.asarray(q.quantize(x.reshape(-1), bits, jax.random.key(seed)))
   assert np.all(np.isfinite(out)), (x, out)
-  # |Q(v)_i| <= ||v|| and signs are kept (0 may come out for any entry).
   xf = x.astype(np.float64).reshape(-1)
-  m = np.abs(xf).max()
-  norm = m * np.sqrt(np.sum((xf / m) ** 2)) if m > 0 else 0.0
-  assert np.all(np.abs(out.astype(np.float64)) <= norm * (1 + 1e-6)), (x, out)
-  assert np.all(np.sign(out.reshape(-1)) * np.sign(xf) >= 0), (x, out)
-
-
-@jax.jit
-def _jit_quantize_leaf(x, bits, key):  # traced bits: one compile per shape
-  return Q.quantize_tree(x, bits, key)
-
-
-@jax.jit
-def _jit_ondemand(x, eps, b_min):
-  return Q.ondemand_bits(x, eps, b_min)
-
-
-_packed_q = jax.jit(packed.quantize, static_argnums=3)
-_packed_bits = jax.jit(packed.ondemand_bits, static_argnums=(2, 3))
+  for sl in _buckets(x, bucket_size):
+    v = xf[sl]
+    m = np.abs(v).max()
+    norm = min(m * np.sqrt(np.sum((v / m) ** 2)), _F32_MAX) if m > 0 else 0.0
+    assert np.all(np.abs(out[sl].astype(np.float64)) <= norm * (1 + 1e-6)), (
+        x, out)
+  # Signs are kept (0 may come out for any entry).
+  assert np.all(np.sign(out) * np.sign(xf) >= 0), (x, out)
 
 
 @settings(max_examples=150, **SETTINGS)
 @given(_tensor(finite=True), st.integers(1, 32), st.sampled_from([None, 4]),
-       st.integers(0, 2**31 - 1))
-def test_packed_and_jitted_quantizers_stay_in_range(x, bits, bucket_size,
-                                                     seed):
+       st.sampled_from(["minmax", "qsgd"]), st.integers(0, 2**31 - 1))
+def test_jitted_quantizer_equals_eager(x, bits, bucket_size, method, seed):
+  """Traced bits under jit: the same program as the eager call, bit for bit."""
   _count("tensors")
   key = jax.random.key(seed)
-  layout = packed.layout_of(x, bucket_size)
-  out = _packed_q(jnp.asarray(x.reshape(-1)), jnp.int32(bits), key, layout)
-  _assert_in_bucket_range(x, np.asarray(out).reshape(x.shape), bucket_size,
-                          "packed.quantize")
-  if bucket_size is None:  # the jitted per-leaf quantizer (traced bits)
-    out = _jit_quantize_leaf(jnp.asarray(x), jnp.int32(bits), key)
-    _assert_in_bucket_range(x, out, None, "jit quantize_tree")
-    # ... equals the eager one bitwise (module docstring).
-    np.testing.assert_array_equal(np.asarray(out),
-                                  np.asarray(Q.quantize_tree(x, bits, key)))
+  q, jitted = _quantizer((x.shape,), method, bucket_size)
+  out = np.asarray(jitted(jnp.asarray(x.reshape(-1)), jnp.int32(bits), key))
+  eager = np.asarray(q.quantize(x.reshape(-1), bits, key))
+  np.testing.assert_array_equal(out.view(np.uint32), eager.view(np.uint32))
+  if method == "minmax":
+    _assert_in_bucket_range(x, out.reshape(x.shape), bucket_size, "jit")
+
+
+def _bound64(x: np.ndarray, b: int, bucket_size, method) -> float:
+  """The variance bound in float64 (error_bound is float32 and may be inf)."""
+  v = x.astype(np.float64).reshape(-1)
+  size = v.size if bucket_size is None else bucket_size
+  buckets = [v[i:i + size] for i in range(0, v.size, size)]
+  if method == "minmax":
+    r2 = [(u.max() - u.min()) ** 2 for u in buckets]
+  else:
+    r2 = [np.sum(u ** 2) for u in buckets]
+  return sum(len(u) * r for u, r in zip(buckets, r2)) / (
+      4.0 * (2.0 ** b - 1) ** 2)
 
 
 @settings(max_examples=120, **SETTINGS)
 @given(_tensor(finite=True),
        st.one_of(st.just(0.0), st.floats(-12, 1).map(lambda e: 10.0 ** e)),
-       st.integers(1, 32), st.sampled_from([None, 4]))
+       st.integers(1, 32), st.sampled_from([None, 4]),
+       st.sampled_from(["minmax", "qsgd"]))
 @example(x=np.array([0.0] * 6 + [4.183328e19], np.float32), eps=1.0,
-         b_min=1, bucket_size=None)  # float32 bound overflows (found in CI)
-def test_ondemand_bits_in_range(x, eps, b_min, bucket_size):
+         b_min=1, bucket_size=None, method="minmax")  # float32 bound overflows
+def test_ondemand_bits_in_range(x, eps, b_min, bucket_size, method):
+  """b in [b_min, 32], meets the float64 bound when < 32, jit == eager."""
   _count("tensors")
-  b = int(Q.ondemand_bits(x, eps, b_min, bucket_size=bucket_size))
+  q, _ = _quantizer((x.shape,), method, bucket_size)
+  flat = x.reshape(-1)
+  b = int(q.bits_for(flat, eps, b_min))
   assert b_min <= b <= 32, (b, b_min, eps, x)
   if eps > 0 and b < 32:  # the chosen width meets the bound
-    # The bound in float64 (error_bound is float32 and documented to overflow
-    # to inf when the true bound exceeds the float32 range, e.g. 3.4e38).
-    v = x.astype(np.float64).reshape(-1)
-    size = v.size if bucket_size is None else bucket_size
-    buckets = [v[i:i + size] for i in range(0, v.size, size)]
-    bound = sum(len(u) * (u.max() - u.min()) ** 2 for u in buckets) / (
-        4.0 * (2.0 ** b - 1) ** 2)
-    norm2 = float(np.sum(v ** 2))
+    norm2 = float(np.sum(x.astype(np.float64) ** 2))
+    bound = _bound64(x, b, bucket_size, method)
     assert bound <= eps * norm2 * (1 + 1e-4) or b == b_min, (b, bound, norm2)
-  if bucket_size is None:
-    bj = int(_jit_ondemand(jnp.asarray(x), jnp.float32(eps), jnp.int32(b_min)))
-    assert bj == b, (bj, b)
-  layout = packed.layout_of(x, bucket_size)
-  bp = int(_packed_bits(jnp.asarray(x.reshape(-1)), jnp.float32(eps), layout,
-                        b_min))
-  assert b_min <= bp <= 32, (bp, b_min, eps, x)
+  bj = int(jax.jit(q.bits_for)(jnp.asarray(flat), jnp.float32(eps),
+                               jnp.int32(b_min)))
+  assert bj == b, (bj, b)
 
 
 @settings(max_examples=80, **SETTINGS)
-@given(_tensor(finite=True), _tensor(finite=True), st.integers(1, 32),
-       st.sampled_from([None, 4]), st.sampled_from(["minmax", "qsgd"]),
-       st.integers(0, 2**31 - 1))
-def test_codec_roundtrip_equals_quantize_tree(x, y, bits, bucket_size, method,
-                                              seed):
+@given(_tensor(finite=True), _tensor(finite=True, shapes=((7,),)),
+       st.integers(1, 32), st.sampled_from([None, 4]),
+       st.sampled_from(["minmax", "qsgd"]), st.integers(0, 2**31 - 1))
+def test_codec_roundtrip_equals_quantize(x, y, bits, bucket_size, method, seed):
+  """decode(encode) == quantize bit for bit; measured size == payload_bits."""
   _count("tensors", 2)
-  tree = {"a": x, "b": [y]}
+  tree = (x, (y,))
   key = jax.random.key(seed)
-  payload = Q.encode(tree, bits, key, bucket_size=bucket_size, method=method)
-  assert payload.num_bits == Q.payload_bits_host(
-      tree, bits, bucket_size=bucket_size, method=method)
-  got = Q.decode(payload)
-  want = Q.quantize_tree(tree, bits, key, bucket_size=bucket_size,
-                         method=method)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-    g, w = np.asarray(g), np.asarray(w)
-    assert np.all(np.isfinite(g))
-    if method == "minmax":
-      np.testing.assert_array_equal(g, w)
-    else:  # QSGD norms agree to float32 rounding only (quantization.py)
-      np.testing.assert_allclose(g, w, rtol=1e-5,
-                                 atol=1e-6 * float(np.abs(w).max() or 1.0))
+  q, jitted = _quantizer((x.shape, (y.shape,)), method, bucket_size)
+  flat = q.pack(tree)
+  payload = Q.encode(q, flat, bits, key)
+  assert payload.num_bits == float(q.payload_bits(bits))
+  got = Q.decode(q, payload)
+  want = np.asarray(jitted(flat, jnp.int32(bits), key))
+  assert np.all(np.isfinite(got))
+  np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "fedqjax/quantization.py: a constant bucket of denormals (1e-45) is "
-    "returned as 0.0 for bits < 32 (XLA:CPU flushes denormals to zero in "
-    "min/max and the select), outside the bucket range [1e-45, 1e-45]; the "
-    "module docstring promises constant buckets come back exactly"))
-def test_quantize_tree_denormal_constant_bucket():
+    "fedqjax/quantization/quantizer.py: a constant bucket of denormals "
+    "(1e-45) comes back as 0.0 for bits < 32 (XLA:CPU flushes denormals to "
+    "zero), outside the bucket range [1e-45, 1e-45]; documented: outputs may "
+    "leave a bucket's range by < 2^-126"))
+@pytest.mark.parametrize("method", ["minmax", "qsgd"])
+def test_quantize_denormal_constant_bucket(method):
   x = np.full((7,), 1e-45, np.float32)
-  out = np.asarray(Q.quantize_tree(x, 8, jax.random.key(0)))
+  q, _ = _quantizer((x.shape,), method)
+  out = np.asarray(q.quantize(x, 8, jax.random.key(0)))
   np.testing.assert_array_equal(out, x)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "fedqjax/federated/packed.py quantize and fedqjax/quantization.py "
-    "_minmax_dequant: Q = 2*(0.5*lo + q*delta); 0.5*lo is denormal for "
-    "lo = 2^-126 and XLA:CPU flushes it to 0, so level 0 dequantizes to 0.0 "
-    "< lo (out of the bucket range by < 2^-126)"))
-@pytest.mark.parametrize("which", ["packed", "quantize_tree"])
-def test_quantizers_smallest_normal_lower_bound(which):
+    "fedqjax/quantization/quantizer.py _minmax_dequant (the round's formula "
+    "since the packed quantizer): Q = 2*(0.5*lo + q*(half/s)); 0.5*lo is "
+    "denormal for lo = 2^-126 and XLA:CPU flushes it to 0, so level 0 "
+    "dequantizes to 0.0 < lo (out of the bucket range by < 2^-126)"))
+def test_minmax_smallest_normal_lower_bound():
   x = np.tile(np.array([_TINY, 1.0], np.float32), 4)[:7]
-  key = jax.random.key(0)
-  if which == "packed":
-    out = packed.quantize(jnp.asarray(x), jnp.int32(1), key,
-                          packed.layout_of(x))
-  else:
-    out = Q.quantize_tree(x, 1, key)
+  q, _ = _quantizer((x.shape,), "minmax")
+  out = q.quantize(x, 1, jax.random.key(0))
   assert np.asarray(out).min() >= _TINY, out
 
 
