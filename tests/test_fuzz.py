@@ -28,6 +28,7 @@ from hypothesis.extra import numpy as hnp
 
 from experiments.configs import test as test_config
 from fedqjax import config as config_lib
+from fedqjax import config_schema
 from fedqjax import diffusion
 from fedqjax import energy as E
 from fedqjax import quantization as Q
@@ -46,12 +47,14 @@ def _count(name, n=1):
 # 1. Configs.
 
 _BASE = test_config.get_config().to_dict()
-_KEYS = sorted(config_lib.SCHEMA)
+_KEYS = sorted(config_schema.TYPES)
 _STRINGS = sorted({"cpu", "paper", "test", "auto", "cifar10", "fashion_mnist",
                    "synthetic", "iid", "dirichlet", "shards", "float32",
                    "bfloat16", "minmax", "qsgd", "ddim", "ddpm",
-                   *spec_lib.PARALLELISM, *spec_lib.OPTIMIZERS,
-                   *spec_lib.TARGETS, *spec_lib.POLICIES, *spec_lib.SCHEMES})
+                   *spec_lib.CLIENT_LOOPS, *spec_lib.OPTIMIZERS,
+                   *spec_lib.TARGETS, *spec_lib.INFEASIBLE_POLICIES,
+                   *spec_lib.BITS_SCHEMES, "naive", *E.ALLOCATIONS,
+                   *E.DEADLINE_RULES})
 _HUGE_INT = 10 ** 400  # a valid Python int that does not fit in a float
 
 
@@ -67,7 +70,7 @@ def _typo(key: str, draw) -> str:
     out = key[:i] + key[i + 1] + key[i] + key[i + 2:]
   else:
     out = key + "_x"
-  return out if out not in config_lib.SCHEMA else key + "_typo"
+  return out if out not in config_schema.TYPES else key + "_typo"
 
 
 def _value_strategy(key: str):
@@ -76,8 +79,8 @@ def _value_strategy(key: str):
   Two input classes are covered by dedicated tests below instead: ints too
   large for a float, and a comma string for sweep.schemes.
   """
-  types, _ = config_lib.SCHEMA[key]
-  if key == "sweep.schemes":
+  types = config_schema.TYPES[key]
+  if key in ("sweep.schemes", "sweep.allocations"):
     types = tuple(t for t in types if t is not str)
   base = _BASE
   for part in key.split("."):
@@ -103,15 +106,17 @@ def _value_strategy(key: str):
              st.just(base * 2.0) if isinstance(base, float) else st.just(2.0)]
   if tuple in types or list in types:
     elem = st.one_of(st.integers(-2, 40), st.floats(allow_nan=True),
-                     st.sampled_from(list(spec_lib.SCHEMES) + [10**30]),
+                     st.sampled_from(list(spec_lib.BITS_SCHEMES) + [10**30]),
                      st.floats(1e-4, 1e3))
     opts += [st.lists(elem, max_size=4).map(tuple),
-             st.lists(st.sampled_from(spec_lib.SCHEMES), min_size=1,
+             st.lists(st.sampled_from(spec_lib.BITS_SCHEMES + ("naive",)),
+                      min_size=1, max_size=4).map(tuple),
+             st.lists(st.sampled_from(E.ALLOCATIONS), min_size=1,
                       max_size=4).map(tuple),
              st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
              st.lists(st.floats(1e-3, 64.0), min_size=1, max_size=4).map(tuple)]
   out = st.one_of(*opts)
-  if key == "sweep.schemes":
+  if key in ("sweep.schemes", "sweep.allocations"):
     out = out.filter(lambda v: not isinstance(v, str))
   return out
 
@@ -165,20 +170,18 @@ def test_config_mutations_validate_or_value_error(cm):
   # Accepted: the boundary conversions must succeed as well.
   _count("configs_accepted")
   config_lib.energy_config(c)
-  res = c.data.resolution or None
-  unet = diffusion.UNetConfig.from_dict({**c.model.to_dict(),
-                                         "resolution": res})
-  config_lib.round_spec(c, unet.make(), 1e6)
+  unet = config_lib.unet_config(c, c.data.resolution or None)
+  config_lib.round_spec(c, unet, None, 1e6)
 
 
 def test_config_unmutated_validates():
   c = test_config.get_config()
   config_lib.validate_config(c)
-  config_lib.round_spec(c, None, 1e6)
+  config_lib.round_spec(c, config_lib.unet_config(c, None), None, 1e6)
 
 
 def test_config_radius_below_min_distance_names_radius():
-  # SCHEMA allows any radius_m > 0; EnergyConfig needs radius_m > 10 m.
+  # Any radius_m > 0 has the right type; EnergyConfig needs radius_m > 10 m.
   with pytest.raises(ValueError, match="radius_m"):
     config_lib.validate_config(_config_with("energy.radius_m", 5.0))
 
