@@ -64,6 +64,7 @@ SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "data.max_train": _rng(0), "data.num_test": _rng(2),
     "fed.rounds": _rng(1, 10_000_000),
     "fed.client_loop": _choice(*execution.CLIENT_LOOPS),
+    "fed.mesh": _choice("auto", "none"),
     "quant.method": _choice(*METHODS),
     "quant.bucket_size": _rng(0),
     "quant.fixed_bits": _rng(1, 32),
@@ -136,7 +137,7 @@ TYPES.update({k: _INT for k in (
     "max_rounds_this_run")})
 TYPES.update({k: _STR for k in (
     "preset", "data.name", "data.data_dir", "data.tarball", "data.partition",
-    "model.dtype", "fed.client_loop", "optim.optimizer", "quant.method",
+    "model.dtype", "fed.client_loop", "fed.mesh", "optim.optimizer", "quant.method",
     "quant.target", "energy.deadline_rule", "energy.infeasible_policy",
     "eval.sampler")})
 TYPES.update({k: _BOOL for k in ("energy.rayleigh_fading", "eval.fid",

@@ -151,6 +151,31 @@ def make_heldout(unet: diffusion.UNetConfig, test_float: np.ndarray,
   return lambda params: float(fn(params, hset))
 
 
+def client_mesh(config):
+  """`fed.mesh`: "auto" shards the client axis over every device of every
+  process when there is more than one; "none" (or one device): no mesh."""
+  if config.fed.mesh == "none" or jax.device_count() == 1:
+    return None
+  return federated.client_mesh()
+
+
+def place_data(data: federated.FedData, mesh) -> federated.FedData:
+  """Client data on device: sharded over the mesh's client axis when N
+  divides evenly, else replicated (the round gathers its participants and
+  shards them itself)."""
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, data)
+  if data.counts.shape[0] % mesh.shape["clients"] == 0:
+    return federated.shard_clients(data, mesh)
+  return federated.replicate(data, mesh)
+
+
+def place(setup: "Setup", tree):
+  """Replicates server-side pytrees (state, scheme) over the mesh, if any."""
+  mesh = setup.spec.mesh
+  return tree if mesh is None else federated.replicate(tree, mesh)
+
+
 def build(config, dataset, seed: int, workdir: str) -> Setup:
   """Partitions the data and builds model, devices, deadline and spec."""
   from fedqjax import evaluation  # pylint: disable=g-import-not-at-top
@@ -172,13 +197,16 @@ def build(config, dataset, seed: int, workdir: str) -> Setup:
       config_lib.energy_config(config), keys["devices"]))
   t, rule, over = deadline(config, devices, num_params, flops)
   quantizer = config_lib.make_quantizer(config, params)
-  spec = config_lib.round_spec(config, unet, quantizer, flops)
+  mesh = client_mesh(config)
+  spec = config_lib.round_spec(config, unet, quantizer, flops, mesh=mesh)
   setup = Setup(
       config=config, dataset=name, seed=seed,
-      fed_data=federated.FedData(images=jnp.asarray(cd.images),
-                                 counts=jnp.asarray(cd.counts)),
+      fed_data=place_data(federated.FedData(images=cd.images,
+                                            counts=cd.counts), mesh),
       test_images=data_lib.to_uint8(test_f), image_shape=image_shape,
-      unet=unet, spec=spec, devices=devices, params=params,
+      unet=unet, spec=spec,
+      devices=devices if mesh is None else federated.replicate(devices, mesh),
+      params=params,
       run_key=keys["run"],
       deadline_s=t, deadline_rule=rule, devices_over_deadline=over,
       flops_per_sample=flops, num_params=num_params,

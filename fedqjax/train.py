@@ -28,7 +28,7 @@ import numpy as np
 
 from fedqjax import config as config_lib
 from fedqjax import console, federated, results as results_lib
-from fedqjax.setup import Setup, build, load_dataset
+from fedqjax.setup import Setup, build, load_dataset, place
 
 log = logging.getLogger("fedqjax")
 
@@ -125,12 +125,12 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from fedqjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   config, spec = setup.config, setup.spec
-  scheme = federated.make_scheme(run.bits, deadline_s=setup.deadline_s,
-                                 fixed_bits=config.quant.fixed_bits,
-                                 eps_scale=run.eps_scale)
+  scheme = place(setup, federated.make_scheme(
+      run.bits, deadline_s=setup.deadline_s,
+      fixed_bits=config.quant.fixed_bits, eps_scale=run.eps_scale))
   step = federated.jit_round_step(spec)
-  state = federated.init_server_state(setup.params, setup.run_key,
-                                      len(spec.allocations))
+  state = place(setup, federated.init_server_state(
+      setup.params, setup.run_key, len(spec.allocations)))
   mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
   state, history = mgr.restore_latest(state)
   start = int(state.round)
@@ -253,11 +253,13 @@ def announce(setup: Setup, progress, first: bool) -> None:
   """Logs the setup and, once, what the first round will compile."""
   spec = setup.spec
   log.info("dataset=%s seed=%d params=%d flops/sample=%.3g deadline=%.3fs "
-           "(%s) client_loop=%s conv=%s skipped at T: %d of %d devices",
+           "(%s) client_loop=%s conv=%s devices over T at fp32: %d of %d; "
+           "client axis: %d slots over %d %s device(s)",
            setup.dataset, setup.seed, setup.num_params,
            setup.flops_per_sample, setup.deadline_s, setup.deadline_rule,
            spec.execution.layout, spec.execution.conv_impl,
-           setup.devices_over_deadline, spec.num_clients)
+           setup.devices_over_deadline, spec.num_clients,
+           spec.padded_clients, spec.num_shards, jax.default_backend())
   if first:
     backend = jax.default_backend()
     est = console.estimate_compile_s(

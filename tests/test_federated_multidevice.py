@@ -25,6 +25,14 @@ def test_sharded_over_8_cpu_devices_equals_single_device():
   assert "SHARDED_OK devices=8" in out, out
 
 
+def test_main_job_on_8_devices_equals_one_device(tmp_path):
+  """`fed.mesh=auto` through train_and_evaluate (issue 19 item 1)."""
+  out = _run_script("fed_mesh_train_check.py", {
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+      "JAX_PLATFORMS": "cpu"}, [str(tmp_path)])
+  assert "MESH_TRAIN_OK devices=8" in out, out
+
+
 def test_two_process_distributed_equals_one_process(tmp_path):
   import socket
   with socket.socket() as s:

@@ -68,6 +68,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   # execution.py; auto = unrolled on CPU up to 16 clients per device, then
   # map; vmap on GPU/TPU; measured in benchmarks/RESULTS.md).
   c.fed.client_loop = "auto"
+  # auto: shard the client axis over every device (all hosts) when there is
+  # more than one (K padded to a multiple); none: one device.
+  c.fed.mesh = "auto"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adam"
