@@ -79,7 +79,8 @@ DEADLINE_RULES = ("fp32_feasible", "median", "quantile")
 def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike,
                  flops_per_sample: ArrayLike, rule: str = "fp32_feasible",
                  factor: ArrayLike = 1.2, quantile: ArrayLike = 0.95, *,
-                 present: Optional[Array] = None) -> Array:
+                 present: Optional[Array] = None, segments: Optional[Array] = None,
+                 num_segments: Optional[int] = None) -> Array:
   """Round deadline T from the devices' fp32 (S = 32 d bits) minimal round times.
 
   T = factor x (the largest | the median | the `quantile`-quantile) over the
@@ -96,9 +97,11 @@ def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike
     factor: multiplier (> 0).
     quantile: in (0, 1], used by rule "quantile".
     present: optional bool [N]; absent (padded) devices are ignored.
+    segments, num_segments: optional int [N] cell ids and their number G
+      (static): one T per cell, factor and quantile scalars or [G].
 
   Returns:
-    T, a scalar (float).
+    T, a scalar (float), or [G] with `segments`.
 
   Raises:
     ValueError: unknown rule, or concrete factor / quantile / num_params out of range.
@@ -113,7 +116,14 @@ def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike
       if not (np.all(np.isfinite(a)) and np.all(ok(a))):
         raise ValueError(f"{name}={v!r} is invalid; valid range: {rng}")
   t = min_round_time(devices, 32.0 * num_params, num_samples, flops_per_sample)
-  if present is None:
+  if segments is not None:
+    g = int(num_segments)
+    seg = jnp.asarray(segments, jnp.int32)
+    seg = seg if present is None else jnp.where(present, seg, g)  # g: ignored
+    stat = {"fp32_feasible": lambda: jax.ops.segment_max(t, seg, num_segments=g),
+            "median": lambda: nm.segment_quantile(t, seg, g, 0.5),
+            "quantile": lambda: nm.segment_quantile(t, seg, g, quantile)}[rule]()
+  elif present is None:
     stat = {"fp32_feasible": lambda: jnp.max(t), "median": lambda: jnp.median(t),
             "quantile": lambda: jnp.quantile(t, quantile)}[rule]()
   else:

@@ -184,24 +184,53 @@ def sample_devices(config: EnergyConfig, key: PRNGKey, n: Optional[int] = None) 
   return _sample_devices(config, key, n)
 
 
+def sample_devices_from_keys(config: EnergyConfig, keys: Array) -> Devices:
+  """Device i drawn from keys[i] alone (same distributions as `sample_devices`).
+
+  A population of n devices drawn from keys fold_in(k, 0..n-1) is then the
+  first n of any longer one, whatever else is drawn: the energy sweep's
+  populations of different sizes are nested and reproducible. Traceable.
+
+  Args:
+    config: validated EnergyConfig (static); `num_devices` only sets the
+      bandwidth share when `bandwidth_shares` is None.
+    keys: [n] PRNG keys.
+
+  Returns:
+    Devices with [n] arrays in the default float dtype.
+  """
+  return _from_keys(config, keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _from_keys(config: EnergyConfig, keys: Array) -> Devices:
+  return jax.vmap(lambda k: _draw(config, k, ()))(keys)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))  # config is frozen, hence hashable
 def _sample_devices(config: EnergyConfig, key: PRNGKey, n: int) -> Devices:
+  return _draw(config, key, (n,))
+
+
+def _draw(config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...]) -> Devices:
+  """Every field of `shape` from one key (split into one key per field)."""
+  n = shape  # every draw below has this shape: () for one device, (n,) for n
   dtype = jnp.zeros(()).dtype  # float64 only when jax_enable_x64 is on
   k_d, k_s, k_f, k_tau, k_c, k_e, k_b = jax.random.split(key, 7)
   r0, r1 = config.min_distance_m, config.radius_m
   # Uniform in the annulus: the CDF of d is quadratic, hence the sqrt.
-  u = jax.random.uniform(k_d, (n,), dtype)
+  u = jax.random.uniform(k_d, n, dtype)
   distance = jnp.sqrt(r0**2 + u * (r1**2 - r0**2))
-  shadow = config.shadowing_db * jax.random.normal(k_s, (n,), dtype)
+  shadow = config.shadowing_db * jax.random.normal(k_s, n, dtype)
   large = 10.0 ** (-(pathloss_db(distance, config.pathloss_const_db, config.pathloss_exp_db)
                      + shadow) / 10.0)
-  fading = jax.random.exponential(k_f, (n,), dtype) if config.rayleigh_fading else 1.0
+  fading = jax.random.exponential(k_f, n, dtype) if config.rayleigh_fading else 1.0
   shares = config.bandwidth_shares or config.num_devices
-  full = lambda v: jnp.full((n,), v, dtype)
+  full = lambda v: jnp.full(n, v, dtype)
   tau = config.tau_mean * jax.random.uniform(
-      k_tau, (n,), dtype, 1.0 - config.tau_spread, 1.0 + config.tau_spread)
+      k_tau, n, dtype, 1.0 - config.tau_spread, 1.0 + config.tau_spread)
   pick = lambda k, choices, dt: jnp.asarray(choices, dt)[
-      jax.random.randint(k, (n,), 0, len(choices))]
+      jax.random.randint(k, n, 0, len(choices))]
   caps = config.bit_caps if config.bit_caps is not None else (32,)
   return Devices(
       distance_m=distance,

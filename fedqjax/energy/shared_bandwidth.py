@@ -44,8 +44,10 @@ x <= x(W_min), where W_min is the smallest bandwidth with which the device meets
 the deadline (f = f_max, p = p_max; found once by bisection on
 x / (e^x - 1) = b / (c (T - A / f_max))). For mu above mu_B(x(W_min)), W = W_min.
 
-Each W_k(mu) is decreasing in mu, so an outer bisection on log mu solves
-sum_k W_k(mu) = W_tot. The bracket comes from the budget split
+Each W_k(mu) is decreasing in mu, so an outer root search on log mu solves
+sum_k W_k(mu) = W_tot: regula falsi (Illinois) on log(sum_k W_k) - log W_tot,
+which is close to linear in log mu (W_k ~ 1 / mu on branch A), converges in
+a few steps where bisection needed 36-60. The bracket comes from the budget split
 W'_k = W_min,k + (W_tot - sum W_min) / K: some device gets at least and some at
 most its W'_k at the optimum, so mu* lies in [min_k mu_k(W'_k), max_k mu_k(W'_k)],
 where mu_k(W) = -dE*_k/dW is read off `allocate` at W' by the envelope theorem.
@@ -55,8 +57,18 @@ mu bracket (sum W <= W_tot), scales W up to exactly W_tot (more bandwidth only
 helps), and calls `allocate` with these bandwidths, so every Allocation field
 follows the per-device code path.
 
-All loops are fixed-length `lax.fori_loop`s over all devices at once, in log
-space (jit/vmap friendly, float32-stable, float64 when x64 is on).
+Both branches' 1-D roots are found by regula falsi (Illinois) on
+log-residuals too (12 steps in float32, 20 in float64 reach the 32 / 52-step
+bisections' bandwidths to rounding); W_min and the final per-device solves
+keep `allocate`'s bisection. All loops are fixed-length `lax.fori_loop`s over
+all devices at once, in log space (jit/vmap friendly, float32-stable, float64
+when x64 is on).
+
+Several independent cells at once: `segments` assigns each device to one of G
+cells, each with its own budget W_tot[g] and multiplier mu[g]; sums and the
+mu bracket are per cell (segment sums) and the outer search runs on all G
+multipliers together. The energy sweep uses it to solve every (device draw,
+scenario) of a grid in one call without padding.
 
 Infeasible devices: c n / f_max + t^min(W_tot) > T (infeasible even with all
 the bandwidth). They are excluded from the budget and get bandwidth 0, power 0,
@@ -78,6 +90,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedqjax.energy import model, numerics as nm
 from fedqjax.energy.allocator import Allocation, allocate
@@ -89,6 +102,8 @@ def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
                               num_samples: ArrayLike, deadline_s: ArrayLike,
                               flops_per_sample: ArrayLike, total_bandwidth_hz: ArrayLike, *,
                               present: Optional[ArrayLike] = None,
+                              segments: Optional[ArrayLike] = None,
+                              num_segments: Optional[int] = None,
                               outer_iters: Optional[int] = None,
                               inner_iters: Optional[int] = None
                               ) -> Tuple[Allocation, Array, Array]:
@@ -97,28 +112,42 @@ def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
   Args:
     devices: Devices with [K] fields; `bandwidth_hz` is ignored.
     payload_bits, num_samples, deadline_s, flops_per_sample: as in `allocate`.
-    total_bandwidth_hz: W_tot, the budget sum_k W_k <= W_tot (scalar, > 0).
+    total_bandwidth_hz: W_tot, the budget sum_k W_k <= W_tot (> 0): a scalar,
+      or [G] per cell with `segments`.
     present: optional bool [K]; absent (padded) devices take no part: they are
       treated like infeasible ones (no bandwidth, feasible=False).
-    outer_iters: bisection steps on log mu (static); default 60 float64 / 36 float32.
-    inner_iters: per-device bisection steps (static); default 52 float64 / 32 float32.
+    segments: optional int [K] cell of each device, in [0, num_segments);
+      None = one cell.
+    num_segments: G (static), required with `segments`.
+    outer_iters: regula falsi steps on log mu (static); default 16 float64 / 10 float32.
+    inner_iters: per-device regula falsi steps of W_k(mu) (static); default 20 float64 /
+      12 float32. The per-device (kkt) solves use `allocate`'s own default.
 
   Returns:
     (allocation, bandwidth_hz [K], mu): the Allocation at the optimal
     bandwidths, the bandwidths (0 for infeasible devices) and the budget
-    multiplier mu in J/Hz (0 when no device is feasible).
+    multiplier mu in J/Hz (0 when no device is feasible): a scalar, or [G]
+    with `segments`.
   """
   nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
   if not nm.is_traced(total_bandwidth_hz):
-    w = float(jnp.asarray(total_bandwidth_hz))
-    if not (math.isfinite(w) and w > 0):
-      raise ValueError(f"total_bandwidth_hz={w!r} is invalid; valid range: finite and > 0")
+    w = np.asarray(total_bandwidth_hz, np.float64)
+    if not np.all(np.isfinite(w) & (w > 0)):
+      raise ValueError(f"total_bandwidth_hz={total_bandwidth_hz!r} is invalid; valid range: "
+                       "finite and > 0")
+  if (segments is None) != (num_segments is None):
+    raise ValueError("segments and num_segments go together; valid: both or neither")
   dtype = devices.gain.dtype
   oi = nm.default_outer_iters(dtype) if outer_iters is None else int(outer_iters)
-  ii = nm.default_iters(dtype) if inner_iters is None else int(inner_iters)
-  present = jnp.ones(devices.gain.shape, bool) if present is None else jnp.asarray(present, bool)
-  return _shared(devices, payload_bits, num_samples, deadline_s, flops_per_sample,
-                 total_bandwidth_hz, present, oi, ii)
+  ii = nm.default_inner_iters(dtype) if inner_iters is None else int(inner_iters)
+  shape = devices.gain.shape
+  present = jnp.ones(shape, bool) if present is None else jnp.asarray(present, bool)
+  seg = jnp.zeros(shape, jnp.int32) if segments is None else jnp.asarray(segments, jnp.int32)
+  g = 1 if num_segments is None else int(num_segments)
+  w_tot = jnp.broadcast_to(jnp.asarray(total_bandwidth_hz, dtype), (g,))
+  al, w, mu = _shared(devices, payload_bits, num_samples, deadline_s, flops_per_sample,
+                      w_tot, present, seg, g, oi, ii)
+  return al, w, (mu[0] if segments is None else mu)
 
 
 def mu_of_allocation(d: Devices, al: Allocation, s: Array, bw: Array) -> Array:
@@ -149,7 +178,7 @@ class _Consts(NamedTuple):
   feasible: Array
 
 
-def _consts(d, pr, present, inner_iters) -> _Consts:
+def _consts(d, pr, present) -> _Consts:
   """Feasibility with all the bandwidth (the `allocate` test) and W_min per device."""
   dtype = d.gain.dtype
   feasible = pr.feasible & present
@@ -165,28 +194,30 @@ def _consts(d, pr, present, inner_iters) -> _Consts:
   u_hi0 = jnp.log(2.0 - 2.0 * ln_r)  # x/(e^x-1) <= r
   # lo end: x slightly below x(W_min), W slightly above W_min (feasible side).
   u_wmin, _ = nm.bisect(lambda u: (u - nm.ln_expm1(jnp.exp(u))) - ln_r, u_lo0, u_hi0,
-                        inner_iters + 8)
+                        nm.default_iters(dtype) + 8)
   return _Consts(cycles=cycles, deadline=T, payload=s, ln_b=ln_b, ln_n0=ln_n0, ln_h=ln_h, ln_c=ln_c,
                  ln_cyc=jnp.log(cycles), ln_2tau=math.log(2.0) + jnp.log(d.tau),
                  ln_fmin=jnp.log(d.f_min_hz), ln_fmax=jnp.log(d.f_max_hz), u_wmin=u_wmin,
                  feasible=feasible)
 
 
-def _mu_bracket(d, k, args, w_tot, inner_iters):
-  """Bracket on log mu from the budget split W'_k = W_min,k + slack / K."""
+def _mu_bracket(d, k, args, w_tot, seg, g):
+  """Bracket on log mu per cell from the budget split W'_k = W_min,k + slack / K."""
   dtype = d.gain.dtype
+  ssum = lambda v: jax.ops.segment_sum(v, seg, num_segments=g)
   w_min = jnp.where(k.feasible, jnp.exp(k.ln_c - nm.ln_expm1(jnp.exp(k.u_wmin))), 0.0)
-  k_feas = jnp.maximum(jnp.sum(k.feasible), 1).astype(dtype)
-  slack = jnp.maximum(w_tot - jnp.sum(w_min), 0.0)
-  w_split = jnp.where(k.feasible, jnp.maximum(w_min + slack / k_feas, w_min * 1.001), w_tot)
-  al_split = allocate(d.replace(bandwidth_hz=w_split), *args, iters=inner_iters)
+  k_feas = jnp.maximum(ssum(k.feasible.astype(dtype)), 1.0)
+  slack = jnp.maximum(w_tot - ssum(w_min), 0.0)
+  w_split = jnp.where(k.feasible, jnp.maximum(w_min + (slack / k_feas)[seg], w_min * 1.001),
+                      w_tot[seg])
+  al_split = allocate(d.replace(bandwidth_hz=w_split), *args)
   mu_split = mu_of_allocation(d, al_split, k.payload, w_split)
   ok = k.feasible & al_split.feasible & (mu_split > 0) & jnp.isfinite(mu_split)
   ln_mu_split = jnp.log(jnp.where(ok, mu_split, 1.0))
   big = jnp.asarray(jnp.finfo(dtype).max, dtype)
-  lm_lo = jnp.min(jnp.where(ok, ln_mu_split, big)) - 2.0
-  lm_hi = jnp.max(jnp.where(ok, ln_mu_split, -big)) + 2.0
-  any_ok = jnp.any(ok)
+  lm_lo = jax.ops.segment_min(jnp.where(ok, ln_mu_split, big), seg, num_segments=g) - 2.0
+  lm_hi = jax.ops.segment_max(jnp.where(ok, ln_mu_split, -big), seg, num_segments=g) + 2.0
+  any_ok = ssum(ok.astype(jnp.int32)) > 0
   return jnp.where(any_ok, lm_lo, 0.0), jnp.where(any_ok, lm_hi, 0.0), any_ok
 
 
@@ -198,16 +229,18 @@ def _bandwidth_a(d, k, lm, inner_iters):
   def ln_w_a(u):
     return k.ln_b - ln_t_a(u) - u
 
+  def ln_f(u):
+    ln_nu = lm + ln_w_a(u) - ln_t_a(u)
+    return jnp.clip((ln_nu - k.ln_2tau) / 3.0, k.ln_fmin, k.ln_fmax)
+
   def g_a(u):
-    lt = ln_t_a(u)
-    ln_nu = lm + ln_w_a(u) - lt
-    lf = jnp.clip((ln_nu - k.ln_2tau) / 3.0, k.ln_fmin, k.ln_fmax)
-    return jnp.exp(k.ln_cyc - lf) + jnp.exp(lt) - k.deadline
+    return jnp.exp(k.ln_cyc - ln_f(u)) + jnp.exp(ln_t_a(u)) - k.deadline
 
   ua_hi = k.u_wmin
   ua_lo = jnp.minimum(jnp.minimum(0.0, 0.5 * (lm + k.ln_h - k.ln_n0 - jnp.log(k.deadline))),
                       ua_hi)
-  _, ua = nm.bisect(g_a, ua_lo, ua_hi, inner_iters)
+  log_g_a = lambda u: jnp.logaddexp(k.ln_cyc - ln_f(u), ln_t_a(u)) - jnp.log(k.deadline)
+  _, ua = nm.illinois(log_g_a, ua_lo, ua_hi, inner_iters)
   lw_a = ln_w_a(ua)
   valid_a = (g_a(ua_hi) <= 0) & (nm.ln_expm1(jnp.exp(ua)) <= k.ln_c - lw_a)
   return lw_a, valid_a
@@ -229,7 +262,7 @@ def _bandwidth_b(d, k, lm, inner_iters):
     ln_mu_b = jnp.log(coef + d.p_max_w) + lt + nm.ln_psi(u) - lw - u
     return lm - ln_mu_b
 
-  ub, _ = nm.bisect(neg_h_b, k.u_wmin - 40.0, k.u_wmin, inner_iters)
+  ub, _ = nm.illinois(neg_h_b, k.u_wmin - 40.0, k.u_wmin, inner_iters)
   return ln_w_b(ub)
 
 
@@ -240,27 +273,30 @@ def _bandwidth(d, k, lm, inner_iters):
   return jnp.where(k.feasible, w, 0.0)
 
 
-@functools.partial(jax.jit, static_argnums=(7, 8))
-def _shared(d, payload_bits, num_samples, deadline_s, flops_per_sample, total_bw, present,
-            outer_iters, inner_iters):
+@functools.partial(jax.jit, static_argnums=(8, 9, 10))
+def _shared(d, payload_bits, num_samples, deadline_s, flops_per_sample, w_tot, present, seg,
+            g, outer_iters, inner_iters):
   dtype = d.gain.dtype
   tiny = jnp.finfo(dtype).tiny
-  w_tot = jnp.asarray(total_bw, dtype)
-  # Feasibility with all the bandwidth, exactly as `allocate` would test it.
-  pr = nm.setup(d.replace(bandwidth_hz=jnp.broadcast_to(w_tot, d.gain.shape)), payload_bits,
-                num_samples, deadline_s, flops_per_sample)
-  k = _consts(d, pr, present, inner_iters)
+  ssum = lambda v: jax.ops.segment_sum(v, seg, num_segments=g)
+  w_dev = w_tot[seg]  # each device's cell budget
+  # Feasibility with all the cell's bandwidth, exactly as `allocate` would test it.
+  pr = nm.setup(d.replace(bandwidth_hz=w_dev), payload_bits, num_samples, deadline_s,
+                flops_per_sample)
+  k = _consts(d, pr, present)
   args = (payload_bits, num_samples, deadline_s, flops_per_sample)
-  lm_lo, lm_hi, any_ok = _mu_bracket(d, k, args, w_tot, inner_iters)
-  _, lm = nm.bisect(lambda lm: jnp.sum(_bandwidth(d, k, lm, inner_iters)) - w_tot,
-                    lm_lo, lm_hi, outer_iters)
-  w = _bandwidth(d, k, lm, inner_iters)
-  total = jnp.sum(w)
-  w = w * jnp.where((total > 0) & (total < w_tot), w_tot / jnp.maximum(total, tiny), 1.0)
+  lm_lo, lm_hi, any_ok = _mu_bracket(d, k, args, w_tot, seg, g)
+  # log(sum W(mu)) is close to linear in log mu: regula falsi needs few steps.
+  _, lm = nm.illinois(
+      lambda lm: jnp.log(ssum(_bandwidth(d, k, lm[seg], inner_iters))) - jnp.log(w_tot),
+      lm_lo, lm_hi, outer_iters)
+  w = _bandwidth(d, k, lm[seg], inner_iters)
+  total = ssum(w)
+  scale = jnp.where((total > 0) & (total < w_tot), w_tot / jnp.maximum(total, tiny), 1.0)
+  w = w * scale[seg]
   mu = jnp.where(any_ok, jnp.exp(lm), 0.0)
 
-  al = allocate(d.replace(bandwidth_hz=jnp.where(k.feasible, w, w_tot)), *args,
-                iters=inner_iters)
+  al = allocate(d.replace(bandwidth_hz=jnp.where(k.feasible, w, w_dev)), *args)
   zero = jnp.zeros_like(al.e_comm_j)
   feasible = k.feasible
   al = al.replace(
