@@ -4,8 +4,10 @@
   validate (and then convert to EnergyConfig / RoundSpec without error) or
   raise ValueError naming a mutated key; never another exception type;
 * device populations with extreme values: `allocate` / `naive_allocation`
-  are finite, meet the deadline, respect the box constraints and agree with
-  `feasible_mask`; invalid populations raise ValueError naming the field;
+  and the baseline policies (`allocate_policies`: deadline, split) are
+  finite, meet the deadline, respect the box constraints and agree with
+  `feasible_mask`, with kkt <= deadline <= max and kkt <= split; invalid
+  populations raise ValueError naming the field;
 * quantizers (min-max and QSGD, traced and codec) on adversarial float32
   tensors.
 
@@ -302,6 +304,19 @@ def test_allocate_extreme_populations(problem):
   e_nv = np.asarray(nv.energy_j, np.float64)[feas]
   assert np.all(e_opt <= e_nv * (1 + 1e-3)), (e_opt, e_nv)
   _count("devices_feasible", int(feas.sum()))
+  # The baseline policies on the same extremes: same checks, and
+  # kkt <= deadline <= max, kkt <= split on every feasible device.
+  pol = E.allocate_policies(d, bits, samples, deadline, flops, ("deadline", "split"))
+  for i in range(2):
+    _check_allocation(jax.tree.map(lambda v: v[i], pol), d, deadline, mask, naive=False)
+  e_dl, e_sp = (np.asarray(pol.energy_j[i], np.float64)[feas] for i in range(2))
+  assert np.all(e_opt <= e_dl * (1 + 1e-3)) and np.all(e_dl <= e_nv * (1 + 1e-6))
+  # split uploads in t = T - c n / f: within ~1e-7 T of the deadline that
+  # difference is float32 rounding (E^com at such t is ill-conditioned), so
+  # kkt <= split is only claimed with a relative slack above 1e-5.
+  t_fast = np.asarray(E.min_round_time(d, bits, samples, flops), np.float64)[feas]
+  ok = np.asarray(deadline, np.float64)[feas] - t_fast > 1e-5 * t_fast
+  assert np.all(e_opt[ok] <= e_sp[ok] * (1 + 1e-3)), (e_opt, e_sp)
 
 
 def test_allocate_frequency_box_exact():

@@ -4,7 +4,7 @@ from fedqjax.energy.allocator import (DEADLINE_RULES, REASON_COMPUTE, REASON_OK,
                                       degrade_bits, feasible_mask, make_allocation,
                                       min_round_time, naive_allocation)
 from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_fading,
-                                    sample_devices, validate_devices)
+                                    sample_devices, sample_devices_from_keys, validate_devices)
 from fedqjax.energy.policies import ALLOCATIONS, allocate_policies, check_policies
 from fedqjax.energy.shared_bandwidth import allocate_shared_bandwidth
 from fedqjax.energy.model import (comm_energy_of_time, comp_energy, comp_time,

@@ -105,19 +105,19 @@ class Scenario:
   f_max_hz: float = 2e9
   fading: bool = False
 
-  def checked(self, prefix: str, f_min_hz: float) -> "Scenario":
-    """A normalized copy; raises ValueError naming `prefix + field`."""
-    p = prefix
+  def checked(self, prefix: str, f_min_hz: float, key: str = "") -> "Scenario":
+    """A normalized copy; raises ValueError naming `key` or else `prefix + field`."""
+    k = lambda field: key or prefix + field
     if not isinstance(self.fading, bool):
-      _bad(p + "fading", self.fading, "True | False")
+      _bad(k("fading"), self.fading, "True | False")
     return Scenario(
-        num_devices=_number(p + "num_devices", self.num_devices, 1, MAX_DEVICES, False, True),
-        deadline_factor=_number(p + "deadline_factor", self.deadline_factor, 0.0, 1e6),
-        total_bandwidth_hz=_number(p + "total_bandwidth_hz", self.total_bandwidth_hz, 0, 1e12),
-        eps_scale=_number(p + "eps_scale", self.eps_scale, 0.0, 1e12),
-        model=parse_model(p + "model", self.model),
-        p_max_w=_number(p + "p_max_w", self.p_max_w, 0.0, 1e3),
-        f_max_hz=_number(p + "f_max_hz", self.f_max_hz, f_min_hz, 1e12),
+        num_devices=_number(k("num_devices"), self.num_devices, 1, MAX_DEVICES, False, True),
+        deadline_factor=_number(k("deadline_factor"), self.deadline_factor, 0.0, 1e6),
+        total_bandwidth_hz=_number(k("total_bandwidth_hz"), self.total_bandwidth_hz, 0, 1e12),
+        eps_scale=_number(k("eps_scale"), self.eps_scale, 0.0, 1e12),
+        model=parse_model(k("model"), self.model),
+        p_max_w=_number(k("p_max_w"), self.p_max_w, 0.0, 1e3),
+        f_max_hz=_number(k("f_max_hz"), self.f_max_hz, f_min_hz, 1e12),
         fading=self.fading)
 
   def with_value(self, axis: str, value: Any) -> "Scenario":
@@ -219,8 +219,8 @@ def _validate(s: SweepSettings) -> None:
       _bad(f"axes.{name}", values, f"axis names {', '.join(AXES)}")
     if not isinstance(values, (tuple, list)):
       values = (values,)
-    vals = tuple(getattr(s.base.with_value(name, v).checked(f"axes.{name}[{i}]: ", f_min), name)
-                 for i, v in enumerate(values))
+    vals = tuple(getattr(s.base.with_value(name, v).checked("", f_min, f"axes.{name}[{i}]"),
+                         name) for i, v in enumerate(values))
     axes.append((name, vals))
   set_("axes", tuple(axes))
   hm = s.heatmap

@@ -291,11 +291,12 @@ def run(settings: sc_lib.SweepSettings, log: Callable[[str], None] = print,
     base_stat = _base_statistic(settings.seed, draw, index, sc0, statics(settings, r, 0))
   parts = []
   for c, idx in enumerate(_chunks(prep, r)):
+    log(f"energy_sweep: call {c}: compiling and evaluating {len(idx)} scenarios ...")
     t0 = time.perf_counter()
     parts.append(run_chunk(settings, prep, idx, base_stat))
     timings[f"call {c}"] = time.perf_counter() - t0
     devices = r * sum(prep.scenarios[i].num_devices for i in idx)
-    log(f"energy_sweep: call {c}: {len(idx)} scenarios x {r} draws ({devices:,} devices) x "
+    log(f"energy_sweep: call {c} done: {len(idx)} scenarios x {r} draws ({devices:,} devices) x "
         f"{len(settings.bits_schemes)} bits schemes x {len(settings.allocations)} allocations "
         f"in {timings[f'call {c}']:.1f} s (compile included)")
   base = {k: v for k, v in parts[0].items() if k.startswith("dev_")}

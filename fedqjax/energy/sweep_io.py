@@ -124,8 +124,8 @@ def write_summary(rows, settings: sc_lib.SweepSettings, result, path: str) -> st
   if ratios:
     lines += ["", "Ratios of energy per uploading device: " + "; ".join(ratios) + "."]
   t = result["timings"]
-  lines += ["", "Wall time per device count (s): "
-            + ", ".join(f"N={n}: {v:.1f}" for n, v in t.items()) + "."]
+  lines += ["", "Wall time of the jitted grid evaluation, compile included (s): "
+            + ", ".join(f"{n}: {v:.1f}" for n, v in t.items()) + "."]
   text = "\n".join(lines) + "\n"
   with open(path, "w") as f:
     f.write(text)
