@@ -12,13 +12,17 @@ FEDQJAX_VERBOSE=1) also shows the libraries' own log lines (XLA, TF, orbax).
 A bad command line exits with status 2 and one line on stderr.
 """
 
+import os
+
 from absl import app
 from absl import flags
 
 from fedqjax import cli_errors, console
 
 FLAGS = flags.FLAGS
-_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")
+_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity",
+               "--coordinator_address", "--num_processes", "--process_id",
+               "--distributed_auto")
 
 
 def _define_flags() -> None:
@@ -30,6 +34,18 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config", "experiments/configs/cifar_sweep.py",
       "Config file (optionally :preset).", lock_config=True)
+  # Several hosts (jax.distributed.initialize); defaults from the usual
+  # environment variables, nothing when running alone.
+  env = os.environ.get
+  flags.DEFINE_string("coordinator_address", env("JAX_COORDINATOR_ADDRESS", ""),
+                      "host:port of process 0 (several processes).")
+  flags.DEFINE_integer("num_processes", int(env("JAX_NUM_PROCESSES", "1")),
+                       "Number of processes.", lower_bound=1)
+  flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID", "0")),
+                       "This process, 0..num_processes-1.", lower_bound=0)
+  flags.DEFINE_bool("distributed_auto", False,
+                    "jax.distributed.initialize() with cluster auto-detection "
+                    "(TPU pod slices, SLURM, ...).")
 
 
 def _parse(argv):
@@ -57,13 +73,16 @@ def main(argv):
   del argv
   if console.resolve_verbosity(FLAGS.verbosity) <= 0:
     console.import_quietly("tensorflow")  # its load-time INFO lines
-  from fedqjax import report, train  # pylint: disable=g-import-not-at-top
+  from fedqjax import distributed, report, train  # pylint: disable=g-import-not-at-top
   try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, auto=FLAGS.distributed_auto)
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ValueError as e:  # bad config / data: a clear message, exit 2
     cli_errors.exit_with_error(str(e))
-  print(report.markdown_table(results), flush=True)
-  console.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
+  if train.is_primary():
+    print(report.markdown_table(results), flush=True)
+    console.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,9 @@ def validate_config(config) -> None:
     _core("model", lambda: unet_config(config, c.data.resolution))
   _core("energy", lambda: energy_config(config))
   unet = _core("model", lambda: unet_config(config, None))
-  _core("fed", lambda: round_spec(config, unet, None, 1.0))
+  # backend="cpu": validating must not initialize a backend (the CLI may
+  # still call jax.distributed.initialize); the layout is resolved later.
+  _core("fed", lambda: round_spec(config, unet, None, 1.0, backend="cpu"))
 
 
 def unet_config(config, resolution) -> UNetConfig:

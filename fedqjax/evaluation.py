@@ -75,8 +75,9 @@ class Evaluator:
       else:
         self._ref_feats = self._features(self.setup.test_images)
         os.makedirs(self.cache_dir, exist_ok=True)
-        np.save(path + ".tmp.npy", self._ref_feats)
-        os.replace(path + ".tmp.npy", path)
+        tmp = f"{path}.{os.getpid()}.tmp.npy"  # one per process
+        np.save(tmp, self._ref_feats)
+        os.replace(tmp, path)
     return self._ref_feats
 
   def __call__(self, params, scheme: str) -> Dict[str, Any]:

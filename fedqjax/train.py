@@ -69,13 +69,27 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def is_primary() -> bool:
+  """The one process that writes logs, histories, summaries and results."""
+  return jax.process_index() == 0
+
+
+def counters(state) -> Dict[str, np.ndarray]:
+  """The state's round and cumulative totals on the host (any process)."""
+  return federated.to_host(dict(
+      round=state.round, energy_comp_j=state.energy_comp_j,
+      energy_comm_j=state.energy_comm_j, uploaded_bits=state.uploaded_bits,
+      skipped=state.skipped, dropped=state.dropped))
+
+
 def _finite_state(state) -> bool:
-  sums = jax.device_get(jax.tree.map(lambda p: p.sum(), state.params))
-  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(sums))
+  sums = federated.to_host(jax.tree.map(lambda p: p.sum(), state.params))
+  return all(np.isfinite(x).all() for x in jax.tree.leaves(sums))
 
 
-def history_row(rnd: int, m: Dict[str, Any], state, policies) -> Dict[str, Any]:
-  """One JSON-able history row from host metrics and the new state."""
+def history_row(rnd: int, m: Dict[str, Any], c: Dict[str, np.ndarray],
+                policies) -> Dict[str, Any]:
+  """One JSON-able history row from host metrics and `counters`."""
   present = np.asarray(m["client_uploaded"])
   row = dict(round=rnd, loss=float(m["loss"]), bits_mean=float(m["bits_mean"]),
              num_trained=int(m["num_trained"]),
@@ -84,9 +98,9 @@ def history_row(rnd: int, m: Dict[str, Any], state, policies) -> Dict[str, Any]:
              num_dropped=int(m["num_dropped"]),
              bit_shortfall=int(m["bit_shortfall"]),
              round_uploaded_mb=float(m["uploaded_bits"]) / 8e6,
-             cum_uploaded_mb=float(state.uploaded_bits) / 8e6,
+             cum_uploaded_mb=float(c["uploaded_bits"]) / 8e6,
              bits=[int(b) for b in np.asarray(m["client_bits"])[present]])
-  comp, comm = np.asarray(state.energy_comp_j), np.asarray(state.energy_comm_j)
+  comp, comm = c["energy_comp_j"], c["energy_comm_j"]
   row["energy"] = {p: dict(round_j=float(m["energy_j"][i]),
                            latency_s=float(m["latency_s"][i]),
                            cum_j=float(comp[i] + comm[i]),
@@ -114,8 +128,8 @@ def write_round(writer, row: Dict[str, Any], m: Dict[str, Any]) -> None:
 
 def evaluate_heldout(setup: Setup, state, writer, rnd: int) -> Dict[str, float]:
   """Held-out denoising loss of the EMA and raw params (fixed (t, noise))."""
-  out = dict(heldout_ema=setup.heldout(state.ema_params),
-             heldout_raw=setup.heldout(state.params))
+  ema, raw = federated.to_host((state.ema_params, state.params))
+  out = dict(heldout_ema=setup.heldout(ema), heldout_raw=setup.heldout(raw))
   writer.write_scalars(rnd, out)
   return out
 
@@ -133,11 +147,12 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       setup.params, setup.run_key, len(spec.allocations)))
   mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
   state, history = mgr.restore_latest(state)
-  start = int(state.round)
+  start = int(counters(state)["round"])
   if start:
     log.info("run %s: resumed at round %d", run.name, start)
   progress.run_started(run.name, start)
-  writer = metric_writers.create_default_writer(sdir, asynchronous=False)
+  writer = metric_writers.create_default_writer(
+      sdir, just_logging=not is_primary(), asynchronous=False)
   if start == 0:
     writer.write_hparams(config_lib.flat_hparams(config, run.name))
     history = [dict(round=0, **evaluate_heldout(setup, state, writer, 0))]
@@ -157,7 +172,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
                   "parameters); keeping the last good checkpoint and moving "
                   "to the next run", run.name, rnd)
         break
-      row = history_row(rnd, m, state, spec.allocations)
+      row = history_row(rnd, m, counters(state), spec.allocations)
       if (every and rnd % every == 0) or rnd == rounds:
         row.update(evaluate_heldout(setup, state, writer, rnd))
       history.append(row)
@@ -181,25 +196,30 @@ def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
       progress.run_finished(run.name, skipped=True)
       return json.load(f)
   out = train_loop(setup, run, sdir, progress)
-  state, history = out["state"], out["history"]
-  done = int(state.round) >= setup.config.fed.rounds and not out["diverged"]
+  state, history, c = out["state"], out["history"], counters(out["state"])
+  done = int(c["round"]) >= setup.config.fed.rounds and not out["diverged"]
   summary = results_lib.run_summary(
-      run, setup, history, rounds=int(state.round), diverged=out["diverged"],
+      run, setup, history, rounds=int(c["round"]), diverged=out["diverged"],
       complete=done, train_wall_s=out["train_wall_s"],
-      skipped=int(state.skipped), dropped=int(state.dropped))
+      skipped=int(c["skipped"]), dropped=int(c["dropped"]))
   if done and setup.config.eval.num_samples and setup.evaluator is not None:
     summary.update(final_samples(setup, run, state, out["writer"], sdir,
                                  progress))
   out["writer"].flush()
-  with open(os.path.join(sdir, "history.json"), "w") as f:
-    json.dump(history, f)
-  if done:
-    tmp = summary_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(summary, f, indent=1)
-    os.replace(tmp, summary_path)
+  if is_primary():
+    _write_json(os.path.join(sdir, "history.json"), history)
+    if done:
+      _write_json(summary_path, summary)
   progress.run_finished(run.name)
   return summary
+
+
+def _write_json(path: str, obj) -> None:
+  """Atomic JSON write (a kill leaves the old file or the new one)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
 
 
 def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
@@ -208,12 +228,14 @@ def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
   t1 = time.time()
   progress.eval_started(run.name, "samples" + (
       " + FID/KID" if setup.config.eval.fid else ""))
-  ev = setup.evaluator(state.ema_params, run.name)
+  ev = setup.evaluator(federated.to_host(state.ema_params), run.name)
   out = {k: v for k, v in ev.items() if k != "grid"}
   out["eval_wall_s"] = time.time() - t1
-  writer.write_images(int(state.round), {"samples": ev["grid"][None]})
-  np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
-  writer.write_scalars(int(state.round), {
+  rnd = int(counters(state)["round"])
+  writer.write_images(rnd, {"samples": ev["grid"][None]})
+  if is_primary():
+    np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
+  writer.write_scalars(rnd, {
       k: v for k, v in ev.items() if k in ("fid", "kid", "kid_std")})
   progress.eval_done(run.name, out)
   return out
@@ -243,9 +265,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       setups[run.seed] = build(config, dataset, run.seed, workdir)
       announce(setups[run.seed], progress, first=len(setups) == 1)
     summaries.append(run_one(setups[run.seed], run, workdir, progress))
+  if jax.process_count() > 1:  # the primary has written every history
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("fedqjax: runs done")
   results = results_lib.assemble(config, summaries, setups[runs[0].seed],
                                  workdir, wall_s=time.time() - t0)
-  report.write_results(workdir, results)
+  if is_primary():
+    report.write_results(workdir, results)
   return results
 
 

@@ -15,6 +15,7 @@ from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from fedqjax import energy
@@ -24,7 +25,7 @@ from fedqjax.federated.spec import (BITS_FIXED, BITS_FP32, RoundSpec, Scheme)
 from fedqjax.federated.state import FedData, client_keys
 from fedqjax.typing import Array, Params
 
-CANDIDATE_BITS = jnp.arange(1, 33, dtype=jnp.int32)  # [32]
+CANDIDATE_BITS = np.arange(1, 33, dtype=np.int32)  # [32] (numpy: no backend at import)
 
 
 @struct.dataclass
