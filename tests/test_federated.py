@@ -117,14 +117,19 @@ def test_comparison_catches_one_adam_step_in_a_bias(params):
     assert_fp32_close(moved, params)
 
 
+def _vmap_round(params, devices, data, name):
+  """One round of the shared vmap spec: (spec, state before, after, m)."""
+  spec = H.make_spec(**LAYOUTS["vmap_k3"])
+  scheme = fed.make_scheme(name, deadline_s=H.generous_deadline(
+      devices, spec, params))
+  new, m = fed.jit_round_step(spec)(H.state(params, spec), data, devices,
+                                    scheme)
+  return spec, H.state(params, spec), new, m
+
+
 def test_fp32_everyone_equals_plain_fedavg(params, devices, data8):
   """Independent of the phases: w + sum_k n_k / sum n (w_k - w)."""
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
-  scheme = fed.make_scheme("fp32", deadline_s=H.generous_deadline(
-      devices, spec, params))
-  state = H.state(params, spec)
-  new, m = fed.jit_round_step(spec)(H.state(params, spec), data8, devices,
-                                    scheme)
+  spec, state, new, m = _vmap_round(params, devices, data8, "fp32")
   np.testing.assert_array_equal(np.asarray(m["client_rel_quant_error"]), 0)
   keys = fed.round_keys(state.rng, state.round)
   local = jax.jit(functools.partial(fed.client_update, spec=spec))
@@ -211,12 +216,7 @@ def test_ondemand_bits_brute_force_and_realized_error(params, devices, data8):
   expectation sum_i f_i (1 - f_i) Delta_i^2 <= eps ||u||^2, and the mean of
   400 draws is within the Hoeffding bound of it (failure probability 1e-6
   per client)."""
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
-  scheme = fed.make_scheme("ondemand", deadline_s=H.generous_deadline(
-      devices, spec, params))
-  state = H.state(params, spec)
-  _, m = fed.jit_round_step(spec)(H.state(params, spec), data8, devices,
-                                  scheme)
+  spec, state, _, m = _vmap_round(params, devices, data8, "ondemand")
   keys = fed.round_keys(state.rng, state.round)
   local = jax.jit(functools.partial(fed.client_update, spec=spec))
   q = spec.quantizer
@@ -253,11 +253,7 @@ def _expected_sq_error(x, s):
 
 
 def test_payload_equals_codec_length(params, devices, data8):
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
-  scheme = fed.make_scheme("ondemand", deadline_s=H.generous_deadline(
-      devices, spec, params))
-  _, m = fed.jit_round_step(spec)(H.state(params, spec), data8, devices,
-                                  scheme)
+  spec, _, _, m = _vmap_round(params, devices, data8, "ondemand")
   flat = spec.quantizer.pack(params)
   for b, pay in zip(np.asarray(m["client_bits"]),
                     np.asarray(m["client_payload_bits"])):
