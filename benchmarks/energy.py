@@ -7,6 +7,13 @@ relative energy difference (positive: fedqjax uses more energy).
 
   python benchmarks/energy.py            # float32 (the simulator's default)
   python benchmarks/energy.py --x64      # float64
+  python benchmarks/energy.py --grid     # the energy sweep's one-call grid
+  python benchmarks/energy.py --grid --grid_devices=100000 --grid_draws=10 --shared
+
+--grid times `fedqjax.energy.sweep` on one scenario of N devices x R draws
+(10^6 devices in total by default) x 3 bits schemes x the allocation policies
+kkt, deadline, split, max (and the shared-bandwidth allocator with --shared),
+all in ONE jitted call: first call (compile included) and a second one.
 """
 import argparse
 import math
@@ -37,15 +44,45 @@ def problem(n, seed=0):
   return d, bits, samples, T, flops
 
 
+def grid(devices: int, draws: int, shared: bool):
+  """One jitted sweep call over draws x devices (and the schemes and policies)."""
+  from fedqjax.energy import scenarios, sweep  # pylint: disable=g-import-not-at-top
+  allocs = ("kkt", "deadline", "split", "max") + (("shared",) if shared else ())
+  settings = scenarios.SweepSettings(
+      num_seeds=draws, allocations=allocs,
+      base=scenarios.Scenario(num_devices=devices, total_bandwidth_hz=2e6 * devices))
+  prep = sweep.prepare(settings, log=lambda m: None)
+  times = []
+  for _ in range(2):
+    t0 = time.perf_counter()
+    out = sweep.run_chunk(settings, prep, [0], jax.numpy.zeros((draws,)))
+    times.append(time.perf_counter() - t0)
+  n = devices * draws
+  feas = float(np.mean(out["n_feasible"])) / devices
+  print(f"grid: {n:,} devices ({draws} draws x {devices:,}) x 3 bits schemes x "
+        f"{len(allocs)} allocations ({', '.join(allocs)}) in one call: first "
+        f"{times[0]:.2f} s (compile included), second {times[1]:.2f} s "
+        f"({n * 3 / times[1]:.3g} device-schemes/s); feasible fraction {feas:.3f}")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--x64", action="store_true")
+  ap.add_argument("--grid", action="store_true")
+  ap.add_argument("--grid_devices", type=int, default=100000)
+  ap.add_argument("--grid_draws", type=int, default=10)
+  ap.add_argument("--shared", action="store_true")
   ap.add_argument("--scipy_devices", type=int, default=50)
   ap.add_argument("--repeats", type=int, default=5)
   args = ap.parse_args()
   jax.config.update("jax_enable_x64", args.x64)
   from fedqjax import energy as E
 
+  if args.grid:
+    print(f"machine: {platform.platform()} | cpu_count={os.cpu_count()} | "
+          f"jax {jax.__version__} {jax.default_backend()}")
+    grid(args.grid_devices, args.grid_draws, args.shared)
+    return
   print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
         f"cpu_count={os.cpu_count()} | jax {jax.__version__} {jax.default_backend()} | "
         f"dtype={'float64' if args.x64 else 'float32'}")

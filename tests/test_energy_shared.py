@@ -213,3 +213,24 @@ def test_present_mask_equals_subset():
   np.testing.assert_allclose(np.asarray(w)[:11], np.asarray(w_s), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(al.energy_j)[:11], np.asarray(al_s.energy_j), rtol=1e-5)
   np.testing.assert_allclose(float(mu), float(mu_s), rtol=1e-5)
+
+
+def test_segments_equal_separate_cells():
+  """Three independent cells in one call (segments) equal three separate calls."""
+  parts = [problem(70 + i, n, w_tot=w, slack=(1.001, 5.0))
+           for i, (n, w) in enumerate(((5, 5e6), (9, 20e6), (2, 1e6)))]
+  cat = lambda *v: jnp.concatenate([jnp.asarray(x) for x in v])
+  d = jax.tree.map(cat, *[p[0] for p in parts])
+  bits, samples, T = (cat(*[p[i] for p in parts]) for i in (1, 2, 3))
+  seg = np.repeat(np.arange(3), [5, 9, 2])
+  w_tot = jnp.asarray([p[4] for p in parts], d.gain.dtype)
+  al, w, mu = SB.allocate_shared_bandwidth(d, bits, samples, T, FLOPS, w_tot, segments=seg,
+                                           num_segments=3)
+  assert mu.shape == (3,)
+  for g, p in enumerate(parts):
+    al_g, w_g, mu_g = SB.allocate_shared_bandwidth(*p[:4], FLOPS, p[4])
+    np.testing.assert_allclose(np.asarray(w)[seg == g], np.asarray(w_g), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(al.energy_j)[seg == g], np.asarray(al_g.energy_j),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(mu[g]), float(mu_g), rtol=1e-5)
+    np.testing.assert_allclose(float(jnp.sum(w[seg == g])), p[4], rtol=1e-5)

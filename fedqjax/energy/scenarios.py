@@ -223,6 +223,7 @@ def _validate(s: SweepSettings) -> None:
                          name) for i, v in enumerate(values))
     axes.append((name, vals))
   set_("axes", tuple(axes))
+  _check_source(s)
   hm = s.heatmap
   if hm:
     hm = _names("heatmap", hm, AXES)
@@ -230,6 +231,22 @@ def _validate(s: SweepSettings) -> None:
     if len(hm) != 2 or any(len(swept.get(a, ())) < 2 for a in hm):
       _bad("heatmap", s.heatmap, "'' or two distinct axes, each with >= 2 values in axes")
   set_("heatmap", tuple(hm))
+
+
+def _check_source(s: SweepSettings) -> None:
+  """Settings a bits source cannot serve (history: no eps scale; measured: presets only)."""
+  axes = dict(s.axes)
+  if s.bits_source not in BITS_SOURCES:
+    if s.base.eps_scale != 1.0 or axes.get("eps_scale"):
+      key, v = (("axes.eps_scale", axes["eps_scale"]) if axes.get("eps_scale")
+                else ("base.eps_scale", s.base.eps_scale))
+      _bad(key, v, "1 / () with bits_source = a sweep's history (its bits cannot be rescaled)")
+  if s.bits_source == "measured":
+    models = [("base.model", s.base.model)] + [
+        (f"axes.model[{i}]", m) for i, m in enumerate(axes.get("model", ()))]
+    for key, m in models:
+      if m not in MODEL_PRESETS:
+        _bad(key, m, f"{' | '.join(MODEL_PRESETS)} with bits_source=measured")
 
 
 def from_config_dict(d: Mapping[str, Any]) -> SweepSettings:
