@@ -157,7 +157,8 @@ def test_infeasible_devices_get_no_bandwidth():
   al, w, mu = SB.allocate_shared_bandwidth(d, bits, samples, T, FLOPS, w_tot)
   feas = np.asarray(al.feasible)
   assert not feas[0] and not feas[1] and np.all(feas[2:])
-  assert np.asarray(al.reason)[0] == E.REASON_COMPUTE and np.asarray(al.reason)[1] == E.REASON_UPLOAD
+  reason = np.asarray(al.reason)
+  assert reason[0] == E.REASON_COMPUTE and reason[1] == E.REASON_UPLOAD
   w = np.asarray(w)
   assert w[0] == 0 and w[1] == 0
   assert np.asarray(al.e_comm_j)[:2].tolist() == [0.0, 0.0]
