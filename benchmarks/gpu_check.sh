@@ -21,12 +21,12 @@ case "${1:-round}" in
   round)
     python -u benchmarks/round.py --model=paper --clients=32 --batch=32 \
       --local_steps=2 --dtype=bfloat16 --peak_tflops="${PEAK:-989}" \
-      --modes=vmap --rounds=3 2>&1 | tee "$OUT/round_paper_k32.txt"
+      --client_loop=vmap --rounds=3 2>&1 | tee "$OUT/round_paper_k32.txt"
     ;;
   peers)
     for k in 8 32; do
       python -u benchmarks/peers.py --model paper --clients "$k" --rounds 2 \
-        --local_steps 2 --batch 32 --peers torch --torch_device cuda --fedqjax_mode vmap \
+        --local_steps 2 --batch 32 --peers torch --torch_device cuda --fedqjax_client_loop vmap \
         --timeout 500 --json_out "$OUT/peers_paper_k$k.json" 2>&1 \
         | tee "$OUT/peers_paper_k$k.txt"
     done

@@ -109,12 +109,12 @@ def main(argv=None):
   ap.add_argument("--n_max", type=int, default=64, help="images per client")
   ap.add_argument("--peers", default="torch,flower",
                   help="comma list of torch, flower (fedqjax always runs)")
-  ap.add_argument("--fedqjax_mode", default="unrolled",
-                  choices=("vmap", "map", "chunked", "unrolled"))
-  ap.add_argument("--fedqjax_conv_impl", default="xla", choices=("xla", "im2col", "fwd_form"))
-  ap.add_argument("--fedqjax_unroll", type=int, default=0,
-                  help="local-step scan unroll (0: fully unrolled)")
-  ap.add_argument("--chunk_size", type=int, default=4)
+  ap.add_argument("--fedqjax_client_loop", default="auto",
+                  choices=("auto", "vmap", "unrolled", "map"),
+                  help="fedqjax's fed.client_loop; fed.resolve_execution derives the "
+                  "client layout, local-step unroll and convolution form (auto: "
+                  "unrolled on CPU up to fed.AUTO_MAX_UNROLLED clients, then map; "
+                  "vmap on GPU/TPU)")
   ap.add_argument("--threads", type=int, default=2, help="torch threads (torch loop)")
   ap.add_argument("--torch_device", default="cpu", choices=("cpu", "cuda"),
                   help="device of the PyTorch loop (cuda for the GPU comparison)")
@@ -132,9 +132,7 @@ def main(argv=None):
                            local_steps=args.local_steps, batch=args.batch, res=args.res,
                            n_max=args.n_max, threads=args.threads,
                            torch_device=args.torch_device,
-                           fedqjax_mode=args.fedqjax_mode, chunk_size=args.chunk_size,
-                           fedqjax_conv_impl=args.fedqjax_conv_impl,
-                           fedqjax_unroll=args.fedqjax_unroll,
+                           fedqjax_client_loop=args.fedqjax_client_loop,
                            flower_cpus_per_client=args.flower_cpus_per_client)
   os.makedirs(args.logdir, exist_ok=True)
   peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -182,8 +180,9 @@ def main(argv=None):
   fq = results.get("fedqjax")
   rows = []
   if fq:
-    rows.append((f"fedqjax `jit_round_step` ({fq['mode']}, conv {fq.get('conv_impl', 'xla')}, "
-                 f"local unroll {fq.get('local_unroll', 'full')})", fq))
+    rows.append((f"fedqjax `jit_round_step` (client_loop {fq['client_loop']} -> "
+                 f"{fq['mode']}, conv {fq['conv_impl']}, local unroll {fq['local_unroll']})",
+                 fq))
     rows.append(("fedqjax `round_step_reference` (python loop over clients)",
                  dict(fq["reference"], peak_rss_tree_mb=None, num_params=fq["num_params"])))
   if "torch" in results:

@@ -22,4 +22,7 @@ def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
                     "code" for o in c.get("outputs", []))
   assert "backend=cpu" in outputs
   assert "| ondemand |" in outputs
+  # Three bits schemes train once each; four allocation policies price them.
+  assert "3 runs x 4 allocations = 12 rows" in outputs
   assert os.path.exists(tmp_path / "nb" / "results.csv")
+  assert os.path.exists(tmp_path / "nb" / "figures" / "quality_vs_energy.png")

@@ -36,10 +36,9 @@ class BenchConfig:
   bits: int = 8  # stochastic quantization of each client's update
   threads: int = 2  # torch intra-op threads (torch loop)
   torch_device: str = "cpu"  # torch loop device: "cpu" | "cuda"
-  fedqjax_mode: str = "unrolled"  # fedqjax.federated.PARALLELISM
-  fedqjax_conv_impl: str = "xla"  # fedqjax.diffusion.CONV_IMPLS
-  fedqjax_unroll: int = 0  # local-step scan unroll; 0 = fully unrolled
-  chunk_size: int = 4
+  # fedqjax.federated.CLIENT_LOOPS; fed.resolve_execution derives the client
+  # layout, local-step unroll and convolution form from it.
+  fedqjax_client_loop: str = "auto"
   flower_cpus_per_client: float = 1.0  # Ray resources per virtual client
   seed: int = 0
 
@@ -60,7 +59,7 @@ class BenchConfig:
 
 
 def model_kwargs(name: str) -> dict:
-  """U-Net kwargs (same values as fedqjax's tiny_unet_kwargs / UNet defaults)."""
+  """U-Net kwargs (the fields of fedqjax.diffusion.UNetConfig.tiny() / UNetConfig())."""
   if name == "tiny":
     return dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
                 dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=8)

@@ -4,7 +4,10 @@ Python loop over clients calling jitted per-client pieces).
 
 Same config as the peers: tiny/paper U-Net in float32, K clients all taking
 part, I local Adam steps of batch B, 8-bit stochastic quantization of each
-update ("fixed" scheme, generous deadline so every client uploads).
+update ("fixed" scheme, generous deadline so every client uploads). The
+client layout, local-step unroll and convolution form are what
+`fed.resolve_execution(cfg.fedqjax_client_loop, backend, K)` decides (they
+are reported with the result).
 Compile time is measured separately (`lower().compile()`); the timed rounds
 run after one warm-up round.
 
@@ -18,21 +21,21 @@ import time
 from benchmarks.peers import common
 
 
-def _setup(cfg: common.BenchConfig, parallelism: str):
+def _setup(cfg: common.BenchConfig):
   import jax
   import jax.numpy as jnp
-  from fedqjax import energy, federated as fed
-  from fedqjax.diffusion.unet import UNet
-  model = UNet(**common.model_kwargs(cfg.model), conv_impl=cfg.fedqjax_conv_impl)
-  h = w = cfg.res
-  params = model.init({"params": jax.random.PRNGKey(cfg.seed)},
-                      jnp.zeros((1, h, w, cfg.channels)), jnp.zeros((1,), jnp.int32),
-                      train=False)
-  spec = fed.RoundSpec(model=model, num_clients=cfg.clients, clients_per_round=cfg.clients,
+  from fedqjax import diffusion, energy, federated as fed
+  from fedqjax import quantization as Q
+  unet = diffusion.UNetConfig(**common.model_kwargs(cfg.model))
+  params = diffusion.init_unet(unet, jax.random.PRNGKey(cfg.seed),
+                               (cfg.res, cfg.res, cfg.channels))
+  execution = fed.resolve_execution(cfg.fedqjax_client_loop,
+                                    jax.default_backend(), cfg.clients)
+  spec = fed.RoundSpec(unet=unet, quantizer=Q.make_quantizer(params, "minmax"),
+                       num_clients=cfg.clients, clients_per_round=cfg.clients,
                        local_steps=cfg.local_steps, batch_size=cfg.batch, lr=cfg.lr,
                        T=cfg.T, ema_decay=0.999, flops_per_sample=1e9,
-                       parallelism=parallelism, chunk_size=cfg.chunk_size,
-                       unroll=cfg.fedqjax_unroll or True)
+                       execution=execution)
   imgs, counts = common.make_client_data(cfg)
   data = fed.FedData(images=jnp.asarray(imgs), counts=jnp.asarray(counts))
   devices = energy.sample_devices(energy.EnergyConfig(num_devices=cfg.clients),
@@ -48,7 +51,7 @@ def run(cfg: common.BenchConfig) -> dict:
   import jax
   import numpy as np
   from fedqjax import federated as fed
-  spec, params, data, devices, scheme, d = _setup(cfg, cfg.fedqjax_mode)
+  spec, params, data, devices, scheme, d = _setup(cfg)
   key = jax.random.PRNGKey(cfg.seed + 2)
 
   # --- the compiled round (all K clients in one XLA program) ---
@@ -61,7 +64,7 @@ def run(cfg: common.BenchConfig) -> dict:
   jax.block_until_ready(state)
   first = time.perf_counter() - t0
   losses = [float(m["loss"])]
-  uploaded = int(np.sum(np.asarray(m["uploaded"])))
+  uploaded = int(m["num_uploaded"])
   times = []
   for _ in range(cfg.rounds):
     t0 = time.perf_counter()
@@ -69,10 +72,12 @@ def run(cfg: common.BenchConfig) -> dict:
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t0)
     losses.append(float(m["loss"]))
-  out = dict(peer="fedqjax", version=jax.__version__, mode=cfg.fedqjax_mode,
-             conv_impl=cfg.fedqjax_conv_impl, local_unroll=cfg.fedqjax_unroll or "full",
+  ex = spec.execution
+  out = dict(peer="fedqjax", version=jax.__version__, client_loop=cfg.fedqjax_client_loop,
+             mode=ex.layout, conv_impl=ex.conv_impl,
+             local_unroll="full" if ex.local_unroll is True else ex.local_unroll,
              num_params=int(d), compile_s=compile_s, first_round_s=first,
-             uploaded_clients=uploaded, bits=np.asarray(m["bits"]).tolist(),
+             uploaded_clients=uploaded, bits=np.asarray(m["client_bits"]).tolist(),
              losses=losses, **common.summarize(times))
 
   # --- fedqjax's own sequential reference loop (context) ---
