@@ -1,261 +1,329 @@
-"""Crash safety of the sweep CLI: SIGKILL at random points, damaged checkpoints.
+"""Crash safety of the sweep CLI: SIGKILL at verified points, a damaged
+checkpoint, and everything the resumed sweep wrote compared bit for bit.
 
-Every run is `python -m experiments.cifar_sweep` with the tiny test config
-(fp32 + ondemand, 6 rounds, a checkpoint every round) in a subprocess. The
-reference is the same command run once, uninterrupted, in a fresh workdir.
+One uninterrupted reference run and one chain of killed-and-rerun processes
+of `python -m experiments.cifar_sweep` on the tiny test config (fp32 and
+on-demand, 5 rounds, checkpoints at rounds 2, 4 and 5). The chain kills one
+process at each of KILLS points of a seeded schedule (tests/crash_probe.py):
+in each run its first round, inside a checkpoint write, between
+checkpoints, the last round, the final evaluation and the history /
+summary writes; a start-up; the results write. Each is fired on an event
+seen from outside and verified after the kill. After one kill it flips
+bytes in the newest checkpoint's array data (same size). A last process
+finishes the sweep.
 
-* test_sigkill_and_resume: three SIGKILLs (seeded random delays; one fired
-  the moment an orbax temporary checkpoint directory appears, i.e. during a
-  checkpoint write), a rerun after each, then a run to completion. The final
-  results.json numbers must equal the reference exactly and every remaining
-  checkpoint step must restore.
-* test_damaged_checkpoint_falls_back: a partial run (max_rounds_this_run=4),
-  then the newest step of a scheme is damaged (a data file truncated); the
-  rerun must log the damage, resume from the previous step and finish with
-  the reference results.
+Compared with the reference: the final orbax state of each run (params,
+EMA params, round, PRNG key, energies, counters), history.json, summary.json,
+results.json and results.csv (all but wall-clock fields), the sample grid,
+and every TensorBoard scalar, histogram and image per (tag, step).
 
-All subprocesses share one persistent XLA compilation cache
-(JAX_COMPILATION_CACHE_DIR; conftest's when set, else a module temp dir), so
-only the first process compiles. `pytest -s` prints timings and kill counts.
+The documented exception: event files are append-only, so the rounds a
+killed process logged after its last checkpoint are logged again by the
+resumed process (same values, checked). TensorBoard then lists such steps
+twice; `test_tensorboard_logs_each_step_once` records it (xfail, strict).
+
+All processes share the persistent XLA compilation cache (conftest). The
+chain's processes pass the schemes as `fp32,ondemand`, the reference as a
+tuple: the CLI must read both as the same sweep. `pytest -s` prints the
+plan, each kill and the timings.
 """
 from __future__ import annotations
 
+import csv
 import glob
 import json
+import logging
 import os
-import random
-import signal
+import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests import crash_probe as cp
+
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMES = ("fp32", "ondemand")
-ROUNDS = 6
-KEYS = ("rounds", "total_energy_j", "comp_energy_j", "comm_energy_j",
-        "uploaded_mb", "mean_bits", "final_loss", "heldout_loss",
-        "skipped_client_rounds", "dropped_client_rounds", "complete",
-        "diverged")
-RUN_TIMEOUT_S = 300  # one process; a cold compile takes ~1-3 min on 2 cores
+SEED, KILLS = 20240304, 14  # every phase of both runs, start-up, results
+RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
 
 
-def _cmd(workdir, *extra):
+def _cmd(workdir: Path, schemes: str):
   return [sys.executable, "-m", "experiments.cifar_sweep",
           "--config=experiments/configs/test.py", f"--workdir={workdir}",
-          f"--config.fed.rounds={ROUNDS}", "--config.ckpt_every=1",
-          "--config.eval.fid=False",
-          "--config.sweep.schemes=(" + ",".join(f"'{s}'" for s in SCHEMES)
-          + ")", *extra]
+          f"--config.fed.rounds={cp.ROUNDS}",
+          f"--config.ckpt_every={cp.CKPT_EVERY}", "--config.eval.fid=False",
+          f"--config.sweep.schemes={schemes}"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  e = dict(os.environ)
+  e = dict(os.environ, JAX_PLATFORMS="cpu")
   e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-  e.setdefault("JAX_COMPILATION_CACHE_DIR",
-               str(tmp_path_factory.mktemp("jax_cache")))
-  e["JAX_PLATFORMS"] = "cpu"
+  if "JAX_COMPILATION_CACHE_DIR" not in e:  # conftest sets it
+    e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
   return e
 
 
-class _Runner:
-  """Starts sweep processes; logs go to files next to the workdir."""
-
-  def __init__(self, env, base: Path):
-    self.env, self.base, self.n = env, base, 0
-
-  def start(self, workdir, *extra):
-    self.n += 1
-    log = open(self.base / f"run{self.n}.log", "w")
-    p = subprocess.Popen(_cmd(workdir, *extra), cwd=ROOT, env=self.env,
-                         stdout=log, stderr=subprocess.STDOUT)
-    p.log_path = log.name
-    p.log_file = log
-    p.t0 = time.time()
-    return p
-
-  def finish(self, p, ok=True):
-    try:
-      rc = p.wait(timeout=RUN_TIMEOUT_S)
-    finally:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-      p.log_file.close()
-    text = Path(p.log_path).read_text()
-    if ok:
-      assert rc == 0, f"rc={rc}\n{text[-4000:]}"
-    return rc, text, time.time() - p.t0
-
-  def run(self, workdir, *extra):
-    return self.finish(self.start(workdir, *extra))
+def _start(cmd, env, log: Path, probe_dir: Path):
+  probe = cp.Probe(probe_dir, log)  # snapshot before the process starts
+  with open(log, "w") as f:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f,
+                            stderr=subprocess.STDOUT)
+  return proc, probe
 
 
-def _results(workdir):
-  with open(Path(workdir) / "results.json") as f:
-    res = json.load(f)
-  return {(r["run"], r["allocation"]): {k: r.get(k) for k in KEYS}
-          for r in res["rows"]}
+def _wait(proc) -> int:
+  try:
+    return proc.wait(RUN_TIMEOUT_S)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
-def _assert_same_results(got, want):
-  assert {r for r, _ in got} == {r for r, _ in want} == set(SCHEMES)
-  assert set(got) == set(want)
-  for key in want:
-    assert got[key]["complete"] and got[key]["rounds"] == ROUNDS
-    assert got[key] == want[key], (key, got[key], want[key])
+@pytest.fixture(scope="module")
+def sweeps(env, tmp_path_factory):
+  """The reference workdir and the chain's, with the chain's records."""
+  base = tmp_path_factory.mktemp("crash")
+  ref, got, logs = base / "reference", base / "chain", []
+  t0 = time.time()
+  proc, _ = _start(_cmd(ref, "('fp32','ondemand')"), env, base / "ref.log",
+                   ref)
+  assert _wait(proc) == 0, (base / "ref.log").read_text()[-3000:]
+  t_ref = time.time() - t0
+
+  def start():
+    logs.append(base / f"chain{len(logs)}.log")
+    return _start(_cmd(got, "fp32,ondemand"), env, logs[-1], got)
+
+  points = cp.schedule(SEED, KILLS)
+  chain = cp.run_chain(points, start, RUN_TIMEOUT_S, SEED)
+  final_rc = _wait(start()[0])
+  print(f"\nreference {t_ref:.1f}s; chain of {len(logs)} processes "
+        f"{time.time() - t0 - t_ref:.1f}s")
+  for point, attempts in chain["points"]:
+    print(f"  {point}: {attempts}")
+  print(f"  damage: {chain['damage']}")
+  return dict(chain, ref=ref, got=got, logs=logs, final_rc=final_rc,
+              kinds={p.kind for p in points}, planned=len(points))
 
 
-def _step_dirs(workdir):
-  return sorted(glob.glob(str(Path(workdir) / "*" / "checkpoints" / "*")))
+def test_every_planned_kill_landed(sweeps):
+  assert sweeps["planned"] >= 10 and sweeps["kinds"] == set(cp.KINDS)
+  done = [(p, a[-1]) for p, a in sweeps["points"]]
+  missed = [(p, a) for p, a in done if a["status"] != "killed"]
+  assert len(done) == sweeps["planned"] and not missed, missed
+  final = sweeps["logs"][-1].read_text()
+  assert sweeps["final_rc"] == 0, final[-3000:]
 
 
-def _assert_checkpoints_restore(workdir):
-  """Every step orbax lists restores, with history up to its round."""
+def test_damaged_checkpoint_is_detected_and_skipped(sweeps):
+  """Same-size damage of array data: the rerun names the step, moves it
+  aside and resumes from the previous one (the results below still equal
+  the reference's)."""
+  assert len(sweeps["damage"]) == 1, sweeps["damage"]
+  d = sweeps["damage"][0]
+  text = sweeps["logs"][d["next_process"]].read_text()
+  ckdir = sweeps["got"] / d["run"] / "checkpoints"
+  assert f"checkpoint step {d['step']} in {ckdir} is damaged" in text, text
+  assert f"run {d['run']}: resumed at round {d['prev']}\n" in text, text
+  assert (ckdir / f"{d['step']}.damaged").is_dir()
+
+
+def _final_state(workdir: Path, run: str):
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mgr = ocp.CheckpointManager(str(workdir / run / "checkpoints"))
+  try:
+    assert max(mgr.all_steps()) == cp.ROUNDS, mgr.all_steps()
+    state = mgr.restore(cp.ROUNDS, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+  finally:
+    mgr.close()
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+@pytest.mark.parametrize("run", cp.RUNS)
+def test_final_state_is_bitwise_the_reference(sweeps, run):
+  got, want = (_final_state(sweeps[w], run) for w in ("got", "ref"))
+  assert sorted(got) == sorted(want)
+  for part in ("['params']", "['ema_params']", "['rng']", "['round']"):
+    assert any(k.startswith(part) for k in got), (part, sorted(got)[:5])
+  differ = [k for k in want if got[k].dtype != want[k].dtype or
+            got[k].shape != want[k].shape or
+            got[k].tobytes() != want[k].tobytes()]
+  assert not differ, differ
+
+
+def _no_wall(x):
+  """x without wall-clock fields (`*_wall_s`, meta.wall_s)."""
+  if isinstance(x, dict):
+    return {k: _no_wall(v) for k, v in x.items()
+            if not (k.endswith("_wall_s") or k == "wall_s")}
+  if isinstance(x, list):
+    return [_no_wall(v) for v in x]
+  return x
+
+
+def _json(path: Path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _csv(path: Path):
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  keep = [i for i, c in enumerate(rows[1]) if not c.endswith("wall_s")]
+  return rows[0], [[r[i] for i in keep] for r in rows[1:]]
+
+
+def test_history_summaries_and_results_equal_the_reference(sweeps):
+  ref, got = sweeps["ref"], sweeps["got"]
+  for run in cp.RUNS:
+    h = _json(got / run / "history.json")
+    assert [r["round"] for r in h] == list(range(cp.ROUNDS + 1))
+    assert h == _json(ref / run / "history.json"), run
+    assert _no_wall(_json(got / run / "summary.json")) == _no_wall(
+        _json(ref / run / "summary.json")), run
+    grid = [np.load(w / run / "samples_grid.npy") for w in (got, ref)]
+    assert grid[0].dtype == grid[1].dtype and grid[0].tobytes() == grid[
+        1].tobytes(), run
+  res = _json(got / "results.json")
+  assert [r["run"] for r in res["runs"]] == list(cp.RUNS)
+  assert _no_wall(res) == _no_wall(_json(ref / "results.json"))
+  assert _csv(got / "results.csv") == _csv(ref / "results.csv")
+
+
+def _events(run_dir: Path):
+  """{(tag, step): [payload per write]} over the run's event files in the
+  order TensorBoard reads them; payloads are serialized tensors (hparams:
+  without their start time)."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  out = defaultdict(list)
+  for f in sorted(glob.glob(str(run_dir / "events.out.tfevents.*"))):
+    for ev in event_file_loader.EventFileLoader(f).Load():
+      for v in ev.summary.value:
+        if v.metadata.plugin_data.plugin_name == "hparams":
+          hp = plugin_data_pb2.HParamsPluginData.FromString(
+              v.metadata.plugin_data.content)
+          hp.session_start_info.start_time_secs = 0
+          payload = hp.SerializeToString(deterministic=True)
+        else:
+          payload = v.tensor.SerializeToString(deterministic=True)
+        out[(v.tag, ev.step)].append(payload)
+  return out
+
+
+@pytest.mark.parametrize("run", cp.RUNS)
+def test_tensorboard_equals_the_reference(sweeps, run):
+  """Same (tag, step) pairs, none missing or extra, and every value written
+  at each, by any process, killed or not, bitwise the reference's."""
+  got, want = (_events(sweeps[w] / run) for w in ("got", "ref"))
+  assert sorted(got) == sorted(want)
+  for tag in ("loss", "heldout_ema", "cum_j/kkt", "bits", "samples",
+              "_hparams_/session_start_info"):
+    assert any(t == tag for t, _ in want), tag
+  differ = [k for k in want if set(got[k]) != set(want[k])
+            or len(set(want[k])) != 1]
+  assert not differ, differ
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fedqjax/train.py: write_round re-writes the heldout_ema/heldout_raw "
+    "scalars evaluate_heldout already wrote at that step, and a resumed run "
+    "logs again the rounds a killed process logged after its last "
+    "checkpoint (event files are append-only)"))
+@pytest.mark.parametrize("which", ["ref", "got"])
+def test_tensorboard_logs_each_step_once(sweeps, which):
+  events = {k: len(v) for r in cp.RUNS
+            for k, v in _events(sweeps[which] / r).items()}
+  assert {k: n for k, n in events.items() if n > 1} == {}
+
+
+def test_every_checkpoint_step_restores(sweeps):
+  """Every step orbax lists (damaged ones were moved aside) restores with
+  its history up to its round, in the chain's workdir."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   restored = 0
-  for scheme in SCHEMES:
-    path = Path(workdir) / scheme / "checkpoints"
-    if not path.exists():
-      continue
-    mgr = ocp.CheckpointManager(str(path))
+  for run in cp.RUNS:
+    mgr = ocp.CheckpointManager(str(sweeps["got"] / run / "checkpoints"))
     try:
       for step in mgr.all_steps():
         out = mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
-        assert int(out["state"]["round"]) == step, (scheme, step)
-        assert [h["round"] for h in out["history"]] == list(
-            range(0, step + 1)), (scheme, step)
+        assert int(out["state"]["round"]) == step, (run, step)
+        assert [h["round"] for h in out["history"]] == list(range(step + 1))
         restored += 1
     finally:
       mgr.close()
-  return restored
+  assert restored == 2 * len(cp.RUNS)  # max_to_keep=2 each
 
 
-@pytest.fixture(scope="module")
-def reference(env, tmp_path_factory):
-  """The uninterrupted run (fresh workdir): its per-scheme results."""
-  base = tmp_path_factory.mktemp("reference")
-  t0 = time.time()
-  _, text, _ = _Runner(env, base).run(base / "work")
-  print(f"\nreference run: {time.time() - t0:.1f}s")
-  assert "resumed" not in text
-  return _results(base / "work")
+class _Lines(logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
 
 
-def _tmp_ckpt_dirs(workdir):
-  return glob.glob(str(Path(workdir) / "*" / "checkpoints" /
-                       "*.orbax-checkpoint-tmp*"))
+def test_checkpointer_detects_same_size_damage(tmp_path):
+  """In-process, in seconds: flipped array bytes and a changed digit in the
+  history JSON (both keep the size and load without error in orbax) fail
+  the digest; the previous step is used; a step without a digest (written
+  before digests) still loads, with a warning."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from fedqjax import checkpoint, federated  # pylint: disable=g-import-not-at-top
+  params = {"w": jnp.arange(4000, dtype=jnp.float32).reshape(40, 100)}
+  state0 = federated.init_server_state(params, jax.random.key(0), 2)
+  states = [state0.replace(round=jnp.asarray(r, state0.round.dtype),
+                           params={"w": params["w"] + r}) for r in (1, 2)]
+  hist = [{"round": 0}, {"round": 1, "x": 0.25}, {"round": 2, "x": 0.5}]
+  lines = _Lines()
+  logging.getLogger("fedqjax").addHandler(lines)
+  try:
+    def restore(step_dir_edit):
+      shutil.rmtree(tmp_path / "ck", ignore_errors=True)
+      mgr = checkpoint.Checkpointer(str(tmp_path / "ck"))
+      for r, s in zip((1, 2), states):
+        mgr.save(s, hist[:r + 1])
+      mgr.close()
+      step_dir_edit(tmp_path / "ck" / "2")
+      mgr = checkpoint.Checkpointer(str(tmp_path / "ck"))
+      try:
+        s, h = mgr.restore_latest(state0)
+      finally:
+        mgr.close()
+      return int(s.round), h, sorted(os.listdir(tmp_path / "ck"))
 
+    def flip_array(d):
+      f = max((p for p in (d / "state").rglob("*") if p.parent.name == "d"),
+              key=lambda p: p.stat().st_size)
+      b = bytearray(f.read_bytes())
+      b[len(b) // 2] ^= 0x01
+      f.write_bytes(bytes(b))
 
-def _tmp_ids(workdir):
-  ids = set()
-  for d in _tmp_ckpt_dirs(workdir):
-    try:
-      st = os.stat(d)
-    except FileNotFoundError:
-      continue
-    ids.add((d, st.st_ino, st.st_ctime_ns))
-  return ids
+    def edit_history(d):
+      f = next(p for p in (d / "history").rglob("*") if p.is_file() and
+               b"0.5" in p.read_bytes())
+      f.write_bytes(f.read_bytes().replace(b"0.5", b"0.7"))
 
-
-def _new_tmp_dir(workdir):
-  """cond(): an orbax tmp dir appeared that a previous kill did not leave."""
-  stale = _tmp_ids(workdir)
-  return lambda: bool(_tmp_ids(workdir) - stale)
-
-
-def _kill_when(p, cond, delay_s, poll_s, timeout_s=RUN_TIMEOUT_S):
-  """Waits for cond() (or exit), sleeps delay_s, SIGKILLs; True if it killed."""
-  t_end = time.time() + timeout_s
-  while p.poll() is None and not cond() and time.time() < t_end:
-    time.sleep(poll_s)
-  if delay_s:
-    time.sleep(delay_s)
-  if p.poll() is not None:
-    return False
-  os.kill(p.pid, signal.SIGKILL)
-  p.wait()
-  return True
-
-
-def test_sigkill_and_resume(env, reference, tmp_path):
-  rng = random.Random(20240304)
-  runner = _Runner(env, tmp_path)
-  wd = tmp_path / "work"
-  t0 = time.time()
-  ckpts = lambda s: lambda: glob.glob(str(wd / s / "checkpoints" / "[0-9]*"))
-  plans = [
-      # (what, condition factory, delay, poll interval)
-      ("random delay after fp32's first checkpoint", lambda: ckpts("fp32"),
-       rng.uniform(0.0, 2.0), 0.02),
-      ("during a checkpoint write (new tmp dir seen)",
-       lambda: _new_tmp_dir(wd), 0.0, 0.001),
-      ("random delay after ondemand's first checkpoint",
-       lambda: ckpts("ondemand"), rng.uniform(0.0, 1.5), 0.02),
-  ]
-  kills, notes, logs = 0, [], []
-  for what, make_cond, delay, poll in plans:
-    cond = make_cond()  # snapshot before the process starts
-    p = runner.start(wd)
-    killed = _kill_when(p, cond, delay, poll)
-    rc, text, wall = runner.finish(p, ok=not killed)
-    logs.append(text)
-    state = sorted(os.path.relpath(d, wd) for d in _step_dirs(wd))
-    notes.append(f"{what}: {'killed' if killed else 'exited'} after "
-                 f"{wall:.1f}s (rc={rc}); on disk: {state}")
-    kills += killed
-  rc, text, wall = runner.run(wd)
-  logs.append(text)
-  notes.append(f"final run: {wall:.1f}s")
-  print("\n" + "\n".join(notes))
-  print(f"kills survived: {kills}; kill test wall {time.time() - t0:.1f}s")
-
-  assert kills >= 2, notes  # timing-dependent: the process may finish first
-  assert any("resumed at round" in t for t in logs[1:]), "never resumed"
-  # orbax commits atomically: a kill never leaves a step that fails to load.
-  assert not any("is damaged" in t for t in logs), [
-      line for t in logs for line in t.splitlines() if "damaged" in line]
-  _assert_same_results(_results(wd), reference)
-  assert _assert_checkpoints_restore(wd) >= len(SCHEMES)
-  leftovers = _tmp_ckpt_dirs(wd)
-  print(f"leftover orbax tmp dirs: {leftovers}")
-
-
-def test_damaged_checkpoint_falls_back(env, reference, tmp_path):
-  runner = _Runner(env, tmp_path)
-  wd = tmp_path / "work"
-  t0 = time.time()
-  runner.run(wd, "--config.max_rounds_this_run=4")
-  ckdir = wd / "fp32" / "checkpoints"
-  steps = sorted(int(d.name) for d in ckdir.iterdir() if d.name.isdigit())
-  assert steps[-2:] == [3, 4], steps
-  assert not (wd / "fp32" / "summary.json").exists()
-  # Damage step 4: truncate every array data file of the state to half.
-  data = [f for f in (ckdir / "4" / "state" / "d").iterdir()
-          if f.is_file() and f.stat().st_size > 0]
-  assert data, list((ckdir / "4" / "state").rglob("*"))
-  for f in data:
-    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
-  _, text, _ = runner.run(wd)
-  print(f"\ndamaged-checkpoint test wall {time.time() - t0:.1f}s")
-  damaged = [l for l in text.splitlines() if "is damaged" in l]
-  print("\n".join(damaged))
-  assert any("step 4" in l and "fp32" in l for l in damaged), text[-3000:]
-  assert "run fp32: resumed at round 3" in text, text[-3000:]
-  assert "run ondemand: resumed at round 4" in text, text[-3000:]
-  assert (ckdir / "4.damaged").is_dir()
-  _assert_same_results(_results(wd), reference)
-  assert _assert_checkpoints_restore(wd) >= len(SCHEMES)
-
-
-def test_cli_comma_separated_schemes(env, tmp_path):
-  cmd = [sys.executable, "-m", "experiments.cifar_sweep",
-         "--config=experiments/configs/test.py", f"--workdir={tmp_path}",
-         "--config.fed.rounds=1", "--config.sweep.schemes=fp32,ondemand"]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=RUN_TIMEOUT_S)
-  assert out.returncode == 0, out.stderr[-2000:]
+    assert restore(lambda d: None) == (2, hist, ["1", "2"])
+    for edit, why in ((flip_array, "state digest"),
+                      (edit_history, "history digest")):
+      assert restore(edit) == (1, hist[:2], ["1", "2.damaged"]), why
+      assert f"checkpoint step 2 in {tmp_path / 'ck'} is damaged" in \
+          lines.lines[-1] and why in lines.lines[-1], lines.lines[-1]
+    assert restore(lambda d: shutil.rmtree(d / "digest")) == (
+        2, hist, ["1", "2"])
+    assert "has no digest" in lines.lines[-1], lines.lines[-1]
+  finally:
+    logging.getLogger("fedqjax").removeHandler(lines)
