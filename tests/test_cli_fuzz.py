@@ -321,11 +321,11 @@ _KNOWN = {
     "beta_end <= 0": (["--config.diffusion.beta_end=-1.0"],
                       "--config.diffusion.beta_end=-1.0 is invalid"),
     # absl's own flags: "(see --helpfull)" instead of the valid values.
-    "verbosity": (["--verbosity=x"], "--verbosity=x", "integer"),
-    "num_processes": (["--num_processes=0"], "--num_processes=0", ">= 1"),
-    "process_id": (["--process_id=-1"], "--process_id=-1", ">= 0"),
+    "verbosity": (["--verbosity=x"], "--verbosity=x"),
+    "num_processes": (["--num_processes=0"], "--num_processes=0"),
+    "process_id": (["--process_id=-1"], "--process_id=-1"),
     "distributed_auto": (["--distributed_auto=maybe"],
-                         "--distributed_auto=maybe", "true"),
+                         "--distributed_auto=maybe"),
     # cli_errors._config_arg reports the first --config; absl uses the last.
     "two --config": ([f"--config={TEST_CONFIG}",
                       f"--config={SWEEP_CONFIG}:nosuch"],
