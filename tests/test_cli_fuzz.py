@@ -20,6 +20,7 @@ are excluded from the draws and pinned by strict xfail tests at the end.
 from __future__ import annotations
 
 import os
+import re
 import string
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tests.cli_harness import parse, snapshot
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = "experiments/configs/test.py"
 SWEEP_CONFIG = "experiments/configs/cifar_sweep.py"
+_VALID = re.compile(r"\bvalid\b")  # "valid: ...", not "invalid"
 pytestmark = pytest.mark.filterwarnings(  # ml_collections loading configs
     "ignore:the load_module:DeprecationWarning")
 FUZZ = settings(derandomize=True, database=None, deadline=None,
@@ -69,7 +71,7 @@ def compiles():
 def check(workdir, compiles):
   """check(args, *names): the bad command line `args` (with --workdir and
   --config=test.py unless given) fails as the module docstring says, its
-  line naming each of `names` (the first one before "valid")."""
+  line naming each of `names` (the first one before the word "valid")."""
   before = snapshot(workdir)
 
   def _check(args, *names):
@@ -84,7 +86,7 @@ def check(workdir, compiles):
     line = lines[0]
     assert line.startswith("error: ") and "Traceback" not in line, line
     names = [" ".join(n.split()) for n in names]  # the line's whitespace
-    assert names[0] in line and "valid" in line.split(names[0], 1)[1], (
+    assert names[0] in line and _VALID.search(line.split(names[0], 1)[1]), (
         args, names, line)
     for name in names[1:]:
       assert name in line, (args, name, line)
@@ -377,7 +379,7 @@ def test_real_processes(workdir, tmp_path):
     lines = err.splitlines()
     assert p.returncode == 2 and out == "" and len(lines) == 1, (args, err)
     assert lines[0].startswith("error: ") and name in lines[0], (args, err)
-    assert "valid" in lines[0].split(name, 1)[1], (args, err)
+    assert _VALID.search(lines[0].split(name, 1)[1]), (args, err)
   assert snapshot(workdir) == before
   assert control.returncode == 0 and any(caches[1].iterdir()), control.stderr
   assert not caches[0].exists() or not any(caches[0].iterdir())
