@@ -69,7 +69,8 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              create=True))
 
-  def save(self, state, history: List[dict]) -> None:
+  def save(self, state, history: List[dict],
+           events: Dict[str, int] | None = None) -> None:
     step = int(to_host(state.round))
     if step in self._mgr.all_steps():
       return
@@ -77,6 +78,7 @@ class Checkpointer:
     self._mgr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         history=ocp.args.JsonSave(history),
+        events=ocp.args.JsonSave(events or {}),
         digest=ocp.args.JsonSave(digest)))
     self._mgr.wait_until_finished()
 
@@ -97,13 +99,15 @@ class Checkpointer:
     _check(out["state"], history, out["digest"] if has_digest else None)
     return out["state"], history
 
-  def restore_latest(self, template) -> Tuple[Any, List[dict]]:
-    """(state, history) of the newest loadable step, or (template, [])."""
+  def restore_latest(self, template) -> Tuple[Any, List[dict], dict]:
+    """(state, history, event marks) of the newest loadable step, or
+    (template, [], {})."""
     for step in sorted(self._mgr.all_steps(), reverse=True):
       try:
         state, history = self._restore(step, template)
         rnd = int(to_host(state.round))
-        return state, [h for h in history if h["round"] <= rnd]
+        return state, [h for h in history if h["round"] <= rnd], \
+            self._events(step)
       except Exception as e:  # pylint: disable=broad-except
         bad = os.path.join(self.directory, str(step))
         log.error("checkpoint step %d in %s is damaged (%s: %s); moving it "
@@ -112,7 +116,13 @@ class Checkpointer:
         if os.path.isdir(bad):
           shutil.move(bad, bad + ".damaged")
         self._mgr.reload()
-    return template, []
+    return template, [], {}
+
+  def _events(self, step: int) -> Dict[str, int]:
+    if not os.path.isdir(os.path.join(self.directory, str(step), "events")):
+      return {}
+    return self._mgr.restore(step, args=ocp.args.Composite(
+        events=ocp.args.JsonRestore()))["events"] or {}
 
   def close(self) -> None:
     self._mgr.close()

@@ -70,6 +70,8 @@ def _unknown_config_key(argv: Sequence[str]) -> Optional[str]:
     if key in removed:
       return f"--config.{key} was removed; {removed[key]}"
     group = key.rpartition(".")[0]
+    while group and not any(t.startswith(group + ".") for t in types):
+      group = group.rpartition(".")[0]  # the deepest section that exists
     close = difflib.get_close_matches(key, list(types), n=1)
     hint = f"; did you mean --config.{close[0]}?" if close else ""
     names = sorted(k[len(group) + 1:] for k in types
@@ -82,7 +84,7 @@ def _unknown_config_key(argv: Sequence[str]) -> Optional[str]:
 
 
 def _config_arg(argv: Sequence[str]) -> str:
-  for a in argv[1:]:
+  for a in reversed(argv[1:]):  # absl keeps the last one
     m = re.match(r"^--?config=(.*)$", a, re.S)
     if m:
       return m.group(1)
@@ -130,6 +132,18 @@ def command_line_error(exc: BaseException, argv: Sequence[str],
   if m:
     return (f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
             f"VALUE); valid: {_valid_value(m.group(1))}")
+  if any(re.match(r"^--?config\.(=|$)", a) for a in argv[1:]):
+    top = ", ".join(sorted({k.split(".")[0] for k in _schema()[0]}))
+    return ("--config. needs a key (--config.KEY=VALUE); valid keys of "
+            f"config: {top}")
+  m = re.match(r"^flag --(\w+)=(.*?): (.*)$", text, re.S)
+  if m and m.group(1) != "config":
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    name = m.group(1)
+    valid = (flags.FLAGS[name].parser.syntactic_help if name in flags.FLAGS
+             else "see --helpfull")
+    return (f"--{name}={m.group(2)}: {' '.join(m.group(3).split())}; "
+            f"valid: {valid}")
   if isinstance(exc, OSError):
     reason = text.splitlines()[-1].strip() if text else name
     return (f"--config={_config_arg(argv)} cannot be loaded ({reason}); "

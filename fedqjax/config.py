@@ -115,9 +115,6 @@ def validate_config(config) -> None:
   _check_keys(flat)
   _check_types_and_ranges(flat)
   c = config
-  if c.eval.ddim_steps > c.diffusion.T:
-    raise ValueError(f"config.eval.ddim_steps={c.eval.ddim_steps} is invalid;"
-                     f" valid: 1..diffusion.T={c.diffusion.T}")
   if c.data.resolution:
     _core("model", lambda: unet_config(config, c.data.resolution))
   _core("energy", lambda: energy_config(config))
@@ -125,6 +122,9 @@ def validate_config(config) -> None:
   # backend="cpu": validating must not initialize a backend (the CLI may
   # still call jax.distributed.initialize); the layout is resolved later.
   _core("fed", lambda: round_spec(config, unet, None, 1.0, backend="cpu"))
+  if c.eval.ddim_steps > c.diffusion.T:  # after T's own range
+    raise ValueError(f"config.eval.ddim_steps={c.eval.ddim_steps} is invalid;"
+                     f" valid: 1..diffusion.T={c.diffusion.T}")
 
 
 def unet_config(config, resolution) -> UNetConfig:

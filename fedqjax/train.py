@@ -16,6 +16,7 @@ pieces (clu writers, tfds) are imported; the core stays TF-free.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -111,8 +112,9 @@ def history_row(rnd: int, m: Dict[str, Any], c: Dict[str, np.ndarray],
 
 def write_round(writer, row: Dict[str, Any], m: Dict[str, Any]) -> None:
   """TensorBoard scalars and histograms of one round (clu writer)."""
-  scalars = {k: v for k, v in row.items()
-             if isinstance(v, (int, float)) and k != "round"}
+  scalars = {k: v for k, v in row.items()  # heldout_*: evaluate_heldout
+             if isinstance(v, (int, float)) and k != "round"
+             and not k.startswith("heldout_")}
   for p, e in row["energy"].items():
     scalars.update({f"{k}/{p}": v for k, v in e.items()})
   up = np.asarray(m["client_uploaded"])
@@ -134,6 +136,28 @@ def evaluate_heldout(setup: Setup, state, writer, rnd: int) -> Dict[str, float]:
   return out
 
 
+def _event_files(sdir: str) -> List[str]:
+  return sorted(glob.glob(os.path.join(sdir, "events.out.tfevents.*")))
+
+
+def event_marks(writer, sdir: str) -> Dict[str, int]:
+  """{event file: size} after a flush: what a checkpoint covers."""
+  writer.flush()
+  return {os.path.basename(f): os.path.getsize(f) for f in _event_files(sdir)}
+
+
+def truncate_events(sdir: str, marks: Dict[str, int]) -> None:
+  """Drops what was logged after the restored checkpoint (its `marks`; none
+  before the first one): the resumed run logs it again."""
+  for f in _event_files(sdir):
+    size = marks.get(os.path.basename(f))
+    if size is None:
+      os.remove(f)
+    elif os.path.getsize(f) > size:
+      with open(f, "r+b") as fh:
+        fh.truncate(size)
+
+
 def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   """Trains `run` from its last checkpoint; returns state, history, flags."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
@@ -146,7 +170,9 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   state = place(setup, federated.init_server_state(
       setup.params, setup.run_key, len(spec.allocations)))
   mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
-  state, history = mgr.restore_latest(state)
+  state, history, marks = mgr.restore_latest(state)
+  if is_primary():
+    truncate_events(sdir, marks)
   start = int(counters(state)["round"])
   if start:
     log.info("run %s: resumed at round %d", run.name, start)
@@ -180,7 +206,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       first = row["energy"][spec.allocations[0]]  # the console shows one
       progress.round_done(run.name, rnd, dict(row, cum_energy_j=first["cum_j"]))
     if rnd % config.ckpt_every == 0 or rnd == stop:
-      mgr.save(state, history)
+      mgr.save(state, history, events=event_marks(writer, sdir))
   mgr.close()
   return dict(state=state, history=history, writer=writer, diverged=diverged,
               train_wall_s=time.time() - t0)

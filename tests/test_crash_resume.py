@@ -17,10 +17,9 @@ EMA params, round, PRNG key, energies, counters), history.json, summary.json,
 results.json and results.csv (all but wall-clock fields), the sample grid,
 and every TensorBoard scalar, histogram and image per (tag, step).
 
-The documented exception: event files are append-only, so the rounds a
-killed process logged after its last checkpoint are logged again by the
-resumed process (same values, checked). TensorBoard then lists such steps
-twice; `test_tensorboard_logs_each_step_once` records it (xfail, strict).
+Event files are append-only: each checkpoint records their sizes after a
+flush and a resumed run truncates them to that, so no (tag, step) appears
+twice (`test_tensorboard_logs_each_step_once`).
 
 All processes share the persistent XLA compilation cache (conftest). The
 chain's processes pass the schemes as `fp32,ondemand`, the reference as a
@@ -234,13 +233,10 @@ def test_tensorboard_equals_the_reference(sweeps, run):
   assert not differ, differ
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fedqjax/train.py: write_round re-writes the heldout_ema/heldout_raw "
-    "scalars evaluate_heldout already wrote at that step, and a resumed run "
-    "logs again the rounds a killed process logged after its last "
-    "checkpoint (event files are append-only)"))
 @pytest.mark.parametrize("which", ["ref", "got"])
 def test_tensorboard_logs_each_step_once(sweeps, which):
+  """No (tag, step) twice: held-out scalars are written once, and a resumed
+  run truncates its event files to what its checkpoint covered."""
   events = {k: len(v) for r in cp.RUNS
             for k, v in _events(sweeps[which] / r).items()}
   assert {k: n for k, n in events.items() if n > 1} == {}

@@ -163,8 +163,10 @@ class RoundSpec:
       bad("ema_warmup", "[1, 1e9)")
     if not _is_int(self.T) or self.T < 2:
       bad("T", ">= 2")
-    if not 0 < self.beta_start < self.beta_end < 1:
-      bad("beta_start", f"(0, beta_end={self.beta_end}) with beta_end < 1")
+    if not 0 < self.beta_end < 1:
+      bad("beta_end", "(0, 1)")
+    if not 0 < self.beta_start < self.beta_end:
+      bad("beta_start", f"(0, beta_end={self.beta_end})")
 
   def _check_upload(self):
     bad = lambda n, v: _bad("RoundSpec", n, getattr(self, n), v)
