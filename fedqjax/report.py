@@ -106,22 +106,52 @@ def write_figures(workdir: str, results: Dict[str, Any]) -> None:
   samples_figure(workdir, runs)
 
 
+def _groups(results, hist) -> Dict[str, List[List[dict]]]:
+  """Histories grouped by bits scheme (and eps scale): one list per seed."""
+  scales = len({s["eps_scale"] for s in results["runs"]}) > 1
+  out: Dict[str, List[List[dict]]] = {}
+  for s in results["runs"]:
+    label = s["bits_scheme"] + (f" eps x{s['eps_scale']:g}" if scales else "")
+    if hist.get(s["run"]):
+      out.setdefault(label, []).append(hist[s["run"]])
+  return out
+
+
+def _mean_curve(seeds: List[List[dict]], value) -> tuple:
+  """(rounds, mean over seeds of value(row)) on the rounds every seed has."""
+  common = set.intersection(*[{x["round"] for x in h if value(x) is not None}
+                              for h in seeds])
+  rounds = sorted(common)
+  by = [{x["round"]: value(x) for x in h} for h in seeds]
+  return rounds, [float(np.mean([b[r] for b in by])) for r in rounds]
+
+
+def _get(*keys):
+  def f(row):
+    for k in keys:
+      if not isinstance(row, dict) or k not in row:
+        return None
+      row = row[k]
+    return row
+  return f
+
+
 def energy_figure(workdir, results, hist, tag) -> None:
   plt = _plt()
-  colors = _colors(list(hist))
+  groups = _groups(results, hist)
+  colors = _colors(list(groups))
+  seeds = len(results["meta"].get("seeds", [0]))
   fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-  for run, h in hist.items():
-    rows = [x for x in h if x["round"] > 0 and "energy" in x]
-    if not rows:
-      continue
-    r = [x["round"] for x in rows]
-    for p in rows[0]["energy"]:
-      ax[0].plot(r, [x["energy"][p]["cum_j"] for x in rows],
-                 STYLES.get(p, "-"), color=colors[run], label=f"{run}/{p}")
-    ax[1].plot(r, [x["cum_uploaded_mb"] for x in rows], color=colors[run],
-               label=run)
+  for label, hs in groups.items():
+    for p in results["meta"]["allocations"]:
+      r, e = _mean_curve(hs, _get("energy", p, "cum_j"))
+      ax[0].plot(r, e, STYLES.get(p, "-"), color=colors[label],
+                 label=f"{label} / {p}")
+    r, mb = _mean_curve(hs, _get("cum_uploaded_mb"))
+    ax[1].plot(r, mb, color=colors[label], label=label)
+  mean = f", mean of {seeds} seeds" if seeds > 1 else ""
   ax[0].set(xlabel="round", ylabel="cumulative energy (J)", yscale="log",
-            title=f"Energy per (bits, allocation) {tag}")
+            title=f"Energy per (bits, allocation) {tag}{mean}")
   ax[1].set(xlabel="round", ylabel="cumulative upload (MB)", yscale="log",
             title="Uploaded data (same for every allocation)")
   ax[0].legend(fontsize=6, ncol=2)
@@ -131,24 +161,31 @@ def energy_figure(workdir, results, hist, tag) -> None:
 
 def quality_figure(workdir, results, hist, tag) -> None:
   plt = _plt()
-  colors = _colors(list(hist))
+  groups = _groups(results, hist)
+  colors = _colors(list(groups))
   fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-  for run, h in hist.items():
-    pts = [x for x in h if "heldout_ema" in x]
-    if not pts:
-      continue
-    loss = [x["heldout_ema"] for x in pts]
-    mb = [x.get("cum_uploaded_mb", 0.0) for x in pts]
-    ax[1].plot(np.maximum(mb, 1e-3), loss, "o-", color=colors[run],
-               label=run, ms=3)
-    policies = next((list(x["energy"]) for x in pts if "energy" in x), [])
-    for p in policies:
-      e = [x["energy"][p]["cum_j"] if "energy" in x else 0.0 for x in pts]
-      ax[0].plot(np.maximum(e, 1e-3), loss, "o" + STYLES.get(p, "-"),
-                 color=colors[run], label=f"{run}/{p}", ms=3)
+  init = []
+  for label, hs in groups.items():
+    init += [h[0]["heldout_ema"] for h in hs if h and h[0]["round"] == 0]
+    trained = [[x for x in h if x["round"] > 0] for h in hs]
+    _, loss = _mean_curve(trained, _get("heldout_ema"))
+    for p in results["meta"]["allocations"]:
+      _, e = _mean_curve(trained, lambda x, p=p: _get("energy", p, "cum_j")(
+          x) if "heldout_ema" in x else None)
+      ax[0].plot(e, loss, "o" + STYLES.get(p, "-"), color=colors[label],
+                 label=f"{label} / {p}", ms=3)
+    _, mb = _mean_curve(trained, lambda x: x.get("cum_uploaded_mb")
+                        if "heldout_ema" in x else None)
+    ax[1].plot(mb, loss, "o-", color=colors[label], label=label, ms=3)
+  for a in ax:
+    if init:
+      a.axhline(float(np.mean(init)), color="gray", ls="--", lw=0.8,
+                label="at initialization")
+  seeds = len(results["meta"].get("seeds", [0]))
   ax[0].set(xlabel="cumulative energy (J)", xscale="log",
             ylabel="held-out denoising loss (EMA)",
-            title=f"Quality vs energy {tag}")
+            title=f"Quality vs energy {tag}" + (
+                f", mean of {seeds} seeds" if seeds > 1 else ""))
   ax[1].set(xlabel="cumulative upload (MB)", xscale="log",
             ylabel="held-out denoising loss (EMA)", title="Quality vs upload")
   ax[0].legend(fontsize=6, ncol=2)
