@@ -295,7 +295,7 @@ def test_checkpointer_detects_same_size_damage(tmp_path):
       step_dir_edit(tmp_path / "ck" / "2")
       mgr = checkpoint.Checkpointer(str(tmp_path / "ck"))
       try:
-        s, h = mgr.restore_latest(state0)
+        s, h, _ = mgr.restore_latest(state0)
       finally:
         mgr.close()
       return int(s.round), h, sorted(os.listdir(tmp_path / "ck"))
