@@ -25,7 +25,8 @@ class _Clock:
     return self.t
 
 
-class _Lines(logging.Handler):
+class Lines(logging.Handler):
+  """Collects the messages of a logger (also used by test_crash_resume)."""
   def __init__(self):
     super().__init__()
     self.lines = []
@@ -35,7 +36,7 @@ class _Lines(logging.Handler):
 
 
 def _progress(runs=("a", "b", "c"), rounds=10, interval=0.0):
-  clock, lines = _Clock(), _Lines()
+  clock, lines = _Clock(), Lines()
   log = logging.getLogger(f"test_cli.{id(lines)}")
   log.setLevel(logging.INFO)
   log.propagate = False

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_cli import Lines
+
 from tests import crash_probe as cp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,14 +263,6 @@ def test_every_checkpoint_step_restores(sweeps):
   assert restored == 2 * len(cp.RUNS)  # max_to_keep=2 each
 
 
-class _Lines(logging.Handler):
-  def __init__(self):
-    super().__init__()
-    self.lines = []
-
-  def emit(self, record):
-    self.lines.append(record.getMessage())
-
 
 def test_checkpointer_detects_same_size_damage(tmp_path):
   """In-process, in seconds: flipped array bytes and a changed digit in the
@@ -283,7 +277,7 @@ def test_checkpointer_detects_same_size_damage(tmp_path):
   states = [state0.replace(round=jnp.asarray(r, state0.round.dtype),
                            params={"w": params["w"] + r}) for r in (1, 2)]
   hist = [{"round": 0}, {"round": 1, "x": 0.25}, {"round": 2, "x": 0.5}]
-  lines = _Lines()
+  lines = Lines()
   logging.getLogger("fedqjax").addHandler(lines)
   try:
     def restore(step_dir_edit):
