@@ -91,6 +91,46 @@ def _config_arg(argv: Sequence[str]) -> str:
   return "<default>"
 
 
+def _config_flag_error(text: str, argv: Sequence[str]) -> Optional[str]:
+  """The line for a bad `--config=...` / `--config.KEY=...`, else None."""
+  if text.startswith("flag --config="):
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = re.sub(r"^\w*(Error|Exception): ", "", lines[-1])
+    path = _config_arg(argv)
+    if "positional argument" in last:
+      base = path.split(":", 1)[0]
+      return (f"--config={path}: this config file takes no :preset; valid: "
+              f"--config={base}")
+    return f"--config={path}: {last}"
+  m = re.match(r"^flag --config\.([\w.]+)=(.*?): (.*)$", text, re.S)
+  if m:
+    reason = " ".join(m.group(3).split())
+    return (f"--config.{m.group(1)}={m.group(2)}: {reason}; valid: "
+            f"{_valid_value(m.group(1))}")
+  m = re.match(r"^Missing value for flag --config\.([\w.]+)", text)
+  if m:
+    return (f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
+            f"VALUE); valid: {_valid_value(m.group(1))}")
+  if any(re.match(r"^--?config\.(=|$)", a) for a in argv[1:]):
+    top = ", ".join(sorted({k.split(".")[0] for k in _schema()[0]}))
+    return ("--config. needs a key (--config.KEY=VALUE); valid keys of "
+            f"config: {top}")
+  return None
+
+
+def _flag_value_error(text: str) -> Optional[str]:
+  """The line for a bad value of one of absl's / the program's flags."""
+  m = re.match(r"^flag --(\w+)=(.*?): (.*)$", text, re.S)
+  if not m or m.group(1) == "config":
+    return None
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag = m.group(1)
+  valid = (flags.FLAGS[flag].parser.syntactic_help if flag in flags.FLAGS
+           else "see --helpfull")
+  return (f"--{flag}={m.group(2)}: {' '.join(m.group(3).split())}; "
+          f"valid: {valid}")
+
+
 def command_line_error(exc: BaseException, argv: Sequence[str],
                        main_flags: Sequence[str] = ()) -> str:
   """One line (no traceback) naming the flag or config key and its valid
@@ -114,36 +154,9 @@ def command_line_error(exc: BaseException, argv: Sequence[str],
     hint = f"; did you mean --{sugg.group(1)}?" if sugg else ""
     valid = ", ".join(main_flags) or "see --helpfull"
     return f"unknown flag --{flag}{hint} (valid: {valid}; --helpfull lists all)"
-  if text.startswith("flag --config="):
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last = re.sub(r"^\w*(Error|Exception): ", "", lines[-1])
-    path = _config_arg(argv)
-    if "positional argument" in last:
-      base = path.split(":", 1)[0]
-      return (f"--config={path}: this config file takes no :preset; valid: "
-              f"--config={base}")
-    return f"--config={path}: {last}"
-  m = re.match(r"^flag --config\.([\w.]+)=(.*?): (.*)$", text, re.S)
-  if m:
-    reason = " ".join(m.group(3).split())
-    return (f"--config.{m.group(1)}={m.group(2)}: {reason}; valid: "
-            f"{_valid_value(m.group(1))}")
-  m = re.match(r"^Missing value for flag --config\.([\w.]+)", text)
-  if m:
-    return (f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
-            f"VALUE); valid: {_valid_value(m.group(1))}")
-  if any(re.match(r"^--?config\.(=|$)", a) for a in argv[1:]):
-    top = ", ".join(sorted({k.split(".")[0] for k in _schema()[0]}))
-    return ("--config. needs a key (--config.KEY=VALUE); valid keys of "
-            f"config: {top}")
-  m = re.match(r"^flag --(\w+)=(.*?): (.*)$", text, re.S)
-  if m and m.group(1) != "config":
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    name = m.group(1)
-    valid = (flags.FLAGS[name].parser.syntactic_help if name in flags.FLAGS
-             else "see --helpfull")
-    return (f"--{name}={m.group(2)}: {' '.join(m.group(3).split())}; "
-            f"valid: {valid}")
+  line = _config_flag_error(text, argv) or _flag_value_error(text)
+  if line:
+    return line
   if isinstance(exc, OSError):
     reason = text.splitlines()[-1].strip() if text else name
     return (f"--config={_config_arg(argv)} cannot be loaded ({reason}); "
