@@ -226,27 +226,6 @@ def test_float32_agrees_with_float64():
   np.testing.assert_allclose(e32, e64, rtol=1e-3)
 
 
-def test_degrade_bits():
-  d, _, samples, _ = random_problem(8)
-  n = samples.size
-  payload_fn = lambda b: D_PARAMS * b.astype(jnp.float32) + 64.0
-  t = {b: np.asarray(E.min_round_time(d, payload_fn(jnp.full((n,), b)), samples, FLOPS))
-       for b in range(1, 33)}
-  rng = np.random.default_rng(8)
-  T = (t[1] * rng.uniform(0.8, 1.5, n)).astype(np.float32)
-  requested = rng.integers(1, 33, n)
-  new, short = E.degrade_bits(d, requested, payload_fn, samples, T, FLOPS, b_min=2)
-  new, short = np.asarray(new), np.asarray(short)
-  for i in range(n):  # brute force
-    ok = [b for b in range(2, requested[i] + 1) if t[b][i] <= T[i]]
-    assert new[i] == (max(ok) if ok else min(2, requested[i])), i
-    if ok:
-      assert short[i] == 0
-    else:
-      np.testing.assert_allclose(short[i], max(t[2][i] - T[i], 0.0), rtol=1e-5)
-  assert (short > 0).any() and (short == 0).any() and (new < requested).any()
-
-
 def test_sample_devices_and_fading():
   cfg = E.EnergyConfig(num_devices=20000, rayleigh_fading=True, bit_caps=(4, 8, 32))
   d = E.sample_devices(cfg, jax.random.key(9))

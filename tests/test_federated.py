@@ -354,3 +354,17 @@ def test_screen_uses_the_scheme_smallest_payload(params, devices):
     np.testing.assert_array_equal(np.asarray(got), want, name)
   np.testing.assert_array_equal(
       np.asarray(phases.degrade(jnp.int32(20), ok[1], 1)), 8)
+
+
+def test_degrade_is_the_largest_deliverable_bits():
+  """Policy "degrade" against a brute force on random feasibility rows: the
+  largest deliverable b in [b_min, requested], else min(b_min, requested)."""
+  rng = np.random.default_rng(8)
+  ok = rng.random((500, 32)) < rng.uniform(0.05, 0.9, (500, 1))
+  requested = rng.integers(1, 33, 500)
+  got = np.asarray(jax.vmap(lambda r, o: phases.degrade(r, o, 3))(
+      jnp.asarray(requested, jnp.int32), jnp.asarray(ok)))
+  for i in range(500):
+    allowed = [b for b in range(3, requested[i] + 1) if ok[i, b - 1]]
+    assert got[i] == (max(allowed) if allowed else min(3, requested[i])), i
+  assert (got < requested).any() and (got == requested).any()

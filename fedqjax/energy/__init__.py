@@ -1,7 +1,7 @@
 """Device energy model and energy-optimal allocation (arXiv 2403.04430; Yang et al. TWC 2021)."""
 from fedqjax.energy.allocator import (DEADLINE_RULES, REASON_COMPUTE, REASON_OK, REASON_UPLOAD,
                                       Allocation, allocate, deadline_for, deadline_from_fp32,
-                                      degrade_bits, feasible_mask, make_allocation,
+                                      feasible_mask, make_allocation,
                                       min_round_time, naive_allocation)
 from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_fading,
                                     sample_devices, sample_devices_from_keys, validate_devices)

@@ -21,16 +21,14 @@ and the bisection live in `numerics` (shared with `policies` and
 `shared_bandwidth`). Infeasible devices get f = f_max, p = p_max, t = t^min,
 their energies, nu = 0.
 
-Infeasibility policies (MODEL.md sec. 4): "drop" is applied by the round
-engine: the device's upload is masked out of the average, its computation
-energy (e_comp_j at f_max) is counted and its communication energy is 0.
-"degrade" is `degrade_bits` below, called before `allocate`.
+Infeasibility policies (MODEL.md sec. 4) are applied by the round engine
+(fedqjax/federated/phases.py: `screen`, `degrade`) from `feasible_mask`.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Tuple
+from typing import Optional
 
 import flax.struct
 import jax
@@ -239,38 +237,3 @@ def _naive(d, payload_bits, num_samples, deadline_s, flops_per_sample):
   return make_allocation(d, pr.cycles, b(d.f_max_hz), b(d.p_max_w), pr.t_min_s,
                          jnp.zeros(pr.cycles.shape, d.gain.dtype), pr.feasible, pr.reason)
 
-
-def degrade_bits(devices: Devices, bits: ArrayLike,
-                 payload_bits_fn: Callable[[Array], Array], num_samples: ArrayLike,
-                 deadline_s: ArrayLike, flops_per_sample: ArrayLike,
-                 b_min: int = 1) -> Tuple[Array, Array]:
-  """Infeasibility policy "degrade": largest feasible bit-width <= the requested one.
-
-  All 32 bit-widths are tested at once as an [N, 32] array (traced, no loop).
-
-  Args:
-    devices: Devices with [N] fields.
-    bits: requested bit-widths, int [N].
-    payload_bits_fn: maps an int bit-width array to payload bits (same shape),
-      e.g. `lambda b: d * b + 64 * num_buckets`.
-    num_samples, deadline_s, flops_per_sample: as in `allocate`.
-    b_min: smallest bit-width allowed (static).
-
-  Returns:
-    (new_bits int32 [N], shortfall_s [N]): new_bits = max feasible b in
-    [b_min, bits], or b_min if none; shortfall_s = c n / f_max + t^min(b_min) - T
-    for devices still infeasible at b_min, else 0.
-  """
-  bits = jnp.asarray(bits, jnp.int32)
-  n = devices.gain.shape[-1]
-  cand = jnp.arange(1, 33, dtype=jnp.int32)  # [32]
-  payload = payload_bits_fn(jnp.broadcast_to(cand, (n, 32)))  # [N, 32]
-  ok = jax.vmap(lambda p: feasible_mask(devices, p, num_samples, deadline_s, flops_per_sample),
-                in_axes=1, out_axes=1)(payload)  # [N, 32]
-  allowed = ok & (cand <= bits[:, None]) & (cand >= b_min)
-  best = jnp.max(jnp.where(allowed, cand, 0), axis=1)
-  new_bits = jnp.where(best > 0, best, jnp.minimum(b_min, bits)).astype(jnp.int32)
-  t_bmin = min_round_time(devices, payload_bits_fn(jnp.full((n,), b_min, jnp.int32)),
-                          num_samples, flops_per_sample)
-  shortfall = jnp.where(best > 0, 0.0, jnp.maximum(t_bmin - deadline_s, 0.0))
-  return new_bits, shortfall.astype(devices.gain.dtype)
