@@ -125,6 +125,12 @@ def validate_config(config) -> None:
   if c.eval.ddim_steps > c.diffusion.T:  # after T's own range
     raise ValueError(f"config.eval.ddim_steps={c.eval.ddim_steps} is invalid;"
                      f" valid: 1..diffusion.T={c.diffusion.T}")
+  if c.eval.vlb_t_stride > c.diffusion.T - 1:
+    raise ValueError(f"config.eval.vlb_t_stride={c.eval.vlb_t_stride} is "
+                     f"invalid; valid: 1..diffusion.T-1={c.diffusion.T - 1}")
+  if c.eval.vlb_size > c.data.num_test:
+    raise ValueError(f"config.eval.vlb_size={c.eval.vlb_size} is invalid; "
+                     f"valid: 0..data.num_test={c.data.num_test}")
 
 
 def unet_config(config, resolution) -> UNetConfig:

@@ -53,7 +53,7 @@ _POS = lambda x: isinstance(x, _NUM) and not isinstance(x, bool) and \
 
 # Experiment-only keys: key -> (check, description).
 SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {
-    "preset": _choice("cpu", "paper", "test"),
+    "preset": _choice("cpu", "quality", "paper", "test"),
     "seed": _rng(0, 2**31 - 1),
     "data.name": _choice("auto", "cifar10", "fashion_mnist", "synthetic"),
     "data.data_dir": _ANY, "data.tarball": _ANY,
@@ -79,6 +79,7 @@ SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "eval.ddim_steps": _rng(1, 100_000), "eval.eta": _rng(0, 1),
     "eval.fid": _ANY, "eval.kid_subset_size": _rng(2, 1_000_000),
     "eval.grid": _rng(1, 1024),
+    "eval.vlb_size": _rng(0, 100_000), "eval.vlb_t_stride": _rng(1, 999),
     "sweep.schemes": _tuple_of(
         lambda s: s in spec.BITS_SCHEMES + ("naive",), 1,
         f"names in {spec.BITS_SCHEMES + ('naive',)}"),
@@ -133,7 +134,8 @@ TYPES.update({k: _INT for k in (
     "fed.local_steps", "fed.batch_size", "fed.rounds", "quant.bucket_size",
     "quant.b_min", "quant.fixed_bits", "eval.every", "eval.heldout_size",
     "eval.num_samples", "eval.batch_size", "eval.ddim_steps",
-    "eval.kid_subset_size", "eval.grid", "log_every", "ckpt_every",
+    "eval.kid_subset_size", "eval.grid", "eval.vlb_size",
+    "eval.vlb_t_stride", "log_every", "ckpt_every",
     "max_rounds_this_run")})
 TYPES.update({k: _STR for k in (
     "preset", "data.name", "data.data_dir", "data.tarball", "data.partition",

@@ -1,5 +1,6 @@
-"""Periodic evaluation: EMA samples (DDIM/DDPM), an image grid, FID and KID
-against the test split (Inception-v3 pool3, fedqjax.metrics)."""
+"""Final evaluation: EMA samples (DDIM/DDPM), an image grid, FID and KID
+against the test split (Inception-v3 pool3, fedqjax.metrics), and the DDPM
+variational bound in bits/dim on test images."""
 from __future__ import annotations
 
 import logging
@@ -80,6 +81,19 @@ class Evaluator:
         os.replace(tmp, path)
     return self._ref_feats
 
+  def bits_per_dim(self, params) -> float:
+    """DDPM bound (bits/dim) on the first `vlb_size` test images: every t <
+    vlb_t_stride exactly, one t per block above (`vlb_bits_per_dim`); fixed
+    noise, so schemes and seeds see the same draws."""
+    n, (h, _, c) = self.config.vlb_size, self.setup.image_shape
+    x0 = data_lib.to_float(self.setup.test_images[:n], resolution=h,
+                           channels=c)
+    key = jax.random.key(self.setup.config.seed + 54321)
+    return float(diffusion.vlb_bits_per_dim(
+        params, self.model.apply, x0, self.schedule, key,
+        t_stride=self.config.vlb_t_stride,
+        batch_size=min(self.config.batch_size, n)))
+
   def __call__(self, params, scheme: str) -> Dict[str, Any]:
     from fedqjax import metrics  # pylint: disable=g-import-not-at-top
     key = jax.random.key(self.setup.config.seed + 12345)  # same noise for all
@@ -92,4 +106,6 @@ class Evaluator:
       m = min(self.config.kid_subset_size, len(feats), len(ref))
       k_mean, k_std = metrics.kid(feats, ref, num_subsets=100, subset_size=m)
       out["kid"], out["kid_std"] = float(k_mean), float(k_std)
+    if self.config.vlb_size:
+      out["vlb_bits_per_dim"] = self.bits_per_dim(params)
     return out

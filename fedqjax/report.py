@@ -27,7 +27,7 @@ CSV_COLUMNS = ROW_COLUMNS + tuple(f"{c}_{s}" for c in STAT_COLUMNS
 TABLE_COLUMNS = ("bits_scheme", "allocation", "total_energy_j",
                  "comm_energy_j", "uploaded_mb", "mean_bits",
                  "skipped_client_rounds", "heldout_loss",
-                 "energy_to_target_j", "fid")
+                 "energy_to_target_j", "fid", "kid", "vlb_bits_per_dim")
 STYLES = {"kkt": "-", "deadline": "--", "split": "-.", "max": ":"}
 
 

@@ -250,10 +250,11 @@ def _write_json(path: str, obj) -> None:
 
 def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
                   progress) -> Dict[str, Any]:
-  """EMA samples, their grid and (if enabled) FID/KID."""
+  """EMA samples, their grid and (if enabled) FID/KID and bits/dim."""
   t1 = time.time()
   progress.eval_started(run.name, "samples" + (
-      " + FID/KID" if setup.config.eval.fid else ""))
+      " + FID/KID" if setup.config.eval.fid else "") + (
+      " + bits/dim" if setup.config.eval.vlb_size else ""))
   ev = setup.evaluator(federated.to_host(state.ema_params), run.name)
   out = {k: v for k, v in ev.items() if k != "grid"}
   out["eval_wall_s"] = time.time() - t1
@@ -262,7 +263,8 @@ def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
   if is_primary():
     np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
   writer.write_scalars(rnd, {
-      k: v for k, v in ev.items() if k in ("fid", "kid", "kid_std")})
+      k: v for k, v in ev.items()
+      if k in ("fid", "kid", "kid_std", "vlb_bits_per_dim")})
   progress.eval_done(run.name, out)
   return out
 

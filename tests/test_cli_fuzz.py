@@ -260,11 +260,11 @@ def test_unknown_key_near_a_real_one_lists_the_section(check, case):
 
 @FUZZ
 @given(preset=st.text(max_size=10).filter(
-    lambda s: s not in ("cpu", "paper") and "\x00" not in s and
+    lambda s: s not in ("cpu", "quality", "paper") and "\x00" not in s and
     "valid" not in s))
 def test_bad_preset_names(check, preset):
   check([f"--config={SWEEP_CONFIG}:{preset}"], f"--config={SWEEP_CONFIG}:",
-        "valid: cpu, paper")
+        "valid: cpu, quality, paper")
 
 
 @FUZZ

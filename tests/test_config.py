@@ -7,7 +7,7 @@ from fedqjax import config as config_lib
 from fedqjax import config_schema
 
 
-@pytest.mark.parametrize("preset", ["cpu", "paper"])
+@pytest.mark.parametrize("preset", ["cpu", "quality", "paper"])
 def test_presets_are_valid(preset):
   config_lib.validate_config(cifar_sweep.get_config(preset))
 
@@ -32,6 +32,8 @@ def test_test_config_valid_and_every_key_in_schema():
     ("energy.eps_choices", (0.1, -1.0), r"eps_choices"),
     ("diffusion.beta_end", 1e-5, r"diffusion\.beta_start=.*beta_end"),
     ("eval.ddim_steps", 5000, r"ddim_steps=5000"),
+    ("eval.vlb_t_stride", 50, r"vlb_t_stride=50.*1\.\.diffusion\.T-1=49"),
+    ("eval.vlb_size", 33, r"vlb_size=33.*data\.num_test=32"),
     ("model.num_groups", 3, r"config\.model\.num_groups=3"),
     ("model.ch", 0, r"config\.model\.ch=0"),
     ("data.resolution", 20, r"resolution=20"),

@@ -67,7 +67,7 @@ def test_end_to_end_writes_everything(full_run):
     tags = _event_tags(sdir)
     for tag in ("loss", "cum_j/kkt", "cum_j/max", "bits_mean",
                 "round_uploaded_mb", "latency_s/kkt", "num_skipped", "bits",
-                "samples", "heldout_ema", "heldout_raw"):
+                "samples", "heldout_ema", "heldout_raw", "vlb_bits_per_dim"):
       assert tag in tags, (name, tag, sorted(tags))
     assert os.listdir(os.path.join(sdir, "checkpoints"))
     assert json.load(open(os.path.join(sdir, "summary.json")))["complete"]
@@ -80,8 +80,12 @@ def test_end_to_end_writes_everything(full_run):
             "comm_energy_j", "uploaded_mb", "mean_bits",
             "skipped_client_rounds", "deadline_s", "deadline_policy",
             "heldout_loss", "energy_to_target_j", "mb_to_target",
-            "total_energy_j_mean", "total_energy_j_ci95"):
+            "total_energy_j_mean", "total_energy_j_ci95", "vlb_bits_per_dim",
+            "kid_mean"):
     assert c in cols, c
+  for s in SCHEMES:  # the bound is the run's: one value for all its rows
+    v = {r["vlb_bits_per_dim"] for r in results["rows"] if r["run"] == s}
+    assert len(v) == 1 and 0 < v.pop() < 64, (s, v)
   for fig in ("energy_vs_rounds", "schemes", "bits_histogram", "samples",
               "quality_vs_energy"):
     path = os.path.join(workdir, "figures", fig + ".png")

@@ -13,16 +13,27 @@ Presets (one config argument):
         tfds, N = K = 10 clients, 30 rounds, 3 seeds, held-out denoising loss
         every 5 rounds (FID off: noise at this budget); about 20 minutes on
         2 CPU cores (see README).
+  quality  the smallest federated training after which Fashion-MNIST
+        garments are recognizable in the sample grid: the cpu U-Net, all
+        60k training images, N = K = 6 clients x 16 local steps x batch 8 for
+        80 rounds (~61k images per scheme, 1,280 local steps), fp32 and
+        on-demand, one seed, FID/KID on 500 DDIM-50 samples and the DDPM
+        bound in bits/dim at the end; within 90 minutes on 2 CPU cores
+        (README, "Quality preset").
   paper ch=128 UNet (35.7M params), CIFAR-10, K=10, FID on 10k DDIM samples;
         for a GPU/TPU.
 """
 import ml_collections
 
 
+PRESETS = ("cpu", "quality", "paper")
+
+
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-  """Returns the sweep config for `preset` in {"cpu", "paper"}."""
-  if preset not in ("cpu", "paper"):
-    raise ValueError(f"preset {preset!r} is invalid; valid: cpu, paper")
+  """Returns the sweep config for `preset` in PRESETS."""
+  if preset not in PRESETS:
+    raise ValueError(f"preset {preset!r} is invalid; valid: "
+                     + ", ".join(PRESETS))
   paper = preset == "paper"
   c = ml_collections.ConfigDict()
   c.preset = preset
@@ -124,6 +135,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.eval.fid = paper
   c.eval.kid_subset_size = 1000 if paper else 200
   c.eval.grid = 64  # samples in the logged image grid
+  # DDPM bound in bits/dim on this many test images at the end (0: off), at
+  # t_stride (diffusion.vlb_bits_per_dim: ~s + T / s passes per image).
+  c.eval.vlb_size = 0
+  c.eval.vlb_t_stride = 32
 
   c.sweep = ml_collections.ConfigDict()
   # Bits schemes, each trained once per (seed, eps scale): fp32 | fixed |
@@ -141,4 +156,34 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.ckpt_every = 10
   c.max_rounds_this_run = 0  # >0: stop after that many rounds (resume tests)
   c.compilation_cache = True
+  if preset == "quality":
+    _quality(c)
   return c
+
+
+def _quality(c: ml_collections.ConfigDict) -> None:
+  """The cpu preset, trained long enough for recognizable samples.
+
+  Sized from a centralized run of the same U-Net (Adam 1e-3, batch 48, 1,279
+  steps, EMA, DDIM 50: recognizable garments, ~61k images): K x B = 48
+  images per local step and R x I = 1,280 local steps.
+  """
+  c.data.max_train = 0  # all 60k training images
+  c.data.num_test = 500  # FID/KID reference (0.4 s per image on 2 cores)
+  c.fed.num_clients = c.fed.clients_per_round = 6
+  c.fed.local_steps = 16
+  c.fed.batch_size = 8
+  c.fed.rounds = 80
+  # Rolled clients and local steps (lax.map + im2col): compiles in ~50 s;
+  # unrolling 6 x 16 local steps would compile for tens of minutes. 49 img/s
+  # at K = 6, I = 16, B = 8 (benchmarks/RESULTS.md, "XLA:CPU back-ends").
+  c.fed.client_loop = "map"
+  c.fed.ema_decay = 0.99  # the warm-up (1 + r) / (10 + r) binds: ~10 rounds
+  c.eval.every = 10
+  c.eval.num_samples = 500
+  c.eval.ddim_steps = 50
+  c.eval.fid = True
+  c.eval.kid_subset_size = 250
+  c.eval.vlb_size = 128
+  c.sweep.schemes = ("fp32", "ondemand")
+  c.sweep.seeds = (0,)

@@ -37,5 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.grid = 16
   c.eval.every = 2
   c.eval.heldout_size = 16
+  c.eval.vlb_size = 8  # 10 + 50 / 10 = 15 forward passes per image
+  c.eval.vlb_t_stride = 10
   c.ckpt_every = 2
   return c
