@@ -40,7 +40,7 @@ def problem(n, seed=0):
   rng = np.random.default_rng(seed)
   d_params, flops, samples = 35.7e6, 35.0e9, 80.0  # paper UNet; I = 10 steps x B = 8
   bits = (d_params * rng.integers(1, 33, n) + 64.0).astype(np.asarray(d.gain).dtype)
-  T = E.deadline_from_fp32(d, d_params, samples, flops)
+  T = E.deadline_for(d, d_params, samples, flops, "median", 1.2)
   return d, bits, samples, T, flops
 
 

@@ -88,8 +88,8 @@ def _setup(a):
   devices = energy.sample_devices(energy.EnergyConfig(num_devices=k),
                                   jax.random.key(1))
   nparams = sum(x.size for x in jax.tree.leaves(params))
-  deadline = float(energy.deadline_from_fp32(
-      devices, nparams, a.local_steps * a.batch, flops, factor=1.2))
+  deadline = float(energy.deadline_for(
+      devices, nparams, a.local_steps * a.batch, flops, "median", 1.2))
   scheme = fed.make_scheme("ondemand", deadline_s=deadline)
   return ucfg, params, shape, flops, data, devices, scheme
 

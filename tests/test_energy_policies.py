@@ -160,7 +160,6 @@ def test_deadline_rules():
   np.testing.assert_allclose(rule("fp32_feasible", 1.0), t.max(), rtol=1e-6)
   np.testing.assert_allclose(rule("median", 1.2), 1.2 * np.median(t), rtol=1e-6)
   np.testing.assert_allclose(rule("quantile", 2.0, 0.9), 2.0 * np.quantile(t, 0.9), rtol=1e-6)
-  assert rule("median", 1.2) == float(E.deadline_from_fp32(d, n_params, samples, flops, 1.2))
   # fp32_feasible with factor 1: every device can deliver fp32 (the max one exactly).
   T = rule("fp32_feasible", 1.0)
   assert np.asarray(E.feasible_mask(d, 32 * n_params, samples, T, flops)).all()

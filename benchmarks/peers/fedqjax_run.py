@@ -41,8 +41,8 @@ def _setup(cfg: common.BenchConfig):
   devices = energy.sample_devices(energy.EnergyConfig(num_devices=cfg.clients),
                                   jax.random.PRNGKey(cfg.seed + 1))
   d = sum(x.size for x in jax.tree.leaves(params))
-  deadline = float(energy.deadline_from_fp32(devices, d, spec.samples_per_round,
-                                             spec.flops_per_sample, factor=50.0))
+  deadline = float(energy.deadline_for(devices, d, spec.samples_per_round,
+                                       spec.flops_per_sample, "median", 50.0))
   scheme = fed.make_scheme("fixed", deadline_s=deadline, fixed_bits=cfg.bits)
   return spec, params, data, devices, scheme, d
 

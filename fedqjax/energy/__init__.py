@@ -1,6 +1,6 @@
 """Device energy model and energy-optimal allocation (arXiv 2403.04430; Yang et al. TWC 2021)."""
 from fedqjax.energy.allocator import (DEADLINE_RULES, REASON_COMPUTE, REASON_OK, REASON_UPLOAD,
-                                      Allocation, allocate, deadline_for, deadline_from_fp32,
+                                      Allocation, allocate, deadline_for,
                                       feasible_mask, make_allocation,
                                       min_round_time, naive_allocation)
 from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_fading,

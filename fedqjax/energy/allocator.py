@@ -132,12 +132,6 @@ def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike
   return factor * stat
 
 
-def deadline_from_fp32(devices: Devices, num_params: int, num_samples: ArrayLike,
-                       flops_per_sample: ArrayLike, factor: float = 1.2) -> Array:
-  """T = factor x median fp32 minimal round time: `deadline_for(..., "median", factor)`."""
-  return deadline_for(devices, num_params, num_samples, flops_per_sample, "median", factor)
-
-
 def allocate(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
              deadline_s: ArrayLike, flops_per_sample: ArrayLike, *,
              iters: Optional[int] = None) -> Allocation:
