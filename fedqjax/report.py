@@ -182,11 +182,13 @@ def quality_figure(workdir, results, hist, tag) -> None:
       a.axhline(float(np.mean(init)), color="gray", ls="--", lw=0.8,
                 label="at initialization")
   seeds = len(results["meta"].get("seeds", [0]))
-  ax[0].set(xlabel="cumulative energy (J)", xscale="log",
+  # Log loss axis: the drop from initialization (~1) and the late
+  # differences between schemes (~1e-3) are both readable.
+  ax[0].set(xlabel="cumulative energy (J)", xscale="log", yscale="log",
             ylabel="held-out denoising loss (EMA)",
             title=f"Quality vs energy {tag}" + (
                 f", mean of {seeds} seeds" if seeds > 1 else ""))
-  ax[1].set(xlabel="cumulative upload (MB)", xscale="log",
+  ax[1].set(xlabel="cumulative upload (MB)", xscale="log", yscale="log",
             ylabel="held-out denoising loss (EMA)", title="Quality vs upload")
   ax[0].legend(fontsize=6, ncol=2)
   ax[1].legend(fontsize=7)

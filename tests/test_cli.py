@@ -227,7 +227,7 @@ def test_verbosity_env(monkeypatch):
 # Bad command lines: (extra args, words the one line must contain).
 _BAD = [
     (["--config=experiments/configs/cifar_sweep.py:nosuch"],
-     ["--config=", "nosuch", "valid: cpu, paper"]),
+     ["--config=", "nosuch", "valid: cpu, quality, paper"]),
     (["--config=/no/such/file.py"],
      ["--config=/no/such/file.py", "valid: a Python file"]),
     (["--config.fed.rounds=abc"],

@@ -332,7 +332,7 @@ _KNOWN = {
     # cli_errors._config_arg reports the first --config; absl uses the last.
     "two --config": ([f"--config={TEST_CONFIG}",
                       f"--config={SWEEP_CONFIG}:nosuch"],
-                     f"--config={SWEEP_CONFIG}:nosuch", "valid: cpu, paper"),
+                     f"--config={SWEEP_CONFIG}:nosuch", "valid: cpu, quality, paper"),
 }
 
 

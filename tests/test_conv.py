@@ -1,4 +1,4 @@
-"""The U-Net's alternative convolutions (fedqjax.diffusion.conv) equal lax's."""
+"""The U-Net's alternative convolution (fedqjax.diffusion.conv) equals lax's."""
 import chex
 import flax.linen as nn
 import jax
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fedqjax import diffusion
-from fedqjax.diffusion.conv import CONV_IMPLS, canonical_conv, im2col_conv
+from fedqjax.diffusion.conv import CONV_IMPLS, im2col_conv
 
-IMPLS = {"im2col": im2col_conv, "canonical": canonical_conv}
+IMPLS = {"im2col": im2col_conv}
 
 
 def _lax(x, w, strides, padding):
@@ -91,60 +91,26 @@ def _init(model):
       jax.random.PRNGKey(4))
 
 
-def test_conv_impls():
+def test_conv_impls_are_xla_and_im2col():
   """Only the forms that win a measured round (benchmarks/RESULTS.md)."""
-  assert sorted(CONV_IMPLS) == ["canonical", "im2col", "xla"]
-  assert sorted(diffusion.CONV_IMPLS) == ["canonical", "im2col", "xla"]
+  assert sorted(CONV_IMPLS) == ["im2col", "xla"]
+  assert sorted(diffusion.CONV_IMPLS) == ["im2col", "xla"]
 
 
-@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
-def test_canonical_gradients_are_plain_convolutions(strides):
-  """The property canonical_conv exists for: every convolution in its
-  gradient is stride-1 NHWC/HWIO without lhs/rhs dilation, where JAX's own
-  transpose rules use dilations and swapped dimension numbers."""
-  x, w = jnp.zeros((2, 8, 8, 3)), jnp.zeros((3, 3, 3, 4))
-
-  def convs(conv):
-    f = lambda x, w: jnp.sum(conv(x, w, strides, "SAME"))
-    jaxpr = jax.make_jaxpr(jax.grad(f, (0, 1)))(x, w)
-    found = []
-    def walk(jx):
-      for e in jx.eqns:
-        if e.primitive.name == "conv_general_dilated":
-          found.append(e.params)
-        for v in e.params.values():
-          for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-            if hasattr(sub, "jaxpr"):
-              walk(sub.jaxpr if hasattr(sub.jaxpr, "eqns") else sub.jaxpr.jaxpr)
-    walk(jaxpr.jaxpr)
-    return found
-
-  def plain(p):
-    dn = p["dimension_numbers"]
-    return (tuple(p["lhs_dilation"]) == tuple(p["rhs_dilation"]) == (1, 1)
-            and (dn.lhs_spec, dn.rhs_spec, dn.out_spec) ==
-            ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)))
-  got = convs(canonical_conv)
-  assert len(got) == 3 and all(map(plain, got)), got  # fwd, dx, dw
-  assert [tuple(p["window_strides"]) for p in got[1:]] == [(1, 1)] * 2
-  assert not all(map(plain, convs(_lax))), "lax's own gradient is plain too"
-
-
-@pytest.mark.parametrize("impl", ["im2col", "canonical"])
-def test_unet_conv_impl_shares_params_and_outputs(impl):
+def test_unet_im2col_shares_params_and_outputs():
   """Same parameter tree and initial values; same eps prediction (gradients
-  are checked per convolution above)."""
+  are plain autodiff of im2col, checked per convolution above)."""
   xla = diffusion.UNetConfig(**_UNET).make()
-  other = diffusion.UNetConfig(conv_impl=impl, **_UNET).make()
+  im2col = diffusion.UNetConfig(conv_impl="im2col", **_UNET).make()
   params = _init(xla)
   # Same names and shapes; same initial values (two compiled inits).
-  chex.assert_trees_all_close(params, _init(other), rtol=1e-6, atol=0)
-  chex.assert_trees_all_close(_forward(other, params), _forward(xla, params),
+  chex.assert_trees_all_close(params, _init(im2col), rtol=1e-6, atol=0)
+  chex.assert_trees_all_close(_forward(im2col, params), _forward(xla, params),
                               rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["winograd", "fwd_form"])
 def test_unknown_conv_impl_is_rejected(impl):
   with pytest.raises(ValueError, match=f"UNetConfig.conv_impl='{impl}' is invalid; "
-                                       "valid: xla, im2col, canonical"):
+                                       "valid: xla, im2col"):
     diffusion.UNetConfig.tiny(conv_impl=impl)

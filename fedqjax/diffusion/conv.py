@@ -24,10 +24,8 @@ removed; git history keeps it.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -113,86 +111,7 @@ def im2col_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
                          preferred_element_type=preferred_element_type)
 
 
-def _plain(x: Array, w: Array, pads, strides=(1, 1), precision=None,
-           preferred_element_type=None) -> Array:
-  return lax.conv_general_dilated(
-      x, w, strides, pads, dimension_numbers=_NHWC, precision=precision,
-      preferred_element_type=preferred_element_type)
-
-
-def _dilate(g: Array, strides, pads=((0, 0), (0, 0))) -> Array:
-  """Zeros between g's pixels (stride - 1) plus edge pads (may be < 0)."""
-  (sh, sw), ((t, b), (l, r)) = strides, pads
-  return lax.pad(g, jnp.zeros((), g.dtype),
-                 [(0, 0, 0), (t, b, sh - 1), (l, r, sw - 1), (0, 0, 0)])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _canonical(x: Array, w: Array, strides, pads, precision) -> Array:
-  return _plain(x, w, pads, strides, precision)
-
-
-def _canonical_fwd(x, w, strides, pads, precision):
-  return _plain(x, w, pads, strides, precision), (x, w)
-
-
-def _canonical_bwd(strides, pads, precision, res, g):
-  """Both gradients as stride-1 NHWC/HWIO convolutions (no lhs/rhs dilation,
-  no swapped dimension numbers): the form XLA:CPU runs fast in loop bodies."""
-  x, w = res
-  kh, kw = w.shape[:2]
-  (h, wd), (ho, wo) = x.shape[1:3], g.shape[1:3]
-  (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
-  before = (kh - 1 - pt, kw - 1 - pl)
-  after = (h + kh - 1 - (ho - 1) * sh - 1 - before[0],
-           wd + kw - 1 - (wo - 1) * sw - 1 - before[1])
-  g_full = _dilate(g, strides, ((before[0], after[0]), (before[1], after[1])))
-  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2).astype(g.dtype)
-  dx = _plain(g_full, w_t, "VALID", precision=precision).astype(x.dtype)
-  xp = lax.pad(x, jnp.zeros((), x.dtype),
-               [(0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)])
-  dw = _plain(xp.transpose(3, 1, 2, 0), _dilate(g, strides).transpose(1, 2, 0, 3)
-              .astype(xp.dtype), "VALID", precision=precision)  # [C_in, >=kh, >=kw, C_out]
-  return dx, dw[:, :kh, :kw, :].transpose(1, 2, 0, 3).astype(w.dtype)
-
-
-_canonical.defvjp(_canonical_fwd, _canonical_bwd)
-
-
-def canonical_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
-                   padding: Padding, lhs_dilation: Optional[Sequence[int]] = None,
-                   rhs_dilation: Optional[Sequence[int]] = None,
-                   dimension_numbers: Any = None, feature_group_count: int = 1,
-                   batch_group_count: int = 1, precision: Any = None,
-                   preferred_element_type: Any = None) -> Array:
-  """`lax.conv_general_dilated` (NHWC, HWIO) whose gradients are plain convs.
-
-  The forward pass is XLA's own convolution. The VJP writes the input
-  gradient as a stride-1 convolution of the zero-dilated output gradient with
-  the flipped kernel, and the kernel gradient as a stride-1 convolution of the
-  channel-major padded input ([C_in, H, W, B] as NHWC) with the dilated output
-  gradient ([Ho', Wo', B, C_out] as HWIO): both in the canonical NHWC/HWIO
-  form. JAX's own transpose rules use lhs/rhs dilation and swapped dimension
-  numbers, which XLA:CPU (jax 0.10.2) runs ~30x slower inside a while-loop body
-  (rolled `lax.scan` / `lax.map`, jax-ml/jax#12868); in this form a rolled
-  loop runs as fast as an unrolled one (benchmarks/cpu_backends.py).
-
-  Args and restrictions as `im2col_conv`; `precision` applies to all three
-  convolutions; `preferred_element_type` is not supported (flax's nn.Conv
-  does not pass it).
-  """
-  _check_supported(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation,
-                   feature_group_count, batch_group_count)
-  if preferred_element_type is not None:
-    raise NotImplementedError("canonical_conv: preferred_element_type is not "
-                              "supported")
-  strides = tuple(int(s) for s in window_strides)
-  pads = _explicit_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  return _canonical(lhs, rhs, strides, pads, precision)
-
-
 CONV_IMPLS: Dict[str, Optional[Callable[..., Array]]] = {
     "xla": None,  # flax's default, lax.conv_general_dilated
     "im2col": im2col_conv,
-    "canonical": canonical_conv,
 }
