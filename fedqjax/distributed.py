@@ -55,3 +55,22 @@ def initialize(coordinator_address: str = "", num_processes: Optional[int] = Non
   log.info("distributed: %d processes, %d devices (%d local)",
            jax.process_count(), jax.device_count(), jax.local_device_count())
   return True
+
+
+BARRIER_TIMEOUT_S = 3600
+
+
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process has reached `name` (nothing when alone).
+
+  A barrier of the coordination service (orbax's), not a collective: a CPU
+  collective (gloo) gives a peer 30 s to join a new communicator, and two
+  processes that compile or evaluate at different speeds (a loaded host, a
+  warm compilation cache on one of them) drift further apart than that.
+  Called after every phase a process runs on its own before the next
+  collective. `name` must be unique within the job.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from fedqjax import config as config_lib
-from fedqjax import console, federated, results as results_lib
+from fedqjax import console, distributed, federated, results as results_lib
 from fedqjax.setup import Setup, build, load_dataset, place
 
 log = logging.getLogger("fedqjax")
@@ -128,11 +128,13 @@ def write_round(writer, row: Dict[str, Any], m: Dict[str, Any]) -> None:
   writer.write_scalars(row["round"], scalars)
 
 
-def evaluate_heldout(setup: Setup, state, writer, rnd: int) -> Dict[str, float]:
+def evaluate_heldout(setup: Setup, state, writer, rnd: int,
+                     run_name: str) -> Dict[str, float]:
   """Held-out denoising loss of the EMA and raw params (fixed (t, noise))."""
   ema, raw = federated.to_host((state.ema_params, state.params))
   out = dict(heldout_ema=setup.heldout(ema), heldout_raw=setup.heldout(raw))
   writer.write_scalars(rnd, out)
+  distributed.barrier(f"fedqjax: {run_name} held-out at {rnd}")
   return out
 
 
@@ -169,6 +171,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   step = federated.jit_round_step(spec)
   state = place(setup, federated.init_server_state(
       setup.params, setup.run_key, len(spec.allocations)))
+  distributed.barrier(f"fedqjax: {run.name} start")
   mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
   state, history, marks = mgr.restore_latest(state)
   if is_primary():
@@ -181,10 +184,14 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       sdir, just_logging=not is_primary(), asynchronous=False)
   if start == 0:
     writer.write_hparams(config_lib.flat_hparams(config, run.name))
-    history = [dict(round=0, **evaluate_heldout(setup, state, writer, 0))]
+    history = [dict(round=0, **evaluate_heldout(setup, state, writer, 0,
+                                                run.name))]
   rounds, every = config.fed.rounds, config.eval.every
   stop = min(rounds, start + (config.max_rounds_this_run or rounds))
   t0, diverged = time.time(), False
+  if jax.process_count() > 1:  # compile here (the call reuses it), then meet
+    step.lower(state, setup.fed_data, setup.devices, scheme).compile()
+    distributed.barrier(f"fedqjax: {run.name} compiled at {start}")
   for rnd in range(start + 1, stop + 1):
     state, m = step(state, setup.fed_data, setup.devices, scheme)
     if rnd == start + 1:  # the first call compiles (or loads the cache)
@@ -200,7 +207,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
         break
       row = history_row(rnd, m, counters(state), spec.allocations)
       if (every and rnd % every == 0) or rnd == rounds:
-        row.update(evaluate_heldout(setup, state, writer, rnd))
+        row.update(evaluate_heldout(setup, state, writer, rnd, run.name))
       history.append(row)
       write_round(writer, row, m)
       first = row["energy"][spec.allocations[0]]  # the console shows one
@@ -266,6 +273,7 @@ def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
       k: v for k, v in ev.items()
       if k in ("fid", "kid", "kid_std", "vlb_bits_per_dim")})
   progress.eval_done(run.name, out)
+  distributed.barrier(f"fedqjax: {run.name} evaluated")
   return out
 
 
@@ -293,9 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       setups[run.seed] = build(config, dataset, run.seed, workdir)
       announce(setups[run.seed], progress, first=len(setups) == 1)
     summaries.append(run_one(setups[run.seed], run, workdir, progress))
-  if jax.process_count() > 1:  # the primary has written every history
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("fedqjax: runs done")
+  distributed.barrier("fedqjax: runs done")  # the primary wrote every history
   results = results_lib.assemble(config, summaries, setups[runs[0].seed],
                                  workdir, wall_s=time.time() - t0)
   if is_primary():
