@@ -13,7 +13,7 @@ through the real CLI.
    if it has not exited within SURVIVOR_WAIT_S). It resumes from the last
    orbax checkpoint and ends equal to the uninterrupted 2-process job.
 
-All runs share one config (fp32 + on-demand, 24 rounds, a checkpoint every
+All runs share one config (fp32 + on-demand, 12 rounds, a checkpoint every
 2), one single-process reference (module fixtures) and, as a user's reruns
 do, the persistent compilation cache (the suite's, tests/conftest.py).
 """
@@ -30,12 +30,13 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROUNDS = 24
+ROUNDS = 12
 SURVIVOR_WAIT_S = 30
 COMPILE_DELAY_S = 35  # > gloo's 30 s
 ARGS = ("--config=experiments/configs/test.py",
         "--config.sweep.schemes=fp32,ondemand", f"--config.fed.rounds={ROUNDS}",
-        "--config.ckpt_every=2", "--config.eval.num_samples=4")
+        "--config.ckpt_every=2", "--config.eval.num_samples=4",
+        "--config.eval.vlb_size=0")  # bits/dim: per process, tested elsewhere
 COMPARED = ("total_energy_j", "comm_energy_j", "uploaded_mb", "final_loss",
             "heldout_loss")
 
