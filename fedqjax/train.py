@@ -189,12 +189,13 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   rounds, every = config.fed.rounds, config.eval.every
   stop = min(rounds, start + (config.max_rounds_this_run or rounds))
   t0, diverged = time.time(), False
-  if jax.process_count() > 1:  # compile here (the call reuses it), then meet
-    step.lower(state, setup.fed_data, setup.devices, scheme).compile()
-    distributed.barrier(f"fedqjax: {run.name} compiled at {start}")
+  # Compiled (or loaded from the cache) here; the jitted call reuses it.
+  # Processes finish this at different times: meet before the first round.
+  step.lower(state, setup.fed_data, setup.devices, scheme).compile()
+  distributed.barrier(f"fedqjax: {run.name} compiled at {start}")
   for rnd in range(start + 1, stop + 1):
     state, m = step(state, setup.fed_data, setup.devices, scheme)
-    if rnd == start + 1:  # the first call compiles (or loads the cache)
+    if rnd == start + 1:  # compile + the first round
       jax.block_until_ready(state.round)
       progress.compiled(time.time() - t0)
     if rnd % config.log_every == 0 or rnd == stop:

@@ -155,6 +155,7 @@ def test_divergence_guard_keeps_going(tmp_path, monkeypatch):
       if int(new.round) == 2 and float(scheme.bits_mode) == 0:  # fp32 only
         m = dict(m, loss=m["loss"] * np.nan)
       return new, m
+    wrapped.lower = step.lower  # train_loop compiles ahead of the loop
     return wrapped
 
   monkeypatch.setattr(federated, "jit_round_step", poisoned)
