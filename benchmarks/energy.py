@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from fedqjax.energy.reference import scipy_energy
+from fedqjax.testing.energy_oracles import scipy_energy
 
 LN2 = math.log(2.0)
 
@@ -46,7 +46,7 @@ def problem(n, seed=0):
 
 def grid(devices: int, draws: int, shared: bool):
   """One jitted sweep call over draws x devices (and the schemes and policies)."""
-  from fedqjax.energy import scenarios, sweep  # pylint: disable=g-import-not-at-top
+  from experiments.energy_sweep import settings as scenarios, sweep  # pylint: disable=g-import-not-at-top
   allocs = ("kkt", "deadline", "split", "max") + (("shared",) if shared else ())
   settings = scenarios.SweepSettings(
       num_seeds=draws, allocations=allocs,

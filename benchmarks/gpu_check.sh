@@ -25,7 +25,7 @@ case "${1:-round}" in
     ;;
   peers)
     for k in 8 32; do
-      python -u benchmarks/peers.py --model paper --clients "$k" --rounds 2 \
+      python -u benchmarks/peers/__main__.py --model paper --clients "$k" --rounds 2 \
         --local_steps 2 --batch 32 --peers torch --torch_device cuda --fedqjax_client_loop vmap \
         --timeout 500 --json_out "$OUT/peers_paper_k$k.json" 2>&1 \
         | tee "$OUT/peers_paper_k$k.txt"

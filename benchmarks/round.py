@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedqjax.testing.reference_round import round_step_reference
 from fedqjax import diffusion, energy, federated as fed
 from fedqjax import quantization as Q
 
@@ -130,11 +131,11 @@ def _time_reference(spec, params, data, devices, scheme, rounds):
   holder = [fed.init_server_state(params, jax.random.key(2),
                                   len(spec.allocations))]
   t0 = time.perf_counter()
-  fed.round_step_reference(holder[0], data, devices, scheme, spec=spec)
+  round_step_reference(holder[0], data, devices, scheme, spec=spec)
   c_s = time.perf_counter() - t0
 
   def run_ref():
-    holder[0], _ = fed.round_step_reference(holder[0], data, devices, scheme,
+    holder[0], _ = round_step_reference(holder[0], data, devices, scheme,
                                             spec=spec)
     jax.block_until_ready(holder[0].params)
   return _timeit(run_ref, rounds), c_s

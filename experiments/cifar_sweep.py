@@ -3,87 +3,10 @@ r"""Main job: compare fp32 / fixed / on-demand federated DDPM training.
   python -m experiments.cifar_sweep --workdir=workdir/cifar_sweep
   python -m experiments.cifar_sweep --config=experiments/configs/cifar_sweep.py:paper \
       --workdir=/tmp/paper --config.fed.num_clients=32
-  python -m experiments.cifar_sweep --config=experiments/configs/test.py --workdir=/tmp/t
 
-Writes TensorBoard logs (one subdirectory per run), results.csv/json and
-figures/ under --workdir. Rerunning resumes. The console shows a compile
-notice, progress lines with ETAs and the results table; `--verbosity=1` (or
-FEDQJAX_VERBOSE=1) also shows the libraries' own log lines (XLA, TF, orbax).
-A bad command line exits with status 2 and one line on stderr.
+The program is `experiments.fl_sweep` (flags in `experiments/fl_sweep/main.py`).
 """
-
-import os
-
-from absl import app
-from absl import flags
-
-from fedqjax import cli_errors, console
-
-FLAGS = flags.FLAGS
-_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity",
-               "--coordinator_address", "--num_processes", "--process_id",
-               "--distributed_auto")
-
-
-def _define_flags() -> None:
-  # Inside the parser: ml_collections reads --config.KEY overrides from argv
-  # already while defining the flag, and a bad one must exit like the rest.
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("workdir", "workdir/cifar_sweep",
-                      "Output directory (logs, checkpoints, results).")
-  config_flags.DEFINE_config_file(
-      "config", "experiments/configs/cifar_sweep.py",
-      "Config file (optionally :preset).", lock_config=True)
-  # Several hosts (jax.distributed.initialize); defaults from the usual
-  # environment variables, nothing when running alone.
-  env = os.environ.get
-  flags.DEFINE_string("coordinator_address", env("JAX_COORDINATOR_ADDRESS", ""),
-                      "host:port of process 0 (several processes).")
-  flags.DEFINE_integer("num_processes", int(env("JAX_NUM_PROCESSES", "1")),
-                       "Number of processes.", lower_bound=1)
-  flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID", "0")),
-                       "This process, 0..num_processes-1.", lower_bound=0)
-  flags.DEFINE_bool("distributed_auto", False,
-                    "jax.distributed.initialize() with cluster auto-detection "
-                    "(TPU pod slices, SLURM, ...).")
-
-
-def _parse(argv):
-  """Defines and parses flags, checks config and workdir; errors exit 2."""
-  try:
-    _define_flags()
-    rest = FLAGS(argv)
-    if len(rest) > 1:
-      raise ValueError(f"unexpected argument(s) {rest[1:]}; valid: flags "
-                       f"only ({', '.join(_MAIN_FLAGS)})")
-    if FLAGS["verbosity"].using_default_value:
-      FLAGS.verbosity = -1  # else absl raises it to 0 (INFO: orbax chatter)
-    console.setup(FLAGS.verbosity)  # before jax loads
-    from fedqjax import config as config_lib  # pylint: disable=g-import-not-at-top
-    config_lib.validate_config(FLAGS.config)
-    cli_errors.check_workdir(FLAGS.workdir)
-  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
-    # KeyError / AttributeError: ml_collections on an unknown key; OSError:
-    # a config file that cannot be read (raised when the value is read).
-    cli_errors.exit_with_error(cli_errors.command_line_error(e, argv, _MAIN_FLAGS))
-  return rest
-
-
-def main(argv):
-  del argv
-  if console.resolve_verbosity(FLAGS.verbosity) <= 0:
-    console.import_quietly("tensorflow")  # its load-time INFO lines
-  from fedqjax import distributed, report, train  # pylint: disable=g-import-not-at-top
-  try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id, auto=FLAGS.distributed_auto)
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except ValueError as e:  # bad config / data: a clear message, exit 2
-    cli_errors.exit_with_error(str(e))
-  if train.is_primary():
-    print(report.markdown_table(results), flush=True)
-    console.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
-
+from experiments.fl_sweep import main
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  main.run()

@@ -24,7 +24,7 @@ def parse(args: Sequence[str]) -> Tuple[int, str, str, object]:
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from experiments import cifar_sweep  # pylint: disable=g-import-not-at-top
-  from fedqjax import console  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import progress as console  # pylint: disable=g-import-not-at-top
   fv, argv = flags.FLAGS, ["cifar_sweep", *args]
   before, out, err = set(fv), io.StringIO(), io.StringIO()
   code, config = 0, None

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from experiments.configs import test as test_config
-from fedqjax import train
+from experiments.fl_sweep import train
 
 NUMBERS = ("total_energy_j", "comp_energy_j", "comm_energy_j", "uploaded_mb",
            "mean_bits", "final_loss", "heldout_loss",

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from fedqjax import cli_errors, console
+from experiments.common import cli as cli_errors
+from experiments.fl_sweep import progress as console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
@@ -172,7 +173,7 @@ def test_check_workdir(tmp_path):
 
 _CPP_PROBE = """
 import sys
-from fedqjax import console
+from experiments.fl_sweep import progress as console
 if sys.argv[1] == "before": console.setup(int(sys.argv[2]))
 import jax
 if sys.argv[1] == "after": console.setup(int(sys.argv[2]))

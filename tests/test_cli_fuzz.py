@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedqjax import config_schema as cs
+from experiments.fl_sweep import schema_old as cs
 from tests.cli_harness import parse, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ _JUNK = st.text(string.ascii_letters + string.punctuation + " \n\t",
                 max_size=12).filter(lambda s: "valid" not in s)
 _BOOL_WORDS = ("true", "false", "t", "f")
 # A name no key offers (every offered one is an identifier); comma lists
-# are split and empty items dropped (fedqjax.config._normalize).
+# are split and empty items dropped (experiments.fl_sweep.settings._normalize).
 _BAD_NAME = _JUNK.filter(lambda s: any(
     p.strip() and not p.strip().isidentifier() for p in s.split(",")))
 

@@ -3,8 +3,8 @@ import ml_collections
 import pytest
 
 from experiments.configs import cifar_sweep, test as test_config
-from fedqjax import config as config_lib
-from fedqjax import config_schema
+from experiments.fl_sweep import settings as config_lib
+from experiments.fl_sweep import schema_old as config_schema
 
 
 @pytest.mark.parametrize("preset", ["cpu", "quality", "paper"])
@@ -130,7 +130,7 @@ def test_core_imports_without_tensorflow():
           "sys.modules['tensorflow_datasets'] = None\n"
           "import fedqjax.federated, fedqjax.energy, fedqjax.quantization\n"
           "import fedqjax.diffusion, fedqjax.metrics, fedqjax.data\n"
-          "import fedqjax.config\n"
+          "import experiments.fl_sweep.settings\n"
           "print('CORE_OK')\n")
   out = subprocess.run([sys.executable, "-c", code], cwd=root,
                        capture_output=True, text=True, timeout=300,

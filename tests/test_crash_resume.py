@@ -271,7 +271,8 @@ def test_checkpointer_detects_same_size_damage(tmp_path):
   before digests) still loads, with a warning."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from fedqjax import checkpoint, federated  # pylint: disable=g-import-not-at-top
+  from fedqjax import federated
+  from experiments.fl_sweep import checkpoint  # pylint: disable=g-import-not-at-top
   params = {"w": jnp.arange(4000, dtype=jnp.float32).reshape(40, 100)}
   state0 = federated.init_server_state(params, jax.random.key(0), 2)
   states = [state0.replace(round=jnp.asarray(r, state0.round.dtype),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fedqjax import energy as E
-from fedqjax.energy.reference import scipy_energy as reference_energy
+from fedqjax.testing.energy_oracles import scipy_energy as reference_energy
 from fedqjax.energy import allocator as A
 
 LN2 = math.log(2.0)

@@ -21,8 +21,8 @@ import pytest
 from experiments.configs import energy_sweep as config_mod
 from fedqjax import energy as E
 from fedqjax import quantization as Q
-from fedqjax.energy import bits_sources, scenarios, sweep, sweep_io
-from fedqjax.energy.reference import scipy_energy
+from experiments.energy_sweep import bits_sources, settings as scenarios, sweep, outputs as sweep_io
+from fedqjax.testing.energy_oracles import scipy_energy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5  # float32 bisection: relative slack of the energy comparisons

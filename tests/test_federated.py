@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedqjax.testing.reference_round import round_step_reference
 from fedqjax import diffusion, energy, federated as fed
 from fedqjax import quantization as Q
 from fedqjax.federated import phases
@@ -78,7 +79,7 @@ def _compare(spec, params, devices, data, names=("fp32", "fixed",
   for name in names:
     scheme = fed.make_scheme(name, deadline_s=deadline, fixed_bits=6)
     s1, m1 = step(H.state(params, spec), data, devices, scheme)
-    s2, m2 = fed.round_step_reference(H.state(params, spec), data, devices,
+    s2, m2 = round_step_reference(H.state(params, spec), data, devices,
                                       scheme, spec=spec)
     for k in ("client_bits", "client_ids", "client_uploaded",
               "client_trained"):

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from experiments.configs import test as test_config
-from fedqjax import config as config_lib
-from fedqjax import config_schema
+from experiments.fl_sweep import settings as config_lib
+from experiments.fl_sweep import schema_old as config_schema
 from fedqjax import diffusion
 from fedqjax import energy as E
 from fedqjax import quantization as Q

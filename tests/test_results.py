@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedqjax import results as R
+from experiments.fl_sweep import results as R
 
 
 def _history(losses, energies, mbs):

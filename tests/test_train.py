@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
-from fedqjax import train
+from experiments.fl_sweep import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMES = ("fp32", "ondemand")

@@ -1,1 +1,1 @@
-"""Peer implementations for benchmarks/peers.py (PyTorch loop, Flower sim)."""
+"""Peer implementations for benchmarks/peers/__main__.py (PyTorch loop, Flower sim)."""

@@ -1,6 +1,6 @@
 """Shared pieces of the peer benchmarks (numpy/psutil only: no jax, no torch).
 
-Every runner (fedqjax, torch loop, Flower) is started by `benchmarks/peers.py`
+Every runner (fedqjax, torch loop, Flower) is started by `benchmarks/peers/__main__.py`
 in its own subprocess, gets the same `BenchConfig` as JSON, builds the same
 synthetic client data from the same seed, and prints one line
 `PEERS_RESULT {json}` that the driver parses.

@@ -12,7 +12,7 @@ Compile time is measured separately (`lower().compile()`); the timed rounds
 run after one warm-up round.
 
   PYTHONPATH=. python -m benchmarks.peers.fedqjax_run '<BenchConfig json>'
-(normally started by benchmarks/peers.py).
+(normally started by benchmarks/peers/__main__.py).
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def run(cfg: common.BenchConfig) -> dict:
   import jax
   import numpy as np
   from fedqjax import federated as fed
+  from fedqjax.testing.reference_round import round_step_reference  # pylint: disable=g-import-not-at-top
   spec, params, data, devices, scheme, d = _setup(cfg)
   key = jax.random.PRNGKey(cfg.seed + 2)
 
@@ -84,13 +85,13 @@ def run(cfg: common.BenchConfig) -> dict:
   ref_rounds = max(1, min(cfg.rounds, 2))
   state = fed.init_server_state(params, key)
   t0 = time.perf_counter()
-  state, _ = fed.round_step_reference(state, data, devices, scheme, spec=spec)
+  state, _ = round_step_reference(state, data, devices, scheme, spec=spec)
   jax.block_until_ready(state)
   ref_first = time.perf_counter() - t0  # includes compiling the per-client pieces
   ref_times = []
   for _ in range(ref_rounds):
     t0 = time.perf_counter()
-    state, _ = fed.round_step_reference(state, data, devices, scheme, spec=spec)
+    state, _ = round_step_reference(state, data, devices, scheme, spec=spec)
     jax.block_until_ready(state)
     ref_times.append(time.perf_counter() - t0)
   ref = common.summarize(ref_times)

@@ -16,7 +16,7 @@ Ray is told about the machine's CPUs; each virtual client asks for
 clients train concurrently, each with torch.set_num_threads(1).
 
   PYTHONPATH=. python -m benchmarks.peers.flower_sim '<BenchConfig json>'
-(normally started by benchmarks/peers.py).
+(normally started by benchmarks/peers/__main__.py).
 """
 from __future__ import annotations
 

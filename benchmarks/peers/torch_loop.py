@@ -9,7 +9,7 @@ vectorized), then average the dequantized updates weighted by n_k and apply
 them; EMA of the global weights as fedqjax keeps.
 
   PYTHONPATH=. python -m benchmarks.peers.torch_loop '<BenchConfig json>'
-(normally started by benchmarks/peers.py).
+(normally started by benchmarks/peers/__main__.py).
 """
 from __future__ import annotations
 

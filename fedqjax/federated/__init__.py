@@ -4,7 +4,6 @@ from fedqjax.federated.execution import (AUTO_MAX_UNROLLED, CLIENT_LOOPS,
                                          Execution, map_clients,
                                          resolve_execution)
 from fedqjax.federated.phases import select_participants
-from fedqjax.federated.reference import round_step_reference
 from fedqjax.federated.round import jit_round_step, round_step
 from fedqjax.federated.sharding import (client_mesh, replicate, shard_clients,
                                         to_host)

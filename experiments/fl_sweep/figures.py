@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from fedqjax.results import ROW_COLUMNS, STAT_COLUMNS, load_history
+from experiments.fl_sweep.results import ROW_COLUMNS, STAT_COLUMNS, load_history
 
 CSV_COLUMNS = ROW_COLUMNS + tuple(f"{c}_{s}" for c in STAT_COLUMNS
                                   for s in ("mean", "ci95"))

@@ -27,9 +27,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from fedqjax import config as config_lib
-from fedqjax import console, distributed, federated, results as results_lib
-from fedqjax.setup import Setup, build, load_dataset, place
+from experiments.fl_sweep import settings as config_lib
+from experiments.common import distributed
+from experiments.fl_sweep import progress as console, results as results_lib
+from fedqjax import federated
+from experiments.fl_sweep.build import Setup, build, load_dataset, place
 
 log = logging.getLogger("fedqjax")
 
@@ -163,7 +165,7 @@ def truncate_events(sdir: str, marks: Dict[str, int]) -> None:
 def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   """Trains `run` from its last checkpoint; returns state, history, flags."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from fedqjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   config, spec = setup.config, setup.spec
   scheme = place(setup, federated.make_scheme(
       run.bits, deadline_s=setup.deadline_s,
@@ -286,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     {"runs": [summary per run], "rows": [one per (run, allocation)],
      "meta": {...}}.
   """
-  from fedqjax import report  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import figures as report  # pylint: disable=g-import-not-at-top
   config_lib.validate_config(config)  # before anything compiles
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache:

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from fedqjax.energy import scenarios as sc_lib  # pylint: disable=wrong-import-position
+from experiments.energy_sweep import settings as sc_lib  # pylint: disable=wrong-import-position
 
 COLORS = {"fp32": "tab:red", "fixed": "tab:orange", "ondemand": "tab:blue"}
 STYLES = {"kkt": "-", "deadline": "--", "split": "-.", "max": ":", "shared": (0, (1, 1))}

@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from fedqjax.console import _CPP_ENV, _CPP_QUIET
+from experiments.common.logs import _CPP_ENV, _CPP_QUIET
 
 CONFIG_EXAMPLES = ("experiments/configs/cifar_sweep.py[:preset] or "
                    "experiments/configs/test.py")
@@ -43,7 +43,7 @@ def _schema():
   if "jax._src.lib" not in sys.modules:
     os.environ.setdefault(_CPP_ENV, _CPP_QUIET)  # quiet jaxlib's start-up
   try:
-    from fedqjax import config_schema as cs  # pylint: disable=g-import-not-at-top
+    from experiments.fl_sweep import schema_old as cs  # pylint: disable=g-import-not-at-top
     return dict(cs.TYPES), dict(cs.SCHEMA), dict(cs.REMOVED_KEYS)
   except Exception:  # pylint: disable=broad-except  # message only
     return {}, {}, {}

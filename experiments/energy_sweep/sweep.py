@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedqjax import quantization as Q
-from fedqjax.energy import bits_sources, scenarios as sc_lib
+from experiments.energy_sweep import bits_sources, settings as sc_lib
 from fedqjax.energy.allocator import deadline_for
 from fedqjax.energy.devices import Devices, EnergyConfig, sample_devices_from_keys
 from fedqjax.energy.policies import allocate_policies

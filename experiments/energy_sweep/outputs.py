@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from fedqjax.energy import scenarios as sc_lib
+from experiments.energy_sweep import settings as sc_lib
 
 SCENARIO_COLUMNS = ("axis", "axis_value", "axis2", "axis2_value", "num_devices",
                     "deadline_factor", "deadline_s", "total_bandwidth_hz", "eps_scale", "model",
@@ -139,6 +139,6 @@ def write_all(result, settings: sc_lib.SweepSettings, workdir: str) -> List[Dict
   write_csv(rows, os.path.join(workdir, "results.csv"))
   write_summary(rows, settings, result, os.path.join(workdir, "summary.md"))
   if settings.figures:
-    from fedqjax.energy import sweep_figures  # pylint: disable=g-import-not-at-top
+    from experiments.energy_sweep import figures as sweep_figures  # pylint: disable=g-import-not-at-top
     sweep_figures.write_figures(rows, result, settings, os.path.join(workdir, "figures"))
   return rows

@@ -93,7 +93,7 @@ def measured_ratio(model: str, quantizer: Any, seed: int = 0,
   """
   import jax  # pylint: disable=g-import-not-at-top
   from fedqjax import data as data_lib, diffusion  # pylint: disable=g-import-not-at-top
-  from fedqjax.energy.scenarios import MODEL_PRESETS  # pylint: disable=g-import-not-at-top
+  from experiments.energy_sweep.settings import MODEL_PRESETS  # pylint: disable=g-import-not-at-top
   if model not in MODEL_PRESETS:
     raise ValueError(f"bits_source=measured needs model in {tuple(MODEL_PRESETS)}; "
                      f"got {model!r}")

@@ -19,7 +19,7 @@ import jax
 
 from fedqjax import energy
 from fedqjax import quantization as quant_lib
-from fedqjax.config_schema import (CORE_KEYS, REMOVED_KEYS, SCHEMA, TYPES,
+from experiments.fl_sweep.schema_old import (CORE_KEYS, REMOVED_KEYS, SCHEMA, TYPES,
                                    finite as _finite, flatten)
 from fedqjax.diffusion import UNetConfig
 from fedqjax.federated import execution as execution_lib

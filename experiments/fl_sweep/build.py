@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedqjax import config as config_lib
+from experiments.fl_sweep import settings as config_lib
 from fedqjax import data as data_lib
 from fedqjax import diffusion, energy, federated
 
@@ -178,7 +178,7 @@ def place(setup: "Setup", tree):
 
 def build(config, dataset, seed: int, workdir: str) -> Setup:
   """Partitions the data and builds model, devices, deadline and spec."""
-  from fedqjax import evaluation  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import evaluate as evaluation  # pylint: disable=g-import-not-at-top
   name, x, y, xt = dataset
   res = config.data.resolution or x.shape[1]  # 0 = native size
   xf = data_lib.to_float(x, resolution=res)

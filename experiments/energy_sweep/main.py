@@ -20,7 +20,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from fedqjax.energy import scenarios, sweep, sweep_io
+from experiments.energy_sweep import settings as scenarios, sweep, outputs as sweep_io
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/energy_sweep",
                                "Output directory (results.csv, summary.md, figures/).")
@@ -103,6 +103,7 @@ def main(argv):
         f"figures: {_WORKDIR.value}/figures/ ({time.perf_counter() - t0:.1f} s)")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The program: flags, then `main`."""
   _define_config(sys.argv)
   app.run(main, flags_parser=_parse)
