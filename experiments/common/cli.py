@@ -3,16 +3,30 @@ key and its valid values (exit status 2), and the workdir check; nothing is
 created before these checks pass."""
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import os
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
-from experiments.common.logs import _CPP_ENV, _CPP_QUIET
+from experiments.common import settings as settings_lib
 
-CONFIG_EXAMPLES = ("experiments/configs/cifar_sweep.py[:preset] or "
-                   "experiments/configs/test.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """What a main job's command line accepts, for its one-line errors.
+
+  Attributes:
+    flags: the program's own flags ("--workdir", "--config", ...).
+    settings: the settings tree class that `--config` parses into.
+    removed: removed key path -> what replaces it.
+    config_examples: config files to name when `--config` cannot load.
+  """
+  flags: Tuple[str, ...]
+  settings: Any = None
+  removed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  config_examples: str = "a config file of experiments/configs/"
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([\w.]+)(?:=(.*))?$", re.S)
 
 
@@ -38,48 +52,21 @@ def check_workdir(path: str) -> None:
                    "(created if missing)")
 
 
-def _schema():
-  """(TYPES, SCHEMA, REMOVED_KEYS) of the sweep config; empty if unloadable."""
-  if "jax._src.lib" not in sys.modules:
-    os.environ.setdefault(_CPP_ENV, _CPP_QUIET)  # quiet jaxlib's start-up
-  try:
-    from experiments.fl_sweep import schema_old as cs  # pylint: disable=g-import-not-at-top
-    return dict(cs.TYPES), dict(cs.SCHEMA), dict(cs.REMOVED_KEYS)
-  except Exception:  # pylint: disable=broad-except  # message only
-    return {}, {}, {}
-
-
-def _valid_value(key: str) -> str:
-  types, schema, _ = _schema()
-  if key not in types:
+def _valid_value(key: str, settings_cls) -> str:
+  if settings_cls is None or key not in settings_lib.leaves(settings_cls):
     return "see the config file"
-  names = "/".join(t.__name__ for t in types[key])
-  return f"{names} {schema[key][1]}" if key in schema else names
+  return settings_lib.describe(settings_cls, key)
 
 
-def _unknown_config_key(argv: Sequence[str]) -> Optional[str]:
+def _unknown_config_key(argv: Sequence[str], settings_cls,
+                        removed: Mapping[str, str]) -> Optional[str]:
   """The message for the first `--config.KEY=...` naming no config key."""
-  keys = [m.group(1) for m in map(_OVERRIDE.match, argv[1:]) if m]
-  if not keys:
+  if settings_cls is None:
     return None
-  types, _, removed = _schema()
-  for key in keys:
-    if not types or key in types or any(t.startswith(key + ".")
-                                        for t in types):
-      continue
-    if key in removed:
-      return f"--config.{key} was removed; {removed[key]}"
-    group = key.rpartition(".")[0]
-    while group and not any(t.startswith(group + ".") for t in types):
-      group = group.rpartition(".")[0]  # the deepest section that exists
-    close = difflib.get_close_matches(key, list(types), n=1)
-    hint = f"; did you mean --config.{close[0]}?" if close else ""
-    names = sorted(k[len(group) + 1:] for k in types
-                   if k.startswith(group + ".")) if group else sorted(
-                       {k.split(".")[0] for k in types})
-    where = f"config.{group}" if group else "config"
-    return (f"--config.{key} is not a config key{hint} (valid keys of "
-            f"{where}: {', '.join(names)})")
+  for m in filter(None, map(_OVERRIDE.match, argv[1:])):
+    message = settings_lib.unknown_key(m.group(1), settings_cls, removed)
+    if message:
+      return "--" + message
   return None
 
 
@@ -91,7 +78,8 @@ def _config_arg(argv: Sequence[str]) -> str:
   return "<default>"
 
 
-def _config_flag_error(text: str, argv: Sequence[str]) -> Optional[str]:
+def _config_flag_error(text: str, argv: Sequence[str], settings_cls
+                       ) -> Optional[str]:
   """The line for a bad `--config=...` / `--config.KEY=...`, else None."""
   if text.startswith("flag --config="):
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -106,13 +94,14 @@ def _config_flag_error(text: str, argv: Sequence[str]) -> Optional[str]:
   if m:
     reason = " ".join(m.group(3).split())
     return (f"--config.{m.group(1)}={m.group(2)}: {reason}; valid: "
-            f"{_valid_value(m.group(1))}")
+            f"{_valid_value(m.group(1), settings_cls)}")
   m = re.match(r"^Missing value for flag --config\.([\w.]+)", text)
   if m:
     return (f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
-            f"VALUE); valid: {_valid_value(m.group(1))}")
+            f"VALUE); valid: {_valid_value(m.group(1), settings_cls)}")
   if any(re.match(r"^--?config\.(=|$)", a) for a in argv[1:]):
-    top = ", ".join(sorted({k.split(".")[0] for k in _schema()[0]}))
+    top = ", ".join(sorted({k.split(".")[0] for k in settings_lib.leaves(
+        settings_cls)})) if settings_cls else "see the config file"
     return ("--config. needs a key (--config.KEY=VALUE); valid keys of "
             f"config: {top}")
   return None
@@ -132,7 +121,7 @@ def _flag_value_error(text: str) -> Optional[str]:
 
 
 def command_line_error(exc: BaseException, argv: Sequence[str],
-                       main_flags: Sequence[str] = ()) -> str:
+                       program: Program) -> str:
   """One line (no traceback) naming the flag or config key and its valid
   values, for an error raised while defining, parsing or checking flags.
 
@@ -141,9 +130,9 @@ def command_line_error(exc: BaseException, argv: Sequence[str],
       AttributeError for unknown keys, OSError for a missing config file,
       ValueError from config validation or `check_workdir`).
     argv: the command line, argv[0] the program.
-    main_flags: the program's own flags, for the unknown-flag message.
+    program: the program's flags and settings, for the messages.
   """
-  unknown = _unknown_config_key(argv)
+  unknown = _unknown_config_key(argv, program.settings, program.removed)
   if unknown:
     return unknown
   text = str(exc)
@@ -152,21 +141,22 @@ def command_line_error(exc: BaseException, argv: Sequence[str],
     flag = getattr(exc, "flagname", "") or text
     sugg = re.search(r"Did you mean: ([\w.-]+)", text)  # absl's own hint
     hint = f"; did you mean --{sugg.group(1)}?" if sugg else ""
-    valid = ", ".join(main_flags) or "see --helpfull"
+    valid = ", ".join(program.flags) or "see --helpfull"
     return f"unknown flag --{flag}{hint} (valid: {valid}; --helpfull lists all)"
-  line = _config_flag_error(text, argv) or _flag_value_error(text)
+  line = (_config_flag_error(text, argv, program.settings)
+          or _flag_value_error(text))
   if line:
     return line
   if isinstance(exc, OSError):
     reason = text.splitlines()[-1].strip() if text else name
     return (f"--config={_config_arg(argv)} cannot be loaded ({reason}); "
             f"valid: a Python file defining get_config(), e.g. "
-            f"{CONFIG_EXAMPLES}")
+            f"{program.config_examples}")
   if name == "FlagOrderError":
     return (" ".join(text.split()) + "; valid: --config=FILE first, then "
             "--config.KEY=VALUE overrides")
   one = " ".join(text.split()) or name
-  if one.startswith("config."):  # fedqjax.config's messages: as typed
+  if one.startswith("config."):  # the settings parser's messages
     return "--" + one
   return one if isinstance(exc, ValueError) else f"{one} (see --helpfull)"
 

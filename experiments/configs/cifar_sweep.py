@@ -25,140 +25,50 @@ Presets (one config argument):
 """
 import ml_collections
 
+from experiments.fl_sweep import settings
 
-PRESETS = ("cpu", "quality", "paper")
+PRESETS = tuple(p for p in settings.PRESETS if p != "test")  # test.py: "test"
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-  """Returns the sweep config for `preset` in PRESETS."""
+  """Returns the sweep config for `preset` in PRESETS.
+
+  Every key, its default (the cpu preset) and its range are declared once,
+  in experiments/fl_sweep/settings.py; a preset only overrides.
+  """
   if preset not in PRESETS:
     raise ValueError(f"preset {preset!r} is invalid; valid: "
                      + ", ".join(PRESETS))
-  paper = preset == "paper"
-  c = ml_collections.ConfigDict()
+  c = settings.default_config()
   c.preset = preset
-  c.seed = 0  # synthetic data and sampling noise; training: sweep.seeds
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "auto"  # auto: CIFAR-10 if tfds has it prepared, else FMNIST
-  c.data.data_dir = ""  # fashion_mnist idx dir or tfds data_dir ("" default)
-  c.data.tarball = ""  # path to cifar-10-python.tar.gz (trusted input)
-  c.data.resolution = 0  # 0 = native (28 Fashion-MNIST, 32 CIFAR-10)
-  c.data.partition = "iid"  # iid | dirichlet | shards
-  c.data.dirichlet_alpha = 0.5
-  c.data.labels_per_client = 2
-  c.data.max_train = 0 if paper else 6000  # 0 = all
-  c.data.num_test = 10000 if paper else 1000  # reference images for FID/KID
-
-  c.model = ml_collections.ConfigDict()
-  c.model.ch = 128 if paper else 32
-  c.model.ch_mult = (1, 2, 2, 2) if paper else (1, 2, 2)
-  c.model.num_res_blocks = 2 if paper else 1
-  c.model.attn_resolutions = (16,)
-  c.model.dropout = 0.1
-  c.model.num_groups = 32 if paper else 8
-  c.model.dtype = "bfloat16" if paper else "float32"
-
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.T = 1000
-  c.diffusion.beta_start = 1e-4
-  c.diffusion.beta_end = 0.02
-
-  c.fed = ml_collections.ConfigDict()
-  c.fed.num_clients = 10
-  c.fed.clients_per_round = 10  # N = K = 10 (MODEL.md defaults)
-  c.fed.local_steps = 5 if paper else 2
-  c.fed.batch_size = 32 if paper else 8
-  c.fed.rounds = 100 if paper else 30  # CPU: ~3 s per round (unrolled)
-  c.fed.server_lr = 1.0
-  # Per-round decay cap; it warms up as min(decay, (1 + r) / (10 + r)), so
-  # the initial weights hold < 1% of the EMA after 10 rounds.
-  c.fed.ema_decay = 0.999 if paper else 0.9
-  # auto | vmap | unrolled | map: the client layout, and with it the
-  # local-step unroll and the convolution form (fedqjax/federated/
-  # execution.py; auto = unrolled on CPU up to 16 clients per device, then
-  # map; vmap on GPU/TPU; measured in benchmarks/RESULTS.md).
-  c.fed.client_loop = "auto"
-  # auto: shard the client axis over every device (all hosts) when there is
-  # more than one (K padded to a multiple); none: one device.
-  c.fed.mesh = "auto"
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.optimizer = "adam"
-  c.optim.lr = 2e-4 if paper else 1e-3
-  c.optim.grad_clip = 1.0
-
-  c.quant = ml_collections.ConfigDict()
-  c.quant.method = "minmax"  # minmax | qsgd
-  c.quant.bucket_size = 0  # 0 = one bucket per tensor
-  c.quant.b_min = 1
-  c.quant.fixed_bits = 8
-  c.quant.target = "update"  # update | weights
-
-  c.energy = ml_collections.ConfigDict()
-  c.energy.radius_m = 500.0
-  c.energy.shadowing_db = 8.0
-  c.energy.rayleigh_fading = False
-  c.energy.total_bandwidth_hz = 20e6
-  c.energy.noise_psd_dbm_hz = -174.0
-  c.energy.p_max_w = 0.2
-  c.energy.f_min_hz = 0.1e9
-  c.energy.f_max_hz = 2e9
-  c.energy.tau_mean = 1e-28
-  c.energy.tau_spread = 0.5
-  c.energy.flops_per_cycle_choices = (8.0, 16.0, 32.0)
-  c.energy.eps_choices = (1e-3, 1e-2, 5e-2, 1e-1)
-  # T: deadline_s seconds if > 0, else deadline_factor x a statistic of
-  # the devices' fp32 minimal round times (c n / f_max + 32 d / r(p_max)):
-  # fp32_feasible = the largest (every device can deliver every scheme's
-  # upload), median, or quantile (deadline_quantile; devices above it skip).
-  c.energy.deadline_s = 0.0
-  c.energy.deadline_rule = "fp32_feasible"
-  c.energy.deadline_factor = 1.2
-  c.energy.deadline_quantile = 0.95
-  c.energy.infeasible_policy = "drop"  # drop | degrade
-
-  c.eval = ml_collections.ConfigDict()
-  # Held-out denoising loss (EMA and raw params) on `heldout_size` fixed
-  # test images with fixed (t, noise), every `every` rounds (0: at the end
-  # only); FID/KID and samples at the end.
-  c.eval.every = 20 if paper else 5
-  c.eval.heldout_size = 256
-  # CPU: FID/KID at this budget are ~400 (the samples are still noise) and
-  # cost ~2 min per run; the held-out loss above measures quality instead,
-  # and 64 DDIM samples make the logged grid.
-  c.eval.num_samples = 10000 if paper else 64
-  c.eval.batch_size = 500 if paper else 128
-  c.eval.sampler = "ddim"  # ddim | ddpm
-  c.eval.ddim_steps = 100 if paper else 20
-  c.eval.eta = 0.0
-  c.eval.fid = paper
-  c.eval.kid_subset_size = 1000 if paper else 200
-  c.eval.grid = 64  # samples in the logged image grid
-  # DDPM bound in bits/dim on this many test images at the end (0: off), at
-  # t_stride (diffusion.vlb_bits_per_dim: ~s + T / s passes per image).
-  c.eval.vlb_size = 0
-  c.eval.vlb_t_stride = 32
-
-  c.sweep = ml_collections.ConfigDict()
-  # Bits schemes, each trained once per (seed, eps scale): fp32 | fixed |
-  # ondemand ("naive" = ondemand priced with the "max" policy).
-  c.sweep.schemes = ("fp32", "fixed", "ondemand")
-  # Allocation policies priced on the same uploads inside the round.
-  c.sweep.allocations = ("kkt", "deadline", "split", "max")
-  c.sweep.seeds = (0,) if paper else (0, 1, 2)  # mean and 95% t-interval
-  c.sweep.eps_scales = (1.0,)  # multiplies every device's error budget
-  # energy_to_target: first cumulative energy at which the held-out loss
-  # reaches fp32's final value x (1 + margin).
-  c.sweep.target_margin = 0.02
-
-  c.log_every = 1
-  c.ckpt_every = 10
-  c.max_rounds_this_run = 0  # >0: stop after that many rounds (resume tests)
-  c.compilation_cache = True
-  if preset == "quality":
+  if preset == "paper":
+    _paper(c)
+  elif preset == "quality":
     _quality(c)
   return c
+
+
+def _paper(c: ml_collections.ConfigDict) -> None:
+  """Ho et al.'s CIFAR-10 U-Net (35.7M parameters), FID on 10k samples."""
+  c.data.max_train = 0
+  c.data.num_test = 10000
+  c.model.ch = 128
+  c.model.ch_mult = (1, 2, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.num_groups = 32
+  c.model.dtype = "bfloat16"
+  c.fed.local_steps = 5
+  c.fed.batch_size = 32
+  c.fed.rounds = 100
+  c.fed.ema_decay = 0.999
+  c.optim.lr = 2e-4
+  c.eval.every = 20
+  c.eval.num_samples = 10000
+  c.eval.batch_size = 500
+  c.eval.ddim_steps = 100
+  c.eval.fid = True
+  c.eval.kid_subset_size = 1000
+  c.sweep.seeds = (0,)
 
 
 def _quality(c: ml_collections.ConfigDict) -> None:

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.fl_sweep import settings as config_lib
+from experiments.fl_sweep.settings import Settings
 from fedqjax import data as data_lib
 from fedqjax import diffusion, energy, federated
+from fedqjax import quantization as quant_lib
+from fedqjax.federated import execution as execution_lib
 
 log = logging.getLogger("fedqjax")
 HELDOUT_SEED = 20240307  # fixed: the same held-out set for every seed
@@ -28,13 +30,14 @@ HELDOUT_SEED = 20240307  # fixed: the same held-out set for every seed
 @dataclasses.dataclass
 class Setup:
   """Everything shared by the runs of one seed (built once per seed)."""
-  config: Any
+  config: Settings
   dataset: str
   seed: int
   fed_data: federated.FedData
   test_images: np.ndarray  # uint8 [n, H, W, C] (reference for FID/KID)
   image_shape: tuple
   unet: diffusion.UNetConfig
+  schedule: diffusion.NoiseSchedule
   spec: federated.RoundSpec
   devices: energy.Devices
   params: Any
@@ -78,10 +81,14 @@ def load_dataset(config) -> Tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     opts = dict(num=max(config.data.max_train, 64),
                 size=config.data.resolution or 32, channels=1,
                 seed=config.seed)
-  x, y = data_lib.load(name, "train", **opts)
-  if name == "synthetic":
-    opts["num"] = max(config.data.num_test, 16)
-  xt, _ = data_lib.load(name, "test", **opts)
+  try:
+    x, y = data_lib.load(name, "train", **opts)
+    if name == "synthetic":
+      opts["num"] = max(config.data.num_test, 16)
+    xt, _ = data_lib.load(name, "test", **opts)
+  except data_lib.DataError as e:
+    raise data_lib.DataError(f"{e} (config.data.name={name!r}; data_dir: "
+                             "--config.data.data_dir=DIR)") from None
   if config.data.max_train:
     x, y = x[:config.data.max_train], y[:config.data.max_train]
   return name, x, y, xt[:config.data.num_test]
@@ -126,29 +133,53 @@ def deadline(config, devices, num_params: int, flops: float
 
 
 @functools.lru_cache(maxsize=8)
-def _heldout_fn(unet: diffusion.UNetConfig, T: int, beta_start: float,
-                beta_end: float, batch_size: int):
+def schedule_of(d) -> diffusion.NoiseSchedule:
+  """The sweep's one noise schedule (`Settings.diffusion`), built once."""
+  return diffusion.linear_schedule(d.T, d.beta_start, d.beta_end)
+
+
+@functools.lru_cache(maxsize=8)
+def _heldout_fn(unet: diffusion.UNetConfig, d, batch_size: int):
   """One jitted held-out loss per model and schedule (shared by seeds)."""
-  schedule = diffusion.linear_schedule(T, beta_start, beta_end)
-  model = unet.make()
+  model, schedule = unet.make(), schedule_of(d)
   return jax.jit(lambda p, h: diffusion.heldout_loss(
       p, model.apply, h, schedule, batch_size=batch_size))
 
 
 def make_heldout(unet: diffusion.UNetConfig, test_float: np.ndarray,
-                 config) -> Callable[[Any], float]:
+                 config: Settings) -> Callable[[Any], float]:
   """params -> mean denoising loss on a fixed held-out set (deterministic:
   the first `eval.heldout_size` test images, (t, noise) from HELDOUT_SEED
   with t stratified over [0, T))."""
-  d = config.diffusion
   n = min(config.eval.heldout_size, len(test_float))
   if not n:
     return lambda params: float("nan")
-  hset = diffusion.heldout_set(jnp.asarray(test_float[:n]), d.T,
+  hset = diffusion.heldout_set(jnp.asarray(test_float[:n]), config.diffusion.T,
                                jax.random.key(HELDOUT_SEED), n)
   batch = next(b for b in range(min(n, 64), 0, -1) if n % b == 0)
-  fn = _heldout_fn(unet, d.T, float(d.beta_start), float(d.beta_end), batch)
+  fn = _heldout_fn(unet, config.diffusion, batch)
   return lambda params: float(fn(params, hset))
+
+
+def round_spec(config: Settings, unet: diffusion.UNetConfig, quantizer,
+               flops_per_sample: float, mesh=None) -> federated.RoundSpec:
+  """The round's static settings; `fed.client_loop` resolved here."""
+  f, o, d = config.fed, config.optim, config.diffusion
+  shards = federated.num_shards(mesh)
+  execution = execution_lib.resolve_execution(
+      f.client_loop, jax.default_backend(),
+      federated.padded_clients(f.clients_per_round, mesh) // shards)
+  return federated.RoundSpec(
+      unet=unet, quantizer=quantizer, num_clients=f.num_clients,
+      clients_per_round=f.clients_per_round, local_steps=f.local_steps,
+      batch_size=f.batch_size, lr=o.lr, optimizer=o.optimizer,
+      grad_clip=o.grad_clip, server_lr=f.server_lr, ema_decay=f.ema_decay,
+      T=d.T, beta_start=d.beta_start, beta_end=d.beta_end,
+      b_min=config.quant.b_min, target=config.quant.target,
+      infeasible_policy=config.energy.infeasible_policy,
+      flops_per_sample=float(flops_per_sample),
+      allocations=config.sweep.plan()[1], execution=execution,
+      rayleigh_fading=config.energy.rayleigh_fading, mesh=mesh)
 
 
 def client_mesh(config):
@@ -165,7 +196,7 @@ def place_data(data: federated.FedData, mesh) -> federated.FedData:
   shards them itself)."""
   if mesh is None:
     return jax.tree.map(jnp.asarray, data)
-  if data.counts.shape[0] % mesh.shape["clients"] == 0:
+  if data.counts.shape[0] % federated.num_shards(mesh) == 0:
     return federated.shard_clients(data, mesh)
   return federated.replicate(data, mesh)
 
@@ -176,35 +207,43 @@ def place(setup: "Setup", tree):
   return tree if mesh is None else federated.replicate(tree, mesh)
 
 
-def build(config, dataset, seed: int, workdir: str) -> Setup:
+def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
   """Partitions the data and builds model, devices, deadline and spec."""
   from experiments.fl_sweep import evaluate as evaluation  # pylint: disable=g-import-not-at-top
   name, x, y, xt = dataset
   res = config.data.resolution or x.shape[1]  # 0 = native size
   xf = data_lib.to_float(x, resolution=res)
-  cd = data_lib.partition(xf, y, config.fed.num_clients, config.data.partition,
-                          seed=seed, alpha=config.data.dirichlet_alpha,
-                          labels_per_client=config.data.labels_per_client)
+  try:
+    cd = data_lib.partition(
+        xf, y, config.fed.num_clients, config.data.partition, seed=seed,
+        alpha=config.data.dirichlet_alpha,
+        labels_per_client=config.data.labels_per_client)
+  except ValueError as e:  # num_clients is the key fed.num_clients
+    where = "fed" if str(e).startswith("num_clients=") else "data"
+    raise ValueError(f"config.{where}.{e}") from None
   test_f = data_lib.to_float(xt, resolution=res)
   image_shape = tuple(xf.shape[1:])
-  unet = config_lib.unet_config(config, res)
+  unet = config.model.unet(res)
   unet.check_image_shape(image_shape)
   keys = seed_keys(seed)
   params = _init_params(unet, seed, image_shape)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   flops = _flops(unet, image_shape)
   devices = energy.validate_devices(energy.sample_devices(
-      config_lib.energy_config(config), keys["devices"]))
+      config.energy.devices(config.fed.num_clients,
+                            config.fed.clients_per_round), keys["devices"]))
   t, rule, over = deadline(config, devices, num_params, flops)
-  quantizer = config_lib.make_quantizer(config, params)
+  quantizer = quant_lib.make_quantizer(
+      params, method=config.quant.method,
+      bucket_size=config.quant.bucket_size or None)
   mesh = client_mesh(config)
-  spec = config_lib.round_spec(config, unet, quantizer, flops, mesh=mesh)
+  spec = round_spec(config, unet, quantizer, flops, mesh=mesh)
   setup = Setup(
       config=config, dataset=name, seed=seed,
       fed_data=place_data(federated.FedData(images=cd.images,
                                             counts=cd.counts), mesh),
       test_images=data_lib.to_uint8(test_f), image_shape=image_shape,
-      unet=unet, spec=spec,
+      unet=unet, schedule=schedule_of(config.diffusion), spec=spec,
       devices=devices if mesh is None else federated.replicate(devices, mesh),
       params=params,
       run_key=keys["run"],

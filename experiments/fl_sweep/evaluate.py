@@ -37,8 +37,7 @@ class Evaluator:
     self.model = setup.unet.make()
     self.eps_fn = diffusion.eps_fn_from_module(self.model)  # one object: the
     # sampler jit keys on it, so reusing it avoids recompiles.
-    sc = setup.config.diffusion
-    self.schedule = diffusion.linear_schedule(sc.T, sc.beta_start, sc.beta_end)
+    self.schedule = setup.schedule
     self.cache_dir = os.path.join(workdir, ".fid_cache")
     self._ref_feats = None
     self._feature_fn = None

@@ -13,11 +13,12 @@ A bad command line exits with status 2 and one line on stderr.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 
-from experiments.common import cli as cli_errors
+from experiments.common import cli
 from experiments.common import logs
 from experiments.fl_sweep import progress
 
@@ -25,6 +26,22 @@ FLAGS = flags.FLAGS
 _MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity",
                "--coordinator_address", "--num_processes", "--process_id",
                "--distributed_auto")
+# The shipped config, found from this module (runs from any directory).
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    "cifar_sweep.py")
+_SETTINGS = []  # the parsed settings tree (set by _parse)
+
+
+def _program() -> cli.Program:
+  """The command line's flags and settings, for one-line errors."""
+  if "jax" not in sys.modules:  # the settings import jax: quiet its start-up
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from experiments.fl_sweep import settings  # pylint: disable=g-import-not-at-top
+  return cli.Program(flags=_MAIN_FLAGS, settings=settings.Settings,
+                     removed=settings.REMOVED,
+                     config_examples=f"{DEFAULT_CONFIG}[:preset] or "
+                     "experiments/configs/test.py")
 
 
 def _define_flags() -> None:
@@ -34,7 +51,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", "workdir/cifar_sweep",
                       "Output directory (logs, checkpoints, results).")
   config_flags.DEFINE_config_file(
-      "config", "experiments/configs/cifar_sweep.py",
+      "config", DEFAULT_CONFIG,
       "Config file (optionally :preset).", lock_config=True)
   # Several hosts (jax.distributed.initialize); defaults from the usual
   # environment variables, nothing when running alone.
@@ -61,13 +78,13 @@ def _parse(argv):
     if FLAGS["verbosity"].using_default_value:
       FLAGS.verbosity = -1  # else absl raises it to 0 (INFO: orbax chatter)
     logs.setup(FLAGS.verbosity)  # before jax loads
-    from experiments.fl_sweep import settings as config_lib  # pylint: disable=g-import-not-at-top
-    config_lib.validate_config(FLAGS.config)
-    cli_errors.check_workdir(FLAGS.workdir)
+    from experiments.fl_sweep import settings  # pylint: disable=g-import-not-at-top
+    _SETTINGS[:] = [settings.parse(FLAGS.config)]
+    cli.check_workdir(FLAGS.workdir)
   except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
     # KeyError / AttributeError: ml_collections on an unknown key; OSError:
     # a config file that cannot be read (raised when the value is read).
-    cli_errors.exit_with_error(cli_errors.command_line_error(e, argv, _MAIN_FLAGS))
+    cli.exit_with_error(cli.command_line_error(e, argv, _program()))
   return rest
 
 
@@ -80,9 +97,9 @@ def main(argv):
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, auto=FLAGS.distributed_auto)
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except ValueError as e:  # bad config / data: a clear message, exit 2
-    cli_errors.exit_with_error(str(e))
+    results = train.train_and_evaluate(_SETTINGS[0], FLAGS.workdir)
+  except ValueError as e:  # bad data or setting found late: exit 2
+    cli.exit_with_error(str(e))
   if train.is_primary():
     print(report.markdown_table(results), flush=True)
     progress.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))

@@ -1,209 +1,255 @@
-"""Config keys -> settings dataclasses, validated before anything compiles.
+"""Every key of the training sweep: its type, default and range, ONCE.
 
-The sweep's ml_collections ConfigDict is mapped key by key onto the frozen
-settings of the core (`RoundSpec`, `EnergyConfig`, `UNetConfig`), which
-validate themselves in their own field names; this layer checks types,
-unknown keys ("did you mean"), removed keys (naming their replacement), the
-ranges of keys that only the experiment uses (data, eval, sweep, logging),
-and rewrites a core message "RoundSpec.local_steps=0 is invalid; valid: >= 1"
-as "config.fed.local_steps=0 is invalid; valid: >= 1". No ConfigDict is ever
-traced, and the core never names a config path.
+The field names are the config keys (`config.fed.local_steps` is
+`Settings.fed.local_steps`). The defaults are the `cpu` preset; the config
+file (experiments/configs/cifar_sweep.py) starts from `to_config_dict(
+Settings())` and overrides what a preset changes. `parse(config)` turns a
+ConfigDict into this tree, validated before anything compiles (unknown and
+removed keys, types, ranges, cross-field checks; every message names the
+key path). Where a section's keys are the fields of a library settings class
+(`model` -> `UNetConfig`, `energy` -> `EnergyConfig`), that class checks
+them: their ranges live in the library, in its own field names.
 """
 from __future__ import annotations
 
-import difflib
-import re
-from typing import Any, Dict
+import dataclasses
+from typing import Tuple
 
-import jax
-
+from experiments.common import settings as settings_lib
+from experiments.common.settings import (Invalid, between, each, key, one_of,
+                                         section)
 from fedqjax import energy
-from fedqjax import quantization as quant_lib
-from experiments.fl_sweep.schema_old import (CORE_KEYS, REMOVED_KEYS, SCHEMA, TYPES,
-                                   finite as _finite, flatten)
 from fedqjax.diffusion import UNetConfig
-from fedqjax.federated import execution as execution_lib
-from fedqjax.federated import spec as spec_lib
+from fedqjax.federated import execution, spec
+from fedqjax.quantization import METHODS
 
-_NUMBER, _INTEGER = (int, float), (int,)
-_CORE_MESSAGE = re.compile(r"^(\w+)\.(\w+)=(.*?) is invalid; (.*)$", re.S)
+PRESETS = ("cpu", "quality", "paper", "test")
+SCHEME_NAMES = spec.BITS_SCHEMES + ("naive",)  # naive: ondemand priced "max"
+_POS_INT = between(1)
+_LOOP = ("replaced by fed.client_loop (one of "
+         f"{execution.CLIENT_LOOPS}), which also sets the local-step unroll "
+         "and the convolution form (fedqjax/federated/execution.py)")
+REMOVED = {"fed.parallelism": _LOOP, "fed.chunk_size": _LOOP,
+           "fed.unroll": _LOOP, "model.conv_impl": _LOOP}
 
 
-def _normalize(config) -> None:
-  """Comma lists -> tuples for the sweep's list keys.
+@dataclasses.dataclass(frozen=True)
+class Data:
+  name: str = key("auto", one_of("auto", "cifar10", "fashion_mnist",
+                                 "synthetic"),
+                  "auto: CIFAR-10 if tfds has it prepared, else Fashion-MNIST")
+  data_dir: str = key("", doc="Fashion-MNIST idx dir or tfds data_dir")
+  tarball: str = key("", doc="cifar-10-python.tar.gz (trusted input)")
+  resolution: int = key(0, one_of(0, 8, 16, 28, 32), "0 = native size")
+  partition: str = key("iid", one_of("iid", "dirichlet", "shards"))
+  dirichlet_alpha: float = key(0.5, between(0, lo_open=True))
+  labels_per_client: int = key(2, between(1, 10))
+  max_train: int = key(6000, between(0), "training images used (0 = all)")
+  num_test: int = key(1000, between(2), "reference images for FID/KID")
 
-  Accepts "fp32,ondemand" (a string) and ('fp32,ondemand',) (what
-  config_flags makes of `--config.sweep.schemes=fp32,ondemand`).
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """The U-Net; `UNetConfig` checks these keys (its fields)."""
+  ch: int = 32
+  ch_mult: Tuple[int, ...] = (1, 2, 2)
+  num_res_blocks: int = 1
+  attn_resolutions: Tuple[int, ...] = (16,)
+  dropout: float = 0.1
+  num_groups: int = 8
+  dtype: str = "float32"
+
+  def unet(self, resolution=None) -> UNetConfig:
+    return UNetConfig(**dataclasses.asdict(self), resolution=resolution)
+
+  def validate(self) -> None:
+    self.unet()
+
+
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+  T: int = key(1000, between(2))
+  beta_start: float = key(1e-4, between(0, 1, lo_open=True, hi_open=True))
+  beta_end: float = key(0.02, between(0, 1, lo_open=True, hi_open=True))
+
+  def validate(self) -> None:
+    if not self.beta_start < self.beta_end:
+      raise Invalid("beta_start", self.beta_start,
+                    f"(0, beta_end={self.beta_end})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fed:
+  num_clients: int = key(10, _POS_INT, "N, clients holding data")
+  clients_per_round: int = key(10, _POS_INT, "K participants per round")
+  local_steps: int = key(2, _POS_INT, "I local optimizer steps per round")
+  batch_size: int = key(8, _POS_INT, "B, images per local step")
+  rounds: int = key(30, between(1, 10_000_000))
+  server_lr: float = key(1.0, between(0, 10, lo_open=True), "1 = FedAvg")
+  ema_decay: float = key(0.9, between(0, 1, hi_open=True),
+                         "per-round cap; warms up as (1 + r) / (10 + r)")
+  client_loop: str = key("auto", one_of(*execution.CLIENT_LOOPS),
+                         "client layout (fedqjax/federated/execution.py)")
+  mesh: str = key("auto", one_of("auto", "none"),
+                  "auto: shard the client axis over every device")
+
+  def validate(self) -> None:
+    if self.clients_per_round > self.num_clients:
+      raise Invalid("clients_per_round", self.clients_per_round,
+                    f"1..num_clients={self.num_clients}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Optim:
+  optimizer: str = key("adam", one_of(*spec.OPTIMIZERS))
+  lr: float = key(1e-3, between(0, 10, lo_open=True, hi_open=True))
+  grad_clip: float = key(1.0, between(0), "global-norm clip (0 disables)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Quant:
+  method: str = key("minmax", one_of(*METHODS))
+  bucket_size: int = key(0, between(0), "0 = one bucket per tensor")
+  b_min: int = key(1, between(1, 32), "smallest bit-width on demand")
+  fixed_bits: int = key(8, between(1, 32), "the fixed scheme's bit-width")
+  target: str = key("update", one_of(*spec.TARGETS), "update: w_k - w")
+
+
+_ENERGY_CONFIG_KEYS = (
+    "radius_m", "shadowing_db", "rayleigh_fading", "total_bandwidth_hz",
+    "noise_psd_dbm_hz", "p_max_w", "f_min_hz", "f_max_hz", "tau_mean",
+    "tau_spread", "flops_per_cycle_choices", "eps_choices")
+
+
+@dataclasses.dataclass(frozen=True)
+class Energy:
+  """Devices (checked by `EnergyConfig`: its fields) and the deadline.
+
+  T is deadline_s seconds if > 0, else deadline_factor x a statistic of the
+  devices' fp32 minimal round times (c n / f_max + 32 d / r(p_max)):
+  fp32_feasible = the largest (every device can deliver every scheme's
+  upload), median, or quantile (deadline_quantile; devices above it skip).
   """
-  for name in ("schemes", "allocations"):
-    s = config.sweep.get(name) if hasattr(config, "sweep") else None
-    items = [s] if isinstance(s, str) else list(s) if isinstance(
-        s, (tuple, list)) else None
-    if items is None or not all(isinstance(x, str) for x in items):
-      continue
-    split = tuple(x.strip() for item in items for x in item.split(",")
-                  if x.strip())
-    if split != tuple(s if not isinstance(s, str) else (s,)):
-      if hasattr(config.sweep, "ignore_type"):  # a type-safe ConfigDict
-        with config.sweep.ignore_type():
-          config.sweep[name] = split
-      else:
-        config.sweep[name] = split
+  radius_m: float = 500.0
+  shadowing_db: float = 8.0
+  rayleigh_fading: bool = False
+  total_bandwidth_hz: float = 20e6
+  noise_psd_dbm_hz: float = -174.0
+  p_max_w: float = 0.2
+  f_min_hz: float = 0.1e9
+  f_max_hz: float = 2e9
+  tau_mean: float = 1e-28
+  tau_spread: float = 0.5
+  flops_per_cycle_choices: Tuple[float, ...] = (8.0, 16.0, 32.0)
+  eps_choices: Tuple[float, ...] = (1e-3, 1e-2, 5e-2, 1e-1)
+  deadline_s: float = key(0.0, between(0), "> 0: a fixed deadline T")
+  deadline_rule: str = key("fp32_feasible", one_of(*energy.DEADLINE_RULES))
+  deadline_factor: float = key(1.2, between(0, lo_open=True))
+  deadline_quantile: float = key(0.95, between(0, 1, lo_open=True))
+  infeasible_policy: str = key("drop", one_of(*spec.INFEASIBLE_POLICIES))
+
+  def devices(self, num_devices: int, bandwidth_shares: int
+              ) -> energy.EnergyConfig:
+    """The device population's settings (N devices, K bandwidth shares)."""
+    return energy.EnergyConfig(
+        num_devices=num_devices, bandwidth_shares=bandwidth_shares,
+        **{k: getattr(self, k) for k in _ENERGY_CONFIG_KEYS})
+
+  def validate(self) -> None:
+    self.devices(1, 1)
 
 
-def _check_keys(flat: Dict[str, Any]) -> None:
-  for key in flat:
-    if key in REMOVED_KEYS:
-      raise ValueError(f"config.{key} was removed; {REMOVED_KEYS[key]}")
-    if key not in TYPES:
-      close = difflib.get_close_matches(key, TYPES.keys(), n=1)
-      hint = f"; did you mean {close[0]!r}?" if close else ""
-      raise ValueError(f"unknown config key {key!r}{hint}")
-  missing = sorted(set(TYPES) - set(flat))
-  if missing:
-    raise ValueError(f"config is missing key(s) {missing}")
+@dataclasses.dataclass(frozen=True)
+class Eval:
+  every: int = key(5, between(0), "held-out loss every n rounds (0: end)")
+  heldout_size: int = key(256, between(0, 100_000))
+  num_samples: int = key(64, between(2, 1_000_000), "samples at the end")
+  batch_size: int = key(128, between(1, 100_000))
+  sampler: str = key("ddim", one_of("ddim", "ddpm"))
+  ddim_steps: int = key(20, between(1, 100_000))
+  eta: float = key(0.0, between(0, 1))
+  fid: bool = key(False, doc="FID/KID of the samples vs the test split")
+  kid_subset_size: int = key(200, between(2, 1_000_000))
+  grid: int = key(64, between(1, 1024), "samples in the logged grid")
+  vlb_size: int = key(0, between(0, 100_000),
+                      "bits/dim bound on this many test images (0: off)")
+  vlb_t_stride: int = key(32, between(1, 999))
 
 
-def _check_types_and_ranges(flat: Dict[str, Any]) -> None:
-  for key, types in TYPES.items():
-    v = flat[key]
-    ok = isinstance(v, types) and not (isinstance(v, bool) and
-                                       bool not in types)
-    if not ok:
-      names = "/".join(t.__name__ for t in types)
-      raise ValueError(f"config.{key}={v!r} is invalid; valid: a {names}"
-                       + (f" in {SCHEMA[key][1]}" if key in SCHEMA else ""))
-    if types in (_NUMBER, _INTEGER) and not _finite(v):
-      raise ValueError(f"config.{key}={v!r} is invalid; valid: a finite "
-                       "number")
-    if key in SCHEMA and not SCHEMA[key][0](v):
-      raise ValueError(f"config.{key}={v!r} is invalid; valid: "
-                       f"{SCHEMA[key][1]}")
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  schemes: Tuple[str, ...] = key(
+      ("fp32", "fixed", "ondemand"), each(one_of(*SCHEME_NAMES)),
+      "bits schemes, each trained once per (seed, eps scale)")
+  allocations: Tuple[str, ...] = key(
+      ("kkt", "deadline", "split", "max"),
+      each(one_of(*energy.ALLOCATIONS), distinct=True),
+      "allocation policies priced inside the round on the same uploads")
+  seeds: Tuple[int, ...] = key((0, 1, 2), each(between(0, 2**31 - 1)))
+  eps_scales: Tuple[float, ...] = key(
+      (1.0,), each(between(0, lo_open=True)),
+      "multiplies every device's error budget")
+  target_margin: float = key(0.02, between(0, 10),
+                             "energy to fp32's final held-out loss x (1+m)")
+
+  def plan(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(bits schemes to train, policies to price), `naive` resolved."""
+    bits, allocs = [], list(self.allocations)
+    for name in self.schemes:
+      b = "ondemand" if name == "naive" else name
+      if b not in bits:
+        bits.append(b)
+      if name == "naive" and "max" not in allocs:
+        allocs.append("max")
+    return tuple(bits), tuple(allocs)
 
 
-def _core(section: str, build):
-  """Runs a settings constructor; rewrites its message in config keys."""
-  try:
-    return build()
-  except ValueError as e:
-    m = _CORE_MESSAGE.match(str(e))
-    key = m and CORE_KEYS.get(f"{m.group(1)}.{m.group(2)}")
-    if key:
-      owner = m.group(1)
-      valid = re.sub(r"\b([a-z_]+)=", lambda f: CORE_KEYS.get(
-          f"{owner}.{f.group(1)}", f.group(1)) + "=", m.group(4))
-      raise ValueError(f"config.{key}={m.group(3)} is invalid; "
-                       f"{valid}") from None
-    raise ValueError(f"config.{section}: {e}") from None
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The training sweep's settings tree (defaults: the `cpu` preset)."""
+  preset: str = key("cpu", one_of(*PRESETS))
+  seed: int = key(0, between(0, 2**31 - 1), "synthetic data, sampling noise")
+  data: Data = section(Data)
+  model: Model = section(Model)
+  diffusion: Diffusion = section(Diffusion)
+  fed: Fed = section(Fed)
+  optim: Optim = section(Optim)
+  quant: Quant = section(Quant)
+  energy: Energy = section(Energy)
+  eval: Eval = section(Eval)
+  sweep: Sweep = section(Sweep)
+  log_every: int = key(1, _POS_INT)
+  ckpt_every: int = key(10, _POS_INT)
+  max_rounds_this_run: int = key(0, between(0), "> 0: stop after n rounds")
+  compilation_cache: bool = key(True, doc="JAX's persistent cache")
+
+  def validate(self) -> None:
+    """Checks across sections (keys named with their section)."""
+    if self.data.resolution:
+      try:
+        self.model.unet(self.data.resolution)
+      except ValueError as e:
+        raise Invalid("data.resolution", self.data.resolution,
+                      getattr(e, "valid", str(e))) from None
+    t = self.diffusion.T
+    if self.eval.ddim_steps > t:
+      raise Invalid("eval.ddim_steps", self.eval.ddim_steps,
+                    f"1..diffusion.T={t}")
+    if self.eval.vlb_t_stride > t - 1:
+      raise Invalid("eval.vlb_t_stride", self.eval.vlb_t_stride,
+                    f"1..diffusion.T-1={t - 1}")
+    if self.eval.vlb_size > self.data.num_test:
+      raise Invalid("eval.vlb_size", self.eval.vlb_size,
+                    f"0..data.num_test={self.data.num_test}")
 
 
-def _floats(config, key: str) -> tuple:
-  """A tuple key's values as floats, or a ValueError naming the key."""
-  section, name = key.split(".")
-  values = config[section][name]
-  try:
-    return tuple(float(x) for x in values)
-  except (TypeError, ValueError, OverflowError):
-    raise ValueError(f"config.{key}={values!r} is invalid; valid: a tuple "
-                     "of numbers") from None
+def parse(config) -> Settings:
+  """A ConfigDict (or nested mapping) -> the validated `Settings`."""
+  if isinstance(config, Settings):
+    return config
+  return settings_lib.parse(Settings, config, removed=REMOVED)
 
 
-def validate_config(config) -> None:
-  """Checks every key; raises ValueError naming key, value and range."""
-  _normalize(config)
-  flat = flatten(config)
-  _check_keys(flat)
-  _check_types_and_ranges(flat)
-  c = config
-  if c.data.resolution:
-    _core("model", lambda: unet_config(config, c.data.resolution))
-  _core("energy", lambda: energy_config(config))
-  unet = _core("model", lambda: unet_config(config, None))
-  # backend="cpu": validating must not initialize a backend (the CLI may
-  # still call jax.distributed.initialize); the layout is resolved later.
-  _core("fed", lambda: round_spec(config, unet, None, 1.0, backend="cpu"))
-  if c.eval.ddim_steps > c.diffusion.T:  # after T's own range
-    raise ValueError(f"config.eval.ddim_steps={c.eval.ddim_steps} is invalid;"
-                     f" valid: 1..diffusion.T={c.diffusion.T}")
-  if c.eval.vlb_t_stride > c.diffusion.T - 1:
-    raise ValueError(f"config.eval.vlb_t_stride={c.eval.vlb_t_stride} is "
-                     f"invalid; valid: 1..diffusion.T-1={c.diffusion.T - 1}")
-  if c.eval.vlb_size > c.data.num_test:
-    raise ValueError(f"config.eval.vlb_size={c.eval.vlb_size} is invalid; "
-                     f"valid: 0..data.num_test={c.data.num_test}")
-
-
-def unet_config(config, resolution) -> UNetConfig:
-  m = config.model
-  return UNetConfig(ch=m.ch, ch_mult=tuple(m.ch_mult),
-                    num_res_blocks=m.num_res_blocks,
-                    attn_resolutions=tuple(m.attn_resolutions),
-                    dropout=float(m.dropout), num_groups=m.num_groups,
-                    dtype=m.dtype, resolution=resolution or None)
-
-
-def energy_config(config) -> energy.EnergyConfig:
-  e = config.energy
-  return energy.EnergyConfig(
-      num_devices=config.fed.num_clients, radius_m=float(e.radius_m),
-      shadowing_db=float(e.shadowing_db),
-      rayleigh_fading=bool(e.rayleigh_fading),
-      total_bandwidth_hz=float(e.total_bandwidth_hz),
-      bandwidth_shares=int(config.fed.clients_per_round),
-      noise_psd_dbm_hz=float(e.noise_psd_dbm_hz), p_max_w=float(e.p_max_w),
-      f_min_hz=float(e.f_min_hz), f_max_hz=float(e.f_max_hz),
-      tau_mean=float(e.tau_mean), tau_spread=float(e.tau_spread),
-      flops_per_cycle_choices=_floats(config,
-                                      "energy.flops_per_cycle_choices"),
-      eps_choices=_floats(config, "energy.eps_choices"))
-
-
-def make_quantizer(config, template) -> Any:
-  q = config.quant
-  return quant_lib.make_quantizer(template, method=q.method,
-                                  bucket_size=q.bucket_size or None)
-
-
-def sweep_plan(config):
-  """(bits schemes to train, allocation policies to price), aliases resolved.
-
-  `naive` = on-demand bits priced at f_max / p_max (the "max" policy).
-  """
-  bits, allocs = [], list(config.sweep.allocations)
-  for name in config.sweep.schemes:
-    b = "ondemand" if name == "naive" else name
-    if b not in bits:
-      bits.append(b)
-    if name == "naive" and "max" not in allocs:
-      allocs.append("max")
-  return tuple(bits), tuple(allocs)
-
-
-def round_spec(config, unet: UNetConfig, quantizer, flops_per_sample: float,
-               mesh=None, backend: str | None = None) -> spec_lib.RoundSpec:
-  """The round's static settings; `fed.client_loop` resolved here."""
-  f, o, d = config.fed, config.optim, config.diffusion
-  shards = 1 if mesh is None else int(mesh.shape["clients"])
-  execution = execution_lib.resolve_execution(
-      f.client_loop, backend or jax.default_backend(),
-      -(-f.clients_per_round // shards))
-  return spec_lib.RoundSpec(
-      unet=unet, quantizer=quantizer, num_clients=f.num_clients,
-      clients_per_round=f.clients_per_round, local_steps=f.local_steps,
-      batch_size=f.batch_size, lr=float(o.lr), optimizer=o.optimizer,
-      grad_clip=float(o.grad_clip), server_lr=float(f.server_lr),
-      ema_decay=float(f.ema_decay), T=d.T, beta_start=float(d.beta_start),
-      beta_end=float(d.beta_end), b_min=config.quant.b_min,
-      target=config.quant.target,
-      infeasible_policy=config.energy.infeasible_policy,
-      flops_per_sample=float(flops_per_sample),
-      allocations=sweep_plan(config)[1], execution=execution,
-      fading=bool(config.energy.rayleigh_fading), mesh=mesh)
-
-
-def flat_hparams(config, run: str) -> Dict[str, Any]:
-  """Scalars for clu's write_hparams (tuples as strings)."""
-  out = {"run": run}
-  for k, v in flatten(config).items():
-    out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
+def default_config():
+  """The `cpu` preset as a ConfigDict (the config file starts here)."""
+  return settings_lib.to_config_dict(Settings())

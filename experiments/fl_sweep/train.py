@@ -24,20 +24,17 @@ import time
 from typing import Any, Dict, List
 
 import jax
-import ml_collections
 import numpy as np
 
-from experiments.fl_sweep import settings as config_lib
+from experiments.common import settings as settings_lib
+from experiments.fl_sweep import settings as settings_tree
+from experiments.fl_sweep.settings import Settings
 from experiments.common import distributed
 from experiments.fl_sweep import progress as console, results as results_lib
 from fedqjax import federated
 from experiments.fl_sweep.build import Setup, build, load_dataset, place
 
 log = logging.getLogger("fedqjax")
-
-
-class DivergedError(RuntimeError):
-  """A non-finite loss or parameter was seen at a log step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +48,7 @@ class Run:
 
 def plan_runs(config) -> List[Run]:
   """Bits schemes x seeds (x eps scales for on-demand), in a stable order."""
-  bits, _ = config_lib.sweep_plan(config)
+  bits, _ = config.sweep.plan()
   seeds, scales = tuple(config.sweep.seeds), tuple(config.sweep.eps_scales)
   runs = []
   for seed in seeds:
@@ -61,6 +58,14 @@ def plan_runs(config) -> List[Run]:
             f"_eps{scale:g}" if b == "ondemand" and len(scales) > 1 else "")
         runs.append(Run(name, b, int(seed), float(scale)))
   return runs
+
+
+def hparams(config: Settings, run: str) -> Dict[str, Any]:
+  """Scalars for clu's write_hparams: every key (tuples as strings)."""
+  out: Dict[str, Any] = {"run": run}
+  for k, v in settings_lib.flatten(config).items():
+    out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -185,7 +190,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   writer = metric_writers.create_default_writer(
       sdir, just_logging=not is_primary(), asynchronous=False)
   if start == 0:
-    writer.write_hparams(config_lib.flat_hparams(config, run.name))
+    writer.write_hparams(hparams(config, run.name))
     history = [dict(round=0, **evaluate_heldout(setup, state, writer, 0,
                                                 run.name))]
   rounds, every = config.fed.rounds, config.eval.every
@@ -280,16 +285,20 @@ def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
-                       ) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs every run of the sweep; writes results + figures.
+
+  Args:
+    config: the `Settings` tree, or a ConfigDict / mapping of its keys
+      (parsed and validated here, before anything compiles).
+    workdir: where runs, results and figures go.
 
   Returns:
     {"runs": [summary per run], "rows": [one per (run, allocation)],
      "meta": {...}}.
   """
   from experiments.fl_sweep import figures as report  # pylint: disable=g-import-not-at-top
-  config_lib.validate_config(config)  # before anything compiles
+  config = settings_tree.parse(config)  # before anything compiles
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache:
     enable_compilation_cache(os.path.join(workdir, ".jax_cache"))

@@ -85,8 +85,7 @@ def load_fashion_mnist(split: str, data_dir: Optional[str] = None):
     raise DataError(
         f"Fashion-MNIST directory {data_dir!r} does not exist. Install it with "
         "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put the "
-        "four idx .gz files in a directory and pass data_dir=... "
-        "(config: --config.data.data_dir=DIR).")
+        "four idx .gz files in a directory and pass data_dir=DIR.")
   img_file, lbl_file = _FMNIST_FILES[split]
   images = read_idx(os.path.join(data_dir, img_file))
   labels = read_idx(os.path.join(data_dir, lbl_file))

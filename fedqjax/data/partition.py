@@ -37,10 +37,10 @@ class ClientData:
 
 def _check(n: int, num_clients: int, min_per_client: int):
   if num_clients < 1:
-    raise ValueError(f"fed.num_clients={num_clients} must be >= 1")
+    raise ValueError(f"num_clients={num_clients} is invalid; valid: >= 1")
   if num_clients * min_per_client > n:
     raise ValueError(
-        f"fed.num_clients={num_clients} needs at least {min_per_client} "
+        f"num_clients={num_clients} needs at least {min_per_client} "
         f"sample(s) each but the dataset has only {n}; valid: num_clients <= "
         f"{n // max(min_per_client, 1)}")
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from fedqjax.diffusion.conv import CONV_IMPLS
+from fedqjax.errors import InvalidSetting
 from fedqjax.typing import Array
 
 Dtype = Any
@@ -103,7 +104,7 @@ class UNetConfig:
   conv_impl: str = "xla"
 
   def __post_init__(self):
-    # ConfigDicts hand over lists; tuples keep the config hashable (jit/lru_cache keys).
+    # Lists become tuples: the config stays hashable (jit/lru_cache keys).
     for name in ("ch_mult", "attn_resolutions"):
       v = getattr(self, name)
       object.__setattr__(self, name, tuple(v) if isinstance(v, (list, tuple)) else v)
@@ -115,7 +116,7 @@ class UNetConfig:
     self._validate()
 
   def _bad(self, name: str, valid: str):
-    raise ValueError(f"UNetConfig.{name}={getattr(self, name)!r} is invalid; valid: {valid}")
+    raise InvalidSetting("UNetConfig", name, getattr(self, name), valid)
 
   def _validate(self) -> None:
     if not _is_pos_int(self.ch):
@@ -177,7 +178,7 @@ class UNetConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
-    """Builds a config from a mapping (e.g. `config.model.to_dict()`).
+    """Builds a config from a mapping of its field names.
 
     Raises:
       ValueError: on unknown keys or invalid values.
@@ -192,7 +193,7 @@ class UNetConfig:
     return dataclasses.asdict(self)
 
   def make(self) -> "UNet":
-    """The Flax module of this config."""
+    """The Flax module of these settings."""
     return UNet(self)
 
 

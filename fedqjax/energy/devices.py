@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedqjax.errors import InvalidSetting
 from fedqjax.typing import Array, PRNGKey
 
 
@@ -83,8 +84,7 @@ class EnergyConfig:
   def validate(self) -> "EnergyConfig":
     """Checks every field; raises ValueError naming field, value and valid range."""
     def bad(name, rng):
-      raise ValueError(f"EnergyConfig.{name}={getattr(self, name)!r} is invalid; "
-                       f"valid range: {rng}")
+      raise InvalidSetting("EnergyConfig", name, getattr(self, name), rng)
     if not isinstance(self.num_devices, (int, np.integer)) or self.num_devices < 1:
       bad("num_devices", "integer >= 1")
     positive = ("radius_m", "min_distance_m", "total_bandwidth_hz", "p_max_w",
@@ -120,7 +120,7 @@ class EnergyConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "EnergyConfig":
-    """Builds a config from a dict or an ml_collections ConfigDict.
+    """Builds a config from a mapping of field names (or an object with to_dict).
 
     Unknown keys raise ValueError so that typos in a config file are caught.
     """

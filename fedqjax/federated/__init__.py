@@ -5,8 +5,9 @@ from fedqjax.federated.execution import (AUTO_MAX_UNROLLED, CLIENT_LOOPS,
                                          resolve_execution)
 from fedqjax.federated.phases import select_participants
 from fedqjax.federated.round import jit_round_step, round_step
-from fedqjax.federated.sharding import (client_mesh, replicate, shard_clients,
-                                        to_host)
+from fedqjax.federated.sharding import (client_mesh, num_shards,
+                                        padded_clients, replicate,
+                                        shard_clients, to_host)
 from fedqjax.federated.spec import (BITS_SCHEMES, RoundSpec, Scheme,
                                     make_scheme)
 from fedqjax.federated.state import (FedData, ServerState, client_keys,

@@ -70,7 +70,7 @@ def select(keys: Dict[str, Array], data: FedData, devices: energy.Devices,
   ids, present = select_participants(keys["select"], spec)
   take = lambda x: jnp.take(x, ids, axis=0)
   dev = jax.tree.map(take, devices)
-  if spec.fading:
+  if spec.rayleigh_fading:
     fade = client_keys(keys["fade"], ids)
     dev = jax.vmap(energy.redraw_fading)(dev, fade)
   images = sharding.constrain_clients(take(data.images), spec.mesh)

@@ -23,6 +23,17 @@ def client_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   return Mesh(np.asarray(devices), (AXIS,))
 
 
+def num_shards(mesh: Optional[Mesh]) -> int:
+  """Devices the client axis is split over (1 without a mesh)."""
+  return 1 if mesh is None else int(mesh.shape[AXIS])
+
+
+def padded_clients(clients: int, mesh: Optional[Mesh]) -> int:
+  """`clients` rounded up to a multiple of the shard count (masked slots)."""
+  s = num_shards(mesh)
+  return -(-clients // s) * s
+
+
 def client_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 

@@ -27,6 +27,8 @@ from flax import struct
 
 from fedqjax import energy
 from fedqjax.diffusion import UNetConfig
+from fedqjax.errors import InvalidSetting
+from fedqjax.federated import sharding
 from fedqjax.federated.execution import CLIENT_LOOPS, LAYOUTS, Execution
 
 BITS_FP32, BITS_FIXED, BITS_ONDEMAND = 0, 1, 2
@@ -46,7 +48,7 @@ class Scheme:
 
 
 def _bad(owner: str, name: str, value: Any, valid: Any):
-  raise ValueError(f"{owner}.{name}={value!r} is invalid; valid: {valid}")
+  raise InvalidSetting(owner, name, value, valid)
 
 
 def make_scheme(bits: str, *, deadline_s: float, fixed_bits: int = 8,
@@ -99,7 +101,7 @@ class RoundSpec:
       cost analysis (MODEL.md section 3).
     allocations: allocation policies priced every round (energy.ALLOCATIONS).
     execution: how the client axis is laid out (`resolve_execution`).
-    fading: redraw Rayleigh fading each round.
+    rayleigh_fading: redraw Rayleigh fading each round (as EnergyConfig).
     mesh: optional jax.sharding.Mesh with a "clients" axis.
   """
   unet: UNetConfig
@@ -123,7 +125,7 @@ class RoundSpec:
   flops_per_sample: float = 1e9
   allocations: Tuple[str, ...] = ("kkt",)
   execution: Execution = Execution()
-  fading: bool = False
+  rayleigh_fading: bool = False
   mesh: Optional[Any] = None
 
   def __post_init__(self):
@@ -192,13 +194,12 @@ class RoundSpec:
 
   @property
   def num_shards(self) -> int:
-    return 1 if self.mesh is None else int(self.mesh.shape["clients"])
+    return sharding.num_shards(self.mesh)
 
   @property
   def padded_clients(self) -> int:
     """K rounded up to a multiple of the mesh's client axis (masked slots)."""
-    s = self.num_shards
-    return -(-self.clients_per_round // s) * s
+    return sharding.padded_clients(self.clients_per_round, self.mesh)
 
   @property
   def samples_per_round(self) -> int:

@@ -1,4 +1,5 @@
-"""Shared tiny setup for federated tests (imported by tests and subprocesses)."""
+"""Shared tiny setup for the federated round tests (imported by tests and by
+the subprocess tests/fedqjax/federated/sharded_check.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

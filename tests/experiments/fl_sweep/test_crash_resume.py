@@ -4,7 +4,7 @@ checkpoint, and everything the resumed sweep wrote compared bit for bit.
 One uninterrupted reference run and one chain of killed-and-rerun processes
 of `python -m experiments.cifar_sweep` on the tiny test config (fp32 and
 on-demand, 5 rounds, checkpoints at rounds 2, 4 and 5). The chain kills one
-process at each of KILLS points of a seeded schedule (tests/crash_probe.py):
+process at each of KILLS points of a seeded schedule (crash_probe.py):
 in each run its first round, inside a checkpoint write, between
 checkpoints, the last round, the final evaluation and the history /
 summary writes; a start-up; the results write. Each is fired on an event
@@ -43,18 +43,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli import Lines
-
-from tests import crash_probe as cp
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.experiments.fl_sweep import crash_probe as cp
+from tests.support import ROOT, SWEEP, TEST_CONFIG, Lines, cli_env
 SEED, KILLS = 20240304, 14  # every phase of both runs, start-up, results
 RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
 
 
 def _cmd(workdir: Path, schemes: str):
-  return [sys.executable, "-m", "experiments.cifar_sweep",
-          "--config=experiments/configs/test.py", f"--workdir={workdir}",
+  return [sys.executable, *SWEEP, TEST_CONFIG, f"--workdir={workdir}",
           f"--config.fed.rounds={cp.ROUNDS}",
           f"--config.ckpt_every={cp.CKPT_EVERY}", "--config.eval.fid=False",
           f"--config.sweep.schemes={schemes}"]
@@ -62,8 +58,7 @@ def _cmd(workdir: Path, schemes: str):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  e = dict(os.environ, JAX_PLATFORMS="cpu")
-  e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+  e = cli_env()
   if "JAX_COMPILATION_CACHE_DIR" not in e:  # conftest sets it
     e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
   return e

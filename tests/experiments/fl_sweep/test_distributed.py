@@ -3,7 +3,7 @@ through the real CLI.
 
 1. One set of results, written by process 0, equal to a single-process run
    of the same config; process 1's first compile of the round is held back
-   35 s (tests/cli_compile_delay.py), beyond gloo's 30 s for a peer to join
+   35 s (cli_compile_delay.py), beyond gloo's 30 s for a peer to join
    a collective: the processes must meet at the coordination service's
    barriers, not at the round's first collective.
 2. The job loses one process to SIGKILL mid-run and is relaunched whole
@@ -29,7 +29,8 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT, SWEEP, cli_env
+
 ROUNDS = 12
 SURVIVOR_WAIT_S = 30
 COMPILE_DELAY_S = 35  # > gloo's 30 s
@@ -42,13 +43,12 @@ COMPARED = ("total_energy_j", "comm_energy_j", "uploaded_mb", "final_loss",
 
 
 def _cli(workdir, *extra, devices=1, delay_process=None):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  main = ["-m", "experiments.cifar_sweep"]
+  env = cli_env(devices=devices)
+  main = SWEEP
   if delay_process is not None:
     env.update(COMPILE_DELAY_PROCESS=str(delay_process),
                COMPILE_DELAY_S=str(COMPILE_DELAY_S))
-    main = [os.path.join(ROOT, "tests", "cli_compile_delay.py")]
+    main = [str(ROOT / "tests/experiments/fl_sweep/cli_compile_delay.py")]
   return subprocess.Popen(
       [sys.executable, *main, f"--workdir={workdir}", *ARGS, *extra],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import support
+
+ROOT = str(support.ROOT)
 
 
 def test_colab_notebook_runs_headless(tmp_path, monkeypatch):

@@ -1,21 +1,46 @@
-"""Config validation: every field checked before anything compiles."""
+"""The training sweep's settings tree: every key checked before anything
+compiles, named by its key path."""
+import dataclasses
+import subprocess
+
 import ml_collections
 import pytest
 
+from experiments.common import settings as settings_lib
 from experiments.configs import cifar_sweep, test as test_config
-from experiments.fl_sweep import settings as config_lib
-from experiments.fl_sweep import schema_old as config_schema
+from experiments.fl_sweep import settings
+from tests.support import ROOT, run_cli
 
 
 @pytest.mark.parametrize("preset", ["cpu", "quality", "paper"])
 def test_presets_are_valid(preset):
-  config_lib.validate_config(cifar_sweep.get_config(preset))
+  s = settings.parse(cifar_sweep.get_config(preset))
+  assert s.preset == preset
 
 
-def test_test_config_valid_and_every_key_in_schema():
-  c = test_config.get_config()
-  config_lib.validate_config(c)
-  assert set(config_lib.flatten(c)) == set(config_schema.TYPES)
+def test_config_file_is_the_tree():
+  """The config file's keys are the tree's leaves; its defaults the tree's."""
+  c = cifar_sweep.get_config("cpu")
+  assert settings_lib.flatten(c) == settings_lib.flatten(settings.Settings())
+  assert set(settings_lib.flatten(test_config.get_config())) == set(
+      settings_lib.leaves(settings.Settings))
+  s = settings.parse(test_config.get_config())
+  assert dataclasses.is_dataclass(s) and s.fed.num_clients == 4
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    s.fed.num_clients = 5  # pylint: disable=assigning-non-slot
+
+
+def _parse(**overrides):
+  c = ml_collections.ConfigDict(test_config.get_config().to_dict(),
+                                type_safe=False)
+  with c.unlocked():
+    for key, value in overrides.items():
+      *path, last = key.split(".")
+      node = c
+      for p in path:
+        node = node[p]
+      node[last] = value
+  return settings.parse(c)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -53,86 +78,75 @@ def test_test_config_valid_and_every_key_in_schema():
 ])
 def test_bad_values_name_key_and_range(key, value, match):
   # type_safe=False: programmatic users (and fuzzers) can put any type in.
-  c = ml_collections.ConfigDict(test_config.get_config().to_dict(),
-                                type_safe=False)
-  node = c
-  *path, last = key.split(".")
-  for p in path:
-    node = node[p]
-  with c.unlocked():
-    node[last] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate_config(c)
+    _parse(**{key: value})
 
 
-@pytest.mark.parametrize("key", sorted(config_schema.REMOVED_KEYS))
+@pytest.mark.parametrize("key", sorted(settings.REMOVED))
 def test_removed_keys_name_the_new_one(key):
-  c = test_config.get_config()
-  section, name = key.split(".")
-  with c.unlocked():
-    c[section][name] = 1
   with pytest.raises(ValueError, match=r"removed.*fed\.client_loop"):
-    config_lib.validate_config(c)
+    _parse(**{key: 1})
 
 
-def test_core_messages_never_name_config_paths():
-  """The core's settings name their own fields; the config layer maps."""
-  import re
-  import subprocess
-  root = config_schema.__file__.rsplit("/fedqjax/", 1)[0]
+def test_library_never_names_config_paths():
+  """The library's settings name their own fields; the parser adds paths."""
   out = subprocess.run(
-      ["grep", "-rnE", r"(fed|quant|energy|optim|model|eval|sweep)\.[a-z_]+=",
-       "fedqjax/federated", "fedqjax/energy", "fedqjax/diffusion",
-       "fedqjax/quantization"], cwd=root, capture_output=True, text=True)
-  hits = [l for l in out.stdout.splitlines() if re.search(r"[\"']", l)]
+      ["grep", "-rnE", r"(fed|quant|energy|optim|model|eval|sweep|axes|"
+       r"deadline)\.[a-z_]+=|config\.", "fedqjax/"], cwd=ROOT,
+      capture_output=True, text=True)
+  hits = [ln for ln in out.stdout.splitlines() if "\"" in ln or "'" in ln]
   assert not hits, hits
 
 
+def test_library_takes_no_config_files_or_workdirs():
+  """fedqjax/ is the library: no ConfigDict, absl, matplotlib, workdir."""
+  out = subprocess.run(
+      ["grep", "-rnE", "ml_collections|ConfigDict|absl|matplotlib|workdir",
+       "fedqjax/", "--include=*.py"], cwd=ROOT, capture_output=True, text=True)
+  assert not out.stdout, out.stdout
+
+
 def test_naive_alias_and_plan():
-  c = test_config.get_config()
-  c.sweep.schemes = ("fp32", "naive")
-  c.sweep.allocations = ("kkt",)
-  assert config_lib.sweep_plan(c) == (("fp32", "ondemand"), ("kkt", "max"))
+  s = _parse(**{"sweep.schemes": ("fp32", "naive"),
+                "sweep.allocations": ("kkt",)})
+  assert s.sweep.plan() == (("fp32", "ondemand"), ("kkt", "max"))
 
 
 def test_unknown_key_suggests_closest():
-  c = test_config.get_config()
-  with c.unlocked():
-    c.fed.num_clientz = 3
   with pytest.raises(ValueError, match=r"fed\.num_clientz.*fed\.num_clients"):
-    config_lib.validate_config(c)
+    _parse(**{"fed.num_clientz": 3})
 
 
-def test_missing_key_reported():
+def test_missing_key_takes_its_default():
   c = ml_collections.ConfigDict(test_config.get_config().to_dict())
   del c.eval["fid"]
-  with pytest.raises(ValueError, match="missing.*eval.fid"):
-    config_lib.validate_config(c)
+  del c["fed"]
+  s = settings.parse(c)
+  assert s.eval.fid is settings.Eval().fid and s.fed == settings.Fed()
 
 
 def test_schemes_from_comma_string():
-  c = ml_collections.ConfigDict(test_config.get_config().to_dict(),
-                                type_safe=False)
-  with c.unlocked():
-    c.sweep.schemes = "fp32, ondemand"
-  config_lib.validate_config(c)
-  assert tuple(c.sweep.schemes) == ("fp32", "ondemand")
+  s = _parse(**{"sweep.schemes": "fp32, ondemand"})
+  assert s.sweep.schemes == ("fp32", "ondemand")
+  s = _parse(**{"sweep.schemes": ("fp32,ondemand",)})  # config_flags' form
+  assert s.sweep.schemes == ("fp32", "ondemand")
+
+
+def test_ints_become_floats_and_tuples_stay_tuples():
+  s = _parse(**{"optim.lr": 1, "energy.eps_choices": [1, 0.5]})
+  assert s.optim.lr == 1.0 and isinstance(s.optim.lr, float)
+  assert s.energy.eps_choices == (1.0, 0.5)
 
 
 def test_core_imports_without_tensorflow():
   """The core must run where TensorFlow is absent (GPU boxes, TPU VMs)."""
-  import os
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = ("import sys\n"
           "sys.modules['tensorflow'] = None  # any import of it now fails\n"
           "sys.modules['tensorflow_datasets'] = None\n"
           "import fedqjax.federated, fedqjax.energy, fedqjax.quantization\n"
           "import fedqjax.diffusion, fedqjax.metrics, fedqjax.data\n"
+          "import fedqjax.testing.reference_round\n"
           "import experiments.fl_sweep.settings\n"
           "print('CORE_OK')\n")
-  out = subprocess.run([sys.executable, "-c", code], cwd=root,
-                       capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=root))
+  out = run_cli(["-c", code], program=(), timeout=300)
   assert "CORE_OK" in out.stdout, out.stderr[-2000:]

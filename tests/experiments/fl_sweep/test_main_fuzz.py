@@ -23,18 +23,19 @@ from __future__ import annotations
 import os
 import re
 import string
+import types
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from experiments.fl_sweep import schema_old as cs
-from tests.cli_harness import parse, snapshot
+from experiments.common import settings as settings_lib
+from experiments.fl_sweep import settings as fl_settings
+from tests.experiments.fl_sweep.parse_harness import parse
+from tests.support import ROOT, snapshot
 
-ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = "experiments/configs/test.py"
 SWEEP_CONFIG = "experiments/configs/cifar_sweep.py"
 _VALID = re.compile(r"\bvalid\b")  # "valid: ...", not "invalid"
@@ -97,17 +98,28 @@ def check(workdir, compiles):
   return _check
 
 
+_LEAVES = settings_lib.leaves(fl_settings.Settings)
+_TYPES = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}
+# Each key's accepted Python types and, where the tree declares one, its
+# range check (model.* and the devices' energy.* are checked by the
+# library's UNetConfig / EnergyConfig).
+cs = types.SimpleNamespace(
+    TYPES={k: _TYPES.get(tp, (tuple, list)) for k, (tp, _) in _LEAVES.items()},
+    SCHEMA={k: (c, c.valid) for k, (_, c) in _LEAVES.items()
+            if c is not settings_lib.ANY},
+    REMOVED_KEYS=fl_settings.REMOVED)
+
+
 def _keys(*types) -> list:
   return sorted(k for k, t in cs.TYPES.items() if t in types)
 
 
-_FREE_TEXT = {k for k in _keys((str,)) if cs.SCHEMA.get(k, ("", ""))[1] ==
-              "any"}  # paths: any string is a valid value
+_FREE_TEXT = {"data.data_dir", "data.tarball"}  # any string is valid
 _NAMES = [k for k in _keys((str,)) if k not in _FREE_TEXT]
 _TUPLES = _keys((tuple, list))
 _NAME_TUPLES = ("sweep.schemes", "sweep.allocations")
 # Keys whose bad values are certainly bad from what they mean (core keys
-# keep their ranges in the core's dataclasses, not in config_schema).
+# may keep their ranges in the library's dataclasses).
 _POSITIVE_INTS = ("model.ch", "model.num_res_blocks", "model.num_groups",
                   "fed.num_clients", "fed.clients_per_round",
                   "fed.local_steps", "fed.batch_size")
@@ -122,7 +134,7 @@ _JUNK = st.text(string.ascii_letters + string.punctuation + " \n\t",
                 max_size=12).filter(lambda s: "valid" not in s)
 _BOOL_WORDS = ("true", "false", "t", "f")
 # A name no key offers (every offered one is an identifier); comma lists
-# are split and empty items dropped (experiments.fl_sweep.settings._normalize).
+# are split and empty items dropped (experiments.common.settings).
 _BAD_NAME = _JUNK.filter(lambda s: any(
     p.strip() and not p.strip().isidentifier() for p in s.split(",")))
 
@@ -293,7 +305,8 @@ def test_good_command_lines_parse():
     code, out, err, config = parse(["--workdir=/tmp/fedqjax_unused", *args])
     assert (code, out, err) == (0, "", ""), (args, err)
     section, _, name = key.rpartition(".")
-    got = config[section][name] if section else config[name]
+    got = getattr(getattr(config, section), name) if section else getattr(
+        config, name)
     assert tuple(got) == want if isinstance(want, tuple) else got == want
 
 

@@ -2,16 +2,14 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
 from experiments.fl_sweep import train
+from tests.support import TEST_CONFIG, run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMES = ("fp32", "ondemand")
 NUMBERS = ("total_energy_j", "comp_energy_j", "comm_energy_j", "uploaded_mb",
            "mean_bits", "final_loss", "heldout_loss", "rounds",
@@ -176,13 +174,9 @@ def test_invalid_config_rejected_before_compiling(tmp_path):
 
 
 def _cli(args, workdir):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run(
-      [sys.executable, "-m", "experiments.cifar_sweep",
-       "--config=experiments/configs/test.py", f"--workdir={workdir}",
-       "--config.sweep.schemes=('fp32','ondemand')",
-       "--config.compilation_cache=False", *args],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  return run_cli([TEST_CONFIG, f"--workdir={workdir}",
+                  "--config.sweep.schemes=('fp32','ondemand')",
+                  "--config.compilation_cache=False", *args])
 
 
 def test_cli_runs_and_matches_in_process(full_run, tmp_path):

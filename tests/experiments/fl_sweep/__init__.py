@@ -1,0 +1,1 @@
+"""Tests of the training sweep (experiments/fl_sweep)."""

@@ -1,0 +1,79 @@
+"""What the tests share: the repository root, one launcher for the programs'
+command lines (a subprocess like a user's, or a Popen to kill), and workdir
+snapshots. Fixtures live in the conftest.py files."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP = ("-m", "experiments.cifar_sweep")
+ENERGY_SWEEP = ("-m", "experiments.energy_sweep")
+TEST_CONFIG = "--config=experiments/configs/test.py"
+
+
+def cli_env(devices: int = 0, **extra: str) -> Dict[str, str]:
+  """The environment of a program under test: this checkout on the path,
+  CPU only, the quiet console (no FEDQJAX_VERBOSE), `devices` > 0 forced
+  host devices; the persistent compilation cache the conftest chose."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  env.pop("FEDQJAX_VERBOSE", None)
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env.update(extra)
+  return env
+
+
+def start_cli(args: Sequence[str], program: Sequence[str] = SWEEP, *,
+              env: Optional[Mapping[str, str]] = None, cwd=ROOT, stdout=None,
+              merge_stderr: bool = True) -> subprocess.Popen:
+  """Starts `python <program> <args>` (text mode; stdout piped unless a file
+  is given; stderr merged into it unless merge_stderr=False)."""
+  return subprocess.Popen(
+      [sys.executable, *program, *args], cwd=cwd,
+      env=dict(env) if env is not None else cli_env(),
+      stdout=stdout if stdout is not None else subprocess.PIPE,
+      stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+      text=True)
+
+
+def run_cli(args: Sequence[str], program: Sequence[str] = SWEEP, *,
+            env: Optional[Mapping[str, str]] = None, cwd=ROOT,
+            timeout: float = 900, merge_stderr: bool = False
+            ) -> subprocess.CompletedProcess:
+  """Runs `python <program> <args>` to the end; stdout and stderr captured
+  (separately unless merge_stderr)."""
+  return subprocess.run(
+      [sys.executable, *program, *args], cwd=cwd,
+      env=dict(env) if env is not None else cli_env(), text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+      timeout=timeout)
+
+
+def snapshot(root: Path) -> Dict[str, tuple]:
+  """Every entry under `root`: kind, size, mtime and content hash."""
+  out = {}
+  for p in sorted(Path(root).rglob("*")):
+    st_ = p.lstat()
+    digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+    out[str(p.relative_to(root))] = (p.is_dir(), st_.st_size,
+                                     st_.st_mtime_ns, digest)
+  return out
+
+
+class Lines(logging.Handler):
+  """Collects the messages of a logger."""
+
+  def __init__(self):
+    super().__init__()
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
