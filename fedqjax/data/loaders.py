@@ -16,9 +16,11 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import pathlib
 import pickle
 import struct
 import tarfile
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -110,7 +112,8 @@ def load_cifar10_tarball(split: str, path: str):
            else ["test_batch"])
   images, labels = [], []
   try:
-    with tarfile.open(path, "r:gz") as tar:
+    archive = io.BytesIO(gzip.decompress(pathlib.Path(path).read_bytes()))
+    with tarfile.TarFile(fileobj=archive) as tar:
       members = {os.path.basename(m.name): m for m in tar.getmembers()}
       for name in names:
         if name not in members:
@@ -120,8 +123,8 @@ def load_cifar10_tarball(split: str, path: str):
         data = np.asarray(d[b"data"], np.uint8)
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(d[b"labels"], np.int32))
-  except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError,
-          KeyError, ValueError) as e:
+  except (tarfile.TarError, EOFError, OSError, zlib.error,
+          pickle.UnpicklingError, KeyError, ValueError) as e:
     if isinstance(e, DataError):
       raise
     raise DataError(f"CIFAR-10 tarball {path} is truncated or corrupted: "

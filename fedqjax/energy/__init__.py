@@ -7,6 +7,6 @@ from fedqjax.energy.devices import (Devices, EnergyConfig, pathloss_db, redraw_f
                                     sample_devices, sample_devices_from_keys, validate_devices)
 from fedqjax.energy.policies import ALLOCATIONS, allocate_policies, check_policies
 from fedqjax.energy.shared_bandwidth import allocate_shared_bandwidth
-from fedqjax.energy.model import (comm_energy_of_time, comp_energy, comp_time,
+from fedqjax.energy.model import (comp_energy,
                                   cycles_per_sample, power_of_time, rate, snr, t_min,
                                   upload_time)

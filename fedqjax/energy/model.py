@@ -22,11 +22,6 @@ def cycles_per_sample(flops_per_sample: ArrayLike, flops_per_cycle: ArrayLike) -
   return jnp.asarray(flops_per_sample) / jnp.asarray(flops_per_cycle)
 
 
-def comp_time(cycles: ArrayLike, num_samples: ArrayLike, freq_hz: ArrayLike) -> Array:
-  """t^cmp = c n / f (Yang et al. 2021, eq. 2 with one local pass of n samples)."""
-  return jnp.asarray(cycles) * num_samples / freq_hz
-
-
 def comp_energy(tau: ArrayLike, cycles: ArrayLike, num_samples: ArrayLike,
                 freq_hz: ArrayLike) -> Array:
   """E^cmp = tau c n f^2 (Yang et al. 2021, eq. 1; tau is the switched capacitance)."""
@@ -60,16 +55,6 @@ def power_of_time(t_s: ArrayLike, payload_bits: ArrayLike, gain: ArrayLike,
   """Power that uploads S bits in exactly t seconds: (N0 W / h)(2^{S/(tW)} - 1)."""
   x = jnp.asarray(payload_bits) * LN2 / (jnp.asarray(t_s) * bandwidth_hz)
   return jnp.asarray(noise_psd_w_hz) * bandwidth_hz / gain * jnp.expm1(x)
-
-
-def comm_energy_of_time(t_s: ArrayLike, payload_bits: ArrayLike, gain: ArrayLike,
-                        bandwidth_hz: ArrayLike, noise_psd_w_hz: ArrayLike) -> Array:
-  """E^com(t) = t (N0 W / h)(2^{S/(tW)} - 1): p eliminated through the rate.
-
-  Convex and decreasing in t (Yang et al. 2021, Lemma on the upload subproblem).
-  """
-  return jnp.asarray(t_s) * power_of_time(t_s, payload_bits, gain, bandwidth_hz,
-                                          noise_psd_w_hz)
 
 
 def t_min(payload_bits: ArrayLike, gain: ArrayLike, bandwidth_hz: ArrayLike,

@@ -29,7 +29,7 @@ from fedqjax import energy
 from fedqjax.diffusion import UNetConfig
 from fedqjax.errors import InvalidSetting
 from fedqjax.federated import sharding
-from fedqjax.federated.execution import CLIENT_LOOPS, LAYOUTS, Execution
+from fedqjax.federated.execution import LAYOUTS, Execution
 
 BITS_FP32, BITS_FIXED, BITS_ONDEMAND = 0, 1, 2
 BITS_SCHEMES = ("fp32", "fixed", "ondemand")

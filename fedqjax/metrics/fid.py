@@ -23,7 +23,6 @@ import numpy as np
 import scipy.linalg
 
 from fedqjax.metrics import inception
-from fedqjax.metrics import weights as weights_lib
 from fedqjax.typing import ArrayLike
 
 
@@ -190,32 +189,3 @@ def kid(feat1: ArrayLike, feat2: ArrayLike, *, num_subsets: int = 100, subset_si
     off = kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)
     mmds[s] = off / (m * (m - 1)) - 2.0 * kxy.sum() / (m * m)
   return float(mmds.mean()), float(mmds.std())
-
-
-def reference_stats(name: str, split: str, images: ArrayLike, cache_dir: str | None = None, *,
-                    batch_size: int = 100, preset: str = "tf") -> Stats:
-  """Stats of a reference dataset split, computed once and cached as .npz.
-
-  The cache key is (name, split, H x W x C, n, preset):
-  ``<cache>/fid_stats/<name>_<split>_<H>x<W>x<C>_n<n>_<preset>.npz``.
-
-  Args:
-    name: dataset name, e.g. "fashion_mnist".
-    split: e.g. "train" or "test".
-    images: [n, H, W, C] uint8 or float in [0, 255] (only its shape is read on a cache hit).
-    cache_dir: folder; default $FEDQJAX_CACHE or ~/.cache/fedqjax.
-    batch_size: Inception batch size.
-    preset: preprocessing preset ("tf" or "pytorch_fid").
-  """
-  n, h, w, c = np.shape(images)
-  folder = weights_lib.resolve_cache_dir(cache_dir) / "fid_stats"
-  path = folder / f"{name}_{split}_{h}x{w}x{c}_n{n}_{preset}.npz"
-  if path.is_file():
-    return Stats.load(path)
-  feature_fn = inception.make_feature_fn(preset=preset, cache_dir=cache_dir)
-  stats = compute_stats(images, batch_size=batch_size, feature_fn=feature_fn)
-  folder.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-  stats.save(tmp)
-  os.replace(tmp, path)
-  return stats

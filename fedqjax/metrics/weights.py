@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import pathlib
 import pickle
@@ -68,11 +69,7 @@ def locate_torchscript() -> pathlib.Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 class _Module:
@@ -131,8 +128,7 @@ def _read_torchscript_pickle(path: pathlib.Path) -> _Module:
       def persistent_load(self, pid):
         return load_storage(pid)
 
-    with zf.open(f"{prefix}data.pkl") as f:
-      return Unpickler(f).load()
+    return Unpickler(io.BytesIO(zf.read(f"{prefix}data.pkl"))).load()
 
 
 def convert_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
