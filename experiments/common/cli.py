@@ -65,8 +65,9 @@ def _unknown_config_key(argv: Sequence[str], settings_cls,
     return None
   for m in filter(None, map(_OVERRIDE.match, argv[1:])):
     message = settings_lib.unknown_key(m.group(1), settings_cls, removed)
-    if message:
-      return "--" + message
+    if message:  # as typed on the command line
+      return "--" + message.replace("did you mean config.",
+                                    "did you mean --config.")
   return None
 
 

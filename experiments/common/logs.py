@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import re
-import shlex
 import sys
 import tempfile
-import time
-from typing import Callable, Dict, Optional, Sequence
 
 VERBOSE_ENV = "FEDQJAX_VERBOSE"
 _CPP_ENV = "TF_CPP_MIN_LOG_LEVEL"  # read by jaxlib and TensorFlow at load

@@ -1,109 +1,68 @@
-"""Results table (CSV/JSON, markdown) and matplotlib figures of a sweep.
+"""Figures of a training sweep, each saved as PNG and PDF under
+`<workdir>/figures/`.
 
-Figures (under `<workdir>/figures/`):
-  energy_vs_rounds.png   cumulative energy per (bits, allocation) and upload
-                         per run, vs rounds
-  schemes.png            total energy per (bits, allocation); upload and
-                         held-out loss per run
-  quality_vs_energy.png  held-out loss (EMA) vs cumulative energy and vs
-                         uploaded MB: lower-left is better
-  demand_tradeoff.png    on-demand runs per error-demand scale: mean bits,
-                         energy, upload, held-out loss (needs >= 2 scales)
-  bits_histogram.png     bit-widths chosen; samples.png: sample grids
+  energy_vs_rounds   cumulative energy per (bits, allocation) and upload per
+                     bits scheme vs rounds; mean over seeds, band = 95%
+                     Student-t interval over seeds
+  quality_vs_energy  held-out loss (EMA) vs cumulative energy (optimal
+                     allocation) and vs upload; error bars over seeds;
+                     lower-left is better
+  schemes            grouped bars per allocation and bits scheme: total
+                     energy (mean, 95% interval over seeds) and the paired
+                     saving vs fp32/kkt (geometric mean, 95% interval of
+                     the per-seed ratios)
+  demand_tradeoff    on-demand per error-demand scale (needs >= 2 scales)
+  bits_histogram     bit-widths the on-demand devices chose (pooled seeds)
+  samples            the sample grids
+
+Drawn on `matplotlib.figure.Figure` objects: no pyplot state and no backend
+switch, so a notebook's inline backend is untouched; `write_figures`
+returns the figures for display.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from experiments.fl_sweep.results import ROW_COLUMNS, STAT_COLUMNS, load_history
+from experiments.fl_sweep import paired
+from experiments.fl_sweep.results import load_history, t_interval
 
-CSV_COLUMNS = ROW_COLUMNS + tuple(f"{c}_{s}" for c in STAT_COLUMNS
-                                  for s in ("mean", "ci95"))
-TABLE_COLUMNS = ("bits_scheme", "allocation", "total_energy_j",
-                 "comm_energy_j", "uploaded_mb", "mean_bits",
-                 "skipped_client_rounds", "heldout_loss",
-                 "energy_to_target_j", "fid", "kid", "vlb_bits_per_dim")
 STYLES = {"kkt": "-", "deadline": "--", "split": "-.", "max": ":"}
+FONT = 9  # >= 8 pt everywhere
+COLORS = ("#1b6ca8", "#d1495b", "#3c9a5f", "#edae49", "#6a4c93", "#00798c")
 
 
-def write_results(workdir: str, results: Dict[str, Any]) -> None:
-  """results.json, results.csv and figures/*.png under `workdir`."""
-  tmp = os.path.join(workdir, "results.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, "results.json"))
-  tmp = os.path.join(workdir, "results.csv.tmp")
-  with open(tmp, "w", newline="") as f:
-    w = csv.writer(f)
-    m = results["meta"]
-    w.writerow([f"# dataset={m['dataset']} preset={m['preset']} "
-                f"deadline={m['deadline_policy']} backend={m['backend']} "
-                f"heldout_size={m['heldout_size']} sampler={m['sampler']}"])
-    w.writerow(CSV_COLUMNS)
-    for r in results["rows"]:
-      w.writerow(["" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS])
-  os.replace(tmp, os.path.join(workdir, "results.csv"))
-  write_figures(workdir, results)
+def _figure(cols: int, width: float = 5.2, height: float = 3.6):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(width * cols, height), layout="constrained")
+  axes = fig.subplots(1, cols, squeeze=False)[0]
+  for a in axes:
+    a.tick_params(labelsize=FONT)
+    a.grid(True, alpha=0.3, lw=0.5)
+  return fig, axes
 
 
-def _cell(v) -> str:
-  if v is None:
-    return ""
-  return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def markdown_table(results: Dict[str, Any]) -> str:
-  """One line per (run, allocation); mean +- CI when there are seeds."""
-  seeds = len(results["meta"].get("seeds", [0]))
-  lines = ["| run | " + " | ".join(TABLE_COLUMNS) + " |",
-           "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
-  for r in results["rows"]:
-    cells = []
-    for c in TABLE_COLUMNS:
-      cell = _cell(r.get(c))
-      if seeds > 1 and r.get(f"{c}_ci95") is not None:
-        cell += f" (mean {_cell(r[f'{c}_mean'])} +- {_cell(r[f'{c}_ci95'])})"
-      cells.append(cell)
-    lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def _save(fig, workdir: str, name: str) -> None:
+def _save(fig, workdir: str, name: str):
   figdir = os.path.join(workdir, "figures")
   os.makedirs(figdir, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(os.path.join(figdir, name), dpi=100)
-  fig.clf()
-  _plt().close(fig)
+  for ext in ("png", "pdf"):
+    fig.savefig(os.path.join(figdir, f"{name}.{ext}"), dpi=150)
+  return fig
 
 
-def _colors(runs: List[str]) -> Dict[str, Any]:
-  cmap = _plt().get_cmap("tab10")
-  return {r: cmap(i % 10) for i, r in enumerate(runs)}
+def _legend(ax, **kw) -> None:
+  """Outside the data, right of the axes."""
+  ax.legend(fontsize=FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+            frameon=False, **kw)
 
 
-def write_figures(workdir: str, results: Dict[str, Any]) -> None:
-  runs = [s["run"] for s in results["runs"]]
-  hist = {r: load_history(workdir, r) for r in runs}
-  tag = f"({results['meta']['dataset']}, {results['meta']['preset']})"
-  energy_figure(workdir, results, hist, tag)
-  quality_figure(workdir, results, hist, tag)
-  schemes_figure(workdir, results)
-  demand_figure(workdir, results)
-  bits_figure(workdir, runs, hist)
-  samples_figure(workdir, runs)
+def _label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
+  ax.set_xlabel(xlabel, fontsize=FONT)
+  ax.set_ylabel(ylabel, fontsize=FONT)
+  if title:
+    ax.set_title(title, fontsize=FONT + 1)
 
 
 def _groups(results, hist) -> Dict[str, List[List[dict]]]:
@@ -117,13 +76,31 @@ def _groups(results, hist) -> Dict[str, List[List[dict]]]:
   return out
 
 
-def _mean_curve(seeds: List[List[dict]], value) -> tuple:
-  """(rounds, mean over seeds of value(row)) on the rounds every seed has."""
-  common = set.intersection(*[{x["round"] for x in h if value(x) is not None}
-                              for h in seeds])
-  rounds = sorted(common)
-  by = [{x["round"]: value(x) for x in h} for h in seeds]
-  return rounds, [float(np.mean([b[r] for b in by])) for r in rounds]
+def _curve(seeds: List[List[dict]], value: Callable[[dict], Any],
+           band: str = "ci"):
+  """(rounds, mean, low, high) over seeds on the rounds every seed has.
+
+  band="ci": mean and the 95% Student-t interval (none with one seed);
+  band="range": geometric mean and the range over seeds (for log axes,
+  where a symmetric interval of a positive quantity can reach below 0).
+  """
+  by = [{x["round"]: value(x) for x in h if value(x) is not None}
+        for h in seeds]
+  rounds = sorted(set.intersection(*[set(b) for b in by])) if by else []
+  mean, lo, hi = [], [], []
+  for r in rounds:
+    v = np.asarray([b[r] for b in by], np.float64)
+    if band == "range":
+      mean.append(float(np.exp(np.log(v).mean())))
+      lo.append(v.min())
+      hi.append(v.max())
+      continue
+    st = t_interval(v)
+    half = st["ci95"] or 0.0
+    mean.append(st["mean"])
+    lo.append(st["mean"] - half)
+    hi.append(st["mean"] + half)
+  return np.asarray(rounds), np.asarray(mean), np.asarray(lo), np.asarray(hi)
 
 
 def _get(*keys):
@@ -136,127 +113,180 @@ def _get(*keys):
   return f
 
 
-def energy_figure(workdir, results, hist, tag) -> None:
-  plt = _plt()
+def energy_figure(workdir, results, hist, tag):
   groups = _groups(results, hist)
-  colors = _colors(list(groups))
+  fig, ax = _figure(2)
+  for i, (label, hs) in enumerate(groups.items()):
+    color = COLORS[i % len(COLORS)]
+    for j, p in enumerate(results["meta"]["allocations"]):
+      r, m, lo, hi = _curve(hs, _get("energy", p, "cum_j"), band="range")
+      ax[0].plot(r, m, STYLES.get(p, "-"), color=color, lw=1.4 if j == 0
+                 else 0.9, label=f"{label} / {p}")
+      if j == 0:  # the optimal allocation's spread over seeds
+        ax[0].fill_between(r, lo, hi, color=color, alpha=0.15, lw=0)
+    r, m, lo, hi = _curve(hs, _get("cum_uploaded_mb"), band="range")
+    ax[1].plot(r, m, color=color, lw=1.4, label=label)
+    ax[1].fill_between(r, lo, hi, color=color, alpha=0.15, lw=0)
+  ax[0].set_yscale("log")
+  ax[1].set_yscale("log")
   seeds = len(results["meta"].get("seeds", [0]))
-  fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-  for label, hs in groups.items():
-    for p in results["meta"]["allocations"]:
-      r, e = _mean_curve(hs, _get("energy", p, "cum_j"))
-      ax[0].plot(r, e, STYLES.get(p, "-"), color=colors[label],
-                 label=f"{label} / {p}")
-    r, mb = _mean_curve(hs, _get("cum_uploaded_mb"))
-    ax[1].plot(r, mb, color=colors[label], label=label)
-  mean = f", mean of {seeds} seeds" if seeds > 1 else ""
-  ax[0].set(xlabel="round", ylabel="cumulative energy (J)", yscale="log",
-            title=f"Energy per (bits, allocation) {tag}{mean}")
-  ax[1].set(xlabel="round", ylabel="cumulative upload (MB)", yscale="log",
-            title="Uploaded data (same for every allocation)")
-  ax[0].legend(fontsize=6, ncol=2)
-  ax[1].legend(fontsize=7)
-  _save(fig, workdir, "energy_vs_rounds.png")
+  _label(ax[0], "round", "cumulative energy (J)", f"Energy {tag}" + (
+      f"\ngeometric mean of {seeds} seeds; band: range over seeds "
+      f"({results['meta']['allocations'][0]})" if seeds > 1 else ""))
+  _label(ax[1], "round", "cumulative upload (MB)", "Upload (any allocation)")
+  _legend(ax[0], ncol=1)
+  _legend(ax[1])
+  return _save(fig, workdir, "energy_vs_rounds")
 
 
-def quality_figure(workdir, results, hist, tag) -> None:
-  plt = _plt()
-  groups = _groups(results, hist)
-  colors = _colors(list(groups))
-  fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-  init = []
-  for label, hs in groups.items():
-    init += [h[0]["heldout_ema"] for h in hs if h and h[0]["round"] == 0]
-    trained = [[x for x in h if x["round"] > 0] for h in hs]
-    _, loss = _mean_curve(trained, _get("heldout_ema"))
-    for p in results["meta"]["allocations"]:
-      _, e = _mean_curve(trained, lambda x, p=p: _get("energy", p, "cum_j")(
-          x) if "heldout_ema" in x else None)
-      ax[0].plot(e, loss, "o" + STYLES.get(p, "-"), color=colors[label],
-                 label=f"{label} / {p}", ms=3)
-    _, mb = _mean_curve(trained, lambda x: x.get("cum_uploaded_mb")
-                        if "heldout_ema" in x else None)
-    ax[1].plot(mb, loss, "o-", color=colors[label], label=label, ms=3)
+def quality_figure(workdir, results, hist, tag):
+  """Held-out loss vs energy (first allocation) and vs upload; the axes are
+  cropped to the trained runs (the initial loss, ~1, is left out)."""
+  groups, policy = _groups(results, hist), results["meta"]["allocations"][0]
+  fig, ax = _figure(2)
+  for i, (label, hs) in enumerate(groups.items()):
+    color = COLORS[i % len(COLORS)]
+    trained = [[x for x in h if x["round"] > 0 and "heldout_ema" in x]
+               for h in hs]
+    _, loss, lo, hi = _curve(trained, _get("heldout_ema"))
+    for a, value in ((ax[0], _get("energy", policy, "cum_j")),
+                     (ax[1], _get("cum_uploaded_mb"))):
+      _, x, _, _ = _curve(trained, value)
+      a.errorbar(x, loss, yerr=[loss - lo, hi - loss], fmt="o-", ms=3,
+                 lw=1.2, capsize=2, color=color, label=label)
   for a in ax:
-    if init:
-      a.axhline(float(np.mean(init)), color="gray", ls="--", lw=0.8,
-                label="at initialization")
-  seeds = len(results["meta"].get("seeds", [0]))
-  # Log loss axis: the drop from initialization (~1) and the late
-  # differences between schemes (~1e-3) are both readable.
-  ax[0].set(xlabel="cumulative energy (J)", xscale="log", yscale="log",
-            ylabel="held-out denoising loss (EMA)",
-            title=f"Quality vs energy {tag}" + (
-                f", mean of {seeds} seeds" if seeds > 1 else ""))
-  ax[1].set(xlabel="cumulative upload (MB)", xscale="log", yscale="log",
-            ylabel="held-out denoising loss (EMA)", title="Quality vs upload")
-  ax[0].legend(fontsize=6, ncol=2)
-  ax[1].legend(fontsize=7)
-  _save(fig, workdir, "quality_vs_energy.png")
+    a.set_xscale("log")
+    a.set_yscale("log")
+  _label(ax[0], f"cumulative energy (J), {policy} allocation",
+         "held-out denoising loss (EMA)", f"Quality vs energy {tag}")
+  _label(ax[1], "cumulative upload (MB)", "held-out denoising loss (EMA)",
+         "Quality vs upload")
+  _legend(ax[1])
+  return _save(fig, workdir, "quality_vs_energy")
 
 
-def schemes_figure(workdir, results) -> None:
-  plt = _plt()
-  rows = results["rows"]
-  fig, ax = plt.subplots(1, 3, figsize=(14, 4))
-  labels = [f"{r['run']}\n{r['allocation']}" for r in rows]
-  ax[0].bar(labels, [r.get("total_energy_j") or np.nan for r in rows])
-  ax[0].set(ylabel="total energy (J)", yscale="log",
-            title="Energy per (run, allocation)")
-  ax[0].tick_params(axis="x", labelsize=6, rotation=90)
-  runs = results["runs"]
-  names = [s["run"] for s in runs]
-  ax[1].bar(names, [s.get("uploaded_mb") or np.nan for s in runs])
-  ax[1].set(ylabel="uploaded MB", title="Upload per run")
-  ax[2].bar(names, [s.get("heldout_loss") or np.nan for s in runs])
-  ax[2].set(ylabel="held-out loss (EMA, lower is better)",
-            title="Quality per run")
-  for a in ax[1:]:
-    a.tick_params(axis="x", labelsize=7, rotation=45)
-  _save(fig, workdir, "schemes.png")
+def _stat(rows, bits, col, alloc=None, eps=None):
+  """(mean, ci95) of `col` over the seeds of one (bits, allocation)."""
+  vals = [r.get(col) for r in rows if r["bits_scheme"] == bits
+          and (alloc is None or r["allocation"] == alloc)
+          and (eps is None or r["eps_scale"] == eps)]
+  st = t_interval(vals)
+  return st["mean"] or np.nan, st["ci95"] or 0.0
 
 
-def demand_figure(workdir, results) -> None:
+def _bars(ax, groups, members, value, ylabel, log=False):
+  """Grouped bars: one group per entry of `groups`, one bar per member."""
+  width = 0.8 / max(1, len(members))
+  for j, m in enumerate(members):
+    mean_err = [value(g, m) for g in groups]  # (value, err or [[lo], [hi]])
+    err = np.hstack([np.broadcast_to(np.reshape(e, (-1, 1)), (2, 1))
+                     for _, e in mean_err])  # [2, groups]: below, above
+    x = np.arange(len(groups)) + (j - (len(members) - 1) / 2) * width
+    ax.bar(x, [v for v, _ in mean_err], width, yerr=err, capsize=2,
+           color=COLORS[j % len(COLORS)], label=m)
+  ax.set_xticks(np.arange(len(groups)), groups, fontsize=FONT)
+  if log:
+    ax.set_yscale("log")
+  ax.set_ylabel(ylabel, fontsize=FONT)
+
+
+def _saving(rows, bits, alloc):
+  """Paired saving vs fp32/kkt: (geometric mean, [below, above] it)."""
+  col = paired.column("fp32", "kkt")
+  r = next((r for r in rows if r["bits_scheme"] == bits
+            and r["allocation"] == alloc), {})
+  g, lo, hi = (r.get(col + s) for s in ("_gmean", "_lo", "_hi"))
+  if g is None:
+    return np.nan, 0.0
+  return g, ([[g - lo], [hi - g]] if lo is not None else 0.0)
+
+
+def schemes_figure(workdir, results):
+  rows = paired.add_paired([dict(r) for r in results["rows"]
+                            if r["eps_scale"] == 1.0])
+  bits = list(dict.fromkeys(r["bits_scheme"] for r in rows))
+  allocs = results["meta"]["allocations"]
+  fig, ax = _figure(2, width=5.4)
+  _bars(ax[0], allocs, bits, lambda a, b: _stat(rows, b, "total_energy_j", a),
+        "total energy (J): mean, 95% interval", log=True)
+  ax[0].set_title("Energy (unpaired: each seed its own devices)",
+                  fontsize=FONT + 1)
+  _bars(ax[1], allocs, bits, lambda a, b: _saving(rows, b, a),
+        "energy saving vs fp32 / kkt (x)", log=True)
+  ax[1].axhline(1.0, color="gray", lw=0.8)
+  ax[1].set_title("Paired per seed: geometric mean, 95% interval",
+                  fontsize=FONT + 1)
+  _legend(ax[1], title="bits", title_fontsize=FONT)
+  return _save(fig, workdir, "schemes")
+
+
+def demand_figure(workdir, results) -> Optional[Any]:
+  policy = results["meta"]["allocations"][0]
   rows = [r for r in results["rows"] if r["bits_scheme"] == "ondemand"
-          and r["allocation"] == results["meta"]["allocations"][0]]
+          and r["allocation"] == policy]
   scales = sorted({r["eps_scale"] for r in rows})
   if len(scales) < 2:
-    return
-  plt = _plt()
-  fig, ax = plt.subplots(1, 4, figsize=(16, 3.6))
+    return None
+  fig, ax = _figure(4, width=3.6, height=3.2)
   cols = (("mean_bits", "mean bits"), ("total_energy_j", "energy (J)"),
           ("uploaded_mb", "uploaded MB"), ("heldout_loss", "held-out loss"))
   for a, (col, label) in zip(ax, cols):
-    mean = [np.nanmean([r.get(col) or np.nan for r in rows
-                        if r["eps_scale"] == s]) for s in scales]
-    a.plot(scales, mean, "o-")
-    a.set(xlabel="error-demand scale", xscale="log", ylabel=label)
-  ax[0].set_title(f"On-demand ({results['meta']['allocations'][0]})")
-  _save(fig, workdir, "demand_tradeoff.png")
+    st = [_stat(rows, "ondemand", col, eps=s) for s in scales]
+    a.errorbar(scales, [m for m, _ in st], yerr=[c for _, c in st], fmt="o-",
+               capsize=2, color=COLORS[0])
+    a.set_xscale("log")
+    _label(a, "error-demand scale", label)
+  ax[0].set_title(f"On-demand ({policy})", fontsize=FONT + 1)
+  return _save(fig, workdir, "demand_tradeoff")
 
 
-def bits_figure(workdir, runs, hist) -> None:
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name in runs:
-    bits = [b for x in hist[name] for b in x.get("bits", [])]
-    if bits:
-      ax.hist(bits, bins=np.arange(0.5, 33.5, 1), alpha=0.5, label=name)
-  ax.set(xlabel="bits per entry", ylabel="client-rounds",
-         title="Bit-widths chosen")
-  ax.legend(fontsize=7)
-  _save(fig, workdir, "bits_histogram.png")
+def bits_figure(workdir, results, hist) -> Optional[Any]:
+  """Bit-widths of the on-demand uploads, pooled over seeds (per scale)."""
+  by_scale: Dict[float, List[int]] = {}
+  for s in results["runs"]:
+    if s["bits_scheme"] == "ondemand":
+      by_scale.setdefault(s["eps_scale"], []).extend(
+          b for x in hist.get(s["run"], []) for b in x.get("bits", []))
+  by_scale = {k: v for k, v in by_scale.items() if v}
+  if not by_scale:
+    return None
+  fig, ax = _figure(1, width=5.6)
+  lo = min(min(v) for v in by_scale.values())
+  hi = max(max(v) for v in by_scale.values())
+  edges = np.arange(lo - 0.5, hi + 1.5, 1)
+  for i, (scale, bits) in enumerate(sorted(by_scale.items())):
+    ax[0].hist(bits, bins=edges, alpha=0.6 if len(by_scale) > 1 else 0.9,
+               color=COLORS[i % len(COLORS)], label=f"eps x{scale:g}")
+  ax[0].set_xticks(np.arange(lo, hi + 1))
+  _label(ax[0], "bits per entry", "client-rounds",
+         "Bit-widths chosen on demand (all seeds)")
+  if len(by_scale) > 1:
+    _legend(ax[0])
+  return _save(fig, workdir, "bits_histogram")
 
 
-def samples_figure(workdir, runs) -> None:
+def samples_figure(workdir, runs) -> Optional[Any]:
   grids = [(n, os.path.join(workdir, n, "samples_grid.npy")) for n in runs]
   grids = [(n, np.load(p)) for n, p in grids if os.path.exists(p)]
   if not grids:
-    return
-  plt = _plt()
-  fig, ax = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.2))
-  for a, (n, g) in zip(np.atleast_1d(ax), grids):
+    return None
+  fig, ax = _figure(len(grids), width=3.6, height=3.9)
+  for a, (n, g) in zip(ax, grids):
     a.imshow(g.squeeze(-1) if g.shape[-1] == 1 else g, cmap="gray")
-    a.set_title(n)
+    a.set_title(n, fontsize=FONT)
     a.axis("off")
-  _save(fig, workdir, "samples.png")
+  return _save(fig, workdir, "samples")
+
+
+def write_figures(workdir: str, results: Dict[str, Any]) -> Dict[str, Any]:
+  """Every figure (PNG + PDF); returns {name: matplotlib Figure}."""
+  runs = [s["run"] for s in results["runs"]]
+  hist = {r: load_history(workdir, r) for r in runs}
+  tag = f"({results['meta']['dataset']}, {results['meta']['preset']})"
+  figs = dict(energy_vs_rounds=energy_figure(workdir, results, hist, tag),
+              quality_vs_energy=quality_figure(workdir, results, hist, tag),
+              schemes=schemes_figure(workdir, results),
+              demand_tradeoff=demand_figure(workdir, results),
+              bits_histogram=bits_figure(workdir, results, hist),
+              samples=samples_figure(workdir, runs))
+  return {k: v for k, v in figs.items() if v is not None}

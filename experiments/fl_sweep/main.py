@@ -23,9 +23,9 @@ from experiments.common import logs
 from experiments.fl_sweep import progress
 
 FLAGS = flags.FLAGS
-_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity",
-               "--coordinator_address", "--num_processes", "--process_id",
-               "--distributed_auto")
+_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--overwrite",
+               "--verbosity", "--coordinator_address", "--num_processes",
+               "--process_id", "--distributed_auto")
 # The shipped config, found from this module (runs from any directory).
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -62,6 +62,9 @@ def _define_flags() -> None:
                        "Number of processes.", lower_bound=1)
   flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID", "0")),
                        "This process, 0..num_processes-1.", lower_bound=0)
+  flags.DEFINE_bool("overwrite", False,
+                    "Move runs of the workdir made with other settings to "
+                    "<workdir>/stale/ and recompute them (else: exit 2).")
   flags.DEFINE_bool("distributed_auto", False,
                     "jax.distributed.initialize() with cluster auto-detection "
                     "(TPU pod slices, SLURM, ...).")
@@ -93,15 +96,16 @@ def main(argv):
   if logs.resolve_verbosity(FLAGS.verbosity) <= 0:
     logs.import_quietly("tensorflow")  # its load-time INFO lines
   from experiments.common import distributed  # pylint: disable=g-import-not-at-top
-  from experiments.fl_sweep import figures as report, train  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import results as results_lib, train  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, auto=FLAGS.distributed_auto)
-    results = train.train_and_evaluate(_SETTINGS[0], FLAGS.workdir)
+    results = train.train_and_evaluate(_SETTINGS[0], FLAGS.workdir,
+                                       overwrite=FLAGS.overwrite)
   except ValueError as e:  # bad data or setting found late: exit 2
     cli.exit_with_error(str(e))
   if train.is_primary():
-    print(report.markdown_table(results), flush=True)
+    print(results_lib.markdown_table(results), flush=True)
     progress.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
 
 

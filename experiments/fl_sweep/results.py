@@ -8,13 +8,16 @@ the two-sided 95% Student-t interval (empty with one seed).
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-import jax
 import numpy as np
+
+from experiments.common import settings as settings_lib
+from experiments.fl_sweep import paired, provenance
 
 ROW_COLUMNS = (
     "run", "bits_scheme", "allocation", "seed", "eps_scale",
@@ -27,6 +30,9 @@ ROW_COLUMNS = (
 STAT_COLUMNS = ("total_energy_j", "comm_energy_j", "uploaded_mb", "mean_bits",
                 "heldout_loss", "energy_to_target_j", "fid", "kid",
                 "vlb_bits_per_dim")
+CSV_COLUMNS = ROW_COLUMNS + tuple(f"{c}_{s}" for c in STAT_COLUMNS
+                                  for s in ("mean", "ci95")) + paired.COLUMNS
+
 
 
 def run_summary(run, setup, history: List[dict], **fields) -> Dict[str, Any]:
@@ -97,7 +103,7 @@ def rows_of(summaries: List[dict], histories: Dict[str, List[dict]],
         row.update(to_target(histories.get(s["run"], []),
                              target * (1.0 + margin), policy))
       rows.append(row)
-  return add_group_stats(rows)
+  return paired.add_paired(add_group_stats(rows))
 
 
 def add_group_stats(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -141,8 +147,80 @@ def assemble(config, summaries: List[dict], setup, workdir: str,
               sampler=(f"{config.eval.sampler}-{config.eval.ddim_steps}"
                        if config.eval.sampler == "ddim" else "ddpm"),
               reference_images=len(setup.test_images),
-              backend=jax.default_backend(),
               client_loop=setup.spec.execution.layout,
               conv_impl=setup.spec.execution.conv_impl,
-              num_devices=jax.device_count(), wall_s=wall_s)
-  return dict(runs=summaries, rows=rows, meta=meta)
+              wall_s=wall_s, settings_hash=provenance.settings_hash(config),
+              **provenance.software_and_machine())
+  return dict(runs=summaries, rows=rows, meta=meta,
+              settings=settings_lib.flatten(config))
+
+
+def write_results(workdir: str, results: Dict[str, Any]) -> None:
+  """results.json and results.csv under `workdir` (atomic writes)."""
+  tmp = os.path.join(workdir, "results.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, os.path.join(workdir, "results.json"))
+  tmp = os.path.join(workdir, "results.csv.tmp")
+  with open(tmp, "w", newline="") as f:
+    w = csv.writer(f)
+    m = results["meta"]
+    w.writerow([f"# dataset={m['dataset']} preset={m['preset']} "
+                f"deadline={m['deadline_policy']} backend={m['backend']} "
+                f"heldout_size={m['heldout_size']} sampler={m['sampler']} "
+                f"settings_hash={m['settings_hash']} git_revision="
+                f"{m['git_revision']} device_kind={m['device_kind']} "
+                + " ".join(f"{k}={v}" for k, v in m["versions"].items())])
+    w.writerow(CSV_COLUMNS)
+    for r in results["rows"]:
+      w.writerow(["" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS])
+  os.replace(tmp, os.path.join(workdir, "results.csv"))
+
+
+def _group_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """One row per (bits, allocation, eps scale): the first seed's row (its
+  `*_mean`, `*_ci95` and paired columns describe the whole group)."""
+  seen, out = set(), []
+  for r in results["rows"]:
+    k = (r["bits_scheme"], r["allocation"], r["eps_scale"])
+    if k not in seen:
+      seen.add(k)
+      out.append(r)
+  return out
+
+
+def _pm(r: Dict[str, Any], col: str, seeds: int) -> str:
+  mean = r.get(f"{col}_mean") if seeds > 1 else r.get(col)
+  if mean is None:
+    return ""
+  ci = r.get(f"{col}_ci95")
+  return f"{mean:.4g}" + (f" +- {ci:.2g}" if seeds > 1 and ci is not None
+                          else "")
+
+
+def _ratio(r: Dict[str, Any], col: str) -> str:
+  g, lo, hi = (r.get(col + s) for s in ("_gmean", "_lo", "_hi"))
+  if g is None:
+    return ""
+  return f"{g:.3g}x" + (f" [{lo:.3g}, {hi:.3g}]" if lo is not None else "")
+
+
+def markdown_table(results: Dict[str, Any]) -> str:
+  """The console's table: one line per (bits, allocation[, eps scale]);
+  mean +- 95% half-width over seeds, and the paired saving factor vs
+  fp32/kkt (geometric mean [95% interval] of the per-seed ratios). Fits in
+  100 columns; results.csv has every column and seed."""
+  seeds = len(results["meta"].get("seeds", [0]))
+  scales = len({r["eps_scale"] for r in results["rows"]}) > 1
+  head = ["bits", "alloc"] + (["eps"] if scales else []) + [
+      "energy J", "MB", "bits/up", "held-out", "vs fp32/kkt"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in _group_rows(results):
+    cells = [r["bits_scheme"], r["allocation"]] + (
+        [f"{r['eps_scale']:g}"] if scales else []) + [
+            _pm(r, "total_energy_j", seeds),
+            f"{r.get('uploaded_mb') or 0:.4g}",
+            f"{r.get('mean_bits') or 0:.3g}", _pm(r, "heldout_loss", seeds),
+            _ratio(r, paired.column("fp32", "kkt"))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -30,7 +30,8 @@ from experiments.common import settings as settings_lib
 from experiments.fl_sweep import settings as settings_tree
 from experiments.fl_sweep.settings import Settings
 from experiments.common import distributed
-from experiments.fl_sweep import progress as console, results as results_lib
+from experiments.fl_sweep import progress as console
+from experiments.fl_sweep import provenance, results as results_lib
 from fedqjax import federated
 from experiments.fl_sweep.build import Setup, build, load_dataset, place
 
@@ -228,9 +229,15 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
 
 
 def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
-  """Trains (resuming) and evaluates one run; returns its summary."""
+  """Trains (resuming) and evaluates one run; returns its summary.
+
+  Its directory's settings record was checked (`check_workdir`): a summary
+  or checkpoint found there was made with the same settings.
+  """
   sdir = os.path.join(workdir, run.name)
   os.makedirs(sdir, exist_ok=True)
+  if is_primary():
+    provenance.write_record(sdir, provenance.run_record(setup.config, run))
   summary_path = os.path.join(sdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
@@ -285,13 +292,33 @@ def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
   return out
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+def check_workdir(config: Settings, runs: List[Run], workdir: str,
+                  overwrite: bool) -> None:
+  """Stops (ValueError naming the keys) when the workdir holds runs made
+  with other settings; with `overwrite`, moves them aside first."""
+  records = [provenance.run_record(config, r) for r in runs]
+  stale = provenance.stale_runs(workdir, records)
+  if stale and not overwrite:
+    raise ValueError(provenance.stale_message(workdir, stale))
+  if stale and is_primary():
+    dest = provenance.move_aside(workdir, list(stale))
+    log.warning("moved %d stale run(s) (%s) to %s; recomputing them",
+                len(stale), ", ".join(stale), dest)
+  distributed.barrier("fedqjax: workdir checked")
+
+
+def train_and_evaluate(config, workdir: str, overwrite: bool = False
+                       ) -> Dict[str, Any]:
   """Runs every run of the sweep; writes results + figures.
 
   Args:
     config: the `Settings` tree, or a ConfigDict / mapping of its keys
       (parsed and validated here, before anything compiles).
-    workdir: where runs, results and figures go.
+    workdir: where runs, results and figures go. Finished runs are skipped
+      and interrupted ones resumed, if they were made with the same
+      settings (`provenance`).
+    overwrite: move runs made with other settings aside and recompute them
+      (else such a run is a ValueError, before anything is written).
 
   Returns:
     {"runs": [summary per run], "rows": [one per (run, allocation)],
@@ -299,11 +326,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """
   from experiments.fl_sweep import figures as report  # pylint: disable=g-import-not-at-top
   config = settings_tree.parse(config)  # before anything compiles
+  runs = plan_runs(config)
+  check_workdir(config, runs, workdir, overwrite)  # before anything is written
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache:
     enable_compilation_cache(os.path.join(workdir, ".jax_cache"))
   t0 = time.time()
-  runs = plan_runs(config)
   progress = console.SweepProgress([r.name for r in runs], config.fed.rounds)
   dataset = load_dataset(config)
   setups: Dict[int, Setup] = {}
@@ -317,7 +345,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   results = results_lib.assemble(config, summaries, setups[runs[0].seed],
                                  workdir, wall_s=time.time() - t0)
   if is_primary():
-    report.write_results(workdir, results)
+    results_lib.write_results(workdir, results)
+    report.write_figures(workdir, results)
   return results
 
 

@@ -14,7 +14,7 @@ from fedqjax import energy as E
 
 LN2 = math.log(2.0)
 FLOPS = 35.0e9  # paper UNet, one image forward + backward
-D_PARAMS = 35.7e6
+N_DEV = 16  # fuzzed populations: one shape, allocate / naive compile once
 
 
 def x64():

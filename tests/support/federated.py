@@ -14,6 +14,11 @@ RES = 8
 TINY = UNetConfig(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
                   dropout=0.0, num_groups=4)
 
+# One spec per client layout (3 round compiles), K < N throughout.
+LAYOUTS = {"vmap_k3": dict(n=8, k=3, loop="vmap"),
+           "unrolled_k3": dict(n=8, k=3, loop="unrolled"),
+           "map_k2": dict(n=8, k=2, loop="map")}
+
 
 def init_params(seed=0):
   return TINY.make().init({"params": jax.random.PRNGKey(seed)},

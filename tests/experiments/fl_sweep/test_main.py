@@ -16,7 +16,7 @@ _BAD = [
     (["--config=/no/such/file.py"],
      ["--config=/no/such/file.py", "valid: a Python file"]),
     (["--config.fed.rounds=abc"],
-     ["--config.fed.rounds=abc", "valid: int [1, "]),
+     ["--config.fed.rounds=abc", "valid: an int [1, "]),
     (["--config.fed.rounds=-3"], ["--config.fed.rounds=-3", "valid: [1, "]),
     (["--config.fed.num_clientz=3"],
      ["--config.fed.num_clientz", "did you mean --config.fed.num_clients?",
