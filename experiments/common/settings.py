@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -208,12 +209,22 @@ def _convert(value, tp, path: str):
       raise bad()
     return tuple(_convert(x, elem, path) for x in items)
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if not finite(value):  # an int too large for a float
+      raise Invalid(f"{PREFIX}.{path}", value, "a finite number")
     return float(value)
   if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
     raise bad()
   if tp in (int, float) and not finite(value):
     raise Invalid(f"{PREFIX}.{path}", value, "a finite number")
   return value
+
+
+def _qualify(valid: str, cls, prefix: str) -> str:
+  """"(0, f_max_hz=2e9)" -> "(0, config.energy.f_max_hz=2e9)": the other
+  fields a range names, as keys."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return re.sub(r"(?<!\w)(?<!\w\.)([A-Za-z_]\w*)=", lambda m: (
+      f"{PREFIX}.{prefix}{m[1]}=" if m[1] in fields else m[0]), valid)
 
 
 def _build(cls, values: Mapping[str, Any], prefix: str):
@@ -234,7 +245,7 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
       if hasattr(e, "field"):  # Invalid, or the library's InvalidSetting of
         # a settings class whose field names are this section's keys
         raise Invalid(f"{PREFIX}.{prefix}{e.field}", e.value,
-                      e.valid) from None
+                      _qualify(str(e.valid), cls, prefix)) from None
       where = f"{PREFIX}.{prefix.rstrip('.')}" if prefix else PREFIX
       raise ValueError(f"{where}: {e}") from None
   return tree

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from experiments.configs import test as test_config
-from experiments.fl_sweep import settings as config_lib
-from experiments.fl_sweep import schema_old as config_schema
+from experiments.common import settings as settings_lib
+from experiments.fl_sweep import build
+from experiments.fl_sweep import settings as fl_settings
 from fedqjax import energy as E
+from fedqjax.federated import execution
 from fedqjax.federated import spec as spec_lib
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -35,11 +37,14 @@ def _count(name, n=1):
 # 1. Configs.
 
 _BASE = test_config.get_config().to_dict()
-_KEYS = sorted(config_schema.TYPES)
+_PY_TYPES = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}
+_TYPES = {k: _PY_TYPES.get(tp, (tuple, list)) for k, (tp, _) in
+          settings_lib.leaves(fl_settings.Settings).items()}
+_KEYS = sorted(_TYPES)
 _STRINGS = sorted({"cpu", "paper", "test", "auto", "cifar10", "fashion_mnist",
                    "synthetic", "iid", "dirichlet", "shards", "float32",
                    "bfloat16", "minmax", "qsgd", "ddim", "ddpm",
-                   *spec_lib.CLIENT_LOOPS, *spec_lib.OPTIMIZERS,
+                   *execution.CLIENT_LOOPS, *spec_lib.OPTIMIZERS,
                    *spec_lib.TARGETS, *spec_lib.INFEASIBLE_POLICIES,
                    *spec_lib.BITS_SCHEMES, "naive", *E.ALLOCATIONS,
                    *E.DEADLINE_RULES})
@@ -58,7 +63,7 @@ def _typo(key: str, draw) -> str:
     out = key[:i] + key[i + 1] + key[i] + key[i + 2:]
   else:
     out = key + "_x"
-  return out if out not in config_schema.TYPES else key + "_typo"
+  return out if out not in _TYPES else key + "_typo"
 
 
 def _value_strategy(key: str):
@@ -67,7 +72,7 @@ def _value_strategy(key: str):
   Two input classes are covered by dedicated tests below instead: ints too
   large for a float, and a comma string for sweep.schemes.
   """
-  types = config_schema.TYPES[key]
+  types = _TYPES[key]
   if key in ("sweep.schemes", "sweep.allocations"):
     types = tuple(t for t in types if t is not str)
   base = _BASE
@@ -150,28 +155,30 @@ def test_config_mutations_validate_or_value_error(cm):
   c, mutated = cm
   _count("configs")
   try:
-    config_lib.validate_config(c)
+    s = fl_settings.parse(c)
   except ValueError as e:
     _count("configs_rejected")
     assert _names_a_key(str(e), mutated), (mutated, str(e))
     return
-  # Accepted: the boundary conversions must succeed as well.
+  # Accepted: building the library's settings must succeed as well.
   _count("configs_accepted")
-  config_lib.energy_config(c)
-  unet = config_lib.unet_config(c, c.data.resolution or None)
-  config_lib.round_spec(c, unet, None, 1e6)
+  _library_settings(s)
+
+
+def _library_settings(s):
+  s.energy.devices(s.fed.num_clients, s.fed.clients_per_round)
+  unet = s.model.unet(s.data.resolution or None)
+  build.round_spec(s, unet, None, 1e6)
 
 
 def test_config_unmutated_validates():
-  c = test_config.get_config()
-  config_lib.validate_config(c)
-  config_lib.round_spec(c, config_lib.unet_config(c, None), None, 1e6)
+  _library_settings(fl_settings.parse(test_config.get_config()))
 
 
 def test_config_radius_below_min_distance_names_radius():
   # Any radius_m > 0 has the right type; EnergyConfig needs radius_m > 10 m.
   with pytest.raises(ValueError, match="radius_m"):
-    config_lib.validate_config(_config_with("energy.radius_m", 5.0))
+    fl_settings.parse(_config_with("energy.radius_m", 5.0))
 
 
 def _config_with(key, value):
@@ -186,22 +193,21 @@ def _config_with(key, value):
 def test_config_huge_int_is_value_error(key):
   value = (_HUGE_INT,) if key.endswith("_choices") else _HUGE_INT
   with pytest.raises(ValueError, match=key.split(".")[-1]):
-    config_lib.validate_config(_config_with(key, value))
+    fl_settings.parse(_config_with(key, value))
 
 
 def test_config_huge_deadline_rejected_at_validation():
   c = _config_with("energy.deadline_s", _HUGE_INT)
   try:
-    config_lib.validate_config(c)
+    s = fl_settings.parse(c)
   except ValueError:
     return
-  float(c.energy.deadline_s)  # what train.build does next
+  float(s.energy.deadline_s)  # what build.deadline does next
 
 
 def test_config_schemes_comma_string():
   c = _config_with("sweep.schemes", "fp32,ondemand")
-  config_lib.validate_config(c)
-  assert tuple(c.sweep.schemes) == ("fp32", "ondemand")
+  assert fl_settings.parse(c).sweep.schemes == ("fp32", "ondemand")
 
 
 def test_print_counts():

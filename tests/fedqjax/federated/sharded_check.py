@@ -3,7 +3,7 @@ import jax
 import numpy as np
 
 from fedqjax import federated as fed
-from tests import fed_helpers as H
+from tests.support import federated as H
 
 
 def main():
@@ -43,7 +43,7 @@ def _check_equal(s1, m1, s2, m2, flips=False):
 
   A client computed as a different program (unrolled vs vmapped) differs by
   float rounding; an entry within that of a rounding threshold may round to
-  the neighbouring level (see test_federated._assert_quantized_close).
+  the neighbouring level (see assert_quantized_close in test_round.py).
   """
   b1, b2 = np.asarray(m1["client_bits"]), np.asarray(m2["client_bits"])[:6]
   np.testing.assert_array_equal(b1, b2)

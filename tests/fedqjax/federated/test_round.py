@@ -1,7 +1,10 @@
-"""Tests for the federated round engine (fedqjax.federated).
+"""Tests for the federated round (fedqjax.federated.round): the compiled
+round against the sequential reference and independent formulas.
 
 Compiles are the cost here (~30 s per round program on 2 cores): specs are
-module-level and shared; `jit_round_step` caches per spec.
+shared (tests.support.federated.LAYOUTS); `jit_round_step` caches per spec.
+The fixtures params / devices / data8 are session fixtures
+(tests/fedqjax/conftest.py).
 """
 import functools
 
@@ -14,25 +17,7 @@ import pytest
 from fedqjax.testing.reference_round import round_step_reference
 from fedqjax import diffusion, energy, federated as fed
 from fedqjax import quantization as Q
-from fedqjax.federated import phases
-from tests import fed_helpers as H
-
-POLICIES = ("kkt", "deadline", "max")
-
-
-@pytest.fixture(scope="module")
-def params():
-  return H.init_params()
-
-
-@pytest.fixture(scope="module")
-def devices():
-  return H.make_devices(8)
-
-
-@pytest.fixture(scope="module")
-def data8():
-  return H.make_data(8)
+from tests.support import federated as H
 
 
 def assert_fp32_close(a, b):
@@ -61,14 +46,10 @@ def assert_quantized_close(a, b, m, max_frac=0.01):
   assert diff.max() <= 1.01 * step + 1e-7, (diff.max(), step)
 
 
-# One spec per client layout (3 round compiles), K < N throughout.
-LAYOUTS = {"vmap_k3": dict(n=8, k=3, loop="vmap"),
-           "unrolled_k3": dict(n=8, k=3, loop="unrolled"),
-           "map_k2": dict(n=8, k=2, loop="map")}
 # Every other round setting in one spec (one more compile): QSGD with
 # buckets, fading, "degrade", uploading weights, server_lr != 1.
 SETTINGS = dict(n=8, k=4, loop="vmap", method="qsgd", bucket_size=64,
-                fading=True, infeasible_policy="degrade", target="weights",
+                rayleigh_fading=True, infeasible_policy="degrade", target="weights",
                 server_lr=0.5)
 
 
@@ -98,9 +79,9 @@ def _compare(spec, params, devices, data, names=("fp32", "fixed",
   assert step._cache_size() == 1  # schemes are data: one compile
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("layout", sorted(H.LAYOUTS))
 def test_round_equals_sequential_reference(layout, params, devices, data8):
-  _compare(H.make_spec(**LAYOUTS[layout]), params, devices, data8)
+  _compare(H.make_spec(**H.LAYOUTS[layout]), params, devices, data8)
 
 
 def test_every_round_setting_equals_reference(params, devices, data8):
@@ -120,7 +101,7 @@ def test_comparison_catches_one_adam_step_in_a_bias(params):
 
 def _vmap_round(params, devices, data, name):
   """One round of the shared vmap spec: (spec, state before, after, m)."""
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
+  spec = H.make_spec(**H.LAYOUTS["vmap_k3"])
   scheme = fed.make_scheme(name, deadline_s=H.generous_deadline(
       devices, spec, params))
   new, m = fed.jit_round_step(spec)(H.state(params, spec), data, devices,
@@ -200,7 +181,7 @@ def test_skips_drops_and_energy_counted_by_hand(params, devices, data8):
 
 
 def test_all_devices_skipped_model_does_not_move(params, devices, data8):
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
+  spec = H.make_spec(**H.LAYOUTS["vmap_k3"])
   scheme = fed.make_scheme("ondemand", deadline_s=1e-9)
   new, m = fed.jit_round_step(spec)(H.state(params, spec), data8, devices,
                                     scheme)
@@ -263,7 +244,7 @@ def test_payload_equals_codec_length(params, devices, data8):
 
 
 def test_compiles_once_and_no_host_transfer(params, devices, data8):
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
+  spec = H.make_spec(**H.LAYOUTS["vmap_k3"])
   step = fed.jit_round_step(spec)
   deadline = H.generous_deadline(devices, spec, params)
   state = jax.device_put(H.state(params, spec))
@@ -292,7 +273,7 @@ def test_learning_20_rounds(params, devices, data8):
   initialization, where runs reached 0.78-0.80 of it) leave room for
   float-level changes.
   """
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
+  spec = H.make_spec(**H.LAYOUTS["vmap_k3"])
   deadline = H.generous_deadline(devices, spec, params)
   step = fed.jit_round_step(spec)
   # Held-out: 32 other images of the same distribution, fixed (t, noise).
@@ -313,59 +294,3 @@ def test_learning_20_rounds(params, devices, data8):
     assert last < 0.8 * first, (name, losses)
     assert float(heldout(state.params)) < 0.9 * at_init, name
     assert float(heldout(state.ema_params)) < 0.9 * at_init, name
-
-
-def test_client_loop_resolved_in_one_place():
-  r = fed.resolve_execution
-  assert r("auto", "cpu", 8) == fed.Execution("unrolled", True, "xla")
-  assert r("auto", "cpu", fed.AUTO_MAX_UNROLLED + 1) == fed.Execution(
-      "map", 1, "im2col")
-  assert r("vmap", "cpu") == fed.Execution("vmap", 1, "im2col")
-  assert r("auto", "gpu", 64) == fed.Execution("vmap", True, "xla")
-  assert r("auto", "tpu") == fed.Execution("vmap", True, "xla")
-  with pytest.raises(ValueError, match="client_loop.*auto"):
-    r("chunked", "cpu")
-  spec = H.make_spec(loop="map")
-  assert spec.model.config.conv_impl == "im2col"
-
-
-def test_bad_spec_values_name_their_field():
-  with pytest.raises(ValueError, match=r"RoundSpec\.clients_per_round=5"):
-    H.make_spec(n=4, k=5)
-  with pytest.raises(ValueError, match=r"RoundSpec\.allocations"):
-    H.make_spec(allocations=("kkt", "cheapest"))
-  with pytest.raises(ValueError, match=r"RoundSpec\.infeasible_policy"):
-    H.make_spec(infeasible_policy="retry")
-  with pytest.raises(ValueError, match=r"Scheme\.bits='int4'"):
-    fed.make_scheme("int4", deadline_s=1.0)
-  with pytest.raises(ValueError, match=r"Scheme\.deadline_s=-1"):
-    fed.make_scheme("fp32", deadline_s=-1.0)
-  with pytest.raises(ValueError, match=r"Scheme\.eps_scale=nan"):
-    fed.make_scheme("fp32", deadline_s=1.0, eps_scale=float("nan"))
-
-
-def test_screen_uses_the_scheme_smallest_payload(params, devices):
-  """The skip rule by hand on a feasibility table."""
-  spec = H.make_spec(**LAYOUTS["vmap_k3"])
-  ok = jnp.asarray(np.arange(1, 33)[None, :] <= np.array([[32], [8], [0]]))
-  for name, want in (("fp32", [False, True, True]),
-                     ("fixed", [False, False, True]),
-                     ("ondemand", [False, False, True])):
-    got = phases.screen(ok, fed.make_scheme(name, deadline_s=1.0), spec)
-    np.testing.assert_array_equal(np.asarray(got), want, name)
-  np.testing.assert_array_equal(
-      np.asarray(phases.degrade(jnp.int32(20), ok[1], 1)), 8)
-
-
-def test_degrade_is_the_largest_deliverable_bits():
-  """Policy "degrade" against a brute force on random feasibility rows: the
-  largest deliverable b in [b_min, requested], else min(b_min, requested)."""
-  rng = np.random.default_rng(8)
-  ok = rng.random((500, 32)) < rng.uniform(0.05, 0.9, (500, 1))
-  requested = rng.integers(1, 33, 500)
-  got = np.asarray(jax.vmap(lambda r, o: phases.degrade(r, o, 3))(
-      jnp.asarray(requested, jnp.int32), jnp.asarray(ok)))
-  for i in range(500):
-    allowed = [b for b in range(3, requested[i] + 1) if ok[i, b - 1]]
-    assert got[i] == (max(allowed) if allowed else min(3, requested[i])), i
-  assert (got < requested).any() and (got == requested).any()

@@ -1,11 +1,12 @@
-"""Tests for fedqjax.energy.policies and the deadline rules (issue 15 items 1, 2, 5).
+"""Tests for fedqjax.energy.policies (issue 15 items 1, 2, 5); the deadline
+rules are tested in test_allocator.py.
 
 Energy is checked from both sides: the (f, p, t) each policy returns must
 deliver the payload by the deadline inside the box constraints (so the
 reported energy is that of a feasible point: it cannot be below the optimum),
 the energies must be exactly the model's E^cmp = tau c n f^2 and E^com = p t
 (so they are not under-reported), and kkt <= deadline <= max, kkt <= split
-per device (tests/test_energy.py checks kkt against scipy from above).
+per device (test_allocator.py checks kkt against scipy from above).
 """
 import math
 
@@ -15,10 +16,9 @@ import numpy as np
 import pytest
 
 from fedqjax import energy as E
-from tests.test_energy import FLOPS, np_devices, x64
+from tests.support.energy import FLOPS, LN2, np_devices, x64
 
 POLICIES = E.ALLOCATIONS  # ("kkt", "deadline", "max", "split")
-LN2 = math.log(2.0)
 
 
 def edge_problem(seed, n=400):
@@ -150,49 +150,3 @@ def test_invalid_policy_names():
       E.allocate_policies(d, bits, samples, T, FLOPS, bad)
   al = E.allocate_policies(d, bits, samples, T, FLOPS, "deadline, max")
   assert al.freq_hz.shape == (2, 8)
-
-
-def test_deadline_rules():
-  d = E.sample_devices(E.EnergyConfig(num_devices=200), jax.random.key(0))
-  n_params, samples, flops = 1.3e6, 16.0, 1.2e9
-  t = np.asarray(E.min_round_time(d, 32 * n_params, samples, flops), np.float64)
-  rule = lambda *a, **k: float(E.deadline_for(d, n_params, samples, flops, *a, **k))
-  np.testing.assert_allclose(rule("fp32_feasible", 1.0), t.max(), rtol=1e-6)
-  np.testing.assert_allclose(rule("median", 1.2), 1.2 * np.median(t), rtol=1e-6)
-  np.testing.assert_allclose(rule("quantile", 2.0, 0.9), 2.0 * np.quantile(t, 0.9), rtol=1e-6)
-  # fp32_feasible with factor 1: every device can deliver fp32 (the max one exactly).
-  T = rule("fp32_feasible", 1.0)
-  assert np.asarray(E.feasible_mask(d, 32 * n_params, samples, T, flops)).all()
-  # Padded devices are ignored.
-  present = np.arange(200) < 150
-  sub = jax.tree.map(lambda v: v[:150], d)
-  for r in E.DEADLINE_RULES:
-    np.testing.assert_allclose(
-        float(E.deadline_for(d, n_params, samples, flops, r, 1.5, 0.8, present=present)),
-        float(E.deadline_for(sub, n_params, samples, flops, r, 1.5, 0.8)), rtol=1e-6)
-  traced = jax.jit(lambda f: E.deadline_for(d, n_params, samples, flops, "quantile", f, 0.9))
-  np.testing.assert_allclose(float(traced(2.0)), rule("quantile", 2.0, 0.9), rtol=1e-6)
-
-
-@pytest.mark.parametrize("kw,match", [
-    (dict(rule="max"), "fp32_feasible, median, quantile"), (dict(factor=0.0), "factor"),
-    (dict(factor=float("nan")), "factor"), (dict(rule="quantile", quantile=1.5), "quantile"),
-    (dict(quantile=0.0), "quantile")])
-def test_deadline_rule_rejects(kw, match):
-  d = E.sample_devices(E.EnergyConfig(num_devices=4), jax.random.key(0))
-  with pytest.raises(ValueError, match=match):
-    E.deadline_for(d, 1e6, 16.0, 1e9, **kw)
-
-
-def test_deadline_rules_per_segment():
-  """One T per cell equals deadline_for on that cell alone."""
-  d = E.sample_devices(E.EnergyConfig(num_devices=60), jax.random.key(1))
-  seg = np.repeat(np.arange(3), 20)  # equal sizes: the per-cell references share compiles
-  rule_fn = jax.jit(lambda d, r, f, s=None: E.deadline_for(
-      d, 1e6, 16.0, 1e9, r, f, 0.7, **({} if s is None else dict(segments=s, num_segments=3))),
-                    static_argnums=1)
-  for r in E.DEADLINE_RULES:
-    got = np.asarray(rule_fn(d, r, jnp.asarray([1.0, 2.0, 3.0]), seg))
-    for g in range(3):
-      sub = jax.tree.map(lambda v: v[seg == g], d)
-      np.testing.assert_allclose(got[g], float(rule_fn(sub, r, g + 1.0)), rtol=1e-6, err_msg=r)

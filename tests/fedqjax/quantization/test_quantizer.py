@@ -1,12 +1,13 @@
-"""Tests for fedqjax.quantization (MODEL.md section 2).
+"""Tests for fedqjax.quantization.quantizer (MODEL.md section 2): layout,
+statistics, exact and extreme cases, tracing, the frozen reference of the
+round's old code; property-based fuzzing (hypothesis) at the end.
 
 Statistical tests use fixed seeds and Hoeffding bounds (no normal
 approximation); each states its failure probability for a fresh seed.
-"Bit for bit" compares float32 bit patterns (uint32 views).
+"Bit for bit" compares float32 bit patterns (uint32 views). The fuzzing
+examples are derandomized and bounded; `pytest -s` prints their counts.
 """
-import dataclasses
 import functools
-import math
 
 import chex
 import jax
@@ -15,9 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedqjax import quantization as Q
-from fedqjax.quantization import codec as codec_lib
+from tests.support.fuzz import SETTINGS, Counts
+from tests.support.quantization import (F32_MAX, F32_TINY, assert_bitwise,
+                                        bound64, quantizer, tensor,
+                                        template_quantizer)
 
 N_KEYS = 20_000
 METHODS = Q.METHODS
@@ -25,48 +31,14 @@ _X16 = np.asarray(jax.random.normal(jax.random.key(42), (16,)), np.float32)
 _KEYS = jax.random.split(jax.random.key(7), N_KEYS)
 
 
-def _bits_of(x):
-  return np.asarray(x, np.float32).view(np.uint32)
-
-
-def _assert_bitwise(a, b):
-  np.testing.assert_array_equal(_bits_of(a), _bits_of(b))
-
-
 def _hoeffding(width, n, delta):
   """t with P(|mean - E| >= t) <= delta for n i.i.d. draws in an interval of `width`."""
   return width * np.sqrt(np.log(2.0 / delta) / (2.0 * n))
 
 
-@functools.lru_cache(maxsize=None)
-def _quantizer(method, n=16, bucket_size=None):
-  return Q.make_quantizer(jax.ShapeDtypeStruct((n,), jnp.float32), method,
-                          bucket_size)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _many(q, flat, bits, keys):  # [N, d]: one draw per key, bits traced
   return jax.vmap(lambda k: q.quantize(flat, bits, k))(keys)
-
-
-def _buckets64(x, bucket_size):
-  v = np.asarray(x, np.float64).ravel()
-  size = v.size if bucket_size is None else bucket_size
-  return [v[i:i + size] for i in range(0, v.size, size)]
-
-
-def _range(c, method):
-  return c.max() - c.min() if method == "minmax" else np.linalg.norm(c)
-
-
-def _bound64(x, b, method, bucket_size=None):
-  """float64 sum_j n_j R_j^2 / (4 s^2); leaves of a tree or one vector."""
-  if b >= 32:
-    return 0.0
-  chunks = [c for leaf in (x if isinstance(x, list) else [x])
-            for c in _buckets64(leaf, bucket_size)]
-  a = sum(c.size * _range(c, method) ** 2 for c in chunks)
-  return a / (4.0 * (2.0**b - 1) ** 2)
 
 
 def _step_and_frac(x, bits, method):
@@ -169,12 +141,12 @@ class FrozenReferenceTest(parameterized.TestCase):
       return jax.jit(lambda *xs: jax.lax.map(lambda a: fn(*a), xs))
 
     for wrap in (lambda f: jax.jit(jax.vmap(f)), scan, lax_map):
-      _assert_bitwise(wrap(new)(batch, _REF_BITS, keys),
+      assert_bitwise(wrap(new)(batch, _REF_BITS, keys),
                       wrap(old)(batch, _REF_BITS, keys))
     for i in range(k):  # one client, jitted; eager runs the same program
       want = jax.jit(old)(trees[i], _REF_BITS[i], keys[i])
-      _assert_bitwise(jax.jit(new)(trees[i], _REF_BITS[i], keys[i]), want)
-      _assert_bitwise(new(trees[i], _REF_BITS[i], keys[i]), want)
+      assert_bitwise(jax.jit(new)(trees[i], _REF_BITS[i], keys[i]), want)
+      assert_bitwise(new(trees[i], _REF_BITS[i], keys[i]), want)
     # On-demand bits (the sweep's energies depend on them) and payloads.
     bnew = lambda t, e: q.bits_for(q.pack(t), e, 2, 32)
     bold = lambda t, e: _ref_bits(q.pack(t), e, sizes, 2, 32)
@@ -258,7 +230,7 @@ class UnbiasednessTest(parameterized.TestCase):
   def test_mean_matches(self, method, bits):
     """2 methods x 5 widths x 16 entries = 160 Hoeffding tests at delta = 1e-8:
     P(any false failure) <= 1.6e-6 (union bound)."""
-    q = np.asarray(_many(_quantizer(method), _X16, bits, _KEYS), np.float64)
+    q = np.asarray(_many(quantizer(method), _X16, bits, _KEYS), np.float64)
     step, _ = _step_and_frac(_X16, bits, method)
     tol = _hoeffding(step, N_KEYS, 1e-8) + 4e-7 * np.abs(_X16).max()  # + f32
     err = np.abs(q.mean(0) - _X16)
@@ -271,7 +243,7 @@ class UnbiasednessTest(parameterized.TestCase):
     """Ranges / norms above 2^126 (1/range is a float32 denormal).
     Hoeffding, delta = 1e-8 per entry, 12 entries: failure prob <= 1.2e-7."""
     x = np.array(values, np.float32)
-    q = np.asarray(_many(_quantizer(method, 6), x, 4, _KEYS), np.float64)
+    q = np.asarray(_many(quantizer(method, 6), x, 4, _KEYS), np.float64)
     self.assertTrue(np.all(np.isfinite(q)))
     step, _ = _step_and_frac(x, 4, method)
     tol = _hoeffding(step, N_KEYS, 1e-8) + 1e-6 * np.abs(x).max()
@@ -286,7 +258,7 @@ class VarianceTest(parameterized.TestCase):
 
     Hoeffding at delta = 1e-8 per entry, 64 entries: failure prob <= 6.4e-7.
     """
-    q = np.asarray(_many(_quantizer(method), _X16, bits, _KEYS), np.float64)
+    q = np.asarray(_many(quantizer(method), _X16, bits, _KEYS), np.float64)
     step, f = _step_and_frac(_X16, bits, method)
     emp = q.var(0) / step**2
     t = _hoeffding(1.0, N_KEYS, 1e-8)
@@ -298,11 +270,11 @@ class VarianceTest(parameterized.TestCase):
     """Exact expected error Σ f(1-f)Δ² <= error_bound, and the empirical mean
     squared error is within Hoeffding (range nΔ², delta = 1e-8 per case, 8
     cases: failure prob <= 8e-8) of it."""
-    qz = _quantizer(method)
+    qz = quantizer(method)
     q = np.asarray(_many(qz, _X16, bits, _KEYS), np.float64)
     step, f = _step_and_frac(_X16, bits, method)
     bound = float(qz.error_bound(_X16, bits))
-    np.testing.assert_allclose(bound, _bound64(_X16, bits, method), rtol=1e-5)
+    np.testing.assert_allclose(bound, bound64(_X16, bits, method), rtol=1e-5)
     expected = np.sum(f * (1 - f) * step**2)
     self.assertLessEqual(expected, bound * (1 + 1e-5))
     emp = np.mean(np.sum((q - _X16) ** 2, axis=1))
@@ -323,39 +295,39 @@ class ExactCasesTest(parameterized.TestCase):
     ints = np.random.default_rng(bits).permutation(np.arange(s + 1, dtype=np.float32))
     pow2 = (-1.0 + np.arange(s + 1) / 2.0**bits).astype(np.float32)  # Δ = 2^-b
     for x in (ints, pow2):
-      q = np.asarray(_many(_quantizer("minmax", s + 1), x, bits, _KEYS[:64]))
+      q = np.asarray(_many(quantizer("minmax", s + 1), x, bits, _KEYS[:64]))
       np.testing.assert_array_equal(q, np.broadcast_to(x, q.shape))
 
   @parameterized.product(method=METHODS, bits=(1, 16))
   def test_zeros_and_constants(self, method, bits):
     key = jax.random.key(0)
-    q = _quantizer(method, 16, 5)
+    q = quantizer(method, 16, 5)
     zeros = np.zeros(16, np.float32)
-    _assert_bitwise(q.quantize(zeros, bits, key), zeros)
+    assert_bitwise(q.quantize(zeros, bits, key), zeros)
     const = np.full(16, 7.25, np.float32)
     out = np.asarray(q.quantize(const, bits, key))
     if method == "minmax":  # hi == lo: sent exactly
-      _assert_bitwise(out, const)
+      assert_bitwise(out, const)
     else:  # QSGD: n equal entries sit at |v|/||v|| = 1/sqrt(n) of the norm
       self.assertTrue(np.all((out >= 0) & (out <= 7.25 * np.sqrt(5) * (1 + 1e-6))))
 
   @parameterized.parameters(*METHODS)
   def test_one_element_buckets_exact(self, method):
     x = np.array([-3.5, 2.0, 1e-3], np.float32)
-    q = _quantizer(method, 3, 1)
+    q = quantizer(method, 3, 1)
     for bits in (1, 2, 8, 24):
-      _assert_bitwise(q.quantize(x, bits, jax.random.key(bits)), x)
+      assert_bitwise(q.quantize(x, bits, jax.random.key(bits)), x)
 
   @parameterized.product(method=METHODS, bits=(1, 8, 31))
   def test_huge_range_stays_finite(self, method, bits):
     x = np.array([1e30, -1e30, 0.25e30, 3.0, -3e38, 3e38], np.float32)
     for bs in (None, 2):
-      q = _quantizer(method, 6, bs)
+      q = quantizer(method, 6, bs)
       out = np.asarray(q.quantize(x, bits, jax.random.key(1)))
       self.assertTrue(np.all(np.isfinite(out)), out)
       b = int(q.bits_for(x, 1e-3))
       self.assertTrue(1 <= b <= 32)
-    out = np.asarray(_quantizer(method, 4).quantize(x[:4], bits, jax.random.key(1)))
+    out = np.asarray(quantizer(method, 4).quantize(x[:4], bits, jax.random.key(1)))
     self.assertTrue(np.all(np.abs(out) <= 1e30 * (1 + 1e-6) * (1 if method == "minmax" else 2)))
     if method == "minmax":  # the endpoints are exact
       self.assertEqual((out[0], out[1]), (np.float32(1e30), np.float32(-1e30)))
@@ -363,162 +335,19 @@ class ExactCasesTest(parameterized.TestCase):
   def test_qsgd_norm_saturates_finite(self):
     """||v|| > 3.4e38 is not a float32: the norm saturates (biased, finite)."""
     x = np.full(3, 3e38, np.float32)
-    out = np.asarray(_quantizer("qsgd", 3).quantize(x, 1, jax.random.key(0)))
+    out = np.asarray(quantizer("qsgd", 3).quantize(x, 1, jax.random.key(0)))
     self.assertTrue(np.all(np.isfinite(out)) and np.all(out >= 0))
 
   @parameterized.parameters(*METHODS)
   def test_bits32_identity(self, method):
     x = np.array([1e-40, -0.0, 3e38, 1.5, -2.0, 7.0], np.float32)
-    _assert_bitwise(_quantizer(method, 6, 4).quantize(x, 32, jax.random.key(0)), x)
+    assert_bitwise(quantizer(method, 6, 4).quantize(x, 32, jax.random.key(0)), x)
 
   def test_buckets_use_their_own_range(self):
     x = np.array([2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 0.3, 0.7], np.float32)
-    out = np.asarray(_quantizer("minmax", 8, 4).quantize(x, 1, jax.random.key(3)))
+    out = np.asarray(quantizer("minmax", 8, 4).quantize(x, 1, jax.random.key(3)))
     np.testing.assert_array_equal(out[:4], 2.0)  # constant bucket
     self.assertTrue(set(out[4:].tolist()) <= {0.0, 1.0})
-
-
-# ----------------------------------------------------------------------------
-# On-demand bits.
-
-
-class OnDemandBitsTest(parameterized.TestCase):
-
-  @parameterized.product(method=METHODS, bucket_size=(None, 6))
-  def test_least_bits_meeting_bound_brute_force(self, method, bucket_size):
-    rng = np.random.default_rng(0)
-    tree = {"a": rng.normal(size=(5, 8)).astype(np.float32),
-            "b": rng.standard_cauchy(17).astype(np.float32)}
-    q = Q.make_quantizer(tree, method, bucket_size)
-    leaves = jax.tree.leaves(tree)
-    norm2 = sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in leaves)
-    eps = np.exp(rng.uniform(np.log(1e-14), np.log(0.5), size=40)).astype(np.float32)
-    b_min = 2
-    flat = q.pack(tree)
-    got = np.asarray(jax.jit(jax.vmap(lambda e: q.bits_for(flat, e, b_min)))(eps))
-    for i, (e, b) in enumerate(zip(eps.astype(np.float64), got)):
-      budget = e * norm2
-      bounds = {bb: _bound64(leaves, bb, method, bucket_size) for bb in range(b_min, 33)}
-      want = min(bb for bb in bounds if bounds[bb] <= budget)  # brute force
-      if all(abs(v - budget) > 1e-5 * budget for v in bounds.values()):
-        self.assertEqual(b, want, (e, bounds))  # no float32 rounding tie
-      self.assertLessEqual(bounds[b], budget * (1 + 1e-5))
-      if b > b_min:
-        self.assertGreater(bounds[b - 1], budget * (1 - 1e-5))
-      if i < 2:  # the eager call runs the same program
-        self.assertEqual(b, int(q.bits_for(flat, e, b_min)))
-    self.assertGreater(len(set(got.tolist())), 10)
-
-  @parameterized.parameters(*METHODS)
-  def test_edge_cases(self, method):
-    q = _quantizer(method, 4)
-    x = np.array([0.1, -2.0, 0.7, 3.0], np.float32)
-    self.assertEqual(int(q.bits_for(np.zeros(4, np.float32), 0.1, 3)), 3)  # zero -> b_min
-    if method == "minmax":  # constant -> b_min (QSGD constants are not exact)
-      self.assertEqual(int(q.bits_for(np.full(4, 5.0, np.float32), 0.0, 2)), 2)
-    self.assertEqual(int(q.bits_for(x, 0.0)), 32)  # no b < 32 meets eps = 0
-    self.assertEqual(int(q.bits_for(x, 1e-30)), 32)
-    self.assertEqual(int(q.bits_for(x, 1e-30, 1, 12)), 12)  # capped by b_max
-    self.assertEqual(int(q.bits_for(x, 10.0, 5)), 5)  # floor b_min
-    b = q.bits_for(x, 0.01)
-    self.assertEqual(b.dtype, jnp.int32)
-    budget = 0.01 * float(np.sum(x.astype(np.float64) ** 2))
-    self.assertLessEqual(float(q.error_bound(x, b)), budget)
-    self.assertGreater(float(q.error_bound(x, b - 1)), budget)
-    self.assertEqual(float(q.error_bound(x, 32)), 0.0)
-    np.testing.assert_allclose(float(q.error_bound(x, 3)), _bound64(x, 3, method), rtol=1e-5)
-
-
-# ----------------------------------------------------------------------------
-# Payload size and codec.
-
-
-class PayloadBitsTest(parameterized.TestCase):
-
-  def test_formula(self):
-    tree = {"a": jnp.ones((10, 10)), "b": jnp.ones((7,))}
-    bits = jnp.array([[1, 4], [8, 32]])
-    for method, bs, nb in (("minmax", None, 2), ("minmax", 8, 14), ("qsgd", None, 2)):
-      q = Q.make_quantizer(tree, method, bs)
-      got = q.payload_bits(bits)
-      self.assertEqual((got.shape, got.dtype), ((2, 2), jnp.float32))
-      per = (lambda b: 107 * b + 64 * nb) if method == "minmax" else (
-          lambda b: 107 * (b + 1) + 32 * nb)
-      self.assertEqual(got.tolist(), [[per(1), per(4)], [per(8), 32 * 107]])
-      vm = jax.jit(jax.vmap(q.payload_bits))(jnp.array([1, 8, 32]))
-      self.assertEqual(vm.tolist(), [per(1), per(8), 32 * 107])
-
-
-_CODEC_TREE = {"conv": np.asarray(jax.random.normal(jax.random.key(5), (3, 3, 2, 4))),
-               "bias": np.linspace(-1.0, 2.0, 13, dtype=np.float32),
-               "const": np.full((2, 3), 0.5, np.float32),
-               "huge": np.asarray(jax.random.normal(jax.random.key(6), (9,))) * 1e30,
-               "tiny": np.array([1e-38, 0.0, 2e-38, 5e-39], np.float32)}
-
-
-@functools.lru_cache(maxsize=None)
-def _codec_quantizer(method, bucket_size):
-  q = Q.make_quantizer(_CODEC_TREE, method, bucket_size)
-  return q, jax.jit(q.quantize)
-
-
-class CodecTest(parameterized.TestCase):
-
-  def _roundtrip(self, bits, bucket_size, method):
-    q, jitted = _codec_quantizer(method, bucket_size)
-    flat = np.asarray(q.pack(_CODEC_TREE))
-    key = jax.random.key(bits)
-    payload = Q.encode(q, flat, bits, key)
-    out = Q.decode(q, payload)
-    self.assertEqual((out.shape, out.dtype), ((q.num_entries,), np.float32))
-    _assert_bitwise(out, jitted(flat, bits, key))
-    _assert_bitwise(out, q.quantize(flat, bits, key))  # eager
-    self.assertEqual(payload.num_bits, float(q.payload_bits(bits)))
-    body = len(payload.data) - codec_lib._HEADER.size
-    self.assertEqual(body, math.ceil(payload.level_bits / 8)
-                     + (payload.num_bits - payload.level_bits) // 8)
-    self.assertEqual(payload.bits, bits)
-
-  @parameterized.product(bits=tuple(range(1, 17)) + (24, 25, 31, 32),
-                         bucket_size=(None, 5))
-  def test_minmax_exact_roundtrip(self, bits, bucket_size):
-    self._roundtrip(bits, bucket_size, "minmax")
-
-  @parameterized.product(bits=(1, 2, 7, 16, 24, 25, 31, 32), bucket_size=(None, 5))
-  def test_qsgd_exact_roundtrip(self, bits, bucket_size):
-    self._roundtrip(bits, bucket_size, "qsgd")
-
-  def test_pack_bits_many_chunks(self):
-    rng = np.random.default_rng(0)
-    for width in (1, 13, 32):
-      vals = rng.integers(0, 2**width, size=(1 << 20) + 77, dtype=np.uint64).astype(np.uint32)
-      buf, nbits = codec_lib.pack_bits(vals, width)
-      self.assertEqual((len(buf), nbits), (math.ceil(vals.size * width / 8), vals.size * width))
-      np.testing.assert_array_equal(codec_lib.unpack_bits(buf, vals.size, width), vals)
-
-  def test_truncated_or_corrupted_raises(self):
-    q, _ = _codec_quantizer("minmax", 5)
-    payload = Q.encode(q, q.pack(_CODEC_TREE), 5, jax.random.key(0))
-    bad = lambda data: dataclasses.replace(payload, data=data)
-    with self.assertRaisesRegex(ValueError, "truncated"):
-      Q.decode(q, bad(payload.data[:-3]))
-    with self.assertRaisesRegex(ValueError, "truncated"):
-      Q.decode(q, bad(payload.data + b"\0"))
-    data = bytearray(payload.data)
-    data[codec_lib._HEADER.size + 7] ^= 0x10
-    with self.assertRaisesRegex(ValueError, "checksum"):
-      Q.decode(q, bad(bytes(data)))
-    with self.assertRaisesRegex(ValueError, "header"):
-      Q.decode(q, bad(b"XXXX" + payload.data[4:]))
-    with self.assertRaisesRegex(ValueError, "header"):
-      Q.decode(q, bad(payload.data[:10]))
-    for other in (_codec_quantizer("minmax", None)[0], _codec_quantizer("qsgd", 5)[0]):
-      with self.assertRaisesRegex(ValueError, "does not match the quantizer"):
-        Q.decode(other, payload)
-    data = bytearray(payload.data)
-    data[6] = 40  # the bits field
-    with self.assertRaisesRegex(ValueError, r"bits in \[1, 32\]"):
-      Q.decode(q, bad(bytes(data)))
 
 
 # ----------------------------------------------------------------------------
@@ -551,7 +380,7 @@ class TracingTest(parameterized.TestCase):
       loop = q.quantize(flat, int(bits[i]), keys[i])
       self.assertEqual(int(bbits[i]), int(q.bits_for(flat, eps[i])))
       if method == "qsgd":
-        _assert_bitwise(batched[i], loop)
+        assert_bitwise(batched[i], loop)
         continue
       seg = np.repeat(np.arange(q.num_buckets), q.bucket_sizes)
       mag = np.asarray([np.abs(c).max() for c in np.split(
@@ -559,7 +388,7 @@ class TracingTest(parameterized.TestCase):
       np.testing.assert_array_less(np.abs(batched[i] - loop), 2.0**-21 * mag + 1e-30)
 
   def test_changing_bits_does_not_retrace(self):
-    q = _quantizer("minmax", 12)
+    q = quantizer("minmax", 12)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -571,61 +400,132 @@ class TracingTest(parameterized.TestCase):
       step(flat, jnp.int32(b), jnp.float32(0.01 * b), jax.random.key(b))
 
   def test_inside_jit_bits_are_clipped_and_nan_propagates(self):
-    q = _quantizer("minmax", 3)
+    q = quantizer("minmax", 3)
     f = jax.jit(q.quantize)
     x = jnp.array([0.0, 0.3, 1.0])
-    _assert_bitwise(f(x, 40, jax.random.key(0)), x)  # clipped to 32: passthrough
+    assert_bitwise(f(x, 40, jax.random.key(0)), x)  # clipped to 32: passthrough
     self.assertTrue(set(np.asarray(f(x, 0, jax.random.key(0))).tolist()) <= {0.0, 1.0})
     self.assertTrue(np.isnan(np.asarray(f(jnp.array([0.0, jnp.nan, 1.0]), 4,
                                           jax.random.key(0)))).any())
 
 
 # ----------------------------------------------------------------------------
-# Validation.
+# Property-based fuzzing (hypothesis) on adversarial float32 tensors.
 
 
-class ValidationTest(parameterized.TestCase):
+COUNTS = Counts()
+_count = COUNTS.add
 
-  @parameterized.parameters(0, 33, -1, 2.5, True, ([4, 40],), np.nan)
-  def test_bad_bits(self, bits):
-    q = _quantizer("minmax", 3)
-    with self.assertRaisesRegex(ValueError, r"bits must be an integer in \[1, 32\]"):
-      q.quantize(jnp.ones(3), bits, jax.random.key(0))
-    with self.assertRaisesRegex(ValueError, r"bits must be an integer in \[1, 32\]"):
-      Q.encode(q, jnp.ones(3), bits, jax.random.key(0))
-    with self.assertRaisesRegex(ValueError, r"bits must be an integer in \[1, 32\]"):
-      q.payload_bits(bits)
 
-  def test_bad_inputs(self):
-    key = jax.random.key(0)
-    q = _quantizer("qsgd", 3)
-    with self.assertRaisesRegex(ValueError, r"NaN or inf \(first at entry 1"):
-      q.quantize(jnp.array([1.0, jnp.nan, 0.0]), 4, key)
-    with self.assertRaisesRegex(ValueError, "NaN or inf"):
-      Q.encode(q, np.array([1.0, np.inf, 0.0], np.float32), 4, key)
-    with self.assertRaisesRegex(ValueError, "NaN or inf"):
-      q.bits_for(jnp.array([1.0, jnp.inf, 0.0]), 0.1)
-    with self.assertRaisesRegex(ValueError, r"shape \(3,\)"):
-      q.quantize(jnp.ones((4,)), 4, key)
-    with self.assertRaisesRegex(ValueError, "scalar"):
-      q.quantize(jnp.ones(3), jnp.array([4, 5]), key)
-    with self.assertRaisesRegex(ValueError, "eps must be a non-negative"):
-      q.bits_for(jnp.ones(3), -0.1)
-    with self.assertRaisesRegex(ValueError, r"b_min must be an integer in \[1, 32\]"):
-      q.bits_for(jnp.ones(3), 0.1, 0)
-    with self.assertRaisesRegex(ValueError, r"b_max must be an integer in \[1, 32\]"):
-      q.bits_for(jnp.ones(3), 0.1, 1, 33)
+def _buckets(x: np.ndarray, bucket_size):
+  flat = x.reshape(-1)
+  if bucket_size is None:
+    return [slice(0, flat.size)]
+  return [slice(i, min(i + bucket_size, flat.size))
+          for i in range(0, flat.size, bucket_size)]
 
-  def test_bad_settings(self):
-    tree = {"w": jnp.ones(3)}
-    with self.assertRaisesRegex(ValueError, "valid values: minmax, qsgd"):
-      Q.make_quantizer(tree, "topk")
-    for bs in (0, -1, 2.5, True, "8"):
-      with self.assertRaisesRegex(ValueError, "bucket_size must be None .* or a positive int"):
-        Q.make_quantizer(tree, bucket_size=bs)
-    with self.assertRaisesRegex(ValueError, r"template\['w'\] has dtype int32"):
-      Q.make_quantizer({"w": jnp.arange(3)})
-    self.assertEqual(Q.METHODS, ("minmax", "qsgd"))
+
+def _assert_in_bucket_range(x, out, bucket_size, what):
+  out = np.asarray(out)
+  assert out.shape == x.shape and out.dtype == np.float32, what
+  assert np.all(np.isfinite(out)), (what, x, out)
+  xf, of = x.reshape(-1), out.reshape(-1)
+  for sl in _buckets(x, bucket_size):
+    lo, hi = xf[sl].min(), xf[sl].max()
+    # XLA:CPU flushes denormals to zero, so bounds within 2^-126 of 0 may come
+    # out as 0 (see the denormal xfail tests below).
+    ok = (of[sl] >= lo - F32_TINY) & (of[sl] <= hi + F32_TINY)
+    assert np.all(ok), (what, sl, lo, hi, of[sl][~ok], xf[sl][~ok])
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(tensor(), st.integers(1, 32), st.sampled_from([None, 4]),
+       st.integers(0, 2**31 - 1))
+def test_minmax_quantizers_stay_in_range_or_reject(x, bits, bucket_size, seed):
+  """quantize and the codec: inside each bucket's [lo, hi], or ValueError."""
+  _count("tensors")
+  key = jax.random.key(seed)
+  q, _ = template_quantizer((x.shape,), "minmax", bucket_size)
+  flat = x.reshape(-1)
+  finite = bool(np.all(np.isfinite(x)))
+  for name, fn in (
+      ("quantize", lambda: q.quantize(flat, bits, key)),
+      ("encode", lambda: Q.decode(q, Q.encode(q, flat, bits, key)))):
+    if not finite:
+      with pytest.raises(ValueError, match="NaN or inf"):
+        fn()
+      continue
+    out = np.asarray(fn()).reshape(x.shape)
+    _assert_in_bucket_range(x, out, bucket_size, name)
+    if bits == 32:
+      np.testing.assert_array_equal(out.view(np.uint32), x.view(np.uint32))
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(tensor(finite=True), st.integers(1, 32), st.sampled_from([None, 4]),
+       st.integers(0, 2**31 - 1))
+def test_qsgd_quantizer_finite_and_bounded(x, bits, bucket_size, seed):
+  """|Q(v)_i| <= ||v|| of its bucket (saturated at 3.4e38), signs kept."""
+  _count("tensors")
+  q, _ = template_quantizer((x.shape,), "qsgd", bucket_size)
+  out = np.asarray(q.quantize(x.reshape(-1), bits, jax.random.key(seed)))
+  assert np.all(np.isfinite(out)), (x, out)
+  xf = x.astype(np.float64).reshape(-1)
+  for sl in _buckets(x, bucket_size):
+    v = xf[sl]
+    m = np.abs(v).max()
+    norm = min(m * np.sqrt(np.sum((v / m) ** 2)), F32_MAX) if m > 0 else 0.0
+    assert np.all(np.abs(out[sl].astype(np.float64)) <= norm * (1 + 1e-6)), (
+        x, out)
+  # Signs are kept (0 may come out for any entry).
+  assert np.all(np.sign(out) * np.sign(xf) >= 0), (x, out)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(tensor(finite=True), st.integers(1, 32), st.sampled_from([None, 4]),
+       st.sampled_from(["minmax", "qsgd"]), st.integers(0, 2**31 - 1))
+def test_jitted_quantizer_equals_eager(x, bits, bucket_size, method, seed):
+  """Traced bits under jit: the same program as the eager call, bit for bit."""
+  _count("tensors")
+  key = jax.random.key(seed)
+  q, jitted = template_quantizer((x.shape,), method, bucket_size)
+  out = np.asarray(jitted(jnp.asarray(x.reshape(-1)), jnp.int32(bits), key))
+  eager = np.asarray(q.quantize(x.reshape(-1), bits, key))
+  np.testing.assert_array_equal(out.view(np.uint32), eager.view(np.uint32))
+  if method == "minmax":
+    _assert_in_bucket_range(x, out.reshape(x.shape), bucket_size, "jit")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fedqjax/quantization/quantizer.py: a constant bucket of denormals "
+    "(1e-45) comes back as 0.0 for bits < 32 (XLA:CPU flushes denormals to "
+    "zero), outside the bucket range [1e-45, 1e-45]; documented: outputs may "
+    "leave a bucket's range by < 2^-126"))
+@pytest.mark.parametrize("method", ["minmax", "qsgd"])
+def test_quantize_denormal_constant_bucket(method):
+  x = np.full((7,), 1e-45, np.float32)
+  q, _ = template_quantizer((x.shape,), method)
+  out = np.asarray(q.quantize(x, 8, jax.random.key(0)))
+  np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fedqjax/quantization/quantizer.py _minmax_dequant (the round's formula "
+    "since the packed quantizer): Q = 2*(0.5*lo + q*(half/s)); 0.5*lo is "
+    "denormal for lo = 2^-126 and XLA:CPU flushes it to 0, so level 0 "
+    "dequantizes to 0.0 < lo (out of the bucket range by < 2^-126)"))
+def test_minmax_smallest_normal_lower_bound():
+  x = np.tile(np.array([F32_TINY, 1.0], np.float32), 4)[:7]
+  q, _ = template_quantizer((x.shape,), "minmax")
+  out = q.quantize(x, 1, jax.random.key(0))
+  assert np.asarray(out).min() >= F32_TINY, out
+
+
+def test_print_counts():
+  """Runs last in this module: prints and checks how much was fuzzed."""
+  print("\nfuzz counts:", dict(sorted(COUNTS.items())))
+  if "tensors" in COUNTS:  # the old fuzz module's 400 of 680 tensors, pro rata
+    assert COUNTS["tensors"] >= 235
 
 
 if __name__ == "__main__":

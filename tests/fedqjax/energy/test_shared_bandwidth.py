@@ -3,8 +3,6 @@
 Float64 comparisons run inside an x64 context so that x64 does not leak into
 other test modules.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,17 +11,9 @@ from scipy import optimize
 
 from fedqjax import energy as E
 from fedqjax.energy import shared_bandwidth as SB
+from tests.support.energy import FLOPS, LN2, x64
 
-LN2 = math.log(2.0)
-FLOPS = 35.0e9
 N0 = 10.0 ** (-20.4)
-
-
-def x64():
-  if hasattr(jax, "enable_x64"):
-    return jax.enable_x64(True)
-  from jax.experimental import enable_x64  # older jax
-  return enable_x64()
 
 
 def np_devices(rng, n, gain_exp=(-13, -8)):

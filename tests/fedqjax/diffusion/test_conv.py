@@ -1,9 +1,7 @@
 """The U-Net's alternative convolution (fedqjax.diffusion.conv) equals lax's."""
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from fedqjax import diffusion
@@ -107,10 +105,3 @@ def test_unet_im2col_shares_params_and_outputs():
   chex.assert_trees_all_close(params, _init(im2col), rtol=1e-6, atol=0)
   chex.assert_trees_all_close(_forward(im2col, params), _forward(xla, params),
                               rtol=1e-3, atol=1e-5)
-
-
-@pytest.mark.parametrize("impl", ["winograd", "fwd_form"])
-def test_unknown_conv_impl_is_rejected(impl):
-  with pytest.raises(ValueError, match=f"UNetConfig.conv_impl='{impl}' is invalid; "
-                                       "valid: xla, im2col"):
-    diffusion.UNetConfig.tiny(conv_impl=impl)
