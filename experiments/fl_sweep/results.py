@@ -56,8 +56,6 @@ def run_summary(run, setup, history: List[dict], **fields) -> Dict[str, Any]:
   if curve:
     s.update(heldout_loss=curve[-1]["heldout_ema"],
              heldout_loss_raw=curve[-1]["heldout_raw"])
-  s["skipped_client_rounds"] = s.pop("skipped", None)
-  s["dropped_client_rounds"] = s.pop("dropped", None)
   return s
 
 

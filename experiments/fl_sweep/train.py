@@ -88,7 +88,8 @@ def counters(state) -> Dict[str, np.ndarray]:
   return federated.to_host(dict(
       round=state.round, energy_comp_j=state.energy_comp_j,
       energy_comm_j=state.energy_comm_j, uploaded_bits=state.uploaded_bits,
-      skipped=state.skipped, dropped=state.dropped))
+      skipped_client_rounds=state.skipped_client_rounds,
+      dropped_client_rounds=state.dropped_client_rounds))
 
 
 def _finite_state(state) -> bool:
@@ -100,11 +101,11 @@ def history_row(rnd: int, m: Dict[str, Any], c: Dict[str, np.ndarray],
                 policies) -> Dict[str, Any]:
   """One JSON-able history row from host metrics and `counters`."""
   present = np.asarray(m["client_uploaded"])
-  row = dict(round=rnd, loss=float(m["loss"]), bits_mean=float(m["bits_mean"]),
+  row = dict(round=rnd, loss=float(m["loss"]), mean_bits=float(m["mean_bits"]),
              num_trained=int(m["num_trained"]),
              num_uploaded=int(m["num_uploaded"]),
-             num_skipped=int(m["num_skipped"]),
-             num_dropped=int(m["num_dropped"]),
+             skipped_client_rounds=int(m["skipped_client_rounds"]),
+             dropped_client_rounds=int(m["dropped_client_rounds"]),
              bit_shortfall=int(m["bit_shortfall"]),
              round_uploaded_mb=float(m["uploaded_bits"]) / 8e6,
              cum_uploaded_mb=float(c["uploaded_bits"]) / 8e6,
@@ -249,7 +250,8 @@ def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
   summary = results_lib.run_summary(
       run, setup, history, rounds=int(c["round"]), diverged=out["diverged"],
       complete=done, train_wall_s=out["train_wall_s"],
-      skipped=int(c["skipped"]), dropped=int(c["dropped"]))
+      skipped_client_rounds=int(c["skipped_client_rounds"]),
+      dropped_client_rounds=int(c["dropped_client_rounds"]))
   if done and setup.config.eval.num_samples and setup.evaluator is not None:
     summary.update(final_samples(setup, run, state, out["writer"], sdir,
                                  progress))

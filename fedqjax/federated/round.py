@@ -80,8 +80,10 @@ def next_state(state: ServerState, params, ema_params, m: Metrics
       energy_comp_j=state.energy_comp_j + m["energy_comp_j"],
       energy_comm_j=state.energy_comm_j + m["energy_comm_j"],
       uploaded_bits=state.uploaded_bits + m["uploaded_bits"],
-      skipped=state.skipped + m["num_skipped"],
-      dropped=state.dropped + m["num_dropped"])
+      skipped_client_rounds=(state.skipped_client_rounds
+                             + m["skipped_client_rounds"]),
+      dropped_client_rounds=(state.dropped_client_rounds
+                             + m["dropped_client_rounds"]))
 
 
 def round_metrics(sel: phases.Selection, trained: Array, uploaded: Array,
@@ -100,12 +102,12 @@ def round_metrics(sel: phases.Selection, trained: Array, uploaded: Array,
       energy_j=jnp.sum(e_comp + e_comm, axis=-1),
       latency_s=jnp.max(jnp.where(uploaded, alloc.latency_s, 0.0), axis=-1),
       uploaded_bits=jnp.sum(sent),
-      bits_mean=jnp.sum(up.bits * uf) / jnp.maximum(jnp.sum(uf), 1.0),
+      mean_bits=jnp.sum(up.bits * uf) / jnp.maximum(jnp.sum(uf), 1.0),
       bit_shortfall=jnp.sum(jnp.where(trained, up.requested_bits - up.bits,
                                       0)).astype(jnp.int32),
       num_trained=count(trained), num_uploaded=count(uploaded),
-      num_skipped=count(sel.present & ~trained),
-      num_dropped=count(trained & ~uploaded),
+      skipped_client_rounds=count(sel.present & ~trained),
+      dropped_client_rounds=count(trained & ~uploaded),
       client_ids=sel.ids, client_present=sel.present,
       client_trained=trained, client_uploaded=uploaded,
       client_loss=loss_k, client_bits=up.bits,

@@ -24,8 +24,8 @@ class ServerState:
   energy_comp_j: Array  # [P] cumulative computation energy, all clients
   energy_comm_j: Array  # [P] cumulative communication energy
   uploaded_bits: Array  # cumulative payload bits actually sent
-  skipped: Array  # int32, client-rounds skipped before training
-  dropped: Array  # int32, client-rounds trained but not delivered in time
+  skipped_client_rounds: Array  # int32, client-rounds skipped before training
+  dropped_client_rounds: Array  # int32, trained but not delivered in time
 
 
 @struct.dataclass
@@ -49,7 +49,8 @@ def init_server_state(params: Params, key: PRNGKey,
                      round=count(), rng=jnp.array(key, jnp.uint32),
                      energy_comp_j=zeros(), energy_comm_j=zeros(),
                      uploaded_bits=jnp.zeros((), jnp.float32),
-                     skipped=count(), dropped=count())
+                     skipped_client_rounds=count(),
+                     dropped_client_rounds=count())
 
 
 def round_keys(rng: Array, rnd: Array) -> Dict[str, Array]:

@@ -63,8 +63,9 @@ def test_end_to_end_writes_everything(full_run):
     events = glob.glob(os.path.join(sdir, "events.out.tfevents.*"))
     assert events, f"no TensorBoard events for {name}"
     tags = _event_tags(sdir)
-    for tag in ("loss", "cum_j/kkt", "cum_j/max", "bits_mean",
-                "round_uploaded_mb", "latency_s/kkt", "num_skipped", "bits",
+    for tag in ("loss", "cum_j/kkt", "cum_j/max", "mean_bits",
+                "round_uploaded_mb", "latency_s/kkt", "skipped_client_rounds",
+                "bits",
                 "samples", "heldout_ema", "heldout_raw", "vlb_bits_per_dim"):
       assert tag in tags, (name, tag, sorted(tags))
     assert os.listdir(os.path.join(sdir, "checkpoints"))

@@ -162,8 +162,9 @@ def test_skips_drops_and_energy_counted_by_hand(params, devices, data8):
     new, m = step(H.state(params, spec), data8, dev, scheme)
     trained = np.asarray(m["client_trained"])
     assert set(np.flatnonzero(~trained)) == skip, name
-    assert int(m["num_skipped"]) == int(new.skipped) == len(skip)
-    assert int(m["num_dropped"]) == 0
+    assert int(m["skipped_client_rounds"]) == int(
+        new.skipped_client_rounds) == len(skip)
+    assert int(m["dropped_client_rounds"]) == 0
     pay = np.where(trained, float(q.payload_bits(32 if name == "fp32" else 6)),
                    0.0)
     np.testing.assert_array_equal(np.asarray(m["client_payload_bits"]), pay)
@@ -185,7 +186,7 @@ def test_all_devices_skipped_model_does_not_move(params, devices, data8):
   scheme = fed.make_scheme("ondemand", deadline_s=1e-9)
   new, m = fed.jit_round_step(spec)(H.state(params, spec), data8, devices,
                                     scheme)
-  assert int(m["num_skipped"]) == 3 and int(m["num_uploaded"]) == 0
+  assert int(m["skipped_client_rounds"]) == 3 and int(m["num_uploaded"]) == 0
   chex.assert_trees_all_equal(new.params, params)
   np.testing.assert_array_equal(np.asarray(new.energy_comp_j), 0.0)
   assert float(new.uploaded_bits) == 0.0
