@@ -87,7 +87,9 @@ class Fed:
   rounds: int = key(30, between(1, 10_000_000))
   server_lr: float = key(1.0, between(0, 10, lo_open=True), "1 = FedAvg")
   ema_decay: float = key(0.9, between(0, 1, hi_open=True),
-                         "per-round cap; warms up as (1 + r) / (10 + r)")
+                         "per-round cap; warms up as (1 + r) / (w + r)")
+  ema_warmup: float = key(10.0, between(1, 1e9, hi_open=True),
+                          "w of the EMA's warm-up (1 + r) / (w + r)")
   client_loop: str = key("auto", one_of(*execution.CLIENT_LOOPS),
                          "client layout (fedqjax/federated/execution.py)")
   mesh: str = key("auto", one_of("auto", "none"),
