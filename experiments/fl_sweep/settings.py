@@ -123,6 +123,9 @@ _ENERGY_CONFIG_KEYS = (
     "tau_spread", "flops_per_cycle_choices", "eps_choices")
 
 
+_DEVICES = energy.EnergyConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class Energy:
   """Devices (checked by `EnergyConfig`: its fields) and the deadline.
@@ -132,18 +135,19 @@ class Energy:
   fp32_feasible = the largest (every device can deliver every scheme's
   upload), median, or quantile (deadline_quantile; devices above it skip).
   """
-  radius_m: float = 500.0
-  shadowing_db: float = 8.0
-  rayleigh_fading: bool = False
-  total_bandwidth_hz: float = 20e6
-  noise_psd_dbm_hz: float = -174.0
-  p_max_w: float = 0.2
-  f_min_hz: float = 0.1e9
-  f_max_hz: float = 2e9
-  tau_mean: float = 1e-28
-  tau_spread: float = 0.5
-  flops_per_cycle_choices: Tuple[float, ...] = (8.0, 16.0, 32.0)
-  eps_choices: Tuple[float, ...] = (1e-3, 1e-2, 5e-2, 1e-1)
+  # The library's defaults (MODEL.md section 3), not written again here.
+  radius_m: float = _DEVICES.radius_m
+  shadowing_db: float = _DEVICES.shadowing_db
+  rayleigh_fading: bool = _DEVICES.rayleigh_fading
+  total_bandwidth_hz: float = _DEVICES.total_bandwidth_hz
+  noise_psd_dbm_hz: float = _DEVICES.noise_psd_dbm_hz
+  p_max_w: float = _DEVICES.p_max_w
+  f_min_hz: float = _DEVICES.f_min_hz
+  f_max_hz: float = _DEVICES.f_max_hz
+  tau_mean: float = _DEVICES.tau_mean
+  tau_spread: float = _DEVICES.tau_spread
+  flops_per_cycle_choices: Tuple[float, ...] = _DEVICES.flops_per_cycle_choices
+  eps_choices: Tuple[float, ...] = _DEVICES.eps_choices
   deadline_s: float = key(0.0, between(0), "> 0: a fixed deadline T")
   deadline_rule: str = key("fp32_feasible", one_of(*energy.DEADLINE_RULES))
   deadline_factor: float = key(1.2, between(0, lo_open=True))
