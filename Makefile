@@ -8,7 +8,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 WORKDIR ?= workdir/cifar_sweep
 ARGS ?=
 
-.PHONY: setup data run test clean
+.PHONY: setup data lint run test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,7 +34,11 @@ data:
 run: setup
 	$(BIN)/python -m experiments.cifar_sweep --workdir=$(WORKDIR) $(ARGS)
 
-test: setup
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests $(ARGS)
 
 clean:

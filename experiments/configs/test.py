@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.batch_size = 4
   c.fed.rounds = 3
   # Pinned (not "auto" = unrolled on CPU): one rolled, vmapped client
-  # program compiles fastest; every layout is tested in test_federated.py.
+  # program compiles fastest; every layout is tested in
+  # tests/fedqjax/federated/test_round.py.
   c.fed.client_loop = "vmap"
   c.eval.num_samples = 16
   c.eval.batch_size = 16

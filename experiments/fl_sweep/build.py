@@ -52,12 +52,13 @@ class Setup:
 
 
 def resolve_dataset(config) -> str:
-  """`auto` -> cifar10 when tfds has it prepared (or a tarball is given)."""
+  """`auto` -> cifar10 when tfds has it prepared, a tarball is given or
+  `data.download` lets tfds fetch it; else the installed Fashion-MNIST."""
   name = config.data.name
   if name != "auto":
     return name
-  if config.data.tarball or data_lib.cifar10_available(
-      config.data.data_dir or None):
+  if config.data.tarball or config.data.download or (
+      data_lib.cifar10_available(config.data.data_dir or None)):
     return "cifar10"
   log.warning("=" * 70)
   log.warning("data.name=auto: CIFAR-10 is not available offline; using the "
@@ -75,8 +76,10 @@ def load_dataset(config) -> Tuple[str, np.ndarray, np.ndarray, np.ndarray]:
   elif name == "cifar10":
     if config.data.tarball:
       opts["tarball"] = config.data.tarball
-    elif config.data.data_dir:
-      opts["data_dir"] = config.data.data_dir
+    else:
+      opts["download"] = config.data.download
+      if config.data.data_dir:
+        opts["data_dir"] = config.data.data_dir
   elif name == "synthetic":
     opts = dict(num=max(config.data.max_train, 64),
                 size=config.data.resolution or 32, channels=1,

@@ -40,6 +40,7 @@ class Data:
                   "auto: CIFAR-10 if tfds has it prepared, else Fashion-MNIST")
   data_dir: str = key("", doc="Fashion-MNIST idx dir or tfds data_dir")
   tarball: str = key("", doc="cifar-10-python.tar.gz (trusted input)")
+  download: bool = key(False, doc="let tfds download CIFAR-10 (a network)")
   resolution: int = key(0, one_of(0, 8, 16, 28, 32), "0 = native size")
   partition: str = key("iid", one_of("iid", "dirichlet", "shards"))
   dirichlet_alpha: float = key(0.5, between(0, lo_open=True))
