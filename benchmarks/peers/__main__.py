@@ -97,7 +97,7 @@ def _fmt(x, nd=2):
   return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--model", default="tiny", choices=("tiny", "paper"))
   ap.add_argument("--clients", type=int, default=8)
@@ -126,22 +126,12 @@ def main(argv=None):
   ap.add_argument("--logdir", default="/tmp/fedqjax_peers")
   ap.add_argument("--timeout", type=float, default=1800, help="per runner, seconds")
   ap.add_argument("--json_out", default=None, help="also write all results as JSON here")
-  args = ap.parse_args(argv)
+  return ap
 
-  cfg = common.BenchConfig(model=args.model, clients=args.clients, rounds=args.rounds,
-                           local_steps=args.local_steps, batch=args.batch, res=args.res,
-                           n_max=args.n_max, threads=args.threads,
-                           torch_device=args.torch_device,
-                           fedqjax_client_loop=args.fedqjax_client_loop,
-                           flower_cpus_per_client=args.flower_cpus_per_client)
-  os.makedirs(args.logdir, exist_ok=True)
-  peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-  for p in peers:
-    if p not in ("torch", "flower"):
-      ap.error(f"--peers: unknown peer {p!r}; valid: torch, flower")
-  pythons = {"fedqjax": args.python, "torch": args.python,
-             "flower": args.flower_python or args.python}
 
+def _run_all(cfg, peers, pythons, args):
+  """Runs fedqjax and each peer in its own process: (versions, results,
+  skipped)."""
   versions, results, skipped = {}, {}, {}
   for name in ["fedqjax"] + peers:
     ok, why, vers = _probe(pythons[name], REQUIRES[name])
@@ -159,7 +149,59 @@ def main(argv=None):
       continue
     results[name] = r
     print(f"[peers] {name}: {r['round_s_mean']:.3f} s/round", file=sys.stderr, flush=True)
+  return versions, results, skipped
 
+
+def main(argv=None):
+  ap = _parser()
+  args = ap.parse_args(argv)
+  cfg = common.BenchConfig(model=args.model, clients=args.clients, rounds=args.rounds,
+                           local_steps=args.local_steps, batch=args.batch, res=args.res,
+                           n_max=args.n_max, threads=args.threads,
+                           torch_device=args.torch_device,
+                           fedqjax_client_loop=args.fedqjax_client_loop,
+                           flower_cpus_per_client=args.flower_cpus_per_client)
+  os.makedirs(args.logdir, exist_ok=True)
+  peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+  for p in peers:
+    if p not in ("torch", "flower"):
+      ap.error(f"--peers: unknown peer {p!r}; valid: torch, flower")
+  pythons = {"fedqjax": args.python, "torch": args.python,
+             "flower": args.flower_python or args.python}
+
+  versions, results, skipped = _run_all(cfg, peers, pythons, args)
+  _report(cfg, args, versions, results, skipped)
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(dict(config=json.loads(cfg.to_json()), versions=versions, results=results,
+                     skipped=skipped), f, indent=1)
+  return results
+
+
+def _rows(results):
+  """(label, result) of each runner that finished, fedqjax first."""
+  fq = results.get("fedqjax")
+  rows = []
+  if fq:
+    rows.append((f"fedqjax `jit_round_step` (client_loop {fq['client_loop']} -> "
+                 f"{fq['mode']}, conv {fq['conv_impl']}, local unroll {fq['local_unroll']})",
+                 fq))
+    rows.append(("fedqjax `round_step_reference` (python loop over clients)",
+                 dict(fq["reference"], peak_rss_tree_mb=None, num_params=fq["num_params"])))
+  if "torch" in results:
+    tr = results["torch"]
+    where = (f"{tr['threads']} threads" if tr.get("device", "cpu") == "cpu"
+             else tr["device"])
+    rows.append((f"PyTorch sequential loop ({where})", tr))
+  if "flower" in results:
+    fl = results["flower"]
+    rows.append((f"Flower {fl['version']} simulation (Ray, {fl['cpus_per_client']:g} "
+                 f"CPU/client)", fl))
+  return rows
+
+
+def _report(cfg, args, versions, results, skipped) -> None:
+  """The markdown table of round times, side by side, and the machine."""
   n_img = cfg.images_per_round
   try:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -178,26 +220,10 @@ def main(argv=None):
         f"Load average after the run (1/5/15 min): {load}. "
         f"{cfg.rounds} timed rounds after 1 warm-up round; mean round time.\n")
   fq = results.get("fedqjax")
-  rows = []
-  if fq:
-    rows.append((f"fedqjax `jit_round_step` (client_loop {fq['client_loop']} -> "
-                 f"{fq['mode']}, conv {fq['conv_impl']}, local unroll {fq['local_unroll']})",
-                 fq))
-    rows.append(("fedqjax `round_step_reference` (python loop over clients)",
-                 dict(fq["reference"], peak_rss_tree_mb=None, num_params=fq["num_params"])))
-  if "torch" in results:
-    tr = results["torch"]
-    where = (f"{tr['threads']} threads" if tr.get("device", "cpu") == "cpu"
-             else tr["device"])
-    rows.append((f"PyTorch sequential loop ({where})", tr))
-  if "flower" in results:
-    fl = results["flower"]
-    rows.append((f"Flower {fl['version']} simulation (Ray, {fl['cpus_per_client']:g} "
-                 f"CPU/client)", fl))
   print("| runner | params | round time (s) | images/s | fedqjax speed-up | peak RSS (MB) "
         "| first round (s) | compile / start-up (s) |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|")
-  for label, r in rows:
+  for label, r in _rows(results):
     t = r["round_s_mean"]
     speed = (f"{t / fq['round_s_mean']:.2f}x" if fq else "n/a")
     extra = (f"compile {_fmt(r['compile_s'], 1)}" if "compile_s" in r
@@ -213,11 +239,6 @@ def main(argv=None):
         "and imports; fedqjax: first call of the compiled program).")
   for name, why in skipped.items():
     print(f"\n- {name} skipped: {why}")
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(dict(config=json.loads(cfg.to_json()), versions=versions, results=results,
-                     skipped=skipped), f, indent=1)
-  return results
 
 
 if __name__ == "__main__":
