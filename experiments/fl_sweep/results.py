@@ -26,7 +26,7 @@ ROW_COLUMNS = (
     "bit_shortfall", "deadline_s", "deadline_policy", "final_loss",
     "heldout_loss", "heldout_loss_raw", "energy_to_target_j", "mb_to_target",
     "fid", "kid", "kid_std", "vlb_bits_per_dim", "rounds", "complete",
-    "diverged", "train_wall_s", "eval_wall_s")
+    "diverged", "train_wall_s", "compile_wall_s", "eval_wall_s")
 STAT_COLUMNS = ("total_energy_j", "comm_energy_j", "uploaded_mb", "mean_bits",
                 "heldout_loss", "energy_to_target_j", "fid", "kid",
                 "vlb_bits_per_dim")

@@ -201,6 +201,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   # Compiled (or loaded from the cache) here; the jitted call reuses it.
   # Processes finish this at different times: meet before the first round.
   step.lower(state, setup.fed_data, setup.devices, scheme).compile()
+  compile_wall_s = time.time() - t0
   distributed.barrier(f"fedqjax: {run.name} compiled at {start}")
   for rnd in range(start + 1, stop + 1):
     state, m = step(state, setup.fed_data, setup.devices, scheme)
@@ -226,7 +227,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       mgr.save(state, history, events=event_marks(writer, sdir))
   mgr.close()
   return dict(state=state, history=history, writer=writer, diverged=diverged,
-              train_wall_s=time.time() - t0)
+              train_wall_s=time.time() - t0, compile_wall_s=compile_wall_s)
 
 
 def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
@@ -250,6 +251,7 @@ def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
   summary = results_lib.run_summary(
       run, setup, history, rounds=int(c["round"]), diverged=out["diverged"],
       complete=done, train_wall_s=out["train_wall_s"],
+      compile_wall_s=out["compile_wall_s"],
       skipped_client_rounds=int(c["skipped_client_rounds"]),
       dropped_client_rounds=int(c["dropped_client_rounds"]))
   if done and setup.config.eval.num_samples and setup.evaluator is not None:
