@@ -5,105 +5,108 @@ over scenarios and device draws, in seconds (issue 17).
   python -m experiments.energy_sweep --workdir=/tmp/es --config.num_seeds=20 \
       --config.axes.deadline_factor=1,2,4,8
 
-Writes results.csv, summary.md and figures/ under --workdir (see
-experiments/configs/energy_sweep.py for the keys; fedqjax.energy.sweep for the
-method). A bad config value exits with status 2 and one line naming it.
+Writes results.csv, summary.md and figures/ under --workdir (the keys:
+experiments/energy_sweep/settings.py, presets: experiments/configs/
+energy_sweep.py; the method: experiments/energy_sweep/sweep.py). Progress
+lines go to stderr, the base scenario's table to stdout. A bad command line
+(flag, config key or value, bits source) exits with status 2 and one line
+on stderr naming it, before anything is computed or written.
 """
-import difflib
-import importlib
-import re
+import logging
+import os
 import sys
 import time
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from experiments.energy_sweep import settings as scenarios, sweep, outputs as sweep_io
+from experiments.common import cli
+from experiments.common import logs
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdir/energy_sweep",
-                               "Output directory (results.csv, summary.md, figures/).")
-_CONFIG = None  # defined by _define_config() after the command line's keys are checked
-
-
-def _define_config(argv):
-  """DEFINE_config_file reads the command line at once: check its keys first."""
-  global _CONFIG
-  _check_keys(argv)
-  try:
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", "experiments/configs/energy_sweep.py", "Config file (optionally :preset).",
-        lock_config=True)
-  except Exception as e:  # pylint: disable=broad-except  # bad --config or override
-    _fail(e)
+FLAGS = flags.FLAGS
+_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")
+# The shipped config, found from this module (runs from any directory).
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    "energy_sweep.py")
+_SETTINGS = []  # the parsed settings tree (set by _parse)
 
 
-def _fail(e: Exception) -> None:
-  """One line on stderr (the message's last line, "config." before a key) and exit 2."""
-  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-  msg = lines[-1] if lines else repr(e)
-  if re.match(r"^[\w.]+(\[\d+\])?=", msg):
-    msg = "config." + msg
-  print(f"error: {msg}", file=sys.stderr)
-  sys.exit(2)
+def _quiet_start() -> None:
+  """The settings (and so the config file) import jax: quiet its start-up
+  (`logs.setup` then sets the level the verbosity asks for)."""
+  if "jax" not in sys.modules:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _config_keys(argv):
-  """Key paths of the config file the command line names (default file and preset)."""
-  spec = next((a.split("=", 1)[1] for a in argv[1:] if re.match(r"^--?config=", a)),
-              "experiments/configs/energy_sweep.py")
-  path, _, preset = spec.partition(":")
-  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  config = module.get_config(preset) if preset else module.get_config()
-
-  def walk(d, prefix=""):
-    for k, v in d.items():
-      yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
-  return set(walk(config.to_dict()))
+def _program() -> cli.Program:
+  """The command line's flags and settings, for one-line errors."""
+  _quiet_start()
+  # pylint: disable-next=g-import-not-at-top
+  from experiments.energy_sweep import settings
+  return cli.Program(flags=_MAIN_FLAGS, settings=settings.Settings,
+                     removed=settings.REMOVED,
+                     config_examples=f"{DEFAULT_CONFIG}[:small]")
 
 
-def _check_keys(argv) -> None:
-  """Exit 2 with one line for a `--config.KEY` that the config file does not have."""
-  try:
-    keys = _config_keys(argv)
-  except Exception:  # pylint: disable=broad-except  # a bad --config: reported later
-    return
-  for a in argv[1:]:
-    m = re.match(r"^--?config\.([\w.]+)(=|$)", a)
-    if m and m.group(1) not in keys:
-      close = difflib.get_close_matches(m.group(1), sorted(keys), n=1)
-      hint = f"; did you mean --config.{close[0]}?" if close else ""
-      _fail(ValueError(f"--config.{m.group(1)} is not a config key{hint}"))
+def _define_flags() -> None:
+  # Inside the parser: ml_collections reads --config.KEY overrides from argv
+  # already while defining the flag, and a bad one must exit like the rest.
+  # pylint: disable-next=g-import-not-at-top
+  from ml_collections import config_flags
+  flags.DEFINE_string("workdir", "workdir/energy_sweep",
+                      "Output directory (results.csv, summary.md, figures/).")
+  config_flags.DEFINE_config_file(
+      "config", DEFAULT_CONFIG, "Config file (optionally :preset).",
+      lock_config=True)
 
 
 def _parse(argv):
-  """absl flag parsing; any problem is one line on stderr and exit status 2."""
+  """Defines and parses flags, checks config and workdir; errors exit 2."""
   try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except  # flags.Error, ConfigDict errors
-    _fail(e)
+    _quiet_start()
+    _define_flags()
+    rest = FLAGS(argv)
+    if len(rest) > 1:
+      raise ValueError(f"unexpected argument(s) {rest[1:]}; valid: flags "
+                       f"only ({', '.join(_MAIN_FLAGS)})")
+    if FLAGS["verbosity"].using_default_value:
+      FLAGS.verbosity = -1  # else absl raises it to 0 (INFO)
+    logs.setup(FLAGS.verbosity)
+    # pylint: disable-next=g-import-not-at-top
+    from experiments.energy_sweep import settings
+    _SETTINGS[:] = [settings.parse(FLAGS.config)]
+    cli.check_workdir(FLAGS.workdir)
+  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
+    # KeyError / AttributeError: ml_collections on an unknown key; OSError:
+    # a config file that cannot be read (raised when the value is read).
+    cli.exit_with_error(cli.command_line_error(e, argv, _program()))
+  return rest
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet backend probing
+  del argv
+  # pylint: disable-next=g-import-not-at-top
+  from experiments.energy_sweep import outputs, sweep
+  settings, workdir = _SETTINGS[0], FLAGS.workdir
+  log = logging.getLogger(logs.LOGGER).info
   t0 = time.perf_counter()
   try:
-    settings = scenarios.SweepSettings.from_dict(_CONFIG.value)
-    prepared = sweep.prepare(settings)  # bits_source, models: may still reject
-  except (ValueError, TypeError, OSError, KeyError, AttributeError) as e:
-    _fail(e)  # a bad config file, value or bits_source: nothing was computed
-  result = sweep.run(settings, prepared=prepared)
-  sweep_io.write_all(result, settings, _WORKDIR.value)
-  with open(f"{_WORKDIR.value}/summary.md") as f:
+    prepared = sweep.prepare(settings, log)  # bits source, models
+  except (ValueError, OSError) as e:  # nothing was computed or written
+    message = str(e)
+    if not message.startswith("config."):
+      message = f"config.bits_source={settings.bits_source!r}: {message}"
+    cli.exit_with_error(message)
+  result = sweep.run(settings, log, prepared)
+  outputs.write_all(result, settings, workdir)
+  with open(os.path.join(workdir, "summary.md")) as f:
     print(f.read())
-  print(f"results: {_WORKDIR.value}/results.csv, summary: {_WORKDIR.value}/summary.md, "
-        f"figures: {_WORKDIR.value}/figures/ ({time.perf_counter() - t0:.1f} s)")
+  figures = f", figures: {workdir}/figures/" if settings.figures else ""
+  print(f"results: {workdir}/results.csv, summary: {workdir}/summary.md"
+        f"{figures} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
 def run() -> None:
   """The program: flags, then `main`."""
-  _define_config(sys.argv)
   app.run(main, flags_parser=_parse)

@@ -1,0 +1,1 @@
+"""Tests of the system-level energy sweep (experiments/energy_sweep)."""
