@@ -72,6 +72,7 @@ def _model(conv: str, batch: int):
   """(apply, schedule, params, x, key) for the tiny U-Net at 28x28x1."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from fedqjax import diffusion as dm  # pylint: disable=g-import-not-at-top
   cfg = dm.UNetConfig.tiny(conv_impl=conv)
   params = dm.init_unet(cfg, jax.random.key(0), (28, 28, 1))
@@ -85,6 +86,7 @@ def worker_step(w):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from fedqjax import diffusion as dm  # pylint: disable=g-import-not-at-top
   apply, sched, params, x, key = _model(w["conv"], w["batch"])
   tx = optax.adam(1e-3)
@@ -109,6 +111,7 @@ def worker_loop(w):
   """I steps in one lax.scan (rolled or unrolled) for one conv form."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from fedqjax import diffusion as dm  # pylint: disable=g-import-not-at-top
   apply, sched, params, x, key = _model(w["conv"], w["batch"])
   tx = optax.adam(1e-3)
@@ -129,9 +132,11 @@ def worker_loop(w):
 def worker_round(w):
   """s/round and compile s of the jitted round in one client layout."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import round as round_bench  # pylint: disable=g-import-not-at-top
+
   from fedqjax import federated as fed  # pylint: disable=g-import-not-at-top
   sys.argv = [sys.argv[0], f"--clients={w['clients']}",
               f"--local_steps={w['steps']}", f"--batch={w['batch']}",

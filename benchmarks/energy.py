@@ -46,7 +46,8 @@ def problem(n, seed=0):
 
 def grid(devices: int, draws: int, shared: bool):
   """One jitted sweep call over draws x devices (and the schemes and policies)."""
-  from experiments.energy_sweep import settings as scenarios, sweep  # pylint: disable=g-import-not-at-top
+  from experiments.energy_sweep import settings as scenarios  # pylint: disable=g-import-not-at-top
+  from experiments.energy_sweep import sweep
   allocs = ("kkt", "deadline", "split", "max") + (("shared",) if shared else ())
   settings = scenarios.SweepSettings(
       num_seeds=draws, allocations=allocs,

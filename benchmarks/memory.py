@@ -30,9 +30,13 @@ def one(n: int, k: int, per_client: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fedqjax import energy, federated as fed  # pylint: disable=g-import-not-at-top
+
+  from fedqjax import (  # pylint: disable=g-import-not-at-top
+    diffusion,  # pylint: disable=g-import-not-at-top
+    energy,
+  )
+  from fedqjax import federated as fed
   from fedqjax import quantization as Q  # pylint: disable=g-import-not-at-top
-  from fedqjax import diffusion  # pylint: disable=g-import-not-at-top
   from fedqjax.data import loaders  # pylint: disable=g-import-not-at-top
   unet = diffusion.UNetConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                               attn_resolutions=(14,), dropout=0.1,

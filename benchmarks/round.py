@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedqjax.testing.reference_round import round_step_reference
-from fedqjax import diffusion, energy, federated as fed
+from fedqjax import diffusion, energy
+from fedqjax import federated as fed
 from fedqjax import quantization as Q
+from fedqjax.testing.reference_round import round_step_reference
 
 
 def _timeit(fn, n):

@@ -57,7 +57,7 @@ def _probe(python: str, modules) -> tuple[bool, str, dict]:
                          env=_env())
   except (OSError, subprocess.TimeoutExpired) as e:
     return False, f"cannot run {python}: {e}", {}
-  lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
+  lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
   if not lines:
     return False, f"probe failed (rc={res.returncode}): {res.stderr.strip()[-300:]}", {}
   info = json.loads(lines[-1])

@@ -24,7 +24,9 @@ from benchmarks.peers import common
 def _setup(cfg: common.BenchConfig):
   import jax
   import jax.numpy as jnp
-  from fedqjax import diffusion, energy, federated as fed
+
+  from fedqjax import diffusion, energy
+  from fedqjax import federated as fed
   from fedqjax import quantization as Q
   unet = diffusion.UNetConfig(**common.model_kwargs(cfg.model))
   params = diffusion.init_unet(unet, jax.random.PRNGKey(cfg.seed),
@@ -50,6 +52,7 @@ def _setup(cfg: common.BenchConfig):
 def run(cfg: common.BenchConfig) -> dict:
   import jax
   import numpy as np
+
   from fedqjax import federated as fed
   from fedqjax.testing.reference_round import round_step_reference  # pylint: disable=g-import-not-at-top
   spec, params, data, devices, scheme, d = _setup(cfg)

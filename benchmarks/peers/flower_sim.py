@@ -32,6 +32,7 @@ _CACHE = {}  # per Ray worker process: model, schedule, data
 def _client_state(cfg: common.BenchConfig):
   import numpy as np
   import torch
+
   from benchmarks.peers import torch_loop
   if "model" not in _CACHE:
     torch.set_num_threads(max(1, int(math.floor(cfg.flower_cpus_per_client))))
@@ -84,11 +85,12 @@ def make_client_fn(cfg: common.BenchConfig):
 def run(cfg: common.BenchConfig) -> dict:
   import flwr
   import numpy as np
+  import torch
   from flwr.common import ndarrays_to_parameters
   from flwr.server import ServerConfig
   from flwr.server.strategy import FedAvg
   from flwr.simulation import start_simulation
-  import torch
+
   from benchmarks.peers import torch_loop
   from benchmarks.peers import torch_unet as TU
 

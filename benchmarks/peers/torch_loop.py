@@ -20,6 +20,7 @@ from benchmarks.peers import common
 
 def build(cfg: common.BenchConfig):
   import torch
+
   from benchmarks.peers import torch_unet as TU
   torch.manual_seed(cfg.seed)
   model = TU.TorchUNet(cfg.channels, cfg.res, **common.model_kwargs(cfg.model))
@@ -29,6 +30,7 @@ def build(cfg: common.BenchConfig):
 def fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen):
   """One sequential FedAvg round; updates global_w / ema_w in place."""
   import torch
+
   from benchmarks.peers import torch_unet as TU
   names = list(global_w)
   total = float(sum(int(c) for c in counts))
@@ -55,6 +57,7 @@ def fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen):
 def run(cfg: common.BenchConfig) -> dict:
   import numpy as np
   import torch
+
   from benchmarks.peers import torch_unet as TU
   torch.set_num_threads(cfg.threads)
   dev = torch.device(cfg.torch_device)

@@ -12,7 +12,6 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 from experiments.common import settings as settings_lib
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Program:
   """What a main job's command line accepts, for its one-line errors.

@@ -100,7 +100,9 @@ def measured_ratio(model: str, quantizer: Any, seed: int = 0,
   """
   # pylint: disable=g-import-not-at-top
   import jax
-  from fedqjax import data as data_lib, diffusion
+
+  from fedqjax import data as data_lib
+  from fedqjax import diffusion
   # pylint: enable=g-import-not-at-top
   if model not in models.MODEL_PRESETS:
     raise ValueError(f"bits_source=measured needs a model in "

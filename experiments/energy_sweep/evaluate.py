@@ -28,8 +28,11 @@ import jax.numpy as jnp
 
 from experiments.energy_sweep import bits_sources
 from fedqjax.energy.allocator import deadline_for
-from fedqjax.energy.devices import (Devices, EnergyConfig,
-                                    sample_devices_from_keys)
+from fedqjax.energy.devices import (
+  Devices,
+  EnergyConfig,
+  sample_devices_from_keys,
+)
 from fedqjax.energy.policies import allocate_policies
 from fedqjax.energy.shared_bandwidth import allocate_shared_bandwidth
 from fedqjax.typing import Array, ArrayLike

@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-from matplotlib.figure import Figure
 import numpy as np
+from matplotlib.figure import Figure
 
 from experiments.energy_sweep import models
 from experiments.energy_sweep.settings import AXES, Settings

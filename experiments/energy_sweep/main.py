@@ -17,11 +17,9 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from experiments.common import cli
-from experiments.common import logs
+from experiments.common import cli, logs
 
 FLAGS = flags.FLAGS
 _MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")

@@ -21,8 +21,16 @@ import dataclasses
 from typing import Any, Dict, Mapping, Tuple
 
 from experiments.common import settings as settings_lib
-from experiments.common.settings import (ANY, Check, Invalid, between, each,
-                                         key, one_of, section)
+from experiments.common.settings import (
+  ANY,
+  Check,
+  Invalid,
+  between,
+  each,
+  key,
+  one_of,
+  section,
+)
 from experiments.energy_sweep import models
 from fedqjax.energy.allocator import DEADLINE_RULES
 from fedqjax.energy.devices import EnergyConfig

@@ -22,8 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.energy_sweep import bits_sources, evaluate, models
-from experiments.energy_sweep.settings import (BITS_SOURCES, Settings,
-                                               scenarios_of)
+from experiments.energy_sweep.settings import (
+  BITS_SOURCES,
+  Settings,
+  scenarios_of,
+)
 from fedqjax import quantization as Q
 
 MAX_DEVICES_PER_CALL = 2**21  # draws x scenarios x devices of one call

@@ -15,11 +15,9 @@ A bad command line exits with status 2 and one line on stderr.
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from experiments.common import cli
-from experiments.common import logs
+from experiments.common import cli, logs
 from experiments.fl_sweep import progress
 
 FLAGS = flags.FLAGS
@@ -96,7 +94,8 @@ def main(argv):
   if logs.resolve_verbosity(FLAGS.verbosity) <= 0:
     logs.import_quietly("tensorflow")  # its load-time INFO lines
   from experiments.common import distributed  # pylint: disable=g-import-not-at-top
-  from experiments.fl_sweep import results as results_lib, train  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import results as results_lib  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import train
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, auto=FLAGS.distributed_auto)

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from experiments.common.logs import LOGGER as _LOG
 
+
 def fmt_duration(seconds: Optional[float]) -> str:
   """42s, 5m58s, 1h02m; '?' for None or a non-finite value."""
   if seconds is None or not math.isfinite(seconds):

@@ -16,8 +16,14 @@ import dataclasses
 from typing import Tuple
 
 from experiments.common import settings as settings_lib
-from experiments.common.settings import (Invalid, between, each, key, one_of,
-                                         section)
+from experiments.common.settings import (
+  Invalid,
+  between,
+  each,
+  key,
+  one_of,
+  section,
+)
 from fedqjax import energy
 from fedqjax.diffusion import UNetConfig
 from fedqjax.federated import execution, spec

@@ -26,14 +26,15 @@ from typing import Any, Dict, List
 import jax
 import numpy as np
 
-from experiments.common import settings as settings_lib
-from experiments.fl_sweep import settings as settings_tree
-from experiments.fl_sweep.settings import Settings
 from experiments.common import distributed
+from experiments.common import settings as settings_lib
 from experiments.fl_sweep import progress as console
-from experiments.fl_sweep import provenance, results as results_lib
-from fedqjax import federated
+from experiments.fl_sweep import provenance
+from experiments.fl_sweep import results as results_lib
+from experiments.fl_sweep import settings as settings_tree
 from experiments.fl_sweep.build import Setup, build, load_dataset, place
+from experiments.fl_sweep.settings import Settings
+from fedqjax import federated
 
 log = logging.getLogger("fedqjax")
 
@@ -172,6 +173,7 @@ def truncate_events(sdir: str, marks: Dict[str, int]) -> None:
 def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   """Trains `run` from its last checkpoint; returns state, history, flags."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
   from experiments.fl_sweep import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   config, spec = setup.config, setup.spec
   scheme = place(setup, federated.make_scheme(

@@ -32,7 +32,11 @@ import numpy as np
 from jax.scipy.special import log_ndtr, ndtr
 
 from fedqjax.diffusion.heldout import map_in_chunks
-from fedqjax.diffusion.schedule import NoiseSchedule, predict_x0_from_eps, q_sample
+from fedqjax.diffusion.schedule import (
+  NoiseSchedule,
+  predict_x0_from_eps,
+  q_sample,
+)
 from fedqjax.typing import Array, ArrayLike, Params, PRNGKey
 
 

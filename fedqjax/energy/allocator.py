@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedqjax.energy import model, numerics as nm
+from fedqjax.energy import model
+from fedqjax.energy import numerics as nm
 from fedqjax.energy.devices import Devices
 from fedqjax.energy.numerics import REASON_COMPUTE, REASON_OK, REASON_UPLOAD  # noqa: F401
 from fedqjax.typing import Array, ArrayLike

@@ -39,8 +39,14 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from fedqjax.energy import model, numerics as nm
-from fedqjax.energy.allocator import Allocation, allocate, make_allocation, naive_allocation
+from fedqjax.energy import model
+from fedqjax.energy import numerics as nm
+from fedqjax.energy.allocator import (
+  Allocation,
+  allocate,
+  make_allocation,
+  naive_allocation,
+)
 from fedqjax.energy.devices import Devices
 from fedqjax.typing import ArrayLike
 

@@ -92,7 +92,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedqjax.energy import model, numerics as nm
+from fedqjax.energy import model
+from fedqjax.energy import numerics as nm
 from fedqjax.energy.allocator import Allocation, allocate
 from fedqjax.energy.devices import Devices
 from fedqjax.typing import Array, ArrayLike

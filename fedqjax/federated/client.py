@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedqjax.diffusion import make_train_step, schedule as schedule_lib
+from fedqjax.diffusion import make_train_step
+from fedqjax.diffusion import schedule as schedule_lib
 from fedqjax.federated.spec import RoundSpec
 from fedqjax.typing import Array, Params, PRNGKey
 

@@ -21,7 +21,7 @@ from flax import struct
 from fedqjax import energy
 from fedqjax.diffusion import ema_decay, ema_update
 from fedqjax.federated import sharding
-from fedqjax.federated.spec import (BITS_FIXED, BITS_FP32, RoundSpec, Scheme)
+from fedqjax.federated.spec import BITS_FIXED, BITS_FP32, RoundSpec, Scheme
 from fedqjax.federated.state import FedData, client_keys
 from fedqjax.typing import Array, Params
 

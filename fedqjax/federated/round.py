@@ -23,8 +23,12 @@ from fedqjax.federated import phases
 from fedqjax.federated.client import client_update
 from fedqjax.federated.execution import map_clients
 from fedqjax.federated.spec import RoundSpec, Scheme
-from fedqjax.federated.state import (FedData, ServerState, client_keys,
-                                     round_keys)
+from fedqjax.federated.state import (
+  FedData,
+  ServerState,
+  client_keys,
+  round_keys,
+)
 from fedqjax.typing import Array
 
 Metrics = Dict[str, Array]

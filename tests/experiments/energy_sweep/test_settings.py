@@ -4,13 +4,14 @@ key path (parsed in process, through ml_collections' own flag parsing)."""
 import dataclasses
 import json
 
+import pytest
 from absl import flags
 from ml_collections import config_flags
-import pytest
 
 from experiments.common import settings as common
 from experiments.configs import energy_sweep as config_mod
-from experiments.energy_sweep import main, settings as settings_lib, sweep
+from experiments.energy_sweep import main, sweep
+from experiments.energy_sweep import settings as settings_lib
 
 
 def _command_line(*args):

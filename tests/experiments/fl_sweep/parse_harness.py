@@ -21,6 +21,7 @@ def parse(args: Sequence[str]) -> Tuple[int, str, str, object]:
   as they were (logs.setup, which only configures logging, is stubbed).
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   from experiments.common import logs  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import main  # pylint: disable=g-import-not-at-top
   fv, argv = flags.FLAGS, ["cifar_sweep", *args]

@@ -45,6 +45,7 @@ import pytest
 
 from tests.experiments.fl_sweep import crash_probe as cp
 from tests.support import ROOT, SWEEP, TEST_CONFIG, Lines, cli_env
+
 SEED, KILLS = 20240304, 14  # every phase of both runs, start-up, results
 RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
 
@@ -266,8 +267,9 @@ def test_checkpointer_detects_same_size_damage(tmp_path):
   before digests) still loads, with a warning."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from fedqjax import federated
+
   from experiments.fl_sweep import checkpoint  # pylint: disable=g-import-not-at-top
+  from fedqjax import federated
   params = {"w": jnp.arange(4000, dtype=jnp.float32).reshape(40, 100)}
   state0 = federated.init_server_state(params, jax.random.key(0), 2)
   states = [state0.replace(round=jnp.asarray(r, state0.round.dtype),

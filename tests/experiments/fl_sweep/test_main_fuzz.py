@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 import re
 import string
-import types
 import subprocess
 import sys
+import types
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings

@@ -10,8 +10,8 @@ from experiments.fl_sweep import results as R
 def _history(losses, energies, mbs):
   """Rows with a held-out point every round (round 0 = initialization)."""
   rows = [dict(round=0, heldout_ema=losses[0], heldout_raw=losses[0])]
-  for r, (l, e, mb) in enumerate(zip(losses[1:], energies, mbs), start=1):
-    rows.append(dict(round=r, heldout_ema=l, heldout_raw=l,
+  for r, (loss, e, mb) in enumerate(zip(losses[1:], energies, mbs), start=1):
+    rows.append(dict(round=r, heldout_ema=loss, heldout_raw=loss,
                      cum_uploaded_mb=mb,
                      energy={"kkt": dict(cum_j=e), "max": dict(cum_j=3 * e)}))
   return rows

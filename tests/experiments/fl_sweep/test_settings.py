@@ -7,7 +7,8 @@ import ml_collections
 import pytest
 
 from experiments.common import settings as settings_lib
-from experiments.configs import cifar_sweep, test as test_config
+from experiments.configs import cifar_sweep
+from experiments.configs import test as test_config
 from experiments.fl_sweep import settings
 from tests.support import ROOT, run_cli
 

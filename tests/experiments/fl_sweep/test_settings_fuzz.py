@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments.configs import test as test_config
 from experiments.common import settings as settings_lib
+from experiments.configs import test as test_config
 from experiments.fl_sweep import build
 from experiments.fl_sweep import settings as fl_settings
 from fedqjax import energy as E

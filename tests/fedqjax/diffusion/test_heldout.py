@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from fedqjax import diffusion as dm
-from tests.support.diffusion import (FAST, RES, SCHED, SMALL, T_SMALL, patterns,
-                                     shifted_point_denoiser)
+from tests.support.diffusion import (
+  FAST,
+  RES,
+  SCHED,
+  SMALL,
+  T_SMALL,
+  patterns,
+  shifted_point_denoiser,
+)
 
 
 def test_heldout_timesteps_cover_every_stratum_once():

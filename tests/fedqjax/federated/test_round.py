@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedqjax.testing.reference_round import round_step_reference
-from fedqjax import diffusion, energy, federated as fed
+from fedqjax import diffusion, energy
+from fedqjax import federated as fed
 from fedqjax import quantization as Q
+from fedqjax.testing.reference_round import round_step_reference
 from tests.support import federated as H
 
 
@@ -170,7 +171,7 @@ def test_skips_drops_and_energy_counted_by_hand(params, devices, data8):
     np.testing.assert_array_equal(np.asarray(m["client_payload_bits"]), pay)
     alloc = energy.allocate_policies(dev, jnp.full((8,), pay.max()), n, T, f,
                                      spec.allocations)
-    for i, p in enumerate(spec.allocations):
+    for i in range(len(spec.allocations)):
       np.testing.assert_allclose(
           np.asarray(m["client_energy_comp_j"][i]),
           np.where(trained, np.asarray(alloc.e_comp_j[i]), 0), rtol=1e-6)

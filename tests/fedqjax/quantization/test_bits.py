@@ -12,8 +12,12 @@ from hypothesis import strategies as st
 
 from fedqjax import quantization as Q
 from tests.support.fuzz import SETTINGS, Counts
-from tests.support.quantization import (bound64, quantizer, tensor,
-                                        template_quantizer)
+from tests.support.quantization import (
+  bound64,
+  quantizer,
+  template_quantizer,
+  tensor,
+)
 
 METHODS = Q.METHODS
 

@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from fedqjax import quantization as Q
 from fedqjax.quantization import codec as codec_lib
 from tests.support.fuzz import SETTINGS, Counts
-from tests.support.quantization import (assert_bitwise, tensor,
-                                        template_quantizer)
+from tests.support.quantization import (
+  assert_bitwise,
+  template_quantizer,
+  tensor,
+)
 
 _CODEC_TREE = {"conv": np.asarray(jax.random.normal(jax.random.key(5), (3, 3, 2, 4))),
                "bias": np.linspace(-1.0, 2.0, 13, dtype=np.float32),

@@ -21,9 +21,15 @@ from hypothesis import strategies as st
 
 from fedqjax import quantization as Q
 from tests.support.fuzz import SETTINGS, Counts
-from tests.support.quantization import (F32_MAX, F32_TINY, assert_bitwise,
-                                        bound64, quantizer, tensor,
-                                        template_quantizer)
+from tests.support.quantization import (
+  F32_MAX,
+  F32_TINY,
+  assert_bitwise,
+  bound64,
+  quantizer,
+  template_quantizer,
+  tensor,
+)
 
 N_KEYS = 20_000
 METHODS = Q.METHODS
