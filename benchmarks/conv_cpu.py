@@ -14,6 +14,7 @@ baseline). Convolution forms: XLA's ("xla") and `im2col_conv`
 history and in benchmarks/RESULTS.md). Prints ms per call (best of 5) and
 compile seconds, warm, `block_until_ready`.
 """
+
 import argparse
 import platform
 import time
@@ -26,12 +27,15 @@ from fedqjax.diffusion import conv as conv_lib
 
 
 def _xla(x, w):
-  return lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
-FORMS = {"xla": _xla,
-         "im2col": lambda x, w: conv_lib.im2col_conv(x, w, (1, 1), "SAME")}
+FORMS = {
+  "xla": _xla,
+  "im2col": lambda x, w: conv_lib.im2col_conv(x, w, (1, 1), "SAME"),
+}
 
 
 def _best_ms(fn, *args, n=5):
@@ -55,30 +59,42 @@ def main():
   k, b, r, c = a.clients, a.batch, a.res, a.channels
   x = jax.random.normal(jax.random.PRNGKey(0), (k, b, r, r, c))
   w = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (k, 3, 3, c, c))
-  print(f"# {platform.platform()} | jax {jax.__version__} | "
-        f"{jax.default_backend()} x{jax.device_count()} | K={k} B={b} "
-        f"{r}x{r}x{c} depth={a.depth}, grad w.r.t. kernel and input")
+  print(
+    f"# {platform.platform()} | jax {jax.__version__} | "
+    f"{jax.default_backend()} x{jax.device_count()} | K={k} B={b} "
+    f"{r}x{r}x{c} depth={a.depth}, grad w.r.t. kernel and input"
+  )
   print("| conv form | client layout | ms / call | compile s |")
   print("|---|---|---:|---:|")
   for form, conv in FORMS.items():
+
     def loss(w1, x1, conv=conv):
       h = x1
       for _ in range(a.depth):
         h = jnp.tanh(conv(h, w1))
-      return jnp.mean(h ** 2)
+      return jnp.mean(h**2)
+
     g = jax.grad(loss, argnums=(0, 1))
-    scan = lambda unroll, g=g: jax.jit(lambda w, x: lax.scan(
-        lambda c_, wx: (c_, g(*wx)), 0, (w, x), unroll=unroll)[1])
+    scan = lambda unroll, g=g: jax.jit(
+      lambda w, x: lax.scan(
+        lambda c_, wx: (c_, g(*wx)), 0, (w, x), unroll=unroll
+      )[1]
+    )
     one = jax.jit(g)
-    layouts = {"vmap": jax.jit(jax.vmap(g)), "unrolled": scan(True),
-               "rolled": scan(1),
-               "pyloop": lambda w, x: [one(w[i], x[i]) for i in range(k)]}
+    layouts = {
+      "vmap": jax.jit(jax.vmap(g)),
+      "unrolled": scan(True),
+      "rolled": scan(1),
+      "pyloop": lambda w, x: [one(w[i], x[i]) for i in range(k)],
+    }
     for name, fn in layouts.items():
       t0 = time.perf_counter()
       jax.block_until_ready(fn(w, x))
       compile_s = time.perf_counter() - t0
-      print(f"| {form} | {name} | {_best_ms(fn, w, x):.1f} | {compile_s:.1f} |",
-            flush=True)
+      print(
+        f"| {form} | {name} | {_best_ms(fn, w, x):.1f} | {compile_s:.1f} |",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

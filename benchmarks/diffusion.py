@@ -8,6 +8,7 @@ The scan comparison matters for the federated round engine, which scans local
 steps: XLA:CPU has been seen to run convolutions inside a rolled scan body much
 slower than the same step jitted on its own.
 """
+
 import argparse
 import time
 
@@ -19,11 +20,20 @@ import optax
 from fedqjax import diffusion as dm
 
 MODELS = {
-    "small": (dm.UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
-                            num_groups=8, dropout=0.0), (16, 16, 1)),
-    "tiny": (dm.UNetConfig.tiny(), (32, 32, 3)),
-    "tiny28": (dm.UNetConfig.tiny(), (28, 28, 1)),
-    "paper": (dm.UNetConfig(), (32, 32, 3)),
+  "small": (
+    dm.UNetConfig(
+      ch=16,
+      ch_mult=(1, 2),
+      num_res_blocks=1,
+      attn_resolutions=(8,),
+      num_groups=8,
+      dropout=0.0,
+    ),
+    (16, 16, 1),
+  ),
+  "tiny": (dm.UNetConfig.tiny(), (32, 32, 3)),
+  "tiny28": (dm.UNetConfig.tiny(), (28, 28, 1)),
+  "paper": (dm.UNetConfig(), (32, 32, 3)),
 }
 
 
@@ -38,15 +48,23 @@ def main():
   ap.add_argument("--model", default="tiny", choices=sorted(MODELS))
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--steps", type=int, default=10)
-  ap.add_argument("--fast_compile", action="store_true",
-                  help="xla_backend_optimization_level=0 for every compile")
+  ap.add_argument(
+    "--fast_compile",
+    action="store_true",
+    help="xla_backend_optimization_level=0 for every compile",
+  )
   ap.add_argument("--flops_only", action="store_true")
-  ap.add_argument("--compiled_flops", action="store_true",
-                  help="FLOPs from the compiled HLO (slow for the paper model)")
+  ap.add_argument(
+    "--compiled_flops",
+    action="store_true",
+    help="FLOPs from the compiled HLO (slow for the paper model)",
+  )
   a = ap.parse_args()
   cfg, shape = MODELS[a.model]
   opts = {"xla_backend_optimization_level": 0} if a.fast_compile else None
-  print(f"backend={jax.default_backend()} model={a.model} image={shape} batch={a.batch}")
+  print(
+    f"backend={jax.default_backend()} model={a.model} image={shape} batch={a.batch}"
+  )
 
   tr = dm.train_flops_per_image(cfg, shape, compiled=a.compiled_flops)
   sa = dm.sample_flops_per_image(cfg, shape, compiled=a.compiled_flops)
@@ -55,23 +73,31 @@ def main():
     return
 
   model, sched, tx = cfg.make(), dm.linear_schedule(), optax.adam(1e-4)
-  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (64, *shape)), jnp.float32)
+  x = jnp.asarray(
+    np.random.default_rng(0).uniform(-1, 1, (64, *shape)), jnp.float32
+  )
   t = jnp.zeros((a.batch,), jnp.int32)
   t0 = time.perf_counter()
-  params = dm.init_unet(cfg, jax.random.key(0, impl="rbg"), shape, compiler_options=opts)
+  params = dm.init_unet(
+    cfg, jax.random.key(0, impl="rbg"), shape, compiler_options=opts
+  )
   jax.block_until_ready(params)
   print(f"init (jit, rbg key): {time.perf_counter() - t0:.1f}s")
 
-  fwd = jax.jit(lambda v, x: model.apply(v, x, t, train=False), compiler_options=opts)
+  fwd = jax.jit(
+    lambda v, x: model.apply(v, x, t, train=False), compiler_options=opts
+  )
   t0 = time.perf_counter()
-  fwd_c = fwd.lower(params, x[:a.batch]).compile()
+  fwd_c = fwd.lower(params, x[: a.batch]).compile()
   print(f"forward compile: {time.perf_counter() - t0:.1f}s")
-  _timed(fwd_c, params, x[:a.batch])
-  _, dt = _timed(fwd_c, params, x[:a.batch])
+  _timed(fwd_c, params, x[: a.batch])
+  _, dt = _timed(fwd_c, params, x[: a.batch])
   print(f"forward B={a.batch}: {dt * 1e3:.1f} ms")
 
-  step = dm.make_train_step(model.apply, tx, sched)  # one fixed batch: timing only
-  xb = x[:a.batch]
+  step = dm.make_train_step(
+    model.apply, tx, sched
+  )  # one fixed batch: timing only
+  xb = x[: a.batch]
   carry = (params, tx.init(params))
   keys = jax.random.split(jax.random.key(1), a.steps)
   step_j = jax.jit(step, compiler_options=opts)
@@ -87,15 +113,21 @@ def main():
   print(f"python loop of jitted step: {loop_s * 1e3:.1f} ms/step")
 
   for unroll in (1, a.steps):
-    run = jax.jit(lambda c, b, ks: jax.lax.scan(lambda c, k: step(c, b, k), c, ks,
-                                                unroll=unroll), compiler_options=opts)
+    run = jax.jit(
+      lambda c, b, ks: jax.lax.scan(
+        lambda c, k: step(c, b, k), c, ks, unroll=unroll
+      ),
+      compiler_options=opts,
+    )
     t0 = time.perf_counter()
     run_c = run.lower(carry, xb, keys).compile()
     comp = time.perf_counter() - t0
     _timed(run_c, carry, xb, keys)
     _, dt = _timed(run_c, carry, xb, keys)
-    print(f"lax.scan unroll={unroll}: compile {comp:.1f}s, {dt / a.steps * 1e3:.1f} ms/step "
-          f"({dt / a.steps / loop_s:.2f}x loop)")
+    print(
+      f"lax.scan unroll={unroll}: compile {comp:.1f}s, {dt / a.steps * 1e3:.1f} ms/step "
+      f"({dt / a.steps / loop_s:.2f}x loop)"
+    )
 
 
 if __name__ == "__main__":

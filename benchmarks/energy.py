@@ -15,6 +15,7 @@ relative energy difference (positive: fedqjax uses more energy).
 kkt, deadline, split, max (and the shared-bandwidth allocator with --shared),
 all in ONE jitted call: first call (compile included) and a second one.
 """
+
 import argparse
 import math
 import os
@@ -36,10 +37,17 @@ def scipy_solve(tau, cyc, bits, h, W, n0, pmax, fmin, fmax, T):
 
 def problem(n, seed=0):
   from fedqjax import energy as E
+
   d = E.sample_devices(E.EnergyConfig(num_devices=n), jax.random.key(seed))
   rng = np.random.default_rng(seed)
-  d_params, flops, samples = 35.7e6, 35.0e9, 80.0  # paper UNet; I = 10 steps x B = 8
-  bits = (d_params * rng.integers(1, 33, n) + 64.0).astype(np.asarray(d.gain).dtype)
+  d_params, flops, samples = (
+    35.7e6,
+    35.0e9,
+    80.0,
+  )  # paper UNet; I = 10 steps x B = 8
+  bits = (d_params * rng.integers(1, 33, n) + 64.0).astype(
+    np.asarray(d.gain).dtype
+  )
   T = E.deadline_for(d, d_params, samples, flops, "median", 1.2)
   return d, bits, samples, T, flops
 
@@ -48,10 +56,15 @@ def grid(devices: int, draws: int, shared: bool):
   """One jitted sweep call over draws x devices (and the schemes and policies)."""
   from experiments.energy_sweep import settings as scenarios  # pylint: disable=g-import-not-at-top
   from experiments.energy_sweep import sweep
+
   allocs = ("kkt", "deadline", "split", "max") + (("shared",) if shared else ())
   settings = scenarios.SweepSettings(
-      num_seeds=draws, allocations=allocs,
-      base=scenarios.Scenario(num_devices=devices, total_bandwidth_hz=2e6 * devices))
+    num_seeds=draws,
+    allocations=allocs,
+    base=scenarios.Scenario(
+      num_devices=devices, total_bandwidth_hz=2e6 * devices
+    ),
+  )
   prep = sweep.prepare(settings, log=lambda m: None)
   times = []
   for _ in range(2):
@@ -60,10 +73,12 @@ def grid(devices: int, draws: int, shared: bool):
     times.append(time.perf_counter() - t0)
   n = devices * draws
   feas = float(np.mean(out["n_feasible"])) / devices
-  print(f"grid: {n:,} devices ({draws} draws x {devices:,}) x 3 bits schemes x "
-        f"{len(allocs)} allocations ({', '.join(allocs)}) in one call: first "
-        f"{times[0]:.2f} s (compile included), second {times[1]:.2f} s "
-        f"({n * 3 / times[1]:.3g} device-schemes/s); feasible fraction {feas:.3f}")
+  print(
+    f"grid: {n:,} devices ({draws} draws x {devices:,}) x 3 bits schemes x "
+    f"{len(allocs)} allocations ({', '.join(allocs)}) in one call: first "
+    f"{times[0]:.2f} s (compile included), second {times[1]:.2f} s "
+    f"({n * 3 / times[1]:.3g} device-schemes/s); feasible fraction {feas:.3f}"
+  )
 
 
 def main():
@@ -80,13 +95,17 @@ def main():
   from fedqjax import energy as E
 
   if args.grid:
-    print(f"machine: {platform.platform()} | cpu_count={os.cpu_count()} | "
-          f"jax {jax.__version__} {jax.default_backend()}")
+    print(
+      f"machine: {platform.platform()} | cpu_count={os.cpu_count()} | "
+      f"jax {jax.__version__} {jax.default_backend()}"
+    )
     grid(args.grid_devices, args.grid_draws, args.shared)
     return
-  print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
-        f"cpu_count={os.cpu_count()} | jax {jax.__version__} {jax.default_backend()} | "
-        f"dtype={'float64' if args.x64 else 'float32'}")
+  print(
+    f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
+    f"cpu_count={os.cpu_count()} | jax {jax.__version__} {jax.default_backend()} | "
+    f"dtype={'float64' if args.x64 else 'float32'}"
+  )
   solve = jax.jit(E.allocate)
   rates = {}
   for n in (10, 1000, 100000):
@@ -101,27 +120,45 @@ def main():
       times.append(time.perf_counter() - t0)
     best = min(times)
     rates[n] = n / best
-    print(f"fedqjax N={n:>6}: {best * 1e3:9.3f} ms (best of {args.repeats}, first call "
-          f"{compile_s:.2f} s) {rates[n]:.3g} devices/s, feasible {np.mean(al.feasible):.2f}")
+    print(
+      f"fedqjax N={n:>6}: {best * 1e3:9.3f} ms (best of {args.repeats}, first call "
+      f"{compile_s:.2f} s) {rates[n]:.3g} devices/s, feasible {np.mean(al.feasible):.2f}"
+    )
     if n == 1000:
       sub = range(args.scipy_devices)
       g = lambda v: np.asarray(v, np.float64)
       cyc = g(E.cycles_per_sample(flops, d.flops_per_cycle)) * samples
-      ref_args = [(g(d.tau)[i], cyc[i], g(bits)[i], g(d.gain)[i], g(d.bandwidth_hz)[i],
-                   g(d.noise_psd_w_hz)[i], g(d.p_max_w)[i], g(d.f_min_hz)[i], g(d.f_max_hz)[i],
-                   float(T)) for i in sub]
+      ref_args = [
+        (
+          g(d.tau)[i],
+          cyc[i],
+          g(bits)[i],
+          g(d.gain)[i],
+          g(d.bandwidth_hz)[i],
+          g(d.noise_psd_w_hz)[i],
+          g(d.p_max_w)[i],
+          g(d.f_min_hz)[i],
+          g(d.f_max_hz)[i],
+          float(T),
+        )
+        for i in sub
+      ]
       t0 = time.perf_counter()
       ref = [scipy_solve(*a) for a in ref_args]
       scipy_s = time.perf_counter() - t0
       scipy_rate = len(ref) / scipy_s
       e = g(al.energy_j)
       rel = [(e[i] - r) / r for i, r in zip(sub, ref) if r is not None]
-      print(f"scipy  {len(ref)} devices one by one: {scipy_s * 1e3:.1f} ms, "
-            f"{scipy_rate:.3g} devices/s;"
-            f" max rel. energy diff (fedqjax - scipy)/scipy over {len(rel)} feasible: "
-            f"{max(rel):+.2e} (min {min(rel):+.2e})")
-  print(f"rate ratio fedqjax(N=1e5) / scipy: {rates[100000] / scipy_rate:.3g}x; "
-        f"N=1e5 solve {100000 / rates[100000]:.3f} s (target <= 0.2 s)")
+      print(
+        f"scipy  {len(ref)} devices one by one: {scipy_s * 1e3:.1f} ms, "
+        f"{scipy_rate:.3g} devices/s;"
+        f" max rel. energy diff (fedqjax - scipy)/scipy over {len(rel)} feasible: "
+        f"{max(rel):+.2e} (min {min(rel):+.2e})"
+      )
+  print(
+    f"rate ratio fedqjax(N=1e5) / scipy: {rates[100000] / scipy_rate:.3g}x; "
+    f"N=1e5 solve {100000 / rates[100000]:.3f} s (target <= 0.2 s)"
+  )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Reads the idx .gz files of the Debian package dataset-fashion-mnist
 Note FID is biased upwards for n < 2048 (rank-deficient covariance): compare
 numbers only at equal n.
 """
+
 import argparse
 import gzip
 import os
@@ -22,7 +23,9 @@ def read_images(path: str) -> np.ndarray:
   with gzip.open(path, "rb") as f:
     raw = f.read()
   n, h, w = np.frombuffer(raw, ">u4", 3, 4)
-  return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w, 1)  # [n, 28, 28, 1]
+  return np.frombuffer(raw, np.uint8, offset=16).reshape(
+    n, h, w, 1
+  )  # [n, 28, 28, 1]
 
 
 def main():
@@ -31,14 +34,22 @@ def main():
   p.add_argument("--batch_size", type=int, default=50)
   p.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
   args = p.parse_args()
-  train = read_images(os.path.join(args.data_dir, "train-images-idx3-ubyte.gz"))[: args.n]
-  test = read_images(os.path.join(args.data_dir, "t10k-images-idx3-ubyte.gz"))[: args.n]
+  train = read_images(
+    os.path.join(args.data_dir, "train-images-idx3-ubyte.gz")
+  )[: args.n]
+  test = read_images(os.path.join(args.data_dir, "t10k-images-idx3-ubyte.gz"))[
+    : args.n
+  ]
   t0 = time.time()
   fn = metrics.make_feature_fn()
   feats = []
   for name, imgs in (("train", train), ("test", test)):
     t = time.time()
-    feats.append(metrics.compute_activations(imgs, batch_size=args.batch_size, feature_fn=fn))
+    feats.append(
+      metrics.compute_activations(
+        imgs, batch_size=args.batch_size, feature_fn=fn
+      )
+    )
     print(f"{name}: {len(imgs)} images in {time.time() - t:.1f}s", flush=True)
   t_feat = time.time() - t0
   t = time.time()
@@ -48,10 +59,14 @@ def main():
   t = time.time()
   kid_mean, kid_std = metrics.kid(*feats)
   t_kid = time.time() - t
-  print(f"n={args.n} FID(train, test)={fid:.4f} (eigh route {fid_eigh:.4f}) "
-        f"KID={kid_mean:.6f} +- {kid_std:.6f}")
-  print(f"time: features {t_feat:.1f}s ({t_feat / (2 * args.n):.3f}s/image), "
-        f"FID sqrtm {t_fid:.1f}s, KID {t_kid:.1f}s")
+  print(
+    f"n={args.n} FID(train, test)={fid:.4f} (eigh route {fid_eigh:.4f}) "
+    f"KID={kid_mean:.6f} +- {kid_std:.6f}"
+  )
+  print(
+    f"time: features {t_feat:.1f}s ({t_feat / (2 * args.n):.3f}s/image), "
+    f"FID sqrtm {t_fid:.1f}s, KID {t_kid:.1f}s"
+  )
 
 
 if __name__ == "__main__":

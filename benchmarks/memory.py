@@ -12,6 +12,7 @@ I = 2 local steps at B = 8, one compile + 2 timed rounds of
 Prints one row per K: peak RSS (MB), compile s, s/round; then the slope
 (bytes per participant) of a least-squares line through the peaks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,23 +39,40 @@ def one(n: int, k: int, per_client: int) -> dict:
   from fedqjax import federated as fed
   from fedqjax import quantization as Q  # pylint: disable=g-import-not-at-top
   from fedqjax.data import loaders  # pylint: disable=g-import-not-at-top
-  unet = diffusion.UNetConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                              attn_resolutions=(14,), dropout=0.1,
-                              num_groups=8)
-  imgs, _ = loaders.make_synthetic("train", num=n * per_client, size=28,
-                                   channels=1)
+
+  unet = diffusion.UNetConfig(
+    ch=32,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(14,),
+    dropout=0.1,
+    num_groups=8,
+  )
+  imgs, _ = loaders.make_synthetic(
+    "train", num=n * per_client, size=28, channels=1
+  )
   images = (imgs.astype(np.float32) / 127.5 - 1).reshape(
-      (n, per_client, 28, 28, 1))  # host side until the round gathers
-  data = fed.FedData(images=jnp.asarray(images),
-                     counts=jnp.full((n,), per_client, jnp.int32))
+    (n, per_client, 28, 28, 1)
+  )  # host side until the round gathers
+  data = fed.FedData(
+    images=jnp.asarray(images), counts=jnp.full((n,), per_client, jnp.int32)
+  )
   params = diffusion.init_unet(unet, jax.random.key(0), (28, 28, 1))
-  devices = energy.sample_devices(energy.EnergyConfig(
-      num_devices=n, bandwidth_shares=k), jax.random.key(1))
+  devices = energy.sample_devices(
+    energy.EnergyConfig(num_devices=n, bandwidth_shares=k), jax.random.key(1)
+  )
   spec = fed.RoundSpec(
-      unet=unet, quantizer=Q.make_quantizer(params), num_clients=n,
-      clients_per_round=k, local_steps=2, batch_size=8, lr=1e-3,
-      flops_per_sample=1.05e9, allocations=("kkt", "deadline", "max"),
-      execution=fed.resolve_execution("map", "cpu", k))
+    unet=unet,
+    quantizer=Q.make_quantizer(params),
+    num_clients=n,
+    clients_per_round=k,
+    local_steps=2,
+    batch_size=8,
+    lr=1e-3,
+    flops_per_sample=1.05e9,
+    allocations=("kkt", "deadline", "max"),
+    execution=fed.resolve_execution("map", "cpu", k),
+  )
   t = float(energy.deadline_for(devices, 1062497, 16, 1.05e9))
   scheme = fed.make_scheme("ondemand", deadline_s=t)
   step = fed.jit_round_step(spec)
@@ -67,11 +85,14 @@ def one(n: int, k: int, per_client: int) -> dict:
   for _ in range(2):
     state, m = step(state, data, devices, scheme)
   jax.block_until_ready(state.params)
-  return dict(clients=n, k=k, compile_s=compile_s,
-              s_per_round=(time.time() - t0) / 2,
-              uploaded=int(m["num_uploaded"]),
-              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-              / 1024)
+  return dict(
+    clients=n,
+    k=k,
+    compile_s=compile_s,
+    s_per_round=(time.time() - t0) / 2,
+    uploaded=int(m["num_uploaded"]),
+    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  )
 
 
 def main():
@@ -87,17 +108,30 @@ def main():
   rows = []
   for k in (int(x) for x in a.clients_per_round.split(",")):
     out = subprocess.run(
-        [sys.executable, __file__, f"--child={k}",
-         f"--num_clients={a.num_clients}", f"--per_client={a.per_client}"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
-        capture_output=True, text=True, check=True)
+      [
+        sys.executable,
+        __file__,
+        f"--child={k}",
+        f"--num_clients={a.num_clients}",
+        f"--per_client={a.per_client}",
+      ],
+      cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+      capture_output=True,
+      text=True,
+      check=True,
+    )
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     r = rows[-1]
-    print(f"N={r['clients']} K={r['k']}: peak RSS {r['peak_rss_mb']:.0f} MB, "
-          f"compile {r['compile_s']:.1f} s, {r['s_per_round']:.2f} s/round, "
-          f"{r['uploaded']} uploads", flush=True)
+    print(
+      f"N={r['clients']} K={r['k']}: peak RSS {r['peak_rss_mb']:.0f} MB, "
+      f"compile {r['compile_s']:.1f} s, {r['s_per_round']:.2f} s/round, "
+      f"{r['uploaded']} uploads",
+      flush=True,
+    )
   if len(rows) >= 2:
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     k = np.array([r["k"] for r in rows], float)
     mb = np.array([r["peak_rss_mb"] for r in rows])
     slope, icpt = np.polyfit(k, mb, 1)

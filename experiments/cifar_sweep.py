@@ -6,6 +6,7 @@ r"""Main job: compare fp32 / fixed / on-demand federated DDPM training.
 
 The program is `experiments.fl_sweep` (flags in `experiments/fl_sweep/main.py`).
 """
+
 from experiments.fl_sweep import main
 
 if __name__ == "__main__":

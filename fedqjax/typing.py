@@ -1,4 +1,5 @@
 """Type aliases shared across fedqjax."""
+
 from typing import Any
 
 import jax

@@ -5,6 +5,7 @@ in its own subprocess, gets the same `BenchConfig` as JSON, builds the same
 synthetic client data from the same seed, and prints one line
 `PEERS_RESULT {json}` that the driver parses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,11 +62,27 @@ class BenchConfig:
 def model_kwargs(name: str) -> dict:
   """U-Net kwargs (the fields of fedqjax.diffusion.UNetConfig.tiny() / UNetConfig())."""
   if name == "tiny":
-    return dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
-                dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=8)
+    return dict(
+      ch=32,
+      ch_mult=(1, 2, 2),
+      num_res_blocks=1,
+      attn_resolutions=(16,),
+      dropout=0.1,
+      resamp_with_conv=True,
+      out_ch=None,
+      num_groups=8,
+    )
   if name == "paper":
-    return dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=32)
+    return dict(
+      ch=128,
+      ch_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      attn_resolutions=(16,),
+      dropout=0.1,
+      resamp_with_conv=True,
+      out_ch=None,
+      num_groups=32,
+    )
   raise ValueError(f"--model={name!r}; valid: tiny, paper")
 
 
@@ -76,9 +93,12 @@ def make_client_data(cfg: BenchConfig):
   yy, xx = np.mgrid[0:r, 0:r] / r
   phase = rng.uniform(0, 2 * np.pi, (cfg.clients, 1, 1, 1, c))
   base = np.sin(2 * np.pi * (xx + yy)[None, None, :, :, None] + phase)
-  imgs = np.clip(base + 0.2 * rng.standard_normal((cfg.clients, cfg.n_max, r, r, c)),
-                 -1, 1).astype(np.float32)
-  counts = rng.integers(cfg.n_max // 2, cfg.n_max + 1, cfg.clients).astype(np.int32)
+  imgs = np.clip(
+    base + 0.2 * rng.standard_normal((cfg.clients, cfg.n_max, r, r, c)), -1, 1
+  ).astype(np.float32)
+  counts = rng.integers(cfg.n_max // 2, cfg.n_max + 1, cfg.clients).astype(
+    np.int32
+  )
   return imgs, counts
 
 
@@ -97,6 +117,7 @@ class TreeRSS:
 
   def _sample(self) -> int:
     import psutil
+
     me = psutil.Process()
     total = 0
     for p in [me] + me.children(recursive=True):
@@ -117,6 +138,7 @@ class TreeRSS:
   def __enter__(self):
     try:
       import psutil  # noqa: F401
+
       self._thread = threading.Thread(target=self._run, daemon=True)
       self._thread.start()
     except ImportError:
@@ -149,7 +171,9 @@ def runner_main(run_fn) -> None:
     result = run_fn(cfg)
   result.setdefault("wall_s", time.perf_counter() - t0)
   result["peak_rss_self_mb"] = self_peak_rss_mb()
-  result["peak_rss_tree_mb"] = max(tree.peak / 2**20, result["peak_rss_self_mb"])
+  result["peak_rss_tree_mb"] = max(
+    tree.peak / 2**20, result["peak_rss_self_mb"]
+  )
   result["pid"] = os.getpid()
   emit(result)
   sys.stdout.flush()
@@ -157,5 +181,9 @@ def runner_main(run_fn) -> None:
 
 def summarize(times) -> dict:
   t = np.asarray(times, dtype=np.float64)
-  return dict(round_s_mean=float(t.mean()), round_s_median=float(np.median(t)),
-              round_s_min=float(t.min()), round_s_all=[float(x) for x in t])
+  return dict(
+    round_s_mean=float(t.mean()),
+    round_s_median=float(np.median(t)),
+    round_s_min=float(t.min()),
+    round_s_all=[float(x) for x in t],
+  )

@@ -14,6 +14,7 @@ run after one warm-up round.
   PYTHONPATH=. python -m benchmarks.peers.fedqjax_run '<BenchConfig json>'
 (normally started by benchmarks/peers/__main__.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -28,23 +29,39 @@ def _setup(cfg: common.BenchConfig):
   from fedqjax import diffusion, energy
   from fedqjax import federated as fed
   from fedqjax import quantization as Q
+
   unet = diffusion.UNetConfig(**common.model_kwargs(cfg.model))
-  params = diffusion.init_unet(unet, jax.random.PRNGKey(cfg.seed),
-                               (cfg.res, cfg.res, cfg.channels))
-  execution = fed.resolve_execution(cfg.fedqjax_client_loop,
-                                    jax.default_backend(), cfg.clients)
-  spec = fed.RoundSpec(unet=unet, quantizer=Q.make_quantizer(params, "minmax"),
-                       num_clients=cfg.clients, clients_per_round=cfg.clients,
-                       local_steps=cfg.local_steps, batch_size=cfg.batch, lr=cfg.lr,
-                       T=cfg.T, ema_decay=0.999, flops_per_sample=1e9,
-                       execution=execution)
+  params = diffusion.init_unet(
+    unet, jax.random.PRNGKey(cfg.seed), (cfg.res, cfg.res, cfg.channels)
+  )
+  execution = fed.resolve_execution(
+    cfg.fedqjax_client_loop, jax.default_backend(), cfg.clients
+  )
+  spec = fed.RoundSpec(
+    unet=unet,
+    quantizer=Q.make_quantizer(params, "minmax"),
+    num_clients=cfg.clients,
+    clients_per_round=cfg.clients,
+    local_steps=cfg.local_steps,
+    batch_size=cfg.batch,
+    lr=cfg.lr,
+    T=cfg.T,
+    ema_decay=0.999,
+    flops_per_sample=1e9,
+    execution=execution,
+  )
   imgs, counts = common.make_client_data(cfg)
   data = fed.FedData(images=jnp.asarray(imgs), counts=jnp.asarray(counts))
-  devices = energy.sample_devices(energy.EnergyConfig(num_devices=cfg.clients),
-                                  jax.random.PRNGKey(cfg.seed + 1))
+  devices = energy.sample_devices(
+    energy.EnergyConfig(num_devices=cfg.clients),
+    jax.random.PRNGKey(cfg.seed + 1),
+  )
   d = sum(x.size for x in jax.tree.leaves(params))
-  deadline = float(energy.deadline_for(devices, d, spec.samples_per_round,
-                                       spec.flops_per_sample, "median", 50.0))
+  deadline = float(
+    energy.deadline_for(
+      devices, d, spec.samples_per_round, spec.flops_per_sample, "median", 50.0
+    )
+  )
   scheme = fed.make_scheme("fixed", deadline_s=deadline, fixed_bits=cfg.bits)
   return spec, params, data, devices, scheme, d
 
@@ -55,13 +72,16 @@ def run(cfg: common.BenchConfig) -> dict:
 
   from fedqjax import federated as fed
   from fedqjax.testing.reference_round import round_step_reference  # pylint: disable=g-import-not-at-top
+
   spec, params, data, devices, scheme, d = _setup(cfg)
   key = jax.random.PRNGKey(cfg.seed + 2)
 
   # --- the compiled round (all K clients in one XLA program) ---
   state = fed.init_server_state(params, key)
   t0 = time.perf_counter()
-  compiled = fed.jit_round_step(spec).lower(state, data, devices, scheme).compile()
+  compiled = (
+    fed.jit_round_step(spec).lower(state, data, devices, scheme).compile()
+  )
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   state, m = compiled(state, data, devices, scheme)
@@ -77,12 +97,21 @@ def run(cfg: common.BenchConfig) -> dict:
     times.append(time.perf_counter() - t0)
     losses.append(float(m["loss"]))
   ex = spec.execution
-  out = dict(peer="fedqjax", version=jax.__version__, client_loop=cfg.fedqjax_client_loop,
-             mode=ex.layout, conv_impl=ex.conv_impl,
-             local_unroll="full" if ex.local_unroll is True else ex.local_unroll,
-             num_params=int(d), compile_s=compile_s, first_round_s=first,
-             uploaded_clients=uploaded, bits=np.asarray(m["client_bits"]).tolist(),
-             losses=losses, **common.summarize(times))
+  out = dict(
+    peer="fedqjax",
+    version=jax.__version__,
+    client_loop=cfg.fedqjax_client_loop,
+    mode=ex.layout,
+    conv_impl=ex.conv_impl,
+    local_unroll="full" if ex.local_unroll is True else ex.local_unroll,
+    num_params=int(d),
+    compile_s=compile_s,
+    first_round_s=first,
+    uploaded_clients=uploaded,
+    bits=np.asarray(m["client_bits"]).tolist(),
+    losses=losses,
+    **common.summarize(times),
+  )
 
   # --- fedqjax's own sequential reference loop (context) ---
   ref_rounds = max(1, min(cfg.rounds, 2))
@@ -90,7 +119,9 @@ def run(cfg: common.BenchConfig) -> dict:
   t0 = time.perf_counter()
   state, _ = round_step_reference(state, data, devices, scheme, spec=spec)
   jax.block_until_ready(state)
-  ref_first = time.perf_counter() - t0  # includes compiling the per-client pieces
+  ref_first = (
+    time.perf_counter() - t0
+  )  # includes compiling the per-client pieces
   ref_times = []
   for _ in range(ref_rounds):
     t0 = time.perf_counter()

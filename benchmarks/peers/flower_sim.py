@@ -18,6 +18,7 @@ clients train concurrently, each with torch.set_num_threads(1).
   PYTHONPATH=. python -m benchmarks.peers.flower_sim '<BenchConfig json>'
 (normally started by benchmarks/peers/__main__.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,10 +35,13 @@ def _client_state(cfg: common.BenchConfig):
   import torch
 
   from benchmarks.peers import torch_loop
+
   if "model" not in _CACHE:
     torch.set_num_threads(max(1, int(math.floor(cfg.flower_cpus_per_client))))
     imgs, counts = common.make_client_data(cfg)
-    _CACHE["images"] = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 1, 4, 2, 3)))
+    _CACHE["images"] = torch.from_numpy(
+      np.ascontiguousarray(imgs.transpose(0, 1, 4, 2, 3))
+    )
     _CACHE["counts"] = counts
     _CACHE["model"], _CACHE["sched"] = torch_loop.build(cfg)
     _CACHE["gen"] = torch.Generator().manual_seed(cfg.seed + os.getpid())
@@ -50,24 +54,37 @@ def make_client_fn(cfg: common.BenchConfig):
   import torch
 
   class DDPMClient(flwr.client.NumPyClient):
-
     def __init__(self, cid: int):
       self.cid = cid
 
     def get_parameters(self, config):
       st = _client_state(cfg)
-      return [v.detach().numpy().copy() for v in st["model"].state_dict().values()]
+      return [
+        v.detach().numpy().copy() for v in st["model"].state_dict().values()
+      ]
 
     def fit(self, parameters, config):
       from benchmarks.peers import torch_unet as TU
+
       st = _client_state(cfg)
       model = st["model"]
       names = list(model.state_dict())
-      global_w = {n: torch.from_numpy(np.asarray(p)) for n, p in zip(names, parameters)}
+      global_w = {
+        n: torch.from_numpy(np.asarray(p)) for n, p in zip(names, parameters)
+      }
       model.load_state_dict(global_w)
       n_k = int(st["counts"][self.cid])
-      loss = TU.local_train(model, st["images"][self.cid], n_k, cfg.local_steps, cfg.batch,
-                            cfg.lr, st["sched"], 1.0, st["gen"])
+      loss = TU.local_train(
+        model,
+        st["images"][self.cid],
+        n_k,
+        cfg.local_steps,
+        cfg.batch,
+        cfg.lr,
+        st["sched"],
+        1.0,
+        st["gen"],
+      )
       with torch.no_grad():
         local = model.state_dict()
         upd = [local[n] - global_w[n] for n in names]
@@ -99,7 +116,6 @@ def run(cfg: common.BenchConfig) -> dict:
   marks = {"start": [], "end": [], "losses": []}
 
   class TimedFedAvg(FedAvg):
-
     def configure_fit(self, server_round, parameters, client_manager):
       marks["start"].append(time.perf_counter())
       return super().configure_fit(server_round, parameters, client_manager)
@@ -114,36 +130,63 @@ def run(cfg: common.BenchConfig) -> dict:
       marks.setdefault("n_results", []).append(len(results))
       return out
 
-  strategy = TimedFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=cfg.clients,
-                         min_available_clients=cfg.clients, min_evaluate_clients=0,
-                         initial_parameters=ndarrays_to_parameters(init))
+  strategy = TimedFedAvg(
+    fraction_fit=1.0,
+    fraction_evaluate=0.0,
+    min_fit_clients=cfg.clients,
+    min_available_clients=cfg.clients,
+    min_evaluate_clients=0,
+    initial_parameters=ndarrays_to_parameters(init),
+  )
   ncpu = os.cpu_count() or 1
   t0 = time.perf_counter()
   start_simulation(
-      client_fn=make_client_fn(cfg), num_clients=cfg.clients,
-      config=ServerConfig(num_rounds=cfg.rounds + 1), strategy=strategy,
-      client_resources={"num_cpus": cfg.flower_cpus_per_client, "num_gpus": 0.0},
-      ray_init_args={"num_cpus": ncpu, "num_gpus": 0, "include_dashboard": False,
-                     "ignore_reinit_error": True, "object_store_memory": 300 * 2**20,
-                     "log_to_driver": False,
-                     "runtime_env": {"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}}})
+    client_fn=make_client_fn(cfg),
+    num_clients=cfg.clients,
+    config=ServerConfig(num_rounds=cfg.rounds + 1),
+    strategy=strategy,
+    client_resources={"num_cpus": cfg.flower_cpus_per_client, "num_gpus": 0.0},
+    ray_init_args={
+      "num_cpus": ncpu,
+      "num_gpus": 0,
+      "include_dashboard": False,
+      "ignore_reinit_error": True,
+      "object_store_memory": 300 * 2**20,
+      "log_to_driver": False,
+      "runtime_env": {
+        "env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+      },
+    },
+  )
   total = time.perf_counter() - t0
   starts, ends = marks["start"], marks["end"]
   if len(ends) < cfg.rounds + 1:
-    raise RuntimeError(f"Flower finished {len(ends)} of {cfg.rounds + 1} rounds; "
-                       f"failures: {marks.get('failures')}")
+    raise RuntimeError(
+      f"Flower finished {len(ends)} of {cfg.rounds + 1} rounds; "
+      f"failures: {marks.get('failures')}"
+    )
   per_round = [e - s for s, e in zip(starts, ends)]
   startup = starts[0] - t0
-  return dict(peer="flower", version=flwr.__version__, torch_version=torch.__version__,
-              cpus_per_client=cfg.flower_cpus_per_client, ray_cpus=ncpu,
-              num_params=TU.num_params(model), startup_s=startup, total_s=total,
-              first_round_s=per_round[0], n_results=marks.get("n_results"),
-              failures=marks.get("failures"), losses=marks["losses"],
-              **common.summarize(per_round[1:]))
+  return dict(
+    peer="flower",
+    version=flwr.__version__,
+    torch_version=torch.__version__,
+    cpus_per_client=cfg.flower_cpus_per_client,
+    ray_cpus=ncpu,
+    num_params=TU.num_params(model),
+    startup_s=startup,
+    total_s=total,
+    first_round_s=per_round[0],
+    n_results=marks.get("n_results"),
+    failures=marks.get("failures"),
+    losses=marks["losses"],
+    **common.summarize(per_round[1:]),
+  )
 
 
 if __name__ == "__main__":
   # Run through the importable module (not __main__) so Ray pickles the
   # client code by reference and each worker keeps one _CACHE.
   from benchmarks.peers import flower_sim as _module
+
   common.runner_main(_module.run)

@@ -11,6 +11,7 @@ them; EMA of the global weights as fedqjax keeps.
   PYTHONPATH=. python -m benchmarks.peers.torch_loop '<BenchConfig json>'
 (normally started by benchmarks/peers/__main__.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -22,6 +23,7 @@ def build(cfg: common.BenchConfig):
   import torch
 
   from benchmarks.peers import torch_unet as TU
+
   torch.manual_seed(cfg.seed)
   model = TU.TorchUNet(cfg.channels, cfg.res, **common.model_kwargs(cfg.model))
   return model, TU.LinearSchedule(cfg.T)
@@ -32,14 +34,26 @@ def fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen):
   import torch
 
   from benchmarks.peers import torch_unet as TU
+
   names = list(global_w)
   total = float(sum(int(c) for c in counts))
   avg = {n: torch.zeros_like(v) for n, v in global_w.items()}
   losses = []
   for k in range(cfg.clients):  # the sequential client loop
     model.load_state_dict(global_w)
-    losses.append(TU.local_train(model, images[k], int(counts[k]), cfg.local_steps,
-                                 cfg.batch, cfg.lr, sched, 1.0, gen))
+    losses.append(
+      TU.local_train(
+        model,
+        images[k],
+        int(counts[k]),
+        cfg.local_steps,
+        cfg.batch,
+        cfg.lr,
+        sched,
+        1.0,
+        gen,
+      )
+    )
     with torch.no_grad():
       local = model.state_dict()
       upd = [local[n] - global_w[n] for n in names]
@@ -59,30 +73,43 @@ def run(cfg: common.BenchConfig) -> dict:
   import torch
 
   from benchmarks.peers import torch_unet as TU
+
   torch.set_num_threads(cfg.threads)
   dev = torch.device(cfg.torch_device)
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   imgs, counts = common.make_client_data(cfg)
-  images = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 1, 4, 2, 3))).to(dev)  # NCHW
+  images = torch.from_numpy(
+    np.ascontiguousarray(imgs.transpose(0, 1, 4, 2, 3))
+  ).to(dev)  # NCHW
   model, sched = build(cfg)
   model.to(dev)
   global_w = {n: v.detach().clone() for n, v in model.state_dict().items()}
   ema_w = {n: v.clone() for n, v in global_w.items()}
   gen = torch.Generator(device=dev).manual_seed(cfg.seed)
   t0 = time.perf_counter()
-  warm_loss = fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen)
+  warm_loss = fedavg_round(
+    model, global_w, ema_w, images, counts, cfg, sched, gen
+  )
   sync()
   first = time.perf_counter() - t0
   times, losses = [], []
   for _ in range(cfg.rounds):
     t0 = time.perf_counter()
-    losses.append(fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen))
+    losses.append(
+      fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen)
+    )
     sync()
     times.append(time.perf_counter() - t0)
-  return dict(peer="torch_loop", version=torch.__version__, threads=torch.get_num_threads(),
-              device=str(dev),
-              num_params=TU.num_params(model), first_round_s=first,
-              losses=[warm_loss] + losses, **common.summarize(times))
+  return dict(
+    peer="torch_loop",
+    version=torch.__version__,
+    threads=torch.get_num_threads(),
+    device=str(dev),
+    num_params=TU.num_params(model),
+    first_round_s=first,
+    losses=[warm_loss] + losses,
+    **common.summarize(times),
+  )
 
 
 if __name__ == "__main__":

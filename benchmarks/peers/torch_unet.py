@@ -14,6 +14,7 @@ Also here: the DDPM loss (eps-prediction MSE, t ~ U{0..T-1}, linear schedule
 computed in float64 as fedqjax does) and the client optimizer (Adam, global
 norm clipping 1.0).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,14 +28,30 @@ import torch.nn.functional as F
 
 def tiny_unet_kwargs() -> dict:
   """Same values as fedqjax.diffusion.unet.tiny_unet_kwargs (no jax import)."""
-  return dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
-              dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=8)
+  return dict(
+    ch=32,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(16,),
+    dropout=0.1,
+    resamp_with_conv=True,
+    out_ch=None,
+    num_groups=8,
+  )
 
 
 def paper_unet_kwargs() -> dict:
   """The UNet class defaults (Ho et al. CIFAR-10 model, 35.7M at 32x32x3)."""
-  return dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-              dropout=0.1, resamp_with_conv=True, out_ch=None, num_groups=32)
+  return dict(
+    ch=128,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=2,
+    attn_resolutions=(16,),
+    dropout=0.1,
+    resamp_with_conv=True,
+    out_ch=None,
+    num_groups=32,
+  )
 
 
 def _vs_init_(w: torch.Tensor, scale: float, fan_in: int, fan_out: int) -> None:
@@ -44,7 +61,9 @@ def _vs_init_(w: torch.Tensor, scale: float, fan_in: int, fan_out: int) -> None:
     w.uniform_(-limit, limit)
 
 
-def conv3(cin: int, cout: int, scale: float = 1.0, stride: int = 1) -> nn.Conv2d:
+def conv3(
+  cin: int, cout: int, scale: float = 1.0, stride: int = 1
+) -> nn.Conv2d:
   c = nn.Conv2d(cin, cout, 3, stride=stride, padding=1 if stride == 1 else 0)
   _vs_init_(c.weight, scale, cin * 9, cout * 9)
   nn.init.zeros_(c.bias)
@@ -64,8 +83,11 @@ def norm(groups: int, c: int) -> nn.GroupNorm:
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
   half = dim // 2
-  freqs = torch.exp(-math.log(10000.0) / (half - 1)
-                    * torch.arange(half, dtype=torch.float32, device=t.device))
+  freqs = torch.exp(
+    -math.log(10000.0)
+    / (half - 1)
+    * torch.arange(half, dtype=torch.float32, device=t.device)
+  )
   args = t.float()[:, None] * freqs[None, :]
   emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
   if dim % 2:
@@ -74,7 +96,9 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
-  def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float, groups: int):
+  def __init__(
+    self, cin: int, cout: int, temb_ch: int, dropout: float, groups: int
+  ):
     super().__init__()
     self.norm1 = norm(groups, cin)
     self.conv1 = conv3(cin, cout)
@@ -108,7 +132,7 @@ class AttnBlock(nn.Module):
     b, c, hh, ww = x.shape
     h = self.norm(x).reshape(b, c, hh * ww).transpose(1, 2)  # [B, N, C]
     q, k, v = self.q(h), self.k(h), self.v(h)
-    w = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * c ** -0.5, dim=-1)
+    w = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * c**-0.5, dim=-1)
     h = self.proj_out(torch.bmm(w, v))
     return x + h.transpose(1, 2).reshape(b, c, hh, ww)
 
@@ -137,11 +161,19 @@ class Upsample(nn.Module):
 class TorchUNet(nn.Module):
   """eps_theta(x_t, t); x is [B, C, H, W], t is [B] int."""
 
-  def __init__(self, in_ch: int, resolution: int, ch: int = 128,
-               ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
-               attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
-               resamp_with_conv: bool = True, out_ch: Optional[int] = None,
-               num_groups: int = 32):
+  def __init__(
+    self,
+    in_ch: int,
+    resolution: int,
+    ch: int = 128,
+    ch_mult: Sequence[int] = (1, 2, 2, 2),
+    num_res_blocks: int = 2,
+    attn_resolutions: Sequence[int] = (16,),
+    dropout: float = 0.1,
+    resamp_with_conv: bool = True,
+    out_ch: Optional[int] = None,
+    num_groups: int = 32,
+  ):
     super().__init__()
     self.ch, self.n_levels, self.nrb = ch, len(ch_mult), num_res_blocks
     temb_ch = 4 * ch
@@ -159,8 +191,11 @@ class TorchUNet(nn.Module):
       for _ in range(num_res_blocks):
         out = ch * ch_mult[i]
         level.blocks.append(rb(cur, out))
-        level.attns.append(AttnBlock(out, num_groups) if res in attn_resolutions
-                           else nn.Identity())
+        level.attns.append(
+          AttnBlock(out, num_groups)
+          if res in attn_resolutions
+          else nn.Identity()
+        )
         cur = out
         skips.append(cur)
       level.downsample = None
@@ -179,8 +214,11 @@ class TorchUNet(nn.Module):
       for _ in range(num_res_blocks + 1):
         out = ch * ch_mult[i]
         level.blocks.append(rb(cur + skips.pop(), out))
-        level.attns.append(AttnBlock(out, num_groups) if res in attn_resolutions
-                           else nn.Identity())
+        level.attns.append(
+          AttnBlock(out, num_groups)
+          if res in attn_resolutions
+          else nn.Identity()
+        )
         cur = out
       level.upsample = None
       if i != 0:
@@ -192,7 +230,9 @@ class TorchUNet(nn.Module):
     self.conv_out = conv3(cur, out_ch or in_ch, 0.0)
 
   def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    temb = self.temb_dense1(F.silu(self.temb_dense0(timestep_embedding(t, self.ch))))
+    temb = self.temb_dense1(
+      F.silu(self.temb_dense0(timestep_embedding(t, self.ch)))
+    )
     hs = [self.conv_in(x)]
     for level in self.down:
       for blk, attn in zip(level.blocks, level.attns):
@@ -217,7 +257,9 @@ def num_params(model: nn.Module) -> int:
 class LinearSchedule:
   """sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t) of the linear DDPM schedule."""
 
-  def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+  def __init__(
+    self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+  ):
     betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
     ab = np.cumprod(1.0 - betas)
     self.T = T
@@ -225,21 +267,35 @@ class LinearSchedule:
     self.sqrt_1m_ab = torch.tensor(np.sqrt(1.0 - ab), dtype=torch.float32)
 
 
-def ddpm_loss(model: nn.Module, x0: torch.Tensor, sched: LinearSchedule,
-              gen: Optional[torch.Generator] = None) -> torch.Tensor:
+def ddpm_loss(
+  model: nn.Module,
+  x0: torch.Tensor,
+  sched: LinearSchedule,
+  gen: Optional[torch.Generator] = None,
+) -> torch.Tensor:
   """L_simple: eps-prediction MSE averaged over pixels, t ~ U{0..T-1}."""
   b = x0.shape[0]
   dev = x0.device
   t = torch.randint(0, sched.T, (b,), generator=gen, device=dev)
   noise = torch.randn(x0.shape, generator=gen, device=dev)
-  x_t = (sched.sqrt_ab.to(dev)[t][:, None, None, None] * x0
-         + sched.sqrt_1m_ab.to(dev)[t][:, None, None, None] * noise)
+  x_t = (
+    sched.sqrt_ab.to(dev)[t][:, None, None, None] * x0
+    + sched.sqrt_1m_ab.to(dev)[t][:, None, None, None] * noise
+  )
   return torch.mean(torch.square(model(x_t, t) - noise))
 
 
-def local_train(model: nn.Module, images: torch.Tensor, count: int, steps: int,
-                batch: int, lr: float, sched: LinearSchedule, grad_clip: float = 1.0,
-                gen: Optional[torch.Generator] = None) -> float:
+def local_train(
+  model: nn.Module,
+  images: torch.Tensor,
+  count: int,
+  steps: int,
+  batch: int,
+  lr: float,
+  sched: LinearSchedule,
+  grad_clip: float = 1.0,
+  gen: Optional[torch.Generator] = None,
+) -> float:
   """I Adam steps (fresh state) on minibatches drawn uniformly with replacement.
 
   images: [n_max, C, H, W]; only the first `count` are the client's data.
@@ -249,7 +305,9 @@ def local_train(model: nn.Module, images: torch.Tensor, count: int, steps: int,
   opt = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
   total = 0.0
   for _ in range(steps):
-    idx = torch.randint(0, max(count, 1), (batch,), generator=gen, device=images.device)
+    idx = torch.randint(
+      0, max(count, 1), (batch,), generator=gen, device=images.device
+    )
     loss = ddpm_loss(model, images[idx], sched, gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -261,8 +319,11 @@ def local_train(model: nn.Module, images: torch.Tensor, count: int, steps: int,
 
 
 @torch.no_grad()
-def stochastic_quantize_(tensors: Sequence[torch.Tensor], bits: int = 8,
-                         gen: Optional[torch.Generator] = None) -> None:
+def stochastic_quantize_(
+  tensors: Sequence[torch.Tensor],
+  bits: int = 8,
+  gen: Optional[torch.Generator] = None,
+) -> None:
   """In place: per-tensor min-max stochastic rounding to 2**bits levels.
 
   Vectorized: all tensors are concatenated into one flat vector, per-tensor
@@ -271,16 +332,23 @@ def stochastic_quantize_(tensors: Sequence[torch.Tensor], bits: int = 8,
   flat = torch.cat([t.reshape(-1) for t in tensors])
   sizes = [t.numel() for t in tensors]
   dev = flat.device
-  seg = torch.repeat_interleave(torch.arange(len(sizes), device=dev),
-                                torch.tensor(sizes, device=dev))
-  lo = torch.full((len(sizes),), float("inf"), device=dev).scatter_reduce(0, seg, flat, "amin")
-  hi = torch.full((len(sizes),), float("-inf"), device=dev).scatter_reduce(0, seg, flat, "amax")
-  levels = float(2 ** bits - 1)
+  seg = torch.repeat_interleave(
+    torch.arange(len(sizes), device=dev), torch.tensor(sizes, device=dev)
+  )
+  lo = torch.full((len(sizes),), float("inf"), device=dev).scatter_reduce(
+    0, seg, flat, "amin"
+  )
+  hi = torch.full((len(sizes),), float("-inf"), device=dev).scatter_reduce(
+    0, seg, flat, "amax"
+  )
+  levels = float(2**bits - 1)
   delta = ((hi - lo) / levels).clamp_min(1e-30)
   x = (flat - lo[seg]) / delta[seg]
-  q = torch.floor(x + torch.rand(x.shape, generator=gen, device=dev)).clamp_(0, levels)
+  q = torch.floor(x + torch.rand(x.shape, generator=gen, device=dev)).clamp_(
+    0, levels
+  )
   deq = lo[seg] + q * delta[seg]
   off = 0
   for t, n in zip(tensors, sizes):
-    t.copy_(deq[off:off + n].view_as(t))
+    t.copy_(deq[off : off + n].view_as(t))
     off += n

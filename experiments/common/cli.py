@@ -1,6 +1,7 @@
 """Command-line errors of the main job: ONE line naming the flag or config
 key and its valid values (exit status 2), and the workdir check; nothing is
 created before these checks pass."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,13 @@ class Program:
     removed: removed key path -> what replaces it.
     config_examples: config files to name when `--config` cannot load.
   """
+
   flags: Tuple[str, ...]
   settings: Any = None
   removed: Mapping[str, str] = dataclasses.field(default_factory=dict)
   config_examples: str = "a config file of experiments/configs/"
+
+
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([\w.]+)(?:=(.*))?$", re.S)
 
 
@@ -47,8 +51,10 @@ def check_workdir(path: str) -> None:
     problem = at + "is not writable"
   else:
     return
-  raise ValueError(f"--workdir={path} {problem}; valid: a writable directory "
-                   "(created if missing)")
+  raise ValueError(
+    f"--workdir={path} {problem}; valid: a writable directory "
+    "(created if missing)"
+  )
 
 
 def _valid_value(key: str, settings_cls) -> str:
@@ -57,16 +63,18 @@ def _valid_value(key: str, settings_cls) -> str:
   return settings_lib.describe(settings_cls, key)
 
 
-def _unknown_config_key(argv: Sequence[str], settings_cls,
-                        removed: Mapping[str, str]) -> Optional[str]:
+def _unknown_config_key(
+  argv: Sequence[str], settings_cls, removed: Mapping[str, str]
+) -> Optional[str]:
   """The message for the first `--config.KEY=...` naming no config key."""
   if settings_cls is None:
     return None
   for m in filter(None, map(_OVERRIDE.match, argv[1:])):
     message = settings_lib.unknown_key(m.group(1), settings_cls, removed)
     if message:  # as typed on the command line
-      return "--" + message.replace("did you mean config.",
-                                    "did you mean --config.")
+      return "--" + message.replace(
+        "did you mean config.", "did you mean --config."
+      )
   return None
 
 
@@ -78,8 +86,9 @@ def _config_arg(argv: Sequence[str]) -> str:
   return "<default>"
 
 
-def _config_flag_error(text: str, argv: Sequence[str], settings_cls
-                       ) -> Optional[str]:
+def _config_flag_error(
+  text: str, argv: Sequence[str], settings_cls
+) -> Optional[str]:
   """The line for a bad `--config=...` / `--config.KEY=...`, else None."""
   if text.startswith("flag --config="):
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -87,23 +96,35 @@ def _config_flag_error(text: str, argv: Sequence[str], settings_cls
     path = _config_arg(argv)
     if "positional argument" in last:
       base = path.split(":", 1)[0]
-      return (f"--config={path}: this config file takes no :preset; valid: "
-              f"--config={base}")
+      return (
+        f"--config={path}: this config file takes no :preset; valid: "
+        f"--config={base}"
+      )
     return f"--config={path}: {last}"
   m = re.match(r"^flag --config\.([\w.]+)=(.*?): (.*)$", text, re.S)
   if m:
     reason = " ".join(m.group(3).split())
-    return (f"--config.{m.group(1)}={m.group(2)}: {reason}; valid: "
-            f"{_valid_value(m.group(1), settings_cls)}")
+    return (
+      f"--config.{m.group(1)}={m.group(2)}: {reason}; valid: "
+      f"{_valid_value(m.group(1), settings_cls)}"
+    )
   m = re.match(r"^Missing value for flag --config\.([\w.]+)", text)
   if m:
-    return (f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
-            f"VALUE); valid: {_valid_value(m.group(1), settings_cls)}")
+    return (
+      f"--config.{m.group(1)} needs a value (--config.{m.group(1)}="
+      f"VALUE); valid: {_valid_value(m.group(1), settings_cls)}"
+    )
   if any(re.match(r"^--?config\.(=|$)", a) for a in argv[1:]):
-    top = ", ".join(sorted({k.split(".")[0] for k in settings_lib.leaves(
-        settings_cls)})) if settings_cls else "see the config file"
-    return ("--config. needs a key (--config.KEY=VALUE); valid keys of "
-            f"config: {top}")
+    top = (
+      ", ".join(
+        sorted({k.split(".")[0] for k in settings_lib.leaves(settings_cls)})
+      )
+      if settings_cls
+      else "see the config file"
+    )
+    return (
+      f"--config. needs a key (--config.KEY=VALUE); valid keys of config: {top}"
+    )
   return None
 
 
@@ -113,15 +134,21 @@ def _flag_value_error(text: str) -> Optional[str]:
   if not m or m.group(1) == "config":
     return None
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flag = m.group(1)
-  valid = (flags.FLAGS[flag].parser.syntactic_help if flag in flags.FLAGS
-           else "see --helpfull")
-  return (f"--{flag}={m.group(2)}: {' '.join(m.group(3).split())}; "
-          f"valid: {valid}")
+  valid = (
+    flags.FLAGS[flag].parser.syntactic_help
+    if flag in flags.FLAGS
+    else "see --helpfull"
+  )
+  return (
+    f"--{flag}={m.group(2)}: {' '.join(m.group(3).split())}; valid: {valid}"
+  )
 
 
-def command_line_error(exc: BaseException, argv: Sequence[str],
-                       program: Program) -> str:
+def command_line_error(
+  exc: BaseException, argv: Sequence[str], program: Program
+) -> str:
   """One line (no traceback) naming the flag or config key and its valid
   values, for an error raised while defining, parsing or checking flags.
 
@@ -143,18 +170,23 @@ def command_line_error(exc: BaseException, argv: Sequence[str],
     hint = f"; did you mean --{sugg.group(1)}?" if sugg else ""
     valid = ", ".join(program.flags) or "see --helpfull"
     return f"unknown flag --{flag}{hint} (valid: {valid}; --helpfull lists all)"
-  line = (_config_flag_error(text, argv, program.settings)
-          or _flag_value_error(text))
+  line = _config_flag_error(text, argv, program.settings) or _flag_value_error(
+    text
+  )
   if line:
     return line
   if isinstance(exc, OSError):
     reason = text.splitlines()[-1].strip() if text else name
-    return (f"--config={_config_arg(argv)} cannot be loaded ({reason}); "
-            f"valid: a Python file defining get_config(), e.g. "
-            f"{program.config_examples}")
+    return (
+      f"--config={_config_arg(argv)} cannot be loaded ({reason}); "
+      f"valid: a Python file defining get_config(), e.g. "
+      f"{program.config_examples}"
+    )
   if name == "FlagOrderError":
-    return (" ".join(text.split()) + "; valid: --config=FILE first, then "
-            "--config.KEY=VALUE overrides")
+    return (
+      " ".join(text.split()) + "; valid: --config=FILE first, then "
+      "--config.KEY=VALUE overrides"
+    )
   one = " ".join(text.split()) or name
   if one.startswith("config."):  # the settings parser's messages
     return "--" + one

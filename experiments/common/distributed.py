@@ -8,6 +8,7 @@ checkpoints itself). With no coordinator address nothing happens (one
 process), unless `auto=True` asks JAX to detect a cluster (TPU pod slices,
 SLURM, Open MPI, ...).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,12 @@ import jax
 log = logging.getLogger("fedqjax")
 
 
-def initialize(coordinator_address: str = "", num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, auto: bool = False) -> bool:
+def initialize(
+  coordinator_address: str = "",
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  auto: bool = False,
+) -> bool:
   """Joins the distributed runtime; returns whether it did.
 
   Args:
@@ -37,23 +42,33 @@ def initialize(coordinator_address: str = "", num_processes: Optional[int] = Non
     return False
   if coordinator_address:
     if not (isinstance(num_processes, int) and num_processes >= 1):
-      raise ValueError(f"--num_processes={num_processes!r} is invalid; "
-                       "valid: an int >= 1 with --coordinator_address")
+      raise ValueError(
+        f"--num_processes={num_processes!r} is invalid; "
+        "valid: an int >= 1 with --coordinator_address"
+      )
     if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
-      raise ValueError(f"--process_id={process_id!r} is invalid; valid: "
-                       f"0..{num_processes - 1} (--num_processes - 1)")
+      raise ValueError(
+        f"--process_id={process_id!r} is invalid; valid: "
+        f"0..{num_processes - 1} (--num_processes - 1)"
+      )
   # CPU-only hosts need a cross-process collectives implementation.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+    )
   else:
     jax.distributed.initialize()
   if jax.process_index() != 0:  # one console: process 0 reports
     log.setLevel(logging.WARNING)
-  log.info("distributed: %d processes, %d devices (%d local)",
-           jax.process_count(), jax.device_count(), jax.local_device_count())
+  log.info(
+    "distributed: %d processes, %d devices (%d local)",
+    jax.process_count(),
+    jax.device_count(),
+    jax.local_device_count(),
+  )
   return True
 
 
@@ -73,4 +88,5 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
   if jax.process_count() == 1:
     return
   from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+
   multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)

@@ -5,6 +5,7 @@ Plain log lines on the "fedqjax" logger (stderr), readable in a terminal, a
 CI log and a file alike. Standard library at module level; jax is imported
 lazily, so `setup()` can set the C++ log level before jaxlib loads.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,8 +29,10 @@ def resolve_verbosity(verbosity: int = 0) -> int:
   try:
     env = int(raw) if raw else 0
   except ValueError:
-    raise ValueError(f"{VERBOSE_ENV}={raw!r} is invalid; valid: an integer "
-                     "(0 quiet, 1 library warnings, 2 everything)") from None
+    raise ValueError(
+      f"{VERBOSE_ENV}={raw!r} is invalid; valid: an integer "
+      "(0 quiet, 1 library warnings, 2 everything)"
+    ) from None
   return max(int(verbosity), env)
 
 
@@ -51,10 +54,16 @@ def setup(verbosity: int = 0) -> int:
     The resolved verbosity.
   """
   v = resolve_verbosity(verbosity)
-  _set_cpp_log_level(_CPP_QUIET if v <= 0 else _CPP_ALL if v >= 2 else (
-      _CPP_ENV_AT_IMPORT or _CPP_DEFAULT))
+  _set_cpp_log_level(
+    _CPP_QUIET
+    if v <= 0
+    else _CPP_ALL
+    if v >= 2
+    else (_CPP_ENV_AT_IMPORT or _CPP_DEFAULT)
+  )
   logging.getLogger("absl").setLevel(
-      logging.WARNING if v <= 0 else logging.INFO if v == 1 else logging.DEBUG)
+    logging.WARNING if v <= 0 else logging.INFO if v == 1 else logging.DEBUG
+  )
   log = logging.getLogger(_LOG)
   log.setLevel(logging.DEBUG if v >= 2 else logging.INFO)
   if not any(getattr(h, "_fedqjax_console", False) for h in log.handlers):
@@ -72,6 +81,7 @@ def _set_cpp_log_level(level: str) -> None:
   if "jax._src.lib" in sys.modules:  # jaxlib loaded: env var already read
     try:
       from jax._src.lib import utils  # pylint: disable=g-import-not-at-top
+
       utils.absl_set_min_log_level(int(level))
     except (ImportError, AttributeError):  # a jaxlib without the hook
       pass
@@ -81,8 +91,9 @@ def _set_cpp_log_level(level: str) -> None:
 # banner, which TensorFlow 2.21 prints while loading, before it applies
 # TF_CPP_MIN_LOG_LEVEL ("oneDNN custom operations are on ...", twice).
 _LOAD_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r" are written to STDERR|I\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*)$")
+  r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+  r" are written to STDERR|I\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*)$"
+)
 
 
 def import_quietly(module: str) -> None:
@@ -102,8 +113,13 @@ def import_quietly(module: str) -> None:
       os.close(saved)
       tmp.seek(0)
       text = tmp.read().decode("utf-8", "replace")
-      sys.stderr.write("".join(ln for ln in text.splitlines(keepends=True)
-                               if not _LOAD_NOISE.match(ln.rstrip("\n"))))
+      sys.stderr.write(
+        "".join(
+          ln
+          for ln in text.splitlines(keepends=True)
+          if not _LOAD_NOISE.match(ln.rstrip("\n"))
+        )
+      )
       sys.stderr.flush()
 
 
@@ -119,4 +135,3 @@ class _Formatter(logging.Formatter):
       stamp, _, rest = line.partition(" ")
       line = f"{stamp} {record.levelname}: {rest}"
     return line
-

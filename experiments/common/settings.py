@@ -23,6 +23,7 @@ ConfigDict back into the typed tree, before anything compiles:
 The settings of the library (`fedqjax`) are built from the tree by the
 experiment's build step; the library never sees a ConfigDict or a key path.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +47,7 @@ class Invalid(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Check:
   """A range check: `ok(value)` and what is valid, in words."""
+
   ok: Callable[[Any], bool]
   valid: str
 
@@ -66,18 +68,20 @@ def finite(v) -> bool:
 
 def between(lo=None, hi=None, *, lo_open=False, hi_open=False) -> Check:
   """lo <= v <= hi (open ends with lo_open / hi_open); None = unbounded."""
+
   def ok(v):
     if not finite(v):
       return False
     if lo is not None and (v <= lo if lo_open else v < lo):
       return False
     return hi is None or (v < hi if hi_open else v <= hi)
+
   if hi is None:
     valid = f"{'>' if lo_open else '>='} {lo}" if lo is not None else "finite"
   elif lo is None:
     valid = f"{'<' if hi_open else '<='} {hi}"
   else:
-    valid = (f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+    valid = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
   return Check(ok, valid)
 
 
@@ -87,11 +91,19 @@ def one_of(*options) -> Check:
 
 def each(elem: Check, min_len: int = 1, distinct: bool = False) -> Check:
   """A tuple of >= min_len values, each passing `elem`."""
+
   def ok(v):
-    return (len(v) >= min_len and all(elem(x) for x in v)
-            and (not distinct or len(set(v)) == len(v)))
-  return Check(ok, f"a tuple of >= {min_len}{' distinct' if distinct else ''}"
-                   f" values, each {elem.valid}")
+    return (
+      len(v) >= min_len
+      and all(elem(x) for x in v)
+      and (not distinct or len(set(v)) == len(v))
+    )
+
+  return Check(
+    ok,
+    f"a tuple of >= {min_len}{' distinct' if distinct else ''}"
+    f" values, each {elem.valid}",
+  )
 
 
 ANY = Check(lambda v: True, "any value")
@@ -99,8 +111,7 @@ ANY = Check(lambda v: True, "any value")
 
 def key(default, check: Check = ANY, doc: str = "") -> Any:
   """A settings leaf: default, valid range and meaning, declared once."""
-  return dataclasses.field(default=default,
-                           metadata=dict(check=check, doc=doc))
+  return dataclasses.field(default=default, metadata=dict(check=check, doc=doc))
 
 
 def section(cls) -> Any:
@@ -109,6 +120,7 @@ def section(cls) -> Any:
 
 
 # ---------------------------------------------------------------- the tree
+
 
 def _hints(cls) -> Dict[str, Any]:
   return typing.get_type_hints(cls)
@@ -149,6 +161,7 @@ def flatten(tree, prefix: str = "") -> Dict[str, Any]:
 def to_config_dict(tree):
   """The tree as a ConfigDict (the experiment's config file starts here)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   return ml_collections.ConfigDict(dataclasses.asdict(tree))
 
 
@@ -161,18 +174,24 @@ def type_name(tp) -> str:
 def describe(cls, path: str) -> str:
   """What a key accepts, for messages ("an int in [1, inf]")."""
   tp, check = leaves(cls)[path]
-  return type_name(tp) + ("" if check is ANY else f" {check.valid}"
-                          if check.valid[0] in "[(<>" else f", {check.valid}")
+  return type_name(tp) + (
+    ""
+    if check is ANY
+    else f" {check.valid}"
+    if check.valid[0] in "[(<>"
+    else f", {check.valid}"
+  )
 
 
 def did_you_mean(name: str, candidates) -> str:
-  """"; did you mean X?" for the closest candidate, or ""."""
+  """ "; did you mean X?" for the closest candidate, or ""."""
   close = difflib.get_close_matches(name, sorted(candidates), n=1)
   return f"; did you mean {close[0]}?" if close else ""
 
 
-def unknown_key(path: str, cls, removed: Mapping[str, str] = ()
-                ) -> Optional[str]:
+def unknown_key(
+  path: str, cls, removed: Mapping[str, str] = ()
+) -> Optional[str]:
   """The message for a key path that the tree does not have, else None."""
   known = leaves(cls)
   if path in known or any(k.startswith(path + ".") for k in known):
@@ -182,16 +201,22 @@ def unknown_key(path: str, cls, removed: Mapping[str, str] = ()
   group = path.rpartition(".")[0]
   while group and not any(k.startswith(group + ".") for k in known):
     group = group.rpartition(".")[0]  # the deepest section that exists
-  names = (sorted(k[len(group) + 1:] for k in known if k.startswith(group + "."))
-           if group else sorted({k.split(".")[0] for k in known}))
+  names = (
+    sorted(k[len(group) + 1 :] for k in known if k.startswith(group + "."))
+    if group
+    else sorted({k.split(".")[0] for k in known})
+  )
   hint = did_you_mean(path, known)
   hint = hint.replace("mean ", f"mean {PREFIX}.") if hint else ""
   where = f"{PREFIX}.{group}" if group else PREFIX
-  return (f"{PREFIX}.{path} is not a config key{hint} (valid keys of "
-          f"{where}: {', '.join(names)})")
+  return (
+    f"{PREFIX}.{path} is not a config key{hint} (valid keys of "
+    f"{where}: {', '.join(names)})"
+  )
 
 
 # ------------------------------------------------------------------ parsing
+
 
 def _convert(value, tp, path: str):
   """value as type `tp`, or Invalid naming the key path."""
@@ -220,11 +245,14 @@ def _convert(value, tp, path: str):
 
 
 def _qualify(valid: str, cls, prefix: str) -> str:
-  """"(0, f_max_hz=2e9)" -> "(0, config.energy.f_max_hz=2e9)": the other
+  """ "(0, f_max_hz=2e9)" -> "(0, config.energy.f_max_hz=2e9)": the other
   fields a range names, as keys."""
   fields = {f.name for f in dataclasses.fields(cls)}
-  return re.sub(r"(?<!\w)(?<!\w\.)([A-Za-z_]\w*)=", lambda m: (
-      f"{PREFIX}.{prefix}{m[1]}=" if m[1] in fields else m[0]), valid)
+  return re.sub(
+    r"(?<!\w)(?<!\w\.)([A-Za-z_]\w*)=",
+    lambda m: f"{PREFIX}.{prefix}{m[1]}=" if m[1] in fields else m[0],
+    valid,
+  )
 
 
 def _build(cls, values: Mapping[str, Any], prefix: str):
@@ -244,8 +272,11 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
     except ValueError as e:
       if hasattr(e, "field"):  # Invalid, or the library's InvalidSetting of
         # a settings class whose field names are this section's keys
-        raise Invalid(f"{PREFIX}.{prefix}{e.field}", e.value,
-                      _qualify(str(e.valid), cls, prefix)) from None
+        raise Invalid(
+          f"{PREFIX}.{prefix}{e.field}",
+          e.value,
+          _qualify(str(e.valid), cls, prefix),
+        ) from None
       where = f"{PREFIX}.{prefix.rstrip('.')}" if prefix else PREFIX
       raise ValueError(f"{where}: {e}") from None
   return tree

@@ -23,6 +23,7 @@ Presets (one config argument):
   paper ch=128 UNet (35.7M params), CIFAR-10, K=10, FID on 10k DDIM samples;
         for a GPU/TPU.
 """
+
 import ml_collections
 
 from experiments.fl_sweep import settings
@@ -37,8 +38,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   in experiments/fl_sweep/settings.py; a preset only overrides.
   """
   if preset not in PRESETS:
-    raise ValueError(f"preset {preset!r} is invalid; valid: "
-                     + ", ".join(PRESETS))
+    raise ValueError(
+      f"preset {preset!r} is invalid; valid: " + ", ".join(PRESETS)
+    )
   c = settings.default_config()
   c.preset = preset
   if preset == "paper":

@@ -24,6 +24,7 @@ changes. Every key is validated before anything is computed: a bad value
 exits with status 2 and one line naming the key and its valid range. An
 axis set to () is not swept.
 """
+
 import ml_collections
 
 from experiments.common import settings as settings_lib
@@ -33,8 +34,9 @@ from experiments.energy_sweep import settings
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   """Returns the energy sweep config for `preset` in {"default", "small"}."""
   if preset not in settings.PRESETS:
-    raise ValueError(f"preset {preset!r} is invalid; valid: "
-                     f"{', '.join(settings.PRESETS)}")
+    raise ValueError(
+      f"preset {preset!r} is invalid; valid: {', '.join(settings.PRESETS)}"
+    )
   c = settings_lib.to_config_dict(settings.Settings())
   if preset == "small":
     c.num_seeds = 2

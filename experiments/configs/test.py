@@ -3,6 +3,7 @@ r"""Tiny config for tests and smoke runs (seconds on CPU).
   python -m experiments.cifar_sweep --config=experiments/configs/test.py \
       --workdir=/tmp/fedqjax_test
 """
+
 import ml_collections
 
 from experiments.configs import cifar_sweep

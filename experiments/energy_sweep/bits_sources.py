@@ -31,6 +31,7 @@ a path to a finished training sweep
   devices and seeds (`history.json` rows' "bits" lists); each simulated device
   draws one from that pool. The error-demand scale cannot apply to them.
 """
+
 from __future__ import annotations
 
 import glob
@@ -80,18 +81,24 @@ def update_ratio(quantizer: Any, flat: ArrayLike) -> float:
   return a / norm2
 
 
-def ondemand_bits(ratio: ArrayLike, eps: ArrayLike, b_min: int,
-                  bit_cap: ArrayLike) -> Array:
+def ondemand_bits(
+  ratio: ArrayLike, eps: ArrayLike, b_min: int, bit_cap: ArrayLike
+) -> Array:
   """Every device's on-demand bits from rho (traced): the quantizer's
   closed form, capped."""
-  b = bits_lib.ondemand_bits(jnp.asarray(ratio, jnp.float32),
-                             jnp.float32(1.0), jnp.asarray(eps, jnp.float32),
-                             b_min, 32)
+  b = bits_lib.ondemand_bits(
+    jnp.asarray(ratio, jnp.float32),
+    jnp.float32(1.0),
+    jnp.asarray(eps, jnp.float32),
+    b_min,
+    32,
+  )
   return jnp.minimum(b, bit_cap).astype(jnp.int32)
 
 
-def measured_ratio(model: str, quantizer: Any, seed: int = 0,
-                   data_dir: str = "") -> float:
+def measured_ratio(
+  model: str, quantizer: Any, seed: int = 0, data_dir: str = ""
+) -> float:
   """rho from one real local update of `model` ("tiny" | "paper") at its
   initialization.
 
@@ -103,10 +110,13 @@ def measured_ratio(model: str, quantizer: Any, seed: int = 0,
 
   from fedqjax import data as data_lib
   from fedqjax import diffusion
+
   # pylint: enable=g-import-not-at-top
   if model not in models.MODEL_PRESETS:
-    raise ValueError(f"bits_source=measured needs a model in "
-                     f"{tuple(models.MODEL_PRESETS)}; got {model!r}")
+    raise ValueError(
+      f"bits_source=measured needs a model in "
+      f"{tuple(models.MODEL_PRESETS)}; got {model!r}"
+    )
   _, shape, _ = models.MODEL_PRESETS[model]
   cfg = models.unet_config(model)
   opts = {"data_dir": data_dir} if data_dir else {}
@@ -117,8 +127,14 @@ def measured_ratio(model: str, quantizer: Any, seed: int = 0,
   k_init, k_train = jax.random.split(jax.random.key(seed))
   init = diffusion.init_unet(cfg, k_init, shape)
   trained, _ = diffusion.train_centralized(
-      cfg, images, steps=MEASURED_STEPS, batch_size=MEASURED_BATCH,
-      lr=MEASURED_LR, key=k_train, init_params=init)
+    cfg,
+    images,
+    steps=MEASURED_STEPS,
+    batch_size=MEASURED_BATCH,
+    lr=MEASURED_LR,
+    key=k_train,
+    init_params=init,
+  )
   update = jax.tree.map(lambda a, b: a - b, trained, init)
   return update_ratio(quantizer, quantizer.pack(update))
 
@@ -128,8 +144,10 @@ def _history_files(path: str) -> List[str]:
   without an eps-scale suffix (every seed)."""
   if os.path.isdir(path):
     return sorted(
-        f for f in glob.glob(os.path.join(path, "ondemand*", "history.json"))
-        if "_eps" not in os.path.basename(os.path.dirname(f)))
+      f
+      for f in glob.glob(os.path.join(path, "ondemand*", "history.json"))
+      if "_eps" not in os.path.basename(os.path.dirname(f))
+    )
   return [path] if os.path.isfile(path) else []
 
 
@@ -149,18 +167,20 @@ def history_bits(path: str) -> np.ndarray:
       with open(f) as fh:
         rows = json.load(fh)
     except (OSError, ValueError) as e:
-      raise ValueError(f"config.bits_source={path!r}: {f} cannot be read "
-                       f"({e})") from None
+      raise ValueError(
+        f"config.bits_source={path!r}: {f} cannot be read ({e})"
+      ) from None
     rows = rows if isinstance(rows, list) else []
-    pool += [int(b) for r in rows if isinstance(r, dict)
-             for b in r.get("bits", [])]
+    pool += [
+      int(b) for r in rows if isinstance(r, dict) for b in r.get("bits", [])
+    ]
   if not pool:
     raise ValueError(
-        f"config.bits_source={path!r} is invalid; valid: gaussian | measured "
-        "| a sweep workdir with ondemand*/history.json (or such a file) "
-        "whose rows have 'bits' lists")
+      f"config.bits_source={path!r} is invalid; valid: gaussian | measured "
+      "| a sweep workdir with ondemand*/history.json (or such a file) "
+      "whose rows have 'bits' lists"
+    )
   out = np.asarray(pool, np.int32)
   if out.min() < 1 or out.max() > 32:
-    raise ValueError(f"config.bits_source={path!r}: bit-widths outside "
-                     "[1, 32]")
+    raise ValueError(f"config.bits_source={path!r}: bit-widths outside [1, 32]")
   return out

@@ -17,6 +17,7 @@ same uploads (`allocate_policies`; "shared" is `allocate_shared_bandwidth`,
 which also splits W). Infeasible devices skip the round (the "drop" policy:
 no energy, no upload).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ from fedqjax.typing import Array, ArrayLike
 
 class Statics(NamedTuple):
   """The static (hashable) part of one jitted evaluation."""
+
   schemes: tuple
   policies: tuple  # allocate_policies names, in the settings' order
   shared: bool
@@ -69,8 +71,11 @@ def _bits(d: Devices, hist, ratio, eps_scale, st: Statics):
     elif st.use_history:
       out.append(jnp.minimum(hist, d.bit_cap).astype(jnp.int32))
     else:
-      out.append(bits_sources.ondemand_bits(ratio, d.eps * eps_scale,
-                                            st.b_min, d.bit_cap))
+      out.append(
+        bits_sources.ondemand_bits(
+          ratio, d.eps * eps_scale, st.b_min, d.bit_cap
+        )
+      )
   return jnp.stack(out)
 
 
@@ -78,25 +83,38 @@ def _allocate_all(d, payload, T, flops, w_seg, seg, st: Statics):
   """(e_comp, e_comm, feasible) [B, P', L] and shared's budget excess."""
   parts = []
   if st.policies:
-    al = jax.vmap(lambda p: allocate_policies(d, p, st.samples, T, flops,
-                                              st.policies))(payload)
+    al = jax.vmap(
+      lambda p: allocate_policies(d, p, st.samples, T, flops, st.policies)
+    )(payload)
     parts.append((al.e_comp_j, al.e_comm_j, al.feasible))  # [B, P, L]
   over = jnp.zeros((payload.shape[0], st.num_segments), bool)
   if st.shared:
-    sh, w, _ = jax.vmap(lambda p: allocate_shared_bandwidth(
-        d, p, st.samples, T, flops, w_seg, segments=seg,
-        num_segments=st.num_segments))(payload)  # [B, L]
-    parts.append((sh.e_comp_j[:, None], sh.e_comm_j[:, None],
-                  sh.feasible[:, None]))
-    used = jax.vmap(lambda v: jax.ops.segment_sum(
-        v, seg, num_segments=st.num_segments))(w)
+    sh, w, _ = jax.vmap(
+      lambda p: allocate_shared_bandwidth(
+        d,
+        p,
+        st.samples,
+        T,
+        flops,
+        w_seg,
+        segments=seg,
+        num_segments=st.num_segments,
+      )
+    )(payload)  # [B, L]
+    parts.append(
+      (sh.e_comp_j[:, None], sh.e_comm_j[:, None], sh.feasible[:, None])
+    )
+    used = jax.vmap(
+      lambda v: jax.ops.segment_sum(v, seg, num_segments=st.num_segments)
+    )(w)
     over = used > w_seg * (1 + 1e-3)
   e_comp, e_comm, feas = (jnp.concatenate(x, axis=1) for x in zip(*parts))
   return e_comp, e_comm, feas, over
 
 
-def population(devices: EnergyConfig, seed: ArrayLike, draw: ArrayLike,
-               index: ArrayLike) -> Tuple[Devices, Array]:
+def population(
+  devices: EnergyConfig, seed: ArrayLike, draw: ArrayLike, index: ArrayLike
+) -> Tuple[Devices, Array]:
   """Device `index` of draw `draw`, key fold_in(fold_in(key(seed), draw),
   index) (traceable).
 
@@ -108,8 +126,9 @@ def population(devices: EnergyConfig, seed: ArrayLike, draw: ArrayLike,
     (Devices [L], their keys [L]).
   """
   root = jax.random.key(seed)
-  keys = jax.vmap(lambda r, j: jax.random.fold_in(
-      jax.random.fold_in(root, r), j))(jnp.asarray(draw), jnp.asarray(index))
+  keys = jax.vmap(
+    lambda r, j: jax.random.fold_in(jax.random.fold_in(root, r), j)
+  )(jnp.asarray(draw), jnp.asarray(index))
   cfg = dataclasses.replace(devices, rayleigh_fading=True)
   return sample_devices_from_keys(cfg, keys), keys
 
@@ -118,10 +137,12 @@ def _scenario_devices(seed, draw, index, scen, sc, st: Statics):
   """Each (scenario, draw)'s devices: its W / N, p_max, f_max, fading."""
   d, keys = population(st.devices, seed, draw, index)
   n = sc["n"][scen].astype(d.gain.dtype)
-  d = d.replace(bandwidth_hz=sc["W"][scen] / n, p_max_w=sc["p_max"][scen],
-                f_max_hz=sc["f_max"][scen],
-                gain=jnp.where(sc["fading"][scen], d.gain,
-                               d.large_scale_gain))
+  d = d.replace(
+    bandwidth_hz=sc["W"][scen] / n,
+    p_max_w=sc["p_max"][scen],
+    f_max_hz=sc["f_max"][scen],
+    gain=jnp.where(sc["fading"][scen], d.gain, d.large_scale_gain),
+  )
   return d, keys
 
 
@@ -130,9 +151,17 @@ def base_statistic(seed, draw, index, sc, st: Statics):
   """The deadline rule's statistic (factor 1) of the base scenario, [R]."""
   scen = jnp.zeros_like(draw)
   d, _ = _scenario_devices(seed, draw, index, scen, sc, st)
-  return deadline_for(d, sc["num_params"][scen], st.samples,
-                      sc["flops"][scen], st.rule, 1.0, st.quantile,
-                      segments=draw, num_segments=st.num_draws)
+  return deadline_for(
+    d,
+    sc["num_params"][scen],
+    st.samples,
+    sc["flops"][scen],
+    st.rule,
+    1.0,
+    st.quantile,
+    segments=draw,
+    num_segments=st.num_draws,
+  )
 
 
 def _deadlines(d, scen, seg, sc, base_stat, st: Statics):
@@ -143,9 +172,17 @@ def _deadlines(d, scen, seg, sc, base_stat, st: Statics):
     return jnp.full((g,), st.deadline_s, d.gain.dtype)
   if st.reference == "base":
     return factor * jnp.tile(base_stat, g // st.num_draws)
-  return deadline_for(d, sc["num_params"][scen], st.samples,
-                      sc["flops"][scen], st.rule, factor, st.quantile,
-                      segments=seg, num_segments=g)
+  return deadline_for(
+    d,
+    sc["num_params"][scen],
+    st.samples,
+    sc["flops"][scen],
+    st.rule,
+    factor,
+    st.quantile,
+    segments=seg,
+    num_segments=g,
+  )
 
 
 @functools.partial(jax.jit, static_argnums=7)
@@ -161,26 +198,37 @@ def evaluate(seed, draw, index, pool, scen, sc, base_stat, st: Statics):
   g = st.num_segments
   d, keys = _scenario_devices(seed, draw, index, scen, sc, st)
   seg = scen * st.num_draws + draw
-  hist = pool[jax.vmap(lambda k: jax.random.randint(
-      jax.random.fold_in(k, 1), (), 0, pool.shape[0]))(keys)]
+  hist = pool[
+    jax.vmap(
+      lambda k: jax.random.randint(
+        jax.random.fold_in(k, 1), (), 0, pool.shape[0]
+      )
+    )(keys)
+  ]
   flops = sc["flops"][scen]
   t_seg = _deadlines(d, scen, seg, sc, base_stat, st)
   bits = _bits(d, hist, sc["ratio"][scen], sc["eps_scale"][scen], st)
   payload = sc["table"][scen, bits - 1]  # [B, L]
   w_seg = jnp.repeat(sc["W"], st.num_draws)
-  e_comp, e_comm, feas, over = _allocate_all(d, payload, t_seg[seg], flops,
-                                             w_seg, seg, st)
-  ssum = lambda v: jax.ops.segment_sum(jnp.moveaxis(v, -1, 0), seg,
-                                       num_segments=g)
-  out = dict(e_comp=ssum(jnp.where(feas, e_comp, 0.0)),  # [G, B, P']
-             e_comm=ssum(jnp.where(feas, e_comm, 0.0)),
-             n_feasible=ssum(feas.astype(jnp.float32)),
-             bits_sum=ssum(bits.astype(jnp.float32)),  # [G, B]
-             payload_sum=ssum(payload),
-             deadline_s=t_seg, budget_over=over.T)  # [G], [G, B]
+  e_comp, e_comm, feas, over = _allocate_all(
+    d, payload, t_seg[seg], flops, w_seg, seg, st
+  )
+  ssum = lambda v: jax.ops.segment_sum(
+    jnp.moveaxis(v, -1, 0), seg, num_segments=g
+  )
+  out = dict(
+    e_comp=ssum(jnp.where(feas, e_comp, 0.0)),  # [G, B, P']
+    e_comm=ssum(jnp.where(feas, e_comm, 0.0)),
+    n_feasible=ssum(feas.astype(jnp.float32)),
+    bits_sum=ssum(bits.astype(jnp.float32)),  # [G, B]
+    payload_sum=ssum(payload),
+    deadline_s=t_seg,
+    budget_over=over.T,
+  )  # [G], [G, B]
   if st.base_devices:
     k = st.base_devices
-    out["dev_energy"] = jnp.where(feas, e_comp + e_comm,
-                                  jnp.nan)[..., :k]  # [B, P', k]
+    out["dev_energy"] = jnp.where(feas, e_comp + e_comm, jnp.nan)[
+      ..., :k
+    ]  # [B, P', k]
     out["dev_bits"] = bits[:, :k]
   return out

@@ -19,6 +19,7 @@ Every figure is a `matplotlib.figure.Figure` of its own (no pyplot, no
 backend selection): `make_figures` returns them (a notebook displays them
 with its own backend untouched); `write_figures` saves them as PNGs.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,16 +32,30 @@ from experiments.energy_sweep import models
 from experiments.energy_sweep.settings import AXES, Settings
 
 COLORS = {"fp32": "tab:red", "fixed": "tab:orange", "ondemand": "tab:blue"}
-STYLES = {"kkt": "-", "deadline": "--", "split": "-.", "max": ":",
-          "shared": (0, (1, 1))}
-ALLOC_COLORS = {"kkt": "tab:blue", "deadline": "tab:orange",
-                "split": "tab:green", "max": "tab:red", "shared": "tab:purple"}
-LABELS = {"deadline_factor": "deadline factor (T / rule)",
-          "num_devices": "devices N",
-          "total_bandwidth_hz": "total bandwidth W (Hz)",
-          "eps_scale": "error-demand scale", "model": "model (parameters)",
-          "p_max_w": "p_max (W)", "f_max_hz": "f_max (Hz)",
-          "fading": "Rayleigh fading"}
+STYLES = {
+  "kkt": "-",
+  "deadline": "--",
+  "split": "-.",
+  "max": ":",
+  "shared": (0, (1, 1)),
+}
+ALLOC_COLORS = {
+  "kkt": "tab:blue",
+  "deadline": "tab:orange",
+  "split": "tab:green",
+  "max": "tab:red",
+  "shared": "tab:purple",
+}
+LABELS = {
+  "deadline_factor": "deadline factor (T / rule)",
+  "num_devices": "devices N",
+  "total_bandwidth_hz": "total bandwidth W (Hz)",
+  "eps_scale": "error-demand scale",
+  "model": "model (parameters)",
+  "p_max_w": "p_max (W)",
+  "f_max_hz": "f_max (Hz)",
+  "fading": "Rayleigh fading",
+}
 DPI = 100
 Rows = List[Dict[str, Any]]
 
@@ -48,23 +63,42 @@ Rows = List[Dict[str, Any]]
 def _x(axis: str, rows: Rows):
   """x positions, tick labels (or None) and whether to use a log scale."""
   if axis == "fading":
-    return (np.array([float(r["axis_value"]) for r in rows]), ["off", "on"],
-            False)
+    return (
+      np.array([float(r["axis_value"]) for r in rows]),
+      ["off", "on"],
+      False,
+    )
   if axis == "model":
     xs = np.array([float(r["num_params"]) for r in rows])
-    names = [(f"{r['axis_value']}\n" if r["axis_value"] in models.MODEL_PRESETS
-              else "") + f"{r['num_params'] / 1e6:.3g}M" for r in rows]
+    names = [
+      (
+        f"{r['axis_value']}\n"
+        if r["axis_value"] in models.MODEL_PRESETS
+        else ""
+      )
+      + f"{r['num_params'] / 1e6:.3g}M"
+      for r in rows
+    ]
     return xs, names, xs.max() / xs.min() >= 10
   xs = np.array([float(r["axis_value"]) for r in rows])
-  return (xs, None,
-          axis in AXES and xs.min() > 0 and xs.max() / xs.min() >= 10)
+  return (xs, None, axis in AXES and xs.min() > 0 and xs.max() / xs.min() >= 10)
 
 
 def _series(rows: Rows, axis, scheme, alloc) -> Rows:
-  sel = [r for r in rows if r["axis"] == axis and not r["axis2"]
-         and r["bits_scheme"] == scheme and r["allocation"] == alloc]
-  return sorted(sel, key=lambda r: float(r["num_params"] if axis == "model"
-                                         else r["axis_value"]))
+  sel = [
+    r
+    for r in rows
+    if r["axis"] == axis
+    and not r["axis2"]
+    and r["bits_scheme"] == scheme
+    and r["allocation"] == alloc
+  ]
+  return sorted(
+    sel,
+    key=lambda r: float(
+      r["num_params"] if axis == "model" else r["axis_value"]
+    ),
+  )
 
 
 def _panel(ax, rows, axis, lines, key="energy_per_device_j", log_y=True):
@@ -76,8 +110,17 @@ def _panel(ax, rows, axis, lines, key="energy_per_device_j", log_y=True):
     xs, ticks, log_x = _x(axis, sel)
     ys = np.array([r[key] for r in sel])
     err = np.array([r[key + "_std"] for r in sel])
-    ax.errorbar(xs, ys, yerr=err, color=color, linestyle=style, marker="o",
-                ms=3, capsize=2, label=label)
+    ax.errorbar(
+      xs,
+      ys,
+      yerr=err,
+      color=color,
+      linestyle=style,
+      marker="o",
+      ms=3,
+      capsize=2,
+      label=label,
+    )
     if log_x:
       ax.set_xscale("log")
     if ticks is not None:
@@ -89,8 +132,9 @@ def _panel(ax, rows, axis, lines, key="energy_per_device_j", log_y=True):
   ax.grid(alpha=0.3, which="both")
 
 
-def _grid(rows, axes, lines, ylabel, key="energy_per_device_j",
-          log_y=True) -> Figure:
+def _grid(
+  rows, axes, lines, ylabel, key="energy_per_device_j", log_y=True
+) -> Figure:
   """One panel per swept axis, the same lines in each."""
   cols = min(4, len(axes))
   nrow = -(-len(axes) // cols)
@@ -101,7 +145,7 @@ def _grid(rows, axes, lines, ylabel, key="energy_per_device_j",
     ax.set_ylabel(ylabel)
     if not log_y:
       ax.set_ylim(-0.05, 1.05)
-  for ax in grid.ravel()[len(axes):]:
+  for ax in grid.ravel()[len(axes) :]:
     ax.axis("off")
   grid[0, 0].legend(fontsize=8)
   fig.tight_layout()
@@ -111,8 +155,9 @@ def _grid(rows, axes, lines, ylabel, key="energy_per_device_j",
 def _ondemand_index(settings: Settings) -> int:
   """The on-demand scheme's index (else the last scheme's)."""
   schemes = list(settings.bits_schemes)
-  return (schemes.index("ondemand") if "ondemand" in schemes
-          else len(schemes) - 1)
+  return (
+    schemes.index("ondemand") if "ondemand" in schemes else len(schemes) - 1
+  )
 
 
 def _axis_figures(rows, settings, allocs) -> Dict[str, Figure]:
@@ -122,16 +167,25 @@ def _axis_figures(rows, settings, allocs) -> Dict[str, Figure]:
   a0 = allocs[0]
   by_scheme = [(b, a0, b, COLORS.get(b), "-") for b in settings.bits_schemes]
   b = settings.bits_schemes[_ondemand_index(settings)]
-  by_alloc = [(b, a, a, ALLOC_COLORS.get(a), STYLES.get(a, "-"))
-              for a in allocs]
+  by_alloc = [
+    (b, a, a, ALLOC_COLORS.get(a), STYLES.get(a, "-")) for a in allocs
+  ]
   return {
-      "energy_vs_axes": _grid(rows, axes, by_scheme,
-                              f"J per uploading device ({a0})"),
-      "feasible_vs_axes": _grid(rows, axes, by_scheme,
-                                f"feasible fraction ({a0})", "feasible_frac",
-                                log_y=False),
-      "allocations_vs_axes": _grid(rows, axes, by_alloc,
-                                   f"J per uploading device ({b} bits)")}
+    "energy_vs_axes": _grid(
+      rows, axes, by_scheme, f"J per uploading device ({a0})"
+    ),
+    "feasible_vs_axes": _grid(
+      rows,
+      axes,
+      by_scheme,
+      f"feasible fraction ({a0})",
+      "feasible_frac",
+      log_y=False,
+    ),
+    "allocations_vs_axes": _grid(
+      rows, axes, by_alloc, f"J per uploading device ({b} bits)"
+    ),
+  }
 
 
 def _energy_split(rows: Rows) -> Figure:
@@ -139,8 +193,9 @@ def _energy_split(rows: Rows) -> Figure:
   fig = Figure(figsize=(max(6, 0.7 * len(base)), 3.6))
   ax = fig.subplots()
   labels = [f"{r['bits_scheme']}\n{r['allocation']}" for r in base]
-  nf = np.array([max(r["feasible_frac"] * r["num_devices"], 1e-30)
-                 for r in base])
+  nf = np.array(
+    [max(r["feasible_frac"] * r["num_devices"], 1e-30) for r in base]
+  )
   comp = np.array([r["comp_energy_j"] for r in base]) / nf
   comm = np.array([r["comm_energy_j"] for r in base]) / nf
   ax.bar(labels, comp, label="computation", color="tab:gray")
@@ -156,8 +211,14 @@ def _energy_split(rows: Rows) -> Figure:
 def _cdf(ax, values, label, color, style):
   v = np.sort(values[np.isfinite(values)].ravel())
   if v.size:
-    ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=label,
-            color=color, linestyle=style)
+    ax.step(
+      v,
+      np.arange(1, v.size + 1) / v.size,
+      where="post",
+      label=label,
+      color=color,
+      linestyle=style,
+    )
 
 
 def _energy_cdf(result, settings: Settings, allocs) -> Figure:
@@ -170,8 +231,13 @@ def _energy_cdf(result, settings: Settings, allocs) -> Figure:
     _cdf(a1, energy[:, b, 0], scheme, COLORS.get(scheme), "-")
   a1.set_title(f"allocation {allocs[0]}, per bits scheme")
   for p, alloc in enumerate(allocs):
-    _cdf(a2, energy[:, last, p], alloc, ALLOC_COLORS.get(alloc),
-         STYLES.get(alloc, "-"))
+    _cdf(
+      a2,
+      energy[:, last, p],
+      alloc,
+      ALLOC_COLORS.get(alloc),
+      STYLES.get(alloc, "-"),
+    )
   a2.set_title(f"bits {schemes[last]}, per allocation")
   for a in (a1, a2):
     a.set_xscale("log")
@@ -190,8 +256,9 @@ def _bits_histogram(result, settings: Settings) -> Figure:
   bits = bits[bits > 0]
   fig = Figure(figsize=(5, 3.2))
   ax = fig.subplots()
-  ax.hist(bits, bins=np.arange(0.5, 33.5, 1.0),
-          color=COLORS.get(scheme, "tab:blue"))
+  ax.hist(
+    bits, bins=np.arange(0.5, 33.5, 1.0), color=COLORS.get(scheme, "tab:blue")
+  )
   ax.set_xlabel("bit-width")
   ax.set_ylabel("devices (all draws)")
   ax.set_title(f"base scenario: {scheme} bits ({settings.bits_source})")
@@ -204,35 +271,51 @@ def _heatmap(rows, settings: Settings, allocs):
   a, b = settings.heatmap
   axes = dict(settings.axes)
   va, vb = list(axes[a]), list(axes[b])
-  cell = {(r["axis_value"], r["axis2_value"], r["bits_scheme"]):
-          r["energy_per_device_j"] for r in rows
-          if r["axis"] == a and r["axis2"] == b
-          and r["allocation"] == allocs[0]}
+  cell = {
+    (r["axis_value"], r["axis2_value"], r["bits_scheme"]): r[
+      "energy_per_device_j"
+    ]
+    for r in rows
+    if r["axis"] == a and r["axis2"] == b and r["allocation"] == allocs[0]
+  }
   panels = [("ondemand", None), ("fp32", "ondemand")]
-  panels = [p for p in panels if all(s in settings.bits_schemes
-                                     for s in p if s)]
+  panels = [
+    p for p in panels if all(s in settings.bits_schemes for s in p if s)
+  ]
   if not panels:
     return None
   fig = Figure(figsize=(5.5 * len(panels), 4.2))
   grid = fig.subplots(1, len(panels), squeeze=False)
   for ax, (num, den) in zip(grid[0], panels):
-    z = np.array([[cell[x, y, num] / (cell[x, y, den] if den else 1.0)
-                   for x in va] for y in vb])
-    im = ax.imshow(np.log10(z) if den is None else z, origin="lower",
-                   aspect="auto", cmap="viridis")
+    z = np.array(
+      [
+        [cell[x, y, num] / (cell[x, y, den] if den else 1.0) for x in va]
+        for y in vb
+      ]
+    )
+    im = ax.imshow(
+      np.log10(z) if den is None else z,
+      origin="lower",
+      aspect="auto",
+      cmap="viridis",
+    )
     ax.set_xticks(range(len(va)), [str(v) for v in va], rotation=45)
     ax.set_yticks(range(len(vb)), [str(v) for v in vb])
     ax.set_xlabel(LABELS[a])
     ax.set_ylabel(LABELS[b])
-    ax.set_title(f"log10 J per device ({num}, {allocs[0]})" if den is None
-                 else f"({num}, {allocs[0]}) / ({den}, {allocs[0]})")
+    ax.set_title(
+      f"log10 J per device ({num}, {allocs[0]})"
+      if den is None
+      else f"({num}, {allocs[0]}) / ({den}, {allocs[0]})"
+    )
     fig.colorbar(im, ax=ax)
   fig.tight_layout()
   return fig
 
 
-def make_figures(rows: Rows, result: Dict[str, Any], settings: Settings
-                 ) -> Dict[str, Figure]:
+def make_figures(
+  rows: Rows, result: Dict[str, Any], settings: Settings
+) -> Dict[str, Figure]:
   """Every figure of the module docstring that applies, by name."""
   allocs = list(result["allocations"])
   figs = _axis_figures(rows, settings, allocs)
@@ -246,8 +329,9 @@ def make_figures(rows: Rows, result: Dict[str, Any], settings: Settings
   return figs
 
 
-def write_figures(rows: Rows, result: Dict[str, Any], settings: Settings,
-                  out: str) -> Dict[str, str]:
+def write_figures(
+  rows: Rows, result: Dict[str, Any], settings: Settings, out: str
+) -> Dict[str, str]:
   """Saves `make_figures(...)` as `out`/<name>.png; returns name -> path."""
   os.makedirs(out, exist_ok=True)
   paths = {}

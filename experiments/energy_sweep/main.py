@@ -12,6 +12,7 @@ lines go to stderr, the base scenario's table to stdout. A bad command line
 (flag, config key or value, bits source) exits with status 2 and one line
 on stderr naming it, before anything is computed or written.
 """
+
 import logging
 import os
 import sys
@@ -25,8 +26,10 @@ FLAGS = flags.FLAGS
 _MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")
 # The shipped config, found from this module (runs from any directory).
 DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-    "energy_sweep.py")
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  "configs",
+  "energy_sweep.py",
+)
 _SETTINGS = []  # the parsed settings tree (set by _parse)
 
 
@@ -42,9 +45,13 @@ def _program() -> cli.Program:
   _quiet_start()
   # pylint: disable-next=g-import-not-at-top
   from experiments.energy_sweep import settings
-  return cli.Program(flags=_MAIN_FLAGS, settings=settings.Settings,
-                     removed=settings.REMOVED,
-                     config_examples=f"{DEFAULT_CONFIG}[:small]")
+
+  return cli.Program(
+    flags=_MAIN_FLAGS,
+    settings=settings.Settings,
+    removed=settings.REMOVED,
+    config_examples=f"{DEFAULT_CONFIG}[:small]",
+  )
 
 
 def _define_flags() -> None:
@@ -52,11 +59,18 @@ def _define_flags() -> None:
   # already while defining the flag, and a bad one must exit like the rest.
   # pylint: disable-next=g-import-not-at-top
   from ml_collections import config_flags
-  flags.DEFINE_string("workdir", "workdir/energy_sweep",
-                      "Output directory (results.csv, summary.md, figures/).")
+
+  flags.DEFINE_string(
+    "workdir",
+    "workdir/energy_sweep",
+    "Output directory (results.csv, summary.md, figures/).",
+  )
   config_flags.DEFINE_config_file(
-      "config", DEFAULT_CONFIG, "Config file (optionally :preset).",
-      lock_config=True)
+    "config",
+    DEFAULT_CONFIG,
+    "Config file (optionally :preset).",
+    lock_config=True,
+  )
 
 
 def _parse(argv):
@@ -66,13 +80,16 @@ def _parse(argv):
     _define_flags()
     rest = FLAGS(argv)
     if len(rest) > 1:
-      raise ValueError(f"unexpected argument(s) {rest[1:]}; valid: flags "
-                       f"only ({', '.join(_MAIN_FLAGS)})")
+      raise ValueError(
+        f"unexpected argument(s) {rest[1:]}; valid: flags "
+        f"only ({', '.join(_MAIN_FLAGS)})"
+      )
     if FLAGS["verbosity"].using_default_value:
       FLAGS.verbosity = -1  # else absl raises it to 0 (INFO)
     logs.setup(FLAGS.verbosity)
     # pylint: disable-next=g-import-not-at-top
     from experiments.energy_sweep import settings
+
     _SETTINGS[:] = [settings.parse(FLAGS.config)]
     cli.check_workdir(FLAGS.workdir)
   except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
@@ -86,6 +103,7 @@ def main(argv):
   del argv
   # pylint: disable-next=g-import-not-at-top
   from experiments.energy_sweep import outputs, sweep
+
   settings, workdir = _SETTINGS[0], FLAGS.workdir
   log = logging.getLogger(logs.LOGGER).info
   t0 = time.perf_counter()
@@ -101,8 +119,11 @@ def main(argv):
   with open(os.path.join(workdir, "summary.md")) as f:
     print(f.read())
   figures = f", figures: {workdir}/figures/" if settings.figures else ""
-  print(f"results: {workdir}/results.csv, summary: {workdir}/summary.md"
-        f"{figures} ({time.perf_counter() - t0:.1f} s)", flush=True)
+  print(
+    f"results: {workdir}/results.csv, summary: {workdir}/summary.md"
+    f"{figures} ({time.perf_counter() - t0:.1f} s)",
+    flush=True,
+  )
 
 
 def run() -> None:

@@ -17,6 +17,7 @@ computation:
            with the default bucket_size 0; FLOPs = d x 979.3, the paper
            U-Net's training FLOPs per parameter.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,14 +32,14 @@ MAX_PARAMS = 1e10
 PAPER_FLOPS, PAPER_PARAMS = 35.006e9, 35_746_307
 # name -> (U-Net config factory, image shape, FLOPs per image)
 MODEL_PRESETS = {
-    "tiny": ("tiny", (28, 28, 1), 1.0532e9),
-    "paper": ("paper", (32, 32, 3), PAPER_FLOPS),
+  "tiny": ("tiny", (28, 28, 1), 1.0532e9),
+  "paper": ("paper", (32, 32, 3), PAPER_FLOPS),
 }
 VALID = f"{' | '.join(MODEL_PRESETS)} | a parameter count in [1, 1e10]"
 
 
 def model_name(value: Any) -> str:
-  """"tiny" | "paper" | a parameter count (int, float or numeric string),
+  """ "tiny" | "paper" | a parameter count (int, float or numeric string),
   normalized ("1e8" -> "100000000"); raises ValueError otherwise."""
   if isinstance(value, str) and value in MODEL_PRESETS:
     return value
@@ -62,6 +63,7 @@ def is_model(value: Any) -> bool:
 
 class ModelSpec(NamedTuple):
   """A model as the energy sweep sees it."""
+
   name: str
   num_params: int
   flops_per_sample: float
@@ -71,9 +73,11 @@ class ModelSpec(NamedTuple):
 def unet_config(model: str):
   """The `UNetConfig` of a preset ("tiny" | "paper")."""
   from fedqjax import diffusion  # pylint: disable=g-import-not-at-top
+
   factory = MODEL_PRESETS[model][0]
-  return (diffusion.UNetConfig.tiny() if factory == "tiny"
-          else diffusion.UNetConfig())
+  return (
+    diffusion.UNetConfig.tiny() if factory == "tiny" else diffusion.UNetConfig()
+  )
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,10 +85,12 @@ def model_spec(model: str) -> ModelSpec:
   """Template, parameter count and FLOPs of a (normalized) model (cached)."""
   if model in MODEL_PRESETS:
     from fedqjax import diffusion  # pylint: disable=g-import-not-at-top
+
     _, shape, flops = MODEL_PRESETS[model]
     cfg = unet_config(model)
-    template = jax.eval_shape(lambda k: diffusion.init_unet(cfg, k, shape),
-                              jax.random.key(0))
+    template = jax.eval_shape(
+      lambda k: diffusion.init_unet(cfg, k, shape), jax.random.key(0)
+    )
   else:
     d = int(model)
     full, rest = divmod(d, SYNTHETIC_LEAF)

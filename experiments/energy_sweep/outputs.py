@@ -12,6 +12,7 @@ it). `mean_bits` and `payload_mb` (MB = 1e6 bytes) are over all N devices
 draws the figures (figures.py, which imports matplotlib) when
 `settings.figures` is set.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,15 +25,36 @@ import numpy as np
 from experiments.energy_sweep.settings import Settings
 
 SCENARIO_COLUMNS = (
-    "axis", "axis_value", "axis2", "axis2_value", "num_devices",
-    "deadline_factor", "deadline_s", "total_bandwidth_hz", "eps_scale",
-    "model", "num_params", "p_max_w", "f_max_hz", "fading")
-STAT_COLUMNS = ("feasible_frac", "total_energy_j", "comp_energy_j",
-                "comm_energy_j", "energy_per_device_j", "mean_bits",
-                "payload_mb")
-COLUMNS = (SCENARIO_COLUMNS + ("bits_scheme", "allocation", "num_draws")
-           + tuple(c for s in STAT_COLUMNS for c in (s, s + "_std"))
-           + ("budget_exceeded_draws",))
+  "axis",
+  "axis_value",
+  "axis2",
+  "axis2_value",
+  "num_devices",
+  "deadline_factor",
+  "deadline_s",
+  "total_bandwidth_hz",
+  "eps_scale",
+  "model",
+  "num_params",
+  "p_max_w",
+  "f_max_hz",
+  "fading",
+)
+STAT_COLUMNS = (
+  "feasible_frac",
+  "total_energy_j",
+  "comp_energy_j",
+  "comm_energy_j",
+  "energy_per_device_j",
+  "mean_bits",
+  "payload_mb",
+)
+COLUMNS = (
+  SCENARIO_COLUMNS
+  + ("bits_scheme", "allocation", "num_draws")
+  + tuple(c for s in STAT_COLUMNS for c in (s, s + "_std"))
+  + ("budget_exceeded_draws",)
+)
 Row = Dict[str, Any]
 
 
@@ -50,25 +72,38 @@ def _scenario_head(prep, st, row) -> Row:
   axis, value, axis2, value2, i = row
   s = prep.scenarios[i]
   return dict(
-      axis=axis, axis_value=value, axis2=axis2, axis2_value=value2,
-      num_devices=s.num_devices, deadline_factor=s.deadline_factor,
-      deadline_s=float(np.mean(st["deadline_s"][:, i])),
-      total_bandwidth_hz=s.total_bandwidth_hz, eps_scale=s.eps_scale,
-      model=s.model, num_params=prep.models[s.model].num_params,
-      p_max_w=s.p_max_w, f_max_hz=s.f_max_hz, fading=s.fading)
+    axis=axis,
+    axis_value=value,
+    axis2=axis2,
+    axis2_value=value2,
+    num_devices=s.num_devices,
+    deadline_factor=s.deadline_factor,
+    deadline_s=float(np.mean(st["deadline_s"][:, i])),
+    total_bandwidth_hz=s.total_bandwidth_hz,
+    eps_scale=s.eps_scale,
+    model=s.model,
+    num_params=prep.models[s.model].num_params,
+    p_max_w=s.p_max_w,
+    f_max_hz=s.f_max_hz,
+    fading=s.fading,
+  )
 
 
 def _per_draw(st, i: int, b: int, p: int, n: float) -> Dict[str, Any]:
   """Each statistic of (scenario i, scheme b, allocation p), per draw."""
-  ec, em, nf = (st[k][:, i, b, p].astype(np.float64)
-                for k in ("e_comp", "e_comm", "n_feasible"))
+  ec, em, nf = (
+    st[k][:, i, b, p].astype(np.float64)
+    for k in ("e_comp", "e_comm", "n_feasible")
+  )
   return dict(
-      feasible_frac=nf / n, total_energy_j=ec + em, comp_energy_j=ec,
-      comm_energy_j=em,
-      energy_per_device_j=np.where(nf > 0, (ec + em) / np.maximum(nf, 1),
-                                   np.nan),
-      mean_bits=st["bits_sum"][:, i, b] / n,
-      payload_mb=st["payload_sum"][:, i, b] / n / 8e6)
+    feasible_frac=nf / n,
+    total_energy_j=ec + em,
+    comp_energy_j=ec,
+    comm_energy_j=em,
+    energy_per_device_j=np.where(nf > 0, (ec + em) / np.maximum(nf, 1), np.nan),
+    mean_bits=st["bits_sum"][:, i, b] / n,
+    payload_mb=st["payload_sum"][:, i, b] / n / 8e6,
+  )
 
 
 def table_rows(result: Dict[str, Any], settings: Settings) -> List[Row]:
@@ -81,13 +116,17 @@ def table_rows(result: Dict[str, Any], settings: Settings) -> List[Row]:
     n = float(head["num_devices"])
     for b, scheme in enumerate(settings.bits_schemes):
       for p, alloc in enumerate(result["allocations"]):
-        row = dict(head, bits_scheme=scheme, allocation=alloc,
-                   num_draws=settings.num_seeds)
+        row = dict(
+          head,
+          bits_scheme=scheme,
+          allocation=alloc,
+          num_draws=settings.num_seeds,
+        )
         for k, v in _per_draw(st, i, b, p, n).items():
           row[k], row[k + "_std"] = _mean_std(v)
         row["budget_exceeded_draws"] = (
-            int(np.sum(st["budget_over"][:, i, b])) if alloc == "shared"
-            else 0)
+          int(np.sum(st["budget_over"][:, i, b])) if alloc == "shared" else 0
+        )
         rows.append(row)
   return rows
 
@@ -97,8 +136,9 @@ def write_csv(rows: List[Row], path: str) -> None:
     w = csv.DictWriter(f, fieldnames=COLUMNS)
     w.writeheader()
     for r in rows:
-      w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
-                  for k, v in r.items()})
+      w.writerow(
+        {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+      )
 
 
 def _pm(r, key, fmt="{:.4g}"):
@@ -111,44 +151,58 @@ def _pm(r, key, fmt="{:.4g}"):
 def _header(b0: Row, settings: Settings) -> List[str]:
   """The summary's title and the base scenario in words."""
   dl = settings.deadline
-  rule = ("fixed" if dl.seconds > 0 else
-          f"{b0['deadline_factor']:g} x {dl.rule}"
-          + (f" (q={dl.quantile:g})" if dl.rule == "quantile" else ""))
+  rule = (
+    "fixed"
+    if dl.seconds > 0
+    else f"{b0['deadline_factor']:g} x {dl.rule}"
+    + (f" (q={dl.quantile:g})" if dl.rule == "quantile" else "")
+  )
   return [
-      "# Energy sweep: base scenario", "",
-      f"N = {b0['num_devices']} devices, model {b0['model']} "
-      f"({b0['num_params']:,} params), "
-      f"W = {b0['total_bandwidth_hz'] / 1e6:g} MHz, "
-      f"T = {b0['deadline_s']:.4g} s ({rule}), "
-      f"eps scale {b0['eps_scale']:g}, p_max = {b0['p_max_w']:g} W, "
-      f"f_max = {b0['f_max_hz'] / 1e9:g} GHz, "
-      f"fading {'on' if b0['fading'] else 'off'}; "
-      f"{settings.num_seeds} device draws (mean ± std); on-demand bits: "
-      f"{settings.bits_source}; {settings.samples_per_round} samples per "
-      "round.", "",
-      "Energy per round over the devices that upload (infeasible ones skip "
-      "the round).", "",
-      "| bits | allocation | energy / device (J) | computation (J) "
-      "| communication (J) | feasible | mean bits | payload (MB) |",
-      "|---|---|---|---|---|---|---|---|"]
+    "# Energy sweep: base scenario",
+    "",
+    f"N = {b0['num_devices']} devices, model {b0['model']} "
+    f"({b0['num_params']:,} params), "
+    f"W = {b0['total_bandwidth_hz'] / 1e6:g} MHz, "
+    f"T = {b0['deadline_s']:.4g} s ({rule}), "
+    f"eps scale {b0['eps_scale']:g}, p_max = {b0['p_max_w']:g} W, "
+    f"f_max = {b0['f_max_hz'] / 1e9:g} GHz, "
+    f"fading {'on' if b0['fading'] else 'off'}; "
+    f"{settings.num_seeds} device draws (mean ± std); on-demand bits: "
+    f"{settings.bits_source}; {settings.samples_per_round} samples per "
+    "round.",
+    "",
+    "Energy per round over the devices that upload (infeasible ones skip "
+    "the round).",
+    "",
+    "| bits | allocation | energy / device (J) | computation (J) "
+    "| communication (J) | feasible | mean bits | payload (MB) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
 
 
 def _ratios(base: List[Row]) -> List[str]:
   """The key ratios of energy per uploading device, as sentences."""
-  e = {(r["bits_scheme"], r["allocation"]): r["energy_per_device_j"]
-       for r in base}
+  e = {
+    (r["bits_scheme"], r["allocation"]): r["energy_per_device_j"] for r in base
+  }
   ratios = []
   if ("fp32", "kkt") in e and ("ondemand", "kkt") in e:
-    ratios.append("(fp32, kkt) / (ondemand, kkt) = "
-                  f"{e['fp32', 'kkt'] / e['ondemand', 'kkt']:.3g}")
+    ratios.append(
+      "(fp32, kkt) / (ondemand, kkt) = "
+      f"{e['fp32', 'kkt'] / e['ondemand', 'kkt']:.3g}"
+    )
   for a in ("deadline", "split", "max", "shared"):
     if ("ondemand", a) in e and ("ondemand", "kkt") in e:
-      ratios.append(f"(ondemand, {a}) / (ondemand, kkt) = "
-                    f"{e['ondemand', a] / e['ondemand', 'kkt']:.3g}")
+      ratios.append(
+        f"(ondemand, {a}) / (ondemand, kkt) = "
+        f"{e['ondemand', a] / e['ondemand', 'kkt']:.3g}"
+      )
   if not ratios:
     return []
-  return ["", "Ratios of energy per uploading device: " + "; ".join(ratios)
-          + "."]
+  return [
+    "",
+    "Ratios of energy per uploading device: " + "; ".join(ratios) + ".",
+  ]
 
 
 def summary(rows: List[Row], settings: Settings, result) -> str:
@@ -158,20 +212,25 @@ def summary(rows: List[Row], settings: Settings, result) -> str:
   for r in base:
     n = max(r["feasible_frac"] * r["num_devices"], 1e-30)
     lines.append(
-        f"| {r['bits_scheme']} | {r['allocation']} "
-        f"| {_pm(r, 'energy_per_device_j')} "
-        f"| {r['comp_energy_j'] / n:.4g} | {r['comm_energy_j'] / n:.4g} "
-        f"| {r['feasible_frac']:.3f} | {r['mean_bits']:.2f} "
-        f"| {r['payload_mb']:.4g} |")
+      f"| {r['bits_scheme']} | {r['allocation']} "
+      f"| {_pm(r, 'energy_per_device_j')} "
+      f"| {r['comp_energy_j'] / n:.4g} | {r['comm_energy_j'] / n:.4g} "
+      f"| {r['feasible_frac']:.3f} | {r['mean_bits']:.2f} "
+      f"| {r['payload_mb']:.4g} |"
+    )
   lines += _ratios(base)
   t = result["timings"]
-  lines += ["", "Wall time of the jitted grid evaluation, compile included "
-            "(s): " + ", ".join(f"{n}: {v:.1f}" for n, v in t.items()) + "."]
+  lines += [
+    "",
+    "Wall time of the jitted grid evaluation, compile included "
+    "(s): " + ", ".join(f"{n}: {v:.1f}" for n, v in t.items()) + ".",
+  ]
   return "\n".join(lines) + "\n"
 
 
-def write_summary(rows: List[Row], settings: Settings, result,
-                  path: str) -> str:
+def write_summary(
+  rows: List[Row], settings: Settings, result, path: str
+) -> str:
   """Writes `summary(...)` to `path`; returns it."""
   text = summary(rows, settings, result)
   with open(path, "w") as f:
@@ -189,6 +248,8 @@ def write_all(result, settings: Settings, workdir: str) -> List[Row]:
   if settings.figures:
     # pylint: disable-next=g-import-not-at-top
     from experiments.energy_sweep import figures
-    figures.write_figures(rows, result, settings,
-                          os.path.join(workdir, "figures"))
+
+    figures.write_figures(
+      rows, result, settings, os.path.join(workdir, "figures")
+    )
   return rows

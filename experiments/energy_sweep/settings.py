@@ -15,6 +15,7 @@ to () is not swept), and optionally two at once (`heatmap`), and evaluates
 every bits scheme x allocation policy on `num_seeds` device draws
 (experiments/energy_sweep/sweep.py). Models: see `models.py`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,40 +50,52 @@ _MAX_INT = 2**31 - 1
 
 # One range per scenario value: `base.<axis>` and each of `axes.<axis>`.
 _RANGE = dict(
-    num_devices=between(1, MAX_DEVICES),
-    deadline_factor=between(0, 1e6, lo_open=True),
-    total_bandwidth_hz=between(0, 1e12, lo_open=True),
-    eps_scale=between(0, 1e12, lo_open=True),
-    model=Check(models.is_model, models.VALID),
-    p_max_w=between(0, 1e3, lo_open=True),
-    f_max_hz=between(0, 1e12, lo_open=True),  # and > devices.f_min_hz
-    fading=ANY)
+  num_devices=between(1, MAX_DEVICES),
+  deadline_factor=between(0, 1e6, lo_open=True),
+  total_bandwidth_hz=between(0, 1e12, lo_open=True),
+  eps_scale=between(0, 1e12, lo_open=True),
+  model=Check(models.is_model, models.VALID),
+  p_max_w=between(0, 1e3, lo_open=True),
+  f_max_hz=between(0, 1e12, lo_open=True),  # and > devices.f_min_hz
+  fading=ANY,
+)
 
 
 def _axis(default, name: str) -> Any:
   """`axes.<name>`: values of `base.<name>`, each in its range."""
-  return key(default, each(_RANGE[name], min_len=0),
-             f"values of base.{name}; () = not swept")
+  return key(
+    default,
+    each(_RANGE[name], min_len=0),
+    f"values of base.{name}; () = not swept",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
   """One point of the sweep (`base`; an axis moves one of its values)."""
-  num_devices: int = key(10, _RANGE["num_devices"],
-                         "N devices sharing the bandwidth (MODEL.md: 10)")
-  deadline_factor: float = key(1.2, _RANGE["deadline_factor"],
-                               "T = factor x the deadline rule's statistic")
+
+  num_devices: int = key(
+    10, _RANGE["num_devices"], "N devices sharing the bandwidth (MODEL.md: 10)"
+  )
+  deadline_factor: float = key(
+    1.2, _RANGE["deadline_factor"], "T = factor x the deadline rule's statistic"
+  )
   total_bandwidth_hz: float = key(
-      20e6, _RANGE["total_bandwidth_hz"],
-      "W: equal FDMA shares W / N (`shared` optimizes them)")
-  eps_scale: float = key(1.0, _RANGE["eps_scale"],
-                         "multiplies every device's error budget eps_k")
-  model: str = key("tiny", _RANGE["model"],
-                   "tiny | paper | a parameter count (models.py)")
+    20e6,
+    _RANGE["total_bandwidth_hz"],
+    "W: equal FDMA shares W / N (`shared` optimizes them)",
+  )
+  eps_scale: float = key(
+    1.0, _RANGE["eps_scale"], "multiplies every device's error budget eps_k"
+  )
+  model: str = key(
+    "tiny", _RANGE["model"], "tiny | paper | a parameter count (models.py)"
+  )
   p_max_w: float = key(0.2, _RANGE["p_max_w"], "every device's power cap")
   f_max_hz: float = key(2e9, _RANGE["f_max_hz"], "every device's CPU cap")
-  fading: bool = key(False, _RANGE["fading"],
-                     "Rayleigh block fading |h|^2 ~ Exp(1)")
+  fading: bool = key(
+    False, _RANGE["fading"], "Rayleigh block fading |h|^2 ~ Exp(1)"
+  )
 
   def with_value(self, axis: str, value: Any) -> "Scenario":
     return dataclasses.replace(self, **{axis: value})
@@ -96,17 +109,21 @@ class Axes:
   alphabetical order (empty axes left out): `dict(settings.axes)`,
   `settings.axes[0][0]`. The CSV rows and the figures' panels follow it.
   """
+
   deadline_factor: Tuple[float, ...] = _axis(
-      (1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0), "deadline_factor")
+    (1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0), "deadline_factor"
+  )
   eps_scale: Tuple[float, ...] = _axis(
-      (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0), "eps_scale")
+    (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0), "eps_scale"
+  )
   f_max_hz: Tuple[float, ...] = _axis((0.5e9, 1e9, 2e9, 4e9), "f_max_hz")
   fading: Tuple[bool, ...] = _axis((False, True), "fading")
   model: Tuple[str, ...] = _axis(("tiny", "paper", "100000000"), "model")
   num_devices: Tuple[int, ...] = _axis((10, 100, 1000, 10000), "num_devices")
   p_max_w: Tuple[float, ...] = _axis((0.05, 0.1, 0.2, 0.5, 1.0), "p_max_w")
   total_bandwidth_hz: Tuple[float, ...] = _axis(
-      (2e6, 5e6, 10e6, 20e6, 50e6, 100e6), "total_bandwidth_hz")
+    (2e6, 5e6, 10e6, 20e6, 50e6, 100e6), "total_bandwidth_hz"
+  )
 
   def swept(self) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
     """The (axis, values) pairs of the non-empty axes, in AXES order."""
@@ -144,6 +161,7 @@ class Deadline:
   "base" (the base scenario's T per draw, held fixed while the other axes
   move; devices that can no longer meet it skip the round).
   """
+
   rule: str = key("fp32_feasible", one_of(*DEADLINE_RULES))
   quantile: float = key(0.95, between(0, 1, lo_open=True))
   seconds: float = key(0.0, between(0, 1e9), "> 0: a fixed deadline T")
@@ -154,6 +172,7 @@ class Deadline:
 class Devices:
   """The rest of the device model; `EnergyConfig` checks these keys (its
   fields; N, W, p_max, f_max and fading are the scenario's)."""
+
   radius_m: float = 500.0
   min_distance_m: float = 10.0
   pathloss_const_db: float = 128.1
@@ -177,34 +196,48 @@ class Devices:
     self.energy_config()
 
 
-_SOURCE = Check(lambda v: bool(v), f"{' | '.join(BITS_SOURCES)} | a path to "
-                "a training sweep's workdir (or an ondemand history.json)")
+_SOURCE = Check(
+  lambda v: bool(v),
+  f"{' | '.join(BITS_SOURCES)} | a path to "
+  "a training sweep's workdir (or an ondemand history.json)",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The energy sweep's settings tree (defaults: the `default` preset)."""
-  seed: int = key(0, between(0, _MAX_INT),
-                  "device draws: keys fold_in(key(seed), r), r < num_seeds")
-  num_seeds: int = key(10, between(1, 1000),
-                       "device draws; mean and std over them")
+
+  seed: int = key(
+    0,
+    between(0, _MAX_INT),
+    "device draws: keys fold_in(key(seed), r), r < num_seeds",
+  )
+  num_seeds: int = key(
+    10, between(1, 1000), "device draws; mean and std over them"
+  )
   bits_schemes: Tuple[str, ...] = key(
-      BITS_SCHEMES, each(one_of(*BITS_SCHEMES), distinct=True))
+    BITS_SCHEMES, each(one_of(*BITS_SCHEMES), distinct=True)
+  )
   fixed_bits: int = key(8, between(1, 32), "b of the fixed scheme")
   allocations: Tuple[str, ...] = key(
-      ("kkt", "deadline", "split", "max", "shared"),
-      each(one_of(*SWEEP_ALLOCATIONS), distinct=True),
-      "fedqjax.energy.policies; shared: allocate_shared_bandwidth")
+    ("kkt", "deadline", "split", "max", "shared"),
+    each(one_of(*SWEEP_ALLOCATIONS), distinct=True),
+    "fedqjax.energy.policies; shared: allocate_shared_bandwidth",
+  )
   bits_source: str = key(
-      "gaussian", _SOURCE,
-      "gaussian (analytic) | measured (one real local update; slow) | a "
-      "finished training sweep's workdir (bits_sources.py)")
+    "gaussian",
+    _SOURCE,
+    "gaussian (analytic) | measured (one real local update; slow) | a "
+    "finished training sweep's workdir (bits_sources.py)",
+  )
   samples_per_round: int = key(
-      16, between(1, 10**9), "n = I B: the CPU preset's 2 steps x batch 8")
+    16, between(1, 10**9), "n = I B: the CPU preset's 2 steps x batch 8"
+  )
   heatmap: Tuple[str, ...] = key(
-      ("deadline_factor", "eps_scale"),
-      each(one_of(*AXES), min_len=0, distinct=True),
-      "() or two axes swept jointly")
+    ("deadline_factor", "eps_scale"),
+    each(one_of(*AXES), min_len=0, distinct=True),
+    "() or two axes swept jointly",
+  )
   figures: bool = key(True, doc="write figures/")
   quant: Quant = section(Quant)
   deadline: Deadline = section(Deadline)
@@ -220,10 +253,15 @@ class Settings:
   def validate(self) -> None:
     """Checks across keys (named with their section)."""
     axes = dict(self.axes)
-    if self.heatmap and (len(self.heatmap) != 2 or any(
-        len(axes.get(a, ())) < 2 for a in self.heatmap)):
-      raise Invalid("heatmap", self.heatmap,
-                    "() or two distinct axes, each with >= 2 values in axes")
+    if self.heatmap and (
+      len(self.heatmap) != 2
+      or any(len(axes.get(a, ())) < 2 for a in self.heatmap)
+    ):
+      raise Invalid(
+        "heatmap",
+        self.heatmap,
+        "() or two distinct axes, each with >= 2 values in axes",
+      )
     f_min = self.devices.f_min_hz
     valid = f"(config.devices.f_min_hz={f_min:g}, 1e+12]"
     if self.base.f_max_hz <= f_min:
@@ -237,14 +275,19 @@ def _check_source(s: Settings) -> None:
   """What a bits source cannot serve (a history: no eps scale; measured:
   the preset models only)."""
   if s.bits_source not in BITS_SOURCES:
-    valid = ("() with a sweep's history as bits_source (its bits cannot be "
-             "rescaled): set config.axes.eps_scale=() and config.heatmap=() "
-             "or two other axes")
+    valid = (
+      "() with a sweep's history as bits_source (its bits cannot be "
+      "rescaled): set config.axes.eps_scale=() and config.heatmap=() "
+      "or two other axes"
+    )
     if s.axes.eps_scale:
       raise Invalid("axes.eps_scale", s.axes.eps_scale, valid)
     if s.base.eps_scale != 1.0:
-      raise Invalid("base.eps_scale", s.base.eps_scale,
-                    "1 with a sweep's history as bits_source")
+      raise Invalid(
+        "base.eps_scale",
+        s.base.eps_scale,
+        "1 with a sweep's history as bits_source",
+      )
   if s.bits_source == "measured":
     valid = f"{' | '.join(models.MODEL_PRESETS)} with bits_source=measured"
     if s.base.model not in models.MODEL_PRESETS:
@@ -257,15 +300,17 @@ def _models_as_names(config) -> Dict[str, Any]:
   """The config as a nested dict, parameter counts given as numbers (what
   `--config.axes.model=1e8` gives) turned into names ("100000000.0")."""
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  name = lambda v: (str(v) if isinstance(v, (int, float))
-                    and not isinstance(v, bool) else v)
+  name = lambda v: (
+    str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+  )
   for group in ("base", "axes"):
     sub = d.get(group)
     if isinstance(sub, Mapping) and "model" in sub:
       sub = d[group] = dict(sub)
       v = sub["model"]
-      sub["model"] = (type(v)(map(name, v)) if isinstance(v, (tuple, list))
-                      else name(v))
+      sub["model"] = (
+        type(v)(map(name, v)) if isinstance(v, (tuple, list)) else name(v)
+      )
   return d
 
 
@@ -278,8 +323,7 @@ def parse(config) -> Settings:
   """
   if isinstance(config, Settings):
     return config
-  return settings_lib.parse(Settings, _models_as_names(config),
-                            removed=REMOVED)
+  return settings_lib.parse(Settings, _models_as_names(config), removed=REMOVED)
 
 
 # The name the notebook and benchmarks/energy.py use.

@@ -12,6 +12,7 @@ on-demand statistics (`prepare`), the calls, and their statistics (`run`).
 Totals are over the devices that upload (infeasible ones skip the round),
 and the feasible fraction is reported beside them.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,6 +35,7 @@ MAX_DEVICES_PER_CALL = 2**21  # draws x scenarios x devices of one call
 
 class Prepared(NamedTuple):
   """Host-side inputs of every scenario."""
+
   scenarios: list
   rows: list
   arrays: Dict[str, np.ndarray]  # [S] per-scenario settings, table [S, 32]
@@ -48,8 +50,7 @@ def _ratio(settings: Settings, name: str, q, log) -> float:
   if source == "gaussian":
     return bits_sources.gaussian_ratio(q)
   if source == "measured":
-    log(f"energy_sweep: measuring one local update of model {name} "
-        "(slow) ...")
+    log(f"energy_sweep: measuring one local update of model {name} (slow) ...")
     return bits_sources.measured_ratio(name, q, settings.seed)
   return 1.0  # unused: bits come from the history
 
@@ -58,20 +59,21 @@ def _arrays(scen, specs, ratios, tables) -> Dict[str, np.ndarray]:
   """[S] per-scenario settings and the [S, 32] payload tables."""
   f = lambda get: np.asarray([get(s) for s in scen], np.float32)
   return dict(
-      n=np.asarray([s.num_devices for s in scen], np.int32),
-      W=f(lambda s: s.total_bandwidth_hz),
-      factor=f(lambda s: s.deadline_factor),
-      eps_scale=f(lambda s: s.eps_scale),
-      p_max=f(lambda s: s.p_max_w), f_max=f(lambda s: s.f_max_hz),
-      fading=np.asarray([s.fading for s in scen]),
-      flops=f(lambda s: specs[s.model].flops_per_sample),
-      num_params=f(lambda s: specs[s.model].num_params),
-      ratio=f(lambda s: ratios[s.model]),
-      table=np.stack([tables[s.model] for s in scen]))
+    n=np.asarray([s.num_devices for s in scen], np.int32),
+    W=f(lambda s: s.total_bandwidth_hz),
+    factor=f(lambda s: s.deadline_factor),
+    eps_scale=f(lambda s: s.eps_scale),
+    p_max=f(lambda s: s.p_max_w),
+    f_max=f(lambda s: s.f_max_hz),
+    fading=np.asarray([s.fading for s in scen]),
+    flops=f(lambda s: specs[s.model].flops_per_sample),
+    num_params=f(lambda s: specs[s.model].num_params),
+    ratio=f(lambda s: ratios[s.model]),
+    table=np.stack([tables[s.model] for s in scen]),
+  )
 
 
-def prepare(settings: Settings, log: Callable[[str], None] = print
-            ) -> Prepared:
+def prepare(settings: Settings, log: Callable[[str], None] = print) -> Prepared:
   """Scenarios, model specs, payload tables and on-demand statistics.
 
   Raises:
@@ -86,34 +88,48 @@ def prepare(settings: Settings, log: Callable[[str], None] = print
   q_set = settings.quant
   for name in dict.fromkeys(s.model for s in scen):
     spec = models.model_spec(name)
-    q = Q.make_quantizer(spec.template, q_set.method,
-                         q_set.bucket_size or None)
+    q = Q.make_quantizer(spec.template, q_set.method, q_set.bucket_size or None)
     specs[name] = spec
     tables[name] = np.asarray(
-        q.payload_bits(np.arange(1, 33, dtype=np.int32)), np.float32)
+      q.payload_bits(np.arange(1, 33, dtype=np.int32)), np.float32
+    )
     ratios[name] = _ratio(settings, name, q, log)
-    log(f"energy_sweep: model {name}: d={spec.num_params:,} params, "
-        f"{q.num_buckets} buckets, {spec.flops_per_sample:.4g} FLOPs/sample, "
-        f"rho={ratios[name]:.4g}")
-  return Prepared(scen, grid["rows"], _arrays(scen, specs, ratios, tables),
-                  specs, ratios, history)
+    log(
+      f"energy_sweep: model {name}: d={spec.num_params:,} params, "
+      f"{q.num_buckets} buckets, {spec.flops_per_sample:.4g} FLOPs/sample, "
+      f"rho={ratios[name]:.4g}"
+    )
+  return Prepared(
+    scen,
+    grid["rows"],
+    _arrays(scen, specs, ratios, tables),
+    specs,
+    ratios,
+    history,
+  )
 
 
-def statics(settings: Settings, num_segments: int, base_devices: int
-            ) -> evaluate.Statics:
+def statics(
+  settings: Settings, num_segments: int, base_devices: int
+) -> evaluate.Statics:
   """The static part of one jitted call."""
   return evaluate.Statics(
-      schemes=settings.bits_schemes,
-      policies=tuple(a for a in settings.allocations if a != "shared"),
-      shared="shared" in settings.allocations,
-      fixed_bits=settings.fixed_bits, b_min=settings.quant.b_min,
-      rule=settings.deadline.rule, quantile=settings.deadline.quantile,
-      deadline_s=settings.deadline.seconds,
-      samples=float(settings.samples_per_round),
-      use_history=settings.bits_source not in BITS_SOURCES,
-      num_draws=settings.num_seeds, num_segments=num_segments,
-      base_devices=base_devices, devices=settings.devices.energy_config(),
-      reference=settings.deadline.reference)
+    schemes=settings.bits_schemes,
+    policies=tuple(a for a in settings.allocations if a != "shared"),
+    shared="shared" in settings.allocations,
+    fixed_bits=settings.fixed_bits,
+    b_min=settings.quant.b_min,
+    rule=settings.deadline.rule,
+    quantile=settings.deadline.quantile,
+    deadline_s=settings.deadline.seconds,
+    samples=float(settings.samples_per_round),
+    use_history=settings.bits_source not in BITS_SOURCES,
+    num_draws=settings.num_seeds,
+    num_segments=num_segments,
+    base_devices=base_devices,
+    devices=settings.devices.energy_config(),
+    reference=settings.deadline.reference,
+  )
 
 
 def _chunks(prep: Prepared, r: int) -> List[List[int]]:
@@ -129,24 +145,35 @@ def _chunks(prep: Prepared, r: int) -> List[List[int]]:
   return chunks + [cur]
 
 
-def run_chunk(settings: Settings, prep: Prepared, idx: List[int], base_stat
-              ) -> Dict[str, np.ndarray]:
+def run_chunk(
+  settings: Settings, prep: Prepared, idx: List[int], base_stat
+) -> Dict[str, np.ndarray]:
   """One jitted call over the scenarios `idx` x every draw; statistics
   [R, len(idx), ...] (and the base's per-device arrays if idx[0] == 0)."""
   r = settings.num_seeds
   ns = [prep.scenarios[i].num_devices for i in idx]
   scen = np.repeat(np.arange(len(idx)), [r * n for n in ns]).astype(np.int32)
-  draw = np.concatenate([np.repeat(np.arange(r), n) for n in ns]
-                        ).astype(np.int32)
-  index = np.concatenate([np.tile(np.arange(n), r) for n in ns]
-                         ).astype(np.int32)
-  pool = (prep.history if prep.history is not None
-          else np.ones((1,), np.int32))
+  draw = np.concatenate([np.repeat(np.arange(r), n) for n in ns]).astype(
+    np.int32
+  )
+  index = np.concatenate([np.tile(np.arange(n), r) for n in ns]).astype(
+    np.int32
+  )
+  pool = prep.history if prep.history is not None else np.ones((1,), np.int32)
   sc = {k: jnp.asarray(v[idx]) for k, v in prep.arrays.items()}
   st = statics(settings, len(idx) * r, r * ns[0] if idx[0] == 0 else 0)
-  out = jax.device_get(evaluate.evaluate(
-      settings.seed, draw, index, jnp.asarray(pool, jnp.int32), scen, sc,
-      base_stat, st))
+  out = jax.device_get(
+    evaluate.evaluate(
+      settings.seed,
+      draw,
+      index,
+      jnp.asarray(pool, jnp.int32),
+      scen,
+      sc,
+      base_stat,
+      st,
+    )
+  )
   res = {}
   for k, v in out.items():
     if k.startswith("dev_"):  # [B, (P',) R * N0] -> [R, B, (P',) N0]
@@ -166,12 +193,16 @@ def _base_statistic(settings: Settings, prep: Prepared):
   draw = np.repeat(np.arange(r), n0).astype(np.int32)
   index = np.tile(np.arange(n0), r).astype(np.int32)
   sc0 = {k: jnp.asarray(v[:1]) for k, v in prep.arrays.items()}
-  return evaluate.base_statistic(settings.seed, draw, index, sc0,
-                                 statics(settings, r, 0))
+  return evaluate.base_statistic(
+    settings.seed, draw, index, sc0, statics(settings, r, 0)
+  )
 
 
-def run(settings: Settings, log: Callable[[str], None] = print,
-        prepared: Prepared | None = None) -> Dict[str, Any]:
+def run(
+  settings: Settings,
+  log: Callable[[str], None] = print,
+  prepared: Prepared | None = None,
+) -> Dict[str, Any]:
   """Runs the sweep: per-scenario per-draw statistics and the base's
   per-device arrays.
 
@@ -187,20 +218,33 @@ def run(settings: Settings, log: Callable[[str], None] = print,
   base_stat = _base_statistic(settings, prep)
   parts = []
   for c, idx in enumerate(_chunks(prep, r)):
-    log(f"energy_sweep: call {c}: compiling and evaluating {len(idx)} "
-        "scenarios ...")
+    log(
+      f"energy_sweep: call {c}: compiling and evaluating {len(idx)} "
+      "scenarios ..."
+    )
     t0 = time.perf_counter()
     parts.append(run_chunk(settings, prep, idx, base_stat))
     timings[f"call {c}"] = time.perf_counter() - t0
     devices = r * sum(prep.scenarios[i].num_devices for i in idx)
-    log(f"energy_sweep: call {c} done: {len(idx)} scenarios x {r} draws "
-        f"({devices:,} devices) x {len(settings.bits_schemes)} bits schemes "
-        f"x {len(settings.allocations)} allocations in "
-        f"{timings[f'call {c}']:.1f} s (compile included)")
+    log(
+      f"energy_sweep: call {c} done: {len(idx)} scenarios x {r} draws "
+      f"({devices:,} devices) x {len(settings.bits_schemes)} bits schemes "
+      f"x {len(settings.allocations)} allocations in "
+      f"{timings[f'call {c}']:.1f} s (compile included)"
+    )
   base = {k: v for k, v in parts[0].items() if k.startswith("dev_")}
-  stats = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]
-           if not k.startswith("dev_")}
+  stats = {
+    k: np.concatenate([p[k] for p in parts], axis=1)
+    for k in parts[0]
+    if not k.startswith("dev_")
+  }
   allocations = tuple(a for a in settings.allocations if a != "shared") + (
-      ("shared",) if "shared" in settings.allocations else ())
-  return dict(prepared=prep, stats=stats, base=base, allocations=allocations,
-              timings=timings)
+    ("shared",) if "shared" in settings.allocations else ()
+  )
+  return dict(
+    prepared=prep,
+    stats=stats,
+    base=base,
+    allocations=allocations,
+    timings=timings,
+  )

@@ -6,6 +6,7 @@ the seed (all traced data or host arrays: a new seed reuses the compiled
 round), and fixes the held-out evaluation set (the same for every scheme,
 round and seed).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ HELDOUT_SEED = 20240307  # fixed: the same held-out set for every seed
 @dataclasses.dataclass
 class Setup:
   """Everything shared by the runs of one seed (built once per seed)."""
+
   config: Settings
   dataset: str
   seed: int
@@ -57,12 +59,17 @@ def resolve_dataset(config) -> str:
   name = config.data.name
   if name != "auto":
     return name
-  if config.data.tarball or config.data.download or (
-      data_lib.cifar10_available(config.data.data_dir or None)):
+  if (
+    config.data.tarball
+    or config.data.download
+    or (data_lib.cifar10_available(config.data.data_dir or None))
+  ):
     return "cifar10"
   log.warning("=" * 70)
-  log.warning("data.name=auto: CIFAR-10 is not available offline; using the "
-              "installed Fashion-MNIST instead (recorded in the results).")
+  log.warning(
+    "data.name=auto: CIFAR-10 is not available offline; using the "
+    "installed Fashion-MNIST instead (recorded in the results)."
+  )
   log.warning("=" * 70)
   return "fashion_mnist"
 
@@ -81,20 +88,24 @@ def load_dataset(config) -> Tuple[str, np.ndarray, np.ndarray, np.ndarray]:
       if config.data.data_dir:
         opts["data_dir"] = config.data.data_dir
   elif name == "synthetic":
-    opts = dict(num=max(config.data.max_train, 64),
-                size=config.data.resolution or 32, channels=1,
-                seed=config.seed)
+    opts = dict(
+      num=max(config.data.max_train, 64),
+      size=config.data.resolution or 32,
+      channels=1,
+      seed=config.seed,
+    )
   try:
     x, y = data_lib.load(name, "train", **opts)
     if name == "synthetic":
       opts["num"] = max(config.data.num_test, 16)
     xt, _ = data_lib.load(name, "test", **opts)
   except data_lib.DataError as e:
-    raise data_lib.DataError(f"{e} (config.data.name={name!r}; data_dir: "
-                             "--config.data.data_dir=DIR)") from None
+    raise data_lib.DataError(
+      f"{e} (config.data.name={name!r}; data_dir: --config.data.data_dir=DIR)"
+    ) from None
   if config.data.max_train:
-    x, y = x[:config.data.max_train], y[:config.data.max_train]
-  return name, x, y, xt[:config.data.num_test]
+    x, y = x[: config.data.max_train], y[: config.data.max_train]
+  return name, x, y, xt[: config.data.num_test]
 
 
 def seed_keys(seed: int) -> Dict[str, Any]:
@@ -114,24 +125,34 @@ def _init_params(unet: diffusion.UNetConfig, seed: int, image_shape: tuple):
 def _flops(unet: diffusion.UNetConfig, image_shape: tuple) -> float:
   # Lowered (unoptimized) HLO count: within 0.2-2% of the compiled count
   # (35.006 vs 35.078 GFLOPs for the paper model) at a fraction of the time.
-  return float(diffusion.train_flops_per_image(unet, image_shape,
-                                               compiled=False))
+  return float(
+    diffusion.train_flops_per_image(unet, image_shape, compiled=False)
+  )
 
 
-def deadline(config, devices, num_params: int, flops: float
-             ) -> Tuple[float, str, int]:
+def deadline(
+  config, devices, num_params: int, flops: float
+) -> Tuple[float, str, int]:
   """(T, its rule, devices whose fp32 minimal round time exceeds T)."""
   e, n = config.energy, config.fed.local_steps * config.fed.batch_size
   if e.deadline_s > 0:
     t, rule = float(e.deadline_s), "fixed"
   else:
-    t = float(energy.deadline_for(devices, num_params, n, flops,
-                                  rule=e.deadline_rule,
-                                  factor=e.deadline_factor,
-                                  quantile=e.deadline_quantile))
+    t = float(
+      energy.deadline_for(
+        devices,
+        num_params,
+        n,
+        flops,
+        rule=e.deadline_rule,
+        factor=e.deadline_factor,
+        quantile=e.deadline_quantile,
+      )
+    )
     rule = f"{e.deadline_factor:g} x {e.deadline_rule}"
-  t_fp32 = np.asarray(energy.min_round_time(devices, 32.0 * num_params, n,
-                                            flops))
+  t_fp32 = np.asarray(
+    energy.min_round_time(devices, 32.0 * num_params, n, flops)
+  )
   return t, rule, int(np.sum(t_fp32 > t))
 
 
@@ -145,45 +166,73 @@ def schedule_of(d) -> diffusion.NoiseSchedule:
 def _heldout_fn(unet: diffusion.UNetConfig, d, batch_size: int):
   """One jitted held-out loss per model and schedule (shared by seeds)."""
   model, schedule = unet.make(), schedule_of(d)
-  return jax.jit(lambda p, h: diffusion.heldout_loss(
-      p, model.apply, h, schedule, batch_size=batch_size))
+  return jax.jit(
+    lambda p, h: diffusion.heldout_loss(
+      p, model.apply, h, schedule, batch_size=batch_size
+    )
+  )
 
 
-def make_heldout(unet: diffusion.UNetConfig, test_float: np.ndarray,
-                 config: Settings) -> Callable[[Any], float]:
+def make_heldout(
+  unet: diffusion.UNetConfig, test_float: np.ndarray, config: Settings
+) -> Callable[[Any], float]:
   """params -> mean denoising loss on a fixed held-out set (deterministic:
   the first `eval.heldout_size` test images, (t, noise) from HELDOUT_SEED
   with t stratified over [0, T))."""
   n = min(config.eval.heldout_size, len(test_float))
   if not n:
     return lambda params: float("nan")
-  hset = diffusion.heldout_set(jnp.asarray(test_float[:n]), config.diffusion.T,
-                               jax.random.key(HELDOUT_SEED), n)
+  hset = diffusion.heldout_set(
+    jnp.asarray(test_float[:n]),
+    config.diffusion.T,
+    jax.random.key(HELDOUT_SEED),
+    n,
+  )
   batch = next(b for b in range(min(n, 64), 0, -1) if n % b == 0)
   fn = _heldout_fn(unet, config.diffusion, batch)
   return lambda params: float(fn(params, hset))
 
 
-def round_spec(config: Settings, unet: diffusion.UNetConfig, quantizer,
-               flops_per_sample: float, mesh=None) -> federated.RoundSpec:
+def round_spec(
+  config: Settings,
+  unet: diffusion.UNetConfig,
+  quantizer,
+  flops_per_sample: float,
+  mesh=None,
+) -> federated.RoundSpec:
   """The round's static settings; `fed.client_loop` resolved here."""
   f, o, d = config.fed, config.optim, config.diffusion
   shards = federated.num_shards(mesh)
   execution = execution_lib.resolve_execution(
-      f.client_loop, jax.default_backend(),
-      federated.padded_clients(f.clients_per_round, mesh) // shards)
+    f.client_loop,
+    jax.default_backend(),
+    federated.padded_clients(f.clients_per_round, mesh) // shards,
+  )
   return federated.RoundSpec(
-      unet=unet, quantizer=quantizer, num_clients=f.num_clients,
-      clients_per_round=f.clients_per_round, local_steps=f.local_steps,
-      batch_size=f.batch_size, lr=o.lr, optimizer=o.optimizer,
-      grad_clip=o.grad_clip, server_lr=f.server_lr, ema_decay=f.ema_decay,
-      ema_warmup=f.ema_warmup,
-      T=d.T, beta_start=d.beta_start, beta_end=d.beta_end,
-      b_min=config.quant.b_min, target=config.quant.target,
-      infeasible_policy=config.energy.infeasible_policy,
-      flops_per_sample=float(flops_per_sample),
-      allocations=config.sweep.plan()[1], execution=execution,
-      rayleigh_fading=config.energy.rayleigh_fading, mesh=mesh)
+    unet=unet,
+    quantizer=quantizer,
+    num_clients=f.num_clients,
+    clients_per_round=f.clients_per_round,
+    local_steps=f.local_steps,
+    batch_size=f.batch_size,
+    lr=o.lr,
+    optimizer=o.optimizer,
+    grad_clip=o.grad_clip,
+    server_lr=f.server_lr,
+    ema_decay=f.ema_decay,
+    ema_warmup=f.ema_warmup,
+    T=d.T,
+    beta_start=d.beta_start,
+    beta_end=d.beta_end,
+    b_min=config.quant.b_min,
+    target=config.quant.target,
+    infeasible_policy=config.energy.infeasible_policy,
+    flops_per_sample=float(flops_per_sample),
+    allocations=config.sweep.plan()[1],
+    execution=execution,
+    rayleigh_fading=config.energy.rayleigh_fading,
+    mesh=mesh,
+  )
 
 
 def client_mesh(config):
@@ -214,14 +263,20 @@ def place(setup: "Setup", tree):
 def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
   """Partitions the data and builds model, devices, deadline and spec."""
   from experiments.fl_sweep import evaluate as evaluation  # pylint: disable=g-import-not-at-top
+
   name, x, y, xt = dataset
   res = config.data.resolution or x.shape[1]  # 0 = native size
   xf = data_lib.to_float(x, resolution=res)
   try:
     cd = data_lib.partition(
-        xf, y, config.fed.num_clients, config.data.partition, seed=seed,
-        alpha=config.data.dirichlet_alpha,
-        labels_per_client=config.data.labels_per_client)
+      xf,
+      y,
+      config.fed.num_clients,
+      config.data.partition,
+      seed=seed,
+      alpha=config.data.dirichlet_alpha,
+      labels_per_client=config.data.labels_per_client,
+    )
   except ValueError as e:  # num_clients is the key fed.num_clients
     where = "fed" if str(e).startswith("num_clients=") else "data"
     raise ValueError(f"config.{where}.{e}") from None
@@ -233,26 +288,43 @@ def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
   params = _init_params(unet, seed, image_shape)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   flops = _flops(unet, image_shape)
-  devices = energy.validate_devices(energy.sample_devices(
-      config.energy.devices(config.fed.num_clients,
-                            config.fed.clients_per_round), keys["devices"]))
+  devices = energy.validate_devices(
+    energy.sample_devices(
+      config.energy.devices(
+        config.fed.num_clients, config.fed.clients_per_round
+      ),
+      keys["devices"],
+    )
+  )
   t, rule, over = deadline(config, devices, num_params, flops)
   quantizer = quant_lib.make_quantizer(
-      params, method=config.quant.method,
-      bucket_size=config.quant.bucket_size or None)
+    params,
+    method=config.quant.method,
+    bucket_size=config.quant.bucket_size or None,
+  )
   mesh = client_mesh(config)
   spec = round_spec(config, unet, quantizer, flops, mesh=mesh)
   setup = Setup(
-      config=config, dataset=name, seed=seed,
-      fed_data=place_data(federated.FedData(images=cd.images,
-                                            counts=cd.counts), mesh),
-      test_images=data_lib.to_uint8(test_f), image_shape=image_shape,
-      unet=unet, schedule=schedule_of(config.diffusion), spec=spec,
-      devices=devices if mesh is None else federated.replicate(devices, mesh),
-      params=params,
-      run_key=keys["run"],
-      deadline_s=t, deadline_rule=rule, devices_over_deadline=over,
-      flops_per_sample=flops, num_params=num_params,
-      heldout=make_heldout(unet, test_f, config))
+    config=config,
+    dataset=name,
+    seed=seed,
+    fed_data=place_data(
+      federated.FedData(images=cd.images, counts=cd.counts), mesh
+    ),
+    test_images=data_lib.to_uint8(test_f),
+    image_shape=image_shape,
+    unet=unet,
+    schedule=schedule_of(config.diffusion),
+    spec=spec,
+    devices=devices if mesh is None else federated.replicate(devices, mesh),
+    params=params,
+    run_key=keys["run"],
+    deadline_s=t,
+    deadline_rule=rule,
+    devices_over_deadline=over,
+    flops_per_sample=flops,
+    num_params=num_params,
+    heldout=make_heldout(unet, test_f, config),
+  )
   setup.evaluator = evaluation.Evaluator(setup, workdir)
   return setup

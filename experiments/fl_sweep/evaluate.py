@@ -1,6 +1,7 @@
 """Final evaluation: EMA samples (DDIM/DDPM), an image grid, FID and KID
 against the test split (Inception-v3 pool3, fedqjax.metrics), and the DDPM
 variational bound in bits/dim on test images."""
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,7 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
   grid = np.zeros((rows * h, cols * w, c), np.uint8)
   for i in range(n):
     r, q = divmod(i, cols)
-    grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+    grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[i]
   return grid
 
 
@@ -42,8 +43,10 @@ class Evaluator:
     self._ref_feats = None
     self._feature_fn = None
     # Compiled once per sweep (every run's bound reuses it).
-    self._vlb = jax.jit(diffusion.vlb_bits_per_dim, static_argnames=(
-        "apply_fn", "t_stride", "batch_size"))
+    self._vlb = jax.jit(
+      diffusion.vlb_bits_per_dim,
+      static_argnames=("apply_fn", "t_stride", "batch_size"),
+    )
 
   def sample(self, params, key, n: int) -> np.ndarray:
     """n samples, uint8 [n, H, W, C], in fixed-size batches (one compile)."""
@@ -53,9 +56,15 @@ class Evaluator:
     for i in range(-(-n // bs)):
       k = jax.random.fold_in(key, i)
       if self.config.sampler == "ddim":
-        x = diffusion.ddim_sample(self.eps_fn, params, self.schedule, k, shape,
-                                  num_steps=self.config.ddim_steps,
-                                  eta=self.config.eta)
+        x = diffusion.ddim_sample(
+          self.eps_fn,
+          params,
+          self.schedule,
+          k,
+          shape,
+          num_steps=self.config.ddim_steps,
+          eta=self.config.eta,
+        )
       else:
         x = diffusion.ddpm_sample(self.eps_fn, params, self.schedule, k, shape)
       out.append(data_lib.to_uint8(np.asarray(x)))
@@ -63,16 +72,21 @@ class Evaluator:
 
   def _features(self, images: np.ndarray) -> np.ndarray:
     from fedqjax import metrics  # pylint: disable=g-import-not-at-top
+
     if self._feature_fn is None:
       self._feature_fn = metrics.make_feature_fn(cache_dir=self.cache_dir)
-    return metrics.compute_activations(images, batch_size=50,
-                                       feature_fn=self._feature_fn)
+    return metrics.compute_activations(
+      images, batch_size=50, feature_fn=self._feature_fn
+    )
 
   def reference_features(self) -> np.ndarray:
     if self._ref_feats is None:
-      path = os.path.join(self.cache_dir, f"ref_{self.setup.dataset}_"
-                          f"{'x'.join(map(str, self.setup.image_shape))}_"
-                          f"n{len(self.setup.test_images)}.npy")
+      path = os.path.join(
+        self.cache_dir,
+        f"ref_{self.setup.dataset}_"
+        f"{'x'.join(map(str, self.setup.image_shape))}_"
+        f"n{len(self.setup.test_images)}.npy",
+      )
       if os.path.exists(path):
         self._ref_feats = np.load(path)
       else:
@@ -88,18 +102,26 @@ class Evaluator:
     vlb_t_stride exactly, one t per block above (`vlb_bits_per_dim`); fixed
     noise, so schemes and seeds see the same draws."""
     n, (h, _, c) = self.config.vlb_size, self.setup.image_shape
-    x0 = data_lib.to_float(self.setup.test_images[:n], resolution=h,
-                           channels=c)
+    x0 = data_lib.to_float(self.setup.test_images[:n], resolution=h, channels=c)
     key = jax.random.key(self.setup.config.seed + 54321)
-    return float(self._vlb(params, self.model.apply, x0, self.schedule, key,
-                           t_stride=self.config.vlb_t_stride,
-                           batch_size=min(self.config.batch_size, n)))
+    return float(
+      self._vlb(
+        params,
+        self.model.apply,
+        x0,
+        self.schedule,
+        key,
+        t_stride=self.config.vlb_t_stride,
+        batch_size=min(self.config.batch_size, n),
+      )
+    )
 
   def __call__(self, params, scheme: str) -> Dict[str, Any]:
     from fedqjax import metrics  # pylint: disable=g-import-not-at-top
+
     key = jax.random.key(self.setup.config.seed + 12345)  # same noise for all
     samples = self.sample(params, key, self.config.num_samples)
-    out: Dict[str, Any] = {"grid": image_grid(samples[:self.config.grid])}
+    out: Dict[str, Any] = {"grid": image_grid(samples[: self.config.grid])}
     if self.config.fid:
       ref = self.reference_features()
       feats = self._features(samples)

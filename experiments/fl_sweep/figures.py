@@ -19,6 +19,7 @@ Drawn on `matplotlib.figure.Figure` objects: no pyplot state and no backend
 switch, so a notebook's inline backend is untouched; `write_figures`
 returns the figures for display.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,6 +37,7 @@ COLORS = ("#1b6ca8", "#d1495b", "#3c9a5f", "#edae49", "#6a4c93", "#00798c")
 
 def _figure(cols: int, width: float = 5.2, height: float = 3.6):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure(figsize=(width * cols, height), layout="constrained")
   axes = fig.subplots(1, cols, squeeze=False)[0]
   for a in axes:
@@ -54,8 +56,13 @@ def _save(fig, workdir: str, name: str):
 
 def _legend(ax, **kw) -> None:
   """Outside the data, right of the axes."""
-  ax.legend(fontsize=FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-            frameon=False, **kw)
+  ax.legend(
+    fontsize=FONT,
+    loc="upper left",
+    bbox_to_anchor=(1.01, 1.0),
+    frameon=False,
+    **kw,
+  )
 
 
 def _label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
@@ -76,16 +83,18 @@ def _groups(results, hist) -> Dict[str, List[List[dict]]]:
   return out
 
 
-def _curve(seeds: List[List[dict]], value: Callable[[dict], Any],
-           band: str = "ci"):
+def _curve(
+  seeds: List[List[dict]], value: Callable[[dict], Any], band: str = "ci"
+):
   """(rounds, mean, low, high) over seeds on the rounds every seed has.
 
   band="ci": mean and the 95% Student-t interval (none with one seed);
   band="range": geometric mean and the range over seeds (for log axes,
   where a symmetric interval of a positive quantity can reach below 0).
   """
-  by = [{x["round"]: value(x) for x in h if value(x) is not None}
-        for h in seeds]
+  by = [
+    {x["round"]: value(x) for x in h if value(x) is not None} for h in seeds
+  ]
   rounds = sorted(set.intersection(*[set(b) for b in by])) if by else []
   mean, lo, hi = [], [], []
   for r in rounds:
@@ -110,6 +119,7 @@ def _get(*keys):
         return None
       row = row[k]
     return row
+
   return f
 
 
@@ -120,8 +130,14 @@ def energy_figure(workdir, results, hist, tag):
     color = COLORS[i % len(COLORS)]
     for j, p in enumerate(results["meta"]["allocations"]):
       r, m, lo, hi = _curve(hs, _get("energy", p, "cum_j"), band="range")
-      ax[0].plot(r, m, STYLES.get(p, "-"), color=color, lw=1.4 if j == 0
-                 else 0.9, label=f"{label} / {p}")
+      ax[0].plot(
+        r,
+        m,
+        STYLES.get(p, "-"),
+        color=color,
+        lw=1.4 if j == 0 else 0.9,
+        label=f"{label} / {p}",
+      )
       if j == 0:  # the optimal allocation's spread over seeds
         ax[0].fill_between(r, lo, hi, color=color, alpha=0.15, lw=0)
     r, m, lo, hi = _curve(hs, _get("cum_uploaded_mb"), band="range")
@@ -130,9 +146,18 @@ def energy_figure(workdir, results, hist, tag):
   ax[0].set_yscale("log")
   ax[1].set_yscale("log")
   seeds = len(results["meta"].get("seeds", [0]))
-  _label(ax[0], "round", "cumulative energy (J)", f"Energy {tag}" + (
+  _label(
+    ax[0],
+    "round",
+    "cumulative energy (J)",
+    f"Energy {tag}"
+    + (
       f"\ngeometric mean of {seeds} seeds; band: range over seeds "
-      f"({results['meta']['allocations'][0]})" if seeds > 1 else ""))
+      f"({results['meta']['allocations'][0]})"
+      if seeds > 1
+      else ""
+    ),
+  )
   _label(ax[1], "round", "cumulative upload (MB)", "Upload (any allocation)")
   _legend(ax[0], ncol=1)
   _legend(ax[1])
@@ -146,30 +171,54 @@ def quality_figure(workdir, results, hist, tag):
   fig, ax = _figure(2)
   for i, (label, hs) in enumerate(groups.items()):
     color = COLORS[i % len(COLORS)]
-    trained = [[x for x in h if x["round"] > 0 and "heldout_ema" in x]
-               for h in hs]
+    trained = [
+      [x for x in h if x["round"] > 0 and "heldout_ema" in x] for h in hs
+    ]
     _, loss, lo, hi = _curve(trained, _get("heldout_ema"))
-    for a, value in ((ax[0], _get("energy", policy, "cum_j")),
-                     (ax[1], _get("cum_uploaded_mb"))):
+    for a, value in (
+      (ax[0], _get("energy", policy, "cum_j")),
+      (ax[1], _get("cum_uploaded_mb")),
+    ):
       _, x, _, _ = _curve(trained, value)
-      a.errorbar(x, loss, yerr=[loss - lo, hi - loss], fmt="o-", ms=3,
-                 lw=1.2, capsize=2, color=color, label=label)
+      a.errorbar(
+        x,
+        loss,
+        yerr=[loss - lo, hi - loss],
+        fmt="o-",
+        ms=3,
+        lw=1.2,
+        capsize=2,
+        color=color,
+        label=label,
+      )
   for a in ax:
     a.set_xscale("log")
     a.set_yscale("log")
-  _label(ax[0], f"cumulative energy (J), {policy} allocation",
-         "held-out denoising loss (EMA)", f"Quality vs energy {tag}")
-  _label(ax[1], "cumulative upload (MB)", "held-out denoising loss (EMA)",
-         "Quality vs upload")
+  _label(
+    ax[0],
+    f"cumulative energy (J), {policy} allocation",
+    "held-out denoising loss (EMA)",
+    f"Quality vs energy {tag}",
+  )
+  _label(
+    ax[1],
+    "cumulative upload (MB)",
+    "held-out denoising loss (EMA)",
+    "Quality vs upload",
+  )
   _legend(ax[1])
   return _save(fig, workdir, "quality_vs_energy")
 
 
 def _stat(rows, bits, col, alloc=None, eps=None):
   """(mean, ci95) of `col` over the seeds of one (bits, allocation)."""
-  vals = [r.get(col) for r in rows if r["bits_scheme"] == bits
-          and (alloc is None or r["allocation"] == alloc)
-          and (eps is None or r["eps_scale"] == eps)]
+  vals = [
+    r.get(col)
+    for r in rows
+    if r["bits_scheme"] == bits
+    and (alloc is None or r["allocation"] == alloc)
+    and (eps is None or r["eps_scale"] == eps)
+  ]
   st = t_interval(vals)
   return st["mean"] or np.nan, st["ci95"] or 0.0
 
@@ -179,11 +228,19 @@ def _bars(ax, groups, members, value, ylabel, log=False):
   width = 0.8 / max(1, len(members))
   for j, m in enumerate(members):
     mean_err = [value(g, m) for g in groups]  # (value, err or [[lo], [hi]])
-    err = np.hstack([np.broadcast_to(np.reshape(e, (-1, 1)), (2, 1))
-                     for _, e in mean_err])  # [2, groups]: below, above
+    err = np.hstack(
+      [np.broadcast_to(np.reshape(e, (-1, 1)), (2, 1)) for _, e in mean_err]
+    )  # [2, groups]: below, above
     x = np.arange(len(groups)) + (j - (len(members) - 1) / 2) * width
-    ax.bar(x, [v for v, _ in mean_err], width, yerr=err, capsize=2,
-           color=COLORS[j % len(COLORS)], label=m)
+    ax.bar(
+      x,
+      [v for v, _ in mean_err],
+      width,
+      yerr=err,
+      capsize=2,
+      color=COLORS[j % len(COLORS)],
+      label=m,
+    )
   ax.set_xticks(np.arange(len(groups)), groups, fontsize=FONT)
   if log:
     ax.set_yscale("log")
@@ -193,8 +250,10 @@ def _bars(ax, groups, members, value, ylabel, log=False):
 def _saving(rows, bits, alloc):
   """Paired saving vs fp32/kkt: (geometric mean, [below, above] it)."""
   col = paired.column("fp32", "kkt")
-  r = next((r for r in rows if r["bits_scheme"] == bits
-            and r["allocation"] == alloc), {})
+  r = next(
+    (r for r in rows if r["bits_scheme"] == bits and r["allocation"] == alloc),
+    {},
+  )
   g, lo, hi = (r.get(col + s) for s in ("_gmean", "_lo", "_hi"))
   if g is None:
     return np.nan, 0.0
@@ -202,38 +261,66 @@ def _saving(rows, bits, alloc):
 
 
 def schemes_figure(workdir, results):
-  rows = paired.add_paired([dict(r) for r in results["rows"]
-                            if r["eps_scale"] == 1.0])
+  rows = paired.add_paired(
+    [dict(r) for r in results["rows"] if r["eps_scale"] == 1.0]
+  )
   bits = list(dict.fromkeys(r["bits_scheme"] for r in rows))
   allocs = results["meta"]["allocations"]
   fig, ax = _figure(2, width=5.4)
-  _bars(ax[0], allocs, bits, lambda a, b: _stat(rows, b, "total_energy_j", a),
-        "total energy (J): mean, 95% interval", log=True)
-  ax[0].set_title("Energy (unpaired: each seed its own devices)",
-                  fontsize=FONT + 1)
-  _bars(ax[1], allocs, bits, lambda a, b: _saving(rows, b, a),
-        "energy saving vs fp32 / kkt (x)", log=True)
+  _bars(
+    ax[0],
+    allocs,
+    bits,
+    lambda a, b: _stat(rows, b, "total_energy_j", a),
+    "total energy (J): mean, 95% interval",
+    log=True,
+  )
+  ax[0].set_title(
+    "Energy (unpaired: each seed its own devices)", fontsize=FONT + 1
+  )
+  _bars(
+    ax[1],
+    allocs,
+    bits,
+    lambda a, b: _saving(rows, b, a),
+    "energy saving vs fp32 / kkt (x)",
+    log=True,
+  )
   ax[1].axhline(1.0, color="gray", lw=0.8)
-  ax[1].set_title("Paired per seed: geometric mean, 95% interval",
-                  fontsize=FONT + 1)
+  ax[1].set_title(
+    "Paired per seed: geometric mean, 95% interval", fontsize=FONT + 1
+  )
   _legend(ax[1], title="bits", title_fontsize=FONT)
   return _save(fig, workdir, "schemes")
 
 
 def demand_figure(workdir, results) -> Optional[Any]:
   policy = results["meta"]["allocations"][0]
-  rows = [r for r in results["rows"] if r["bits_scheme"] == "ondemand"
-          and r["allocation"] == policy]
+  rows = [
+    r
+    for r in results["rows"]
+    if r["bits_scheme"] == "ondemand" and r["allocation"] == policy
+  ]
   scales = sorted({r["eps_scale"] for r in rows})
   if len(scales) < 2:
     return None
   fig, ax = _figure(4, width=3.6, height=3.2)
-  cols = (("mean_bits", "mean bits"), ("total_energy_j", "energy (J)"),
-          ("uploaded_mb", "uploaded MB"), ("heldout_loss", "held-out loss"))
+  cols = (
+    ("mean_bits", "mean bits"),
+    ("total_energy_j", "energy (J)"),
+    ("uploaded_mb", "uploaded MB"),
+    ("heldout_loss", "held-out loss"),
+  )
   for a, (col, label) in zip(ax, cols):
     st = [_stat(rows, "ondemand", col, eps=s) for s in scales]
-    a.errorbar(scales, [m for m, _ in st], yerr=[c for _, c in st], fmt="o-",
-               capsize=2, color=COLORS[0])
+    a.errorbar(
+      scales,
+      [m for m, _ in st],
+      yerr=[c for _, c in st],
+      fmt="o-",
+      capsize=2,
+      color=COLORS[0],
+    )
     a.set_xscale("log")
     _label(a, "error-demand scale", label)
   ax[0].set_title(f"On-demand ({policy})", fontsize=FONT + 1)
@@ -246,7 +333,8 @@ def bits_figure(workdir, results, hist) -> Optional[Any]:
   for s in results["runs"]:
     if s["bits_scheme"] == "ondemand":
       by_scale.setdefault(s["eps_scale"], []).extend(
-          b for x in hist.get(s["run"], []) for b in x.get("bits", []))
+        b for x in hist.get(s["run"], []) for b in x.get("bits", [])
+      )
   by_scale = {k: v for k, v in by_scale.items() if v}
   if not by_scale:
     return None
@@ -255,11 +343,20 @@ def bits_figure(workdir, results, hist) -> Optional[Any]:
   hi = max(max(v) for v in by_scale.values())
   edges = np.arange(lo - 0.5, hi + 1.5, 1)
   for i, (scale, bits) in enumerate(sorted(by_scale.items())):
-    ax[0].hist(bits, bins=edges, alpha=0.6 if len(by_scale) > 1 else 0.9,
-               color=COLORS[i % len(COLORS)], label=f"eps x{scale:g}")
+    ax[0].hist(
+      bits,
+      bins=edges,
+      alpha=0.6 if len(by_scale) > 1 else 0.9,
+      color=COLORS[i % len(COLORS)],
+      label=f"eps x{scale:g}",
+    )
   ax[0].set_xticks(np.arange(lo, hi + 1))
-  _label(ax[0], "bits per entry", "client-rounds",
-         "Bit-widths chosen on demand (all seeds)")
+  _label(
+    ax[0],
+    "bits per entry",
+    "client-rounds",
+    "Bit-widths chosen on demand (all seeds)",
+  )
   if len(by_scale) > 1:
     _legend(ax[0])
   return _save(fig, workdir, "bits_histogram")
@@ -283,10 +380,12 @@ def write_figures(workdir: str, results: Dict[str, Any]) -> Dict[str, Any]:
   runs = [s["run"] for s in results["runs"]]
   hist = {r: load_history(workdir, r) for r in runs}
   tag = f"({results['meta']['dataset']}, {results['meta']['preset']})"
-  figs = dict(energy_vs_rounds=energy_figure(workdir, results, hist, tag),
-              quality_vs_energy=quality_figure(workdir, results, hist, tag),
-              schemes=schemes_figure(workdir, results),
-              demand_tradeoff=demand_figure(workdir, results),
-              bits_histogram=bits_figure(workdir, results, hist),
-              samples=samples_figure(workdir, runs))
+  figs = dict(
+    energy_vs_rounds=energy_figure(workdir, results, hist, tag),
+    quality_vs_energy=quality_figure(workdir, results, hist, tag),
+    schemes=schemes_figure(workdir, results),
+    demand_tradeoff=demand_figure(workdir, results),
+    bits_histogram=bits_figure(workdir, results, hist),
+    samples=samples_figure(workdir, runs),
+  )
   return {k: v for k, v in figs.items() if v is not None}

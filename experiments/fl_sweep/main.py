@@ -21,13 +21,23 @@ from experiments.common import cli, logs
 from experiments.fl_sweep import progress
 
 FLAGS = flags.FLAGS
-_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--overwrite",
-               "--verbosity", "--coordinator_address", "--num_processes",
-               "--process_id", "--distributed_auto")
+_MAIN_FLAGS = (
+  "--workdir",
+  "--config",
+  "--config.KEY=VALUE",
+  "--overwrite",
+  "--verbosity",
+  "--coordinator_address",
+  "--num_processes",
+  "--process_id",
+  "--distributed_auto",
+)
 # The shipped config, found from this module (runs from any directory).
 DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-    "cifar_sweep.py")
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  "configs",
+  "cifar_sweep.py",
+)
 _SETTINGS = []  # the parsed settings tree (set by _parse)
 
 
@@ -36,36 +46,63 @@ def _program() -> cli.Program:
   if "jax" not in sys.modules:  # the settings import jax: quiet its start-up
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   from experiments.fl_sweep import settings  # pylint: disable=g-import-not-at-top
-  return cli.Program(flags=_MAIN_FLAGS, settings=settings.Settings,
-                     removed=settings.REMOVED,
-                     config_examples=f"{DEFAULT_CONFIG}[:preset] or "
-                     "experiments/configs/test.py")
+
+  return cli.Program(
+    flags=_MAIN_FLAGS,
+    settings=settings.Settings,
+    removed=settings.REMOVED,
+    config_examples=f"{DEFAULT_CONFIG}[:preset] or experiments/configs/test.py",
+  )
 
 
 def _define_flags() -> None:
   # Inside the parser: ml_collections reads --config.KEY overrides from argv
   # already while defining the flag, and a bad one must exit like the rest.
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("workdir", "workdir/cifar_sweep",
-                      "Output directory (logs, checkpoints, results).")
+
+  flags.DEFINE_string(
+    "workdir",
+    "workdir/cifar_sweep",
+    "Output directory (logs, checkpoints, results).",
+  )
   config_flags.DEFINE_config_file(
-      "config", DEFAULT_CONFIG,
-      "Config file (optionally :preset).", lock_config=True)
+    "config",
+    DEFAULT_CONFIG,
+    "Config file (optionally :preset).",
+    lock_config=True,
+  )
   # Several hosts (jax.distributed.initialize); defaults from the usual
   # environment variables, nothing when running alone.
   env = os.environ.get
-  flags.DEFINE_string("coordinator_address", env("JAX_COORDINATOR_ADDRESS", ""),
-                      "host:port of process 0 (several processes).")
-  flags.DEFINE_integer("num_processes", int(env("JAX_NUM_PROCESSES", "1")),
-                       "Number of processes.", lower_bound=1)
-  flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID", "0")),
-                       "This process, 0..num_processes-1.", lower_bound=0)
-  flags.DEFINE_bool("overwrite", False,
-                    "Move runs of the workdir made with other settings to "
-                    "<workdir>/stale/ and recompute them (else: exit 2).")
-  flags.DEFINE_bool("distributed_auto", False,
-                    "jax.distributed.initialize() with cluster auto-detection "
-                    "(TPU pod slices, SLURM, ...).")
+  flags.DEFINE_string(
+    "coordinator_address",
+    env("JAX_COORDINATOR_ADDRESS", ""),
+    "host:port of process 0 (several processes).",
+  )
+  flags.DEFINE_integer(
+    "num_processes",
+    int(env("JAX_NUM_PROCESSES", "1")),
+    "Number of processes.",
+    lower_bound=1,
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    int(env("JAX_PROCESS_ID", "0")),
+    "This process, 0..num_processes-1.",
+    lower_bound=0,
+  )
+  flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Move runs of the workdir made with other settings to "
+    "<workdir>/stale/ and recompute them (else: exit 2).",
+  )
+  flags.DEFINE_bool(
+    "distributed_auto",
+    False,
+    "jax.distributed.initialize() with cluster auto-detection "
+    "(TPU pod slices, SLURM, ...).",
+  )
 
 
 def _parse(argv):
@@ -74,12 +111,15 @@ def _parse(argv):
     _define_flags()
     rest = FLAGS(argv)
     if len(rest) > 1:
-      raise ValueError(f"unexpected argument(s) {rest[1:]}; valid: flags "
-                       f"only ({', '.join(_MAIN_FLAGS)})")
+      raise ValueError(
+        f"unexpected argument(s) {rest[1:]}; valid: flags "
+        f"only ({', '.join(_MAIN_FLAGS)})"
+      )
     if FLAGS["verbosity"].using_default_value:
       FLAGS.verbosity = -1  # else absl raises it to 0 (INFO: orbax chatter)
     logs.setup(FLAGS.verbosity)  # before jax loads
     from experiments.fl_sweep import settings  # pylint: disable=g-import-not-at-top
+
     _SETTINGS[:] = [settings.parse(FLAGS.config)]
     cli.check_workdir(FLAGS.workdir)
   except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
@@ -96,11 +136,17 @@ def main(argv):
   from experiments.common import distributed  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import results as results_lib  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import train
+
   try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id, auto=FLAGS.distributed_auto)
-    results = train.train_and_evaluate(_SETTINGS[0], FLAGS.workdir,
-                                       overwrite=FLAGS.overwrite)
+    distributed.initialize(
+      FLAGS.coordinator_address,
+      FLAGS.num_processes,
+      FLAGS.process_id,
+      auto=FLAGS.distributed_auto,
+    )
+    results = train.train_and_evaluate(
+      _SETTINGS[0], FLAGS.workdir, overwrite=FLAGS.overwrite
+    )
   except ValueError as e:  # bad data or setting found late: exit 2
     cli.exit_with_error(str(e))
   if train.is_primary():

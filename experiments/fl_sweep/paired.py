@@ -14,6 +14,7 @@ on the log ratio: exp(mean(log s) +- t_{0.975, n-1} sd(log s) / sqrt(n))
 baselines: fp32 uploads at the optimal allocation, and fixed 8-bit at the
 optimal allocation (the strongest simple quantizer).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,15 @@ def column(bits: str, allocation: str) -> str:
 COLUMNS = tuple(column(b, a) + s for b, a in BASELINES for s in SUFFIXES)
 
 
-def log_interval(ratios: Sequence[Optional[float]]
-                 ) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+def log_interval(
+  ratios: Sequence[Optional[float]],
+) -> Tuple[Optional[float], Optional[float], Optional[float]]:
   """(geometric mean, 95% low, 95% high) of positive ratios; the interval
   needs >= 2 of them (else None)."""
-  v = np.asarray([r for r in ratios if r is not None and r > 0
-                  and math.isfinite(r)], np.float64)
+  v = np.asarray(
+    [r for r in ratios if r is not None and r > 0 and math.isfinite(r)],
+    np.float64,
+  )
   if len(v) == 0:
     return None, None, None
   logs = np.log(v)
@@ -45,28 +49,36 @@ def log_interval(ratios: Sequence[Optional[float]]
   if len(v) < 2:
     return mean, None, None
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   half = stats.t.ppf(0.975, len(v) - 1) * logs.std(ddof=1) / math.sqrt(len(v))
-  return (mean, float(np.exp(logs.mean() - half)),
-          float(np.exp(logs.mean() + half)))
+  return (
+    mean,
+    float(np.exp(logs.mean() - half)),
+    float(np.exp(logs.mean() + half)),
+  )
 
 
-def add_paired(rows: List[Dict[str, Any]], value: str = "total_energy_j"
-               ) -> List[Dict[str, Any]]:
+def add_paired(
+  rows: List[Dict[str, Any]], value: str = "total_energy_j"
+) -> List[Dict[str, Any]]:
   """Adds each baseline's per-seed saving factor and, per (bits, allocation,
   eps scale), its geometric mean and 95% interval over seeds (None where
   the seed has no baseline run)."""
-  by_seed = {(r["seed"], r["bits_scheme"], r["allocation"]): r.get(value)
-             for r in rows if r["eps_scale"] == 1.0}
+  by_seed = {
+    (r["seed"], r["bits_scheme"], r["allocation"]): r.get(value)
+    for r in rows
+    if r["eps_scale"] == 1.0
+  }
   for bits, alloc in BASELINES:
     col = column(bits, alloc)
     for r in rows:
       base, mine = by_seed.get((r["seed"], bits, alloc)), r.get(value)
-      r[col] = (base / mine if base is not None and mine
-                and mine > 0 else None)
+      r[col] = base / mine if base is not None and mine and mine > 0 else None
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
-      groups.setdefault((r["bits_scheme"], r["allocation"], r["eps_scale"]),
-                        []).append(r)
+      groups.setdefault(
+        (r["bits_scheme"], r["allocation"], r["eps_scale"]), []
+      ).append(r)
     for members in groups.values():
       g, lo, hi = log_interval([m[col] for m in members])
       for m in members:

@@ -10,6 +10,7 @@ is written or compiled; a run with other settings (or none recorded) stops
 the job with one line naming the first differing keys, unless the user asks
 to move the stale runs aside (`--overwrite`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,11 +27,24 @@ SETTINGS_FILE = "settings.json"
 # Keys that do not change a run's numbers: which runs exist (the sweep's
 # lists), how results are summarized across runs (target_margin), and how
 # a run is checkpointed, stopped early or compiled.
-NOT_IN_RUN_HASH = ("sweep.schemes", "sweep.seeds", "sweep.eps_scales",
-                   "sweep.target_margin", "ckpt_every", "max_rounds_this_run",
-                   "compilation_cache")
-PACKAGES = ("fedqjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-            "numpy")
+NOT_IN_RUN_HASH = (
+  "sweep.schemes",
+  "sweep.seeds",
+  "sweep.eps_scales",
+  "sweep.target_margin",
+  "ckpt_every",
+  "max_rounds_this_run",
+  "compilation_cache",
+)
+PACKAGES = (
+  "fedqjax",
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "numpy",
+)
 
 
 def _digest(obj) -> str:
@@ -45,32 +59,49 @@ def settings_hash(config) -> str:
 
 def run_record(config, run) -> Dict[str, Any]:
   """What decides a run's numbers, and its hash (settings.json)."""
-  keys = json.loads(json.dumps(  # as stored: tuples become lists
-      {k: v for k, v in settings_lib.flatten(config).items()
-       if k not in NOT_IN_RUN_HASH}, default=str))
-  record = dict(run=run.name, bits_scheme=run.bits, seed=run.seed,
-                eps_scale=run.eps_scale, settings=keys)
+  keys = json.loads(
+    json.dumps(  # as stored: tuples become lists
+      {
+        k: v
+        for k, v in settings_lib.flatten(config).items()
+        if k not in NOT_IN_RUN_HASH
+      },
+      default=str,
+    )
+  )
+  record = dict(
+    run=run.name,
+    bits_scheme=run.bits,
+    seed=run.seed,
+    eps_scale=run.eps_scale,
+    settings=keys,
+  )
   return dict(record, hash=_digest(record))
 
 
 def _started(sdir: str) -> bool:
   """The run directory holds anything a run writes."""
   return os.path.isdir(sdir) and any(
-      n != SETTINGS_FILE for n in os.listdir(sdir))
+    n != SETTINGS_FILE for n in os.listdir(sdir)
+  )
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
   a, b = old.get("settings", {}), new["settings"]
-  diff = [f"config.{k} {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
-          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  diff = [
+    f"config.{k} {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+    for k in sorted(set(a) | set(b))
+    if a.get(k) != b.get(k)
+  ]
   for k in ("bits_scheme", "seed", "eps_scale"):
     if old.get(k) != new[k]:
       diff.append(f"{k} {old.get(k)!r} -> {new[k]!r}")
   return diff
 
 
-def stale_runs(workdir: str, records: Sequence[Dict[str, Any]]
-               ) -> Dict[str, str]:
+def stale_runs(
+  workdir: str, records: Sequence[Dict[str, Any]]
+) -> Dict[str, str]:
   """{run: why} for each planned run whose directory holds results of other
   settings (or of unrecorded ones); reads only."""
   stale = {}
@@ -86,7 +117,8 @@ def stale_runs(workdir: str, records: Sequence[Dict[str, Any]]
       if old.get("hash") != rec["hash"]:
         diff = _differences(old, rec) or ["an unreadable settings record"]
         stale[rec["run"]] = ", ".join(diff[:3]) + (
-            f" (+{len(diff) - 3} more)" if len(diff) > 3 else "")
+          f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        )
     elif _started(sdir):
       stale[rec["run"]] = "no settings recorded (an older fedqjax)"
   return stale
@@ -96,10 +128,12 @@ def stale_message(workdir: str, stale: Dict[str, str]) -> str:
   """One line: which runs differ, how, and the two ways out."""
   first, why = next(iter(stale.items()))
   more = f" and {len(stale) - 1} more run(s)" if len(stale) > 1 else ""
-  return (f"--workdir={workdir} holds runs made with other settings: "
-          f"{first}: {why}{more}; valid: a new --workdir, or --overwrite to "
-          "move the stale runs aside (to <workdir>/stale/) and recompute "
-          "them")
+  return (
+    f"--workdir={workdir} holds runs made with other settings: "
+    f"{first}: {why}{more}; valid: a new --workdir, or --overwrite to "
+    "move the stale runs aside (to <workdir>/stale/) and recompute "
+    "them"
+  )
 
 
 def move_aside(workdir: str, runs: Sequence[str]) -> Optional[str]:
@@ -107,8 +141,9 @@ def move_aside(workdir: str, runs: Sequence[str]) -> Optional[str]:
   in) to <workdir>/stale/<UTC time>/; returns that directory."""
   if not runs:
     return None
-  dest = os.path.join(workdir, "stale", time.strftime("%Y%m%dT%H%M%SZ",
-                                                      time.gmtime()))
+  dest = os.path.join(
+    workdir, "stale", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  )
   os.makedirs(dest, exist_ok=True)
   for name in list(runs) + ["results.json", "results.csv", "figures"]:
     src = os.path.join(workdir, name)
@@ -130,13 +165,22 @@ def _git_revision() -> Optional[str]:
   """The checkout's commit (with "+dirty" when files changed), or None."""
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, text=True,
-                         capture_output=True, timeout=10)
+    rev = subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      cwd=here,
+      text=True,
+      capture_output=True,
+      timeout=10,
+    )
     if rev.returncode:
       return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "fedqjax",
-                            "experiments"], cwd=here, text=True,
-                           capture_output=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--", "fedqjax", "experiments"],
+      cwd=here,
+      text=True,
+      capture_output=True,
+      timeout=10,
+    ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
   return rev.stdout.strip() + ("+dirty" if dirty else "")
@@ -145,6 +189,7 @@ def _git_revision() -> Optional[str]:
 def software_and_machine() -> Dict[str, Any]:
   """Package versions, git revision and the devices the sweep ran on."""
   import jax  # pylint: disable=g-import-not-at-top
+
   versions = {}
   for name in PACKAGES:
     try:
@@ -152,6 +197,11 @@ def software_and_machine() -> Dict[str, Any]:
     except metadata.PackageNotFoundError:
       versions[name] = None
   devices = jax.devices()
-  return dict(versions=versions, git_revision=_git_revision(),
-              device_kind=devices[0].device_kind, backend=jax.default_backend(),
-              num_devices=len(devices), num_processes=jax.process_count())
+  return dict(
+    versions=versions,
+    git_revision=_git_revision(),
+    device_kind=devices[0].device_kind,
+    backend=jax.default_backend(),
+    num_devices=len(devices),
+    num_processes=jax.process_count(),
+  )

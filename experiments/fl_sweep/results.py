@@ -6,6 +6,7 @@ error-demand scale. Group columns (`*_mean`, `*_ci95`) give, per (bits
 scheme, allocation, eps scale), the mean over seeds and the half-width of
 the two-sided 95% Student-t interval (empty with one seed).
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,77 +21,135 @@ from experiments.common import settings as settings_lib
 from experiments.fl_sweep import paired, provenance
 
 ROW_COLUMNS = (
-    "run", "bits_scheme", "allocation", "seed", "eps_scale",
-    "total_energy_j", "comp_energy_j", "comm_energy_j", "uploaded_mb",
-    "mean_bits", "skipped_client_rounds", "dropped_client_rounds",
-    "bit_shortfall", "deadline_s", "deadline_policy", "final_loss",
-    "heldout_loss", "heldout_loss_raw", "energy_to_target_j", "mb_to_target",
-    "fid", "kid", "kid_std", "vlb_bits_per_dim", "rounds", "complete",
-    "diverged", "train_wall_s", "compile_wall_s", "eval_wall_s")
-STAT_COLUMNS = ("total_energy_j", "comm_energy_j", "uploaded_mb", "mean_bits",
-                "heldout_loss", "energy_to_target_j", "fid", "kid",
-                "vlb_bits_per_dim")
-CSV_COLUMNS = ROW_COLUMNS + tuple(f"{c}_{s}" for c in STAT_COLUMNS
-                                  for s in ("mean", "ci95")) + paired.COLUMNS
-
+  "run",
+  "bits_scheme",
+  "allocation",
+  "seed",
+  "eps_scale",
+  "total_energy_j",
+  "comp_energy_j",
+  "comm_energy_j",
+  "uploaded_mb",
+  "mean_bits",
+  "skipped_client_rounds",
+  "dropped_client_rounds",
+  "bit_shortfall",
+  "deadline_s",
+  "deadline_policy",
+  "final_loss",
+  "heldout_loss",
+  "heldout_loss_raw",
+  "energy_to_target_j",
+  "mb_to_target",
+  "fid",
+  "kid",
+  "kid_std",
+  "vlb_bits_per_dim",
+  "rounds",
+  "complete",
+  "diverged",
+  "train_wall_s",
+  "compile_wall_s",
+  "eval_wall_s",
+)
+STAT_COLUMNS = (
+  "total_energy_j",
+  "comm_energy_j",
+  "uploaded_mb",
+  "mean_bits",
+  "heldout_loss",
+  "energy_to_target_j",
+  "fid",
+  "kid",
+  "vlb_bits_per_dim",
+)
+CSV_COLUMNS = (
+  ROW_COLUMNS
+  + tuple(f"{c}_{s}" for c in STAT_COLUMNS for s in ("mean", "ci95"))
+  + paired.COLUMNS
+)
 
 
 def run_summary(run, setup, history: List[dict], **fields) -> Dict[str, Any]:
   """A run's summary: its identity, totals per policy and final quality."""
-  s: Dict[str, Any] = dict(run=run.name, bits_scheme=run.bits, seed=run.seed,
-                           eps_scale=run.eps_scale,
-                           deadline_s=setup.deadline_s,
-                           deadline_policy=setup.deadline_rule, **fields)
+  s: Dict[str, Any] = dict(
+    run=run.name,
+    bits_scheme=run.bits,
+    seed=run.seed,
+    eps_scale=run.eps_scale,
+    deadline_s=setup.deadline_s,
+    deadline_policy=setup.deadline_rule,
+    **fields,
+  )
   rounds = [h for h in history if h["round"] > 0 and "loss" in h]
   curve = [h for h in history if "heldout_ema" in h]
   if rounds:
     last = rounds[-1]
-    s.update(final_loss=last["loss"], uploaded_mb=last["cum_uploaded_mb"],
-             mean_bits=float(np.mean([b for h in rounds for b in h["bits"]]
-                                     or [np.nan])),
-             bit_shortfall=int(sum(h["bit_shortfall"] for h in rounds)),
-             energy={p: dict(total_energy_j=e["cum_j"],
-                             comp_energy_j=e["cum_comp_j"],
-                             comm_energy_j=e["cum_comm_j"])
-                     for p, e in last["energy"].items()})
+    s.update(
+      final_loss=last["loss"],
+      uploaded_mb=last["cum_uploaded_mb"],
+      mean_bits=float(
+        np.mean([b for h in rounds for b in h["bits"]] or [np.nan])
+      ),
+      bit_shortfall=int(sum(h["bit_shortfall"] for h in rounds)),
+      energy={
+        p: dict(
+          total_energy_j=e["cum_j"],
+          comp_energy_j=e["cum_comp_j"],
+          comm_energy_j=e["cum_comm_j"],
+        )
+        for p, e in last["energy"].items()
+      },
+    )
   if curve:
-    s.update(heldout_loss=curve[-1]["heldout_ema"],
-             heldout_loss_raw=curve[-1]["heldout_raw"])
+    s.update(
+      heldout_loss=curve[-1]["heldout_ema"],
+      heldout_loss_raw=curve[-1]["heldout_raw"],
+    )
   return s
 
 
-def to_target(history: List[dict], target: float, policy: str
-              ) -> Dict[str, Optional[float]]:
+def to_target(
+  history: List[dict], target: float, policy: str
+) -> Dict[str, Optional[float]]:
   """First cumulative energy (J) and upload (MB) at which the EMA's held-out
   loss is <= target, or None when it never is."""
   for h in history:
     if "heldout_ema" in h and h["heldout_ema"] <= target:
       if h["round"] == 0:
         return dict(energy_to_target_j=0.0, mb_to_target=0.0)
-      return dict(energy_to_target_j=h["energy"][policy]["cum_j"],
-                  mb_to_target=h["cum_uploaded_mb"])
+      return dict(
+        energy_to_target_j=h["energy"][policy]["cum_j"],
+        mb_to_target=h["cum_uploaded_mb"],
+      )
   return dict(energy_to_target_j=None, mb_to_target=None)
 
 
 def t_interval(values: Sequence[float]) -> Dict[str, Optional[float]]:
   """Mean and the half-width of the two-sided 95% Student-t interval."""
-  v = np.asarray([x for x in values if x is not None and np.isfinite(x)],
-                 np.float64)
+  v = np.asarray(
+    [x for x in values if x is not None and np.isfinite(x)], np.float64
+  )
   if len(v) == 0:
     return dict(mean=None, ci95=None)
   if len(v) < 2:
     return dict(mean=float(v.mean()), ci95=None)
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
   return dict(mean=float(v.mean()), ci95=float(half))
 
 
-def rows_of(summaries: List[dict], histories: Dict[str, List[dict]],
-            margin: float) -> List[Dict[str, Any]]:
+def rows_of(
+  summaries: List[dict], histories: Dict[str, List[dict]], margin: float
+) -> List[Dict[str, Any]]:
   """One row per (run, policy); energy-to-target against the same seed's
   fp32 run (its final EMA held-out loss x (1 + margin))."""
-  fp32 = {s["seed"]: s.get("heldout_loss") for s in summaries
-          if s["bits_scheme"] == "fp32"}
+  fp32 = {
+    s["seed"]: s.get("heldout_loss")
+    for s in summaries
+    if s["bits_scheme"] == "fp32"
+  }
   rows = []
   for s in summaries:
     for policy, e in (s.get("energy") or {}).items():
@@ -98,8 +157,11 @@ def rows_of(summaries: List[dict], histories: Dict[str, List[dict]],
       row.update(allocation=policy, **e)
       target = fp32.get(s["seed"])
       if target is not None and np.isfinite(target):
-        row.update(to_target(histories.get(s["run"], []),
-                             target * (1.0 + margin), policy))
+        row.update(
+          to_target(
+            histories.get(s["run"], []), target * (1.0 + margin), policy
+          )
+        )
       rows.append(row)
   return paired.add_paired(add_group_stats(rows))
 
@@ -108,8 +170,9 @@ def add_group_stats(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """Per (bits, allocation, eps scale): mean and 95% CI over seeds."""
   groups: Dict[tuple, List[dict]] = {}
   for r in rows:
-    groups.setdefault((r["bits_scheme"], r["allocation"], r["eps_scale"]),
-                      []).append(r)
+    groups.setdefault(
+      (r["bits_scheme"], r["allocation"], r["eps_scale"]), []
+    ).append(r)
   for members in groups.values():
     for col in STAT_COLUMNS:
       st = t_interval([m.get(col) for m in members])
@@ -126,31 +189,40 @@ def load_history(workdir: str, run: str) -> List[dict]:
     return json.load(f)
 
 
-def assemble(config, summaries: List[dict], setup, workdir: str,
-             wall_s: float) -> Dict[str, Any]:
+def assemble(
+  config, summaries: List[dict], setup, workdir: str, wall_s: float
+) -> Dict[str, Any]:
   """results.json's content: runs, rows (run x policy) and metadata."""
   histories = {s["run"]: load_history(workdir, s["run"]) for s in summaries}
   rows = rows_of(summaries, histories, float(config.sweep.target_margin))
-  meta = dict(preset=config.preset, dataset=setup.dataset,
-              resolution=int(setup.image_shape[0]),
-              num_params=setup.num_params,
-              flops_per_sample=setup.flops_per_sample,
-              deadline_policy=setup.deadline_rule,
-              allocations=list(setup.spec.allocations),
-              seeds=list(config.sweep.seeds),
-              eps_scales=list(config.sweep.eps_scales),
-              target_margin=float(config.sweep.target_margin),
-              heldout_size=int(config.eval.heldout_size),
-              eval_samples=config.eval.num_samples,
-              sampler=(f"{config.eval.sampler}-{config.eval.ddim_steps}"
-                       if config.eval.sampler == "ddim" else "ddpm"),
-              reference_images=len(setup.test_images),
-              client_loop=setup.spec.execution.layout,
-              conv_impl=setup.spec.execution.conv_impl,
-              wall_s=wall_s, settings_hash=provenance.settings_hash(config),
-              **provenance.software_and_machine())
-  return dict(runs=summaries, rows=rows, meta=meta,
-              settings=settings_lib.flatten(config))
+  meta = dict(
+    preset=config.preset,
+    dataset=setup.dataset,
+    resolution=int(setup.image_shape[0]),
+    num_params=setup.num_params,
+    flops_per_sample=setup.flops_per_sample,
+    deadline_policy=setup.deadline_rule,
+    allocations=list(setup.spec.allocations),
+    seeds=list(config.sweep.seeds),
+    eps_scales=list(config.sweep.eps_scales),
+    target_margin=float(config.sweep.target_margin),
+    heldout_size=int(config.eval.heldout_size),
+    eval_samples=config.eval.num_samples,
+    sampler=(
+      f"{config.eval.sampler}-{config.eval.ddim_steps}"
+      if config.eval.sampler == "ddim"
+      else "ddpm"
+    ),
+    reference_images=len(setup.test_images),
+    client_loop=setup.spec.execution.layout,
+    conv_impl=setup.spec.execution.conv_impl,
+    wall_s=wall_s,
+    settings_hash=provenance.settings_hash(config),
+    **provenance.software_and_machine(),
+  )
+  return dict(
+    runs=summaries, rows=rows, meta=meta, settings=settings_lib.flatten(config)
+  )
 
 
 def write_results(workdir: str, results: Dict[str, Any]) -> None:
@@ -163,12 +235,16 @@ def write_results(workdir: str, results: Dict[str, Any]) -> None:
   with open(tmp, "w", newline="") as f:
     w = csv.writer(f)
     m = results["meta"]
-    w.writerow([f"# dataset={m['dataset']} preset={m['preset']} "
-                f"deadline={m['deadline_policy']} backend={m['backend']} "
-                f"heldout_size={m['heldout_size']} sampler={m['sampler']} "
-                f"settings_hash={m['settings_hash']} git_revision="
-                f"{m['git_revision']} device_kind={m['device_kind']} "
-                + " ".join(f"{k}={v}" for k, v in m["versions"].items())])
+    w.writerow(
+      [
+        f"# dataset={m['dataset']} preset={m['preset']} "
+        f"deadline={m['deadline_policy']} backend={m['backend']} "
+        f"heldout_size={m['heldout_size']} sampler={m['sampler']} "
+        f"settings_hash={m['settings_hash']} git_revision="
+        f"{m['git_revision']} device_kind={m['device_kind']} "
+        + " ".join(f"{k}={v}" for k, v in m["versions"].items())
+      ]
+    )
     w.writerow(CSV_COLUMNS)
     for r in results["rows"]:
       w.writerow(["" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS])
@@ -192,8 +268,9 @@ def _pm(r: Dict[str, Any], col: str, seeds: int) -> str:
   if mean is None:
     return ""
   ci = r.get(f"{col}_ci95")
-  return f"{mean:.4g}" + (f" +- {ci:.2g}" if seeds > 1 and ci is not None
-                          else "")
+  return f"{mean:.4g}" + (
+    f" +- {ci:.2g}" if seeds > 1 and ci is not None else ""
+  )
 
 
 def _ratio(r: Dict[str, Any], col: str) -> str:
@@ -210,15 +287,23 @@ def markdown_table(results: Dict[str, Any]) -> str:
   100 columns; results.csv has every column and seed."""
   seeds = len(results["meta"].get("seeds", [0]))
   scales = len({r["eps_scale"] for r in results["rows"]}) > 1
-  head = ["bits", "alloc"] + (["eps"] if scales else []) + [
-      "energy J", "MB", "bits/up", "held-out", "vs fp32/kkt"]
+  head = (
+    ["bits", "alloc"]
+    + (["eps"] if scales else [])
+    + ["energy J", "MB", "bits/up", "held-out", "vs fp32/kkt"]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in _group_rows(results):
-    cells = [r["bits_scheme"], r["allocation"]] + (
-        [f"{r['eps_scale']:g}"] if scales else []) + [
-            _pm(r, "total_energy_j", seeds),
-            f"{r.get('uploaded_mb') or 0:.4g}",
-            f"{r.get('mean_bits') or 0:.3g}", _pm(r, "heldout_loss", seeds),
-            _ratio(r, paired.column("fp32", "kkt"))]
+    cells = (
+      [r["bits_scheme"], r["allocation"]]
+      + ([f"{r['eps_scale']:g}"] if scales else [])
+      + [
+        _pm(r, "total_energy_j", seeds),
+        f"{r.get('uploaded_mb') or 0:.4g}",
+        f"{r.get('mean_bits') or 0:.3g}",
+        _pm(r, "heldout_loss", seeds),
+        _ratio(r, paired.column("fp32", "kkt")),
+      ]
+    )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -10,6 +10,7 @@ key path). Where a section's keys are the fields of a library settings class
 (`model` -> `UNetConfig`, `energy` -> `EnergyConfig`), that class checks
 them: their ranges live in the library, in its own field names.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,18 +33,26 @@ from fedqjax.quantization import METHODS
 PRESETS = ("cpu", "quality", "paper", "test")
 SCHEME_NAMES = spec.BITS_SCHEMES + ("naive",)  # naive: ondemand priced "max"
 _POS_INT = between(1)
-_LOOP = ("replaced by fed.client_loop (one of "
-         f"{execution.CLIENT_LOOPS}), which also sets the local-step unroll "
-         "and the convolution form (fedqjax/federated/execution.py)")
-REMOVED = {"fed.parallelism": _LOOP, "fed.chunk_size": _LOOP,
-           "fed.unroll": _LOOP, "model.conv_impl": _LOOP}
+_LOOP = (
+  "replaced by fed.client_loop (one of "
+  f"{execution.CLIENT_LOOPS}), which also sets the local-step unroll "
+  "and the convolution form (fedqjax/federated/execution.py)"
+)
+REMOVED = {
+  "fed.parallelism": _LOOP,
+  "fed.chunk_size": _LOOP,
+  "fed.unroll": _LOOP,
+  "model.conv_impl": _LOOP,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  name: str = key("auto", one_of("auto", "cifar10", "fashion_mnist",
-                                 "synthetic"),
-                  "auto: CIFAR-10 if tfds has it prepared, else Fashion-MNIST")
+  name: str = key(
+    "auto",
+    one_of("auto", "cifar10", "fashion_mnist", "synthetic"),
+    "auto: CIFAR-10 if tfds has it prepared, else Fashion-MNIST",
+  )
   data_dir: str = key("", doc="Fashion-MNIST idx dir or tfds data_dir")
   tarball: str = key("", doc="cifar-10-python.tar.gz (trusted input)")
   download: bool = key(False, doc="let tfds download CIFAR-10 (a network)")
@@ -58,6 +67,7 @@ class Data:
 @dataclasses.dataclass(frozen=True)
 class Model:
   """The U-Net; `UNetConfig` checks these keys (its fields)."""
+
   ch: int = 32
   ch_mult: Tuple[int, ...] = (1, 2, 2)
   num_res_blocks: int = 1
@@ -81,8 +91,9 @@ class Diffusion:
 
   def validate(self) -> None:
     if not self.beta_start < self.beta_end:
-      raise Invalid("beta_start", self.beta_start,
-                    f"(0, beta_end={self.beta_end})")
+      raise Invalid(
+        "beta_start", self.beta_start, f"(0, beta_end={self.beta_end})"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,19 +104,34 @@ class Fed:
   batch_size: int = key(8, _POS_INT, "B, images per local step")
   rounds: int = key(30, between(1, 10_000_000))
   server_lr: float = key(1.0, between(0, 10, lo_open=True), "1 = FedAvg")
-  ema_decay: float = key(0.9, between(0, 1, hi_open=True),
-                         "per-round cap; warms up as (1 + r) / (w + r)")
-  ema_warmup: float = key(10.0, between(1, 1e9, hi_open=True),
-                          "w of the EMA's warm-up (1 + r) / (w + r)")
-  client_loop: str = key("auto", one_of(*execution.CLIENT_LOOPS),
-                         "client layout (fedqjax/federated/execution.py)")
-  mesh: str = key("auto", one_of("auto", "none"),
-                  "auto: shard the client axis over every device")
+  ema_decay: float = key(
+    0.9,
+    between(0, 1, hi_open=True),
+    "per-round cap; warms up as (1 + r) / (w + r)",
+  )
+  ema_warmup: float = key(
+    10.0,
+    between(1, 1e9, hi_open=True),
+    "w of the EMA's warm-up (1 + r) / (w + r)",
+  )
+  client_loop: str = key(
+    "auto",
+    one_of(*execution.CLIENT_LOOPS),
+    "client layout (fedqjax/federated/execution.py)",
+  )
+  mesh: str = key(
+    "auto",
+    one_of("auto", "none"),
+    "auto: shard the client axis over every device",
+  )
 
   def validate(self) -> None:
     if self.clients_per_round > self.num_clients:
-      raise Invalid("clients_per_round", self.clients_per_round,
-                    f"1..num_clients={self.num_clients}")
+      raise Invalid(
+        "clients_per_round",
+        self.clients_per_round,
+        f"1..num_clients={self.num_clients}",
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +151,19 @@ class Quant:
 
 
 _ENERGY_CONFIG_KEYS = (
-    "radius_m", "shadowing_db", "rayleigh_fading", "total_bandwidth_hz",
-    "noise_psd_dbm_hz", "p_max_w", "f_min_hz", "f_max_hz", "tau_mean",
-    "tau_spread", "flops_per_cycle_choices", "eps_choices")
+  "radius_m",
+  "shadowing_db",
+  "rayleigh_fading",
+  "total_bandwidth_hz",
+  "noise_psd_dbm_hz",
+  "p_max_w",
+  "f_min_hz",
+  "f_max_hz",
+  "tau_mean",
+  "tau_spread",
+  "flops_per_cycle_choices",
+  "eps_choices",
+)
 
 
 _DEVICES = energy.EnergyConfig()
@@ -142,6 +178,7 @@ class Energy:
   fp32_feasible = the largest (every device can deliver every scheme's
   upload), median, or quantile (deadline_quantile; devices above it skip).
   """
+
   # The library's defaults (MODEL.md section 3), not written again here.
   radius_m: float = _DEVICES.radius_m
   shadowing_db: float = _DEVICES.shadowing_db
@@ -161,12 +198,15 @@ class Energy:
   deadline_quantile: float = key(0.95, between(0, 1, lo_open=True))
   infeasible_policy: str = key("drop", one_of(*spec.INFEASIBLE_POLICIES))
 
-  def devices(self, num_devices: int, bandwidth_shares: int
-              ) -> energy.EnergyConfig:
+  def devices(
+    self, num_devices: int, bandwidth_shares: int
+  ) -> energy.EnergyConfig:
     """The device population's settings (N devices, K bandwidth shares)."""
     return energy.EnergyConfig(
-        num_devices=num_devices, bandwidth_shares=bandwidth_shares,
-        **{k: getattr(self, k) for k in _ENERGY_CONFIG_KEYS})
+      num_devices=num_devices,
+      bandwidth_shares=bandwidth_shares,
+      **{k: getattr(self, k) for k in _ENERGY_CONFIG_KEYS},
+    )
 
   def validate(self) -> None:
     self.devices(1, 1)
@@ -184,26 +224,33 @@ class Eval:
   fid: bool = key(False, doc="FID/KID of the samples vs the test split")
   kid_subset_size: int = key(200, between(2, 1_000_000))
   grid: int = key(64, between(1, 1024), "samples in the logged grid")
-  vlb_size: int = key(0, between(0, 100_000),
-                      "bits/dim bound on this many test images (0: off)")
+  vlb_size: int = key(
+    0, between(0, 100_000), "bits/dim bound on this many test images (0: off)"
+  )
   vlb_t_stride: int = key(32, between(1, 999))
 
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
   schemes: Tuple[str, ...] = key(
-      ("fp32", "fixed", "ondemand"), each(one_of(*SCHEME_NAMES)),
-      "bits schemes, each trained once per (seed, eps scale)")
+    ("fp32", "fixed", "ondemand"),
+    each(one_of(*SCHEME_NAMES)),
+    "bits schemes, each trained once per (seed, eps scale)",
+  )
   allocations: Tuple[str, ...] = key(
-      ("kkt", "deadline", "split", "max"),
-      each(one_of(*energy.ALLOCATIONS), distinct=True),
-      "allocation policies priced inside the round on the same uploads")
+    ("kkt", "deadline", "split", "max"),
+    each(one_of(*energy.ALLOCATIONS), distinct=True),
+    "allocation policies priced inside the round on the same uploads",
+  )
   seeds: Tuple[int, ...] = key((0, 1, 2), each(between(0, 2**31 - 1)))
   eps_scales: Tuple[float, ...] = key(
-      (1.0,), each(between(0, lo_open=True)),
-      "multiplies every device's error budget")
-  target_margin: float = key(0.02, between(0, 10),
-                             "energy to fp32's final held-out loss x (1+m)")
+    (1.0,),
+    each(between(0, lo_open=True)),
+    "multiplies every device's error budget",
+  )
+  target_margin: float = key(
+    0.02, between(0, 10), "energy to fp32's final held-out loss x (1+m)"
+  )
 
   def plan(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     """(bits schemes to train, policies to price), `naive` resolved."""
@@ -220,6 +267,7 @@ class Sweep:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The training sweep's settings tree (defaults: the `cpu` preset)."""
+
   preset: str = key("cpu", one_of(*PRESETS))
   seed: int = key(0, between(0, 2**31 - 1), "synthetic data, sampling noise")
   data: Data = section(Data)
@@ -242,18 +290,24 @@ class Settings:
       try:
         self.model.unet(self.data.resolution)
       except ValueError as e:
-        raise Invalid("data.resolution", self.data.resolution,
-                      getattr(e, "valid", str(e))) from None
+        raise Invalid(
+          "data.resolution", self.data.resolution, getattr(e, "valid", str(e))
+        ) from None
     t = self.diffusion.T
     if self.eval.ddim_steps > t:
-      raise Invalid("eval.ddim_steps", self.eval.ddim_steps,
-                    f"1..diffusion.T={t}")
+      raise Invalid(
+        "eval.ddim_steps", self.eval.ddim_steps, f"1..diffusion.T={t}"
+      )
     if self.eval.vlb_t_stride > t - 1:
-      raise Invalid("eval.vlb_t_stride", self.eval.vlb_t_stride,
-                    f"1..diffusion.T-1={t - 1}")
+      raise Invalid(
+        "eval.vlb_t_stride", self.eval.vlb_t_stride, f"1..diffusion.T-1={t - 1}"
+      )
     if self.eval.vlb_size > self.data.num_test:
-      raise Invalid("eval.vlb_size", self.eval.vlb_size,
-                    f"0..data.num_test={self.data.num_test}")
+      raise Invalid(
+        "eval.vlb_size",
+        self.eval.vlb_size,
+        f"0..data.num_test={self.data.num_test}",
+      )
 
 
 def parse(config) -> Settings:

@@ -13,6 +13,7 @@ JAX's persistent compilation cache.
 This module (with `data` loaders and `report`) is where TensorFlow-backed
 pieces (clu writers, tfds) are imported; the core stays TF-free.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +43,7 @@ log = logging.getLogger("fedqjax")
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training run of the sweep: a bits scheme at a seed and eps scale."""
+
   name: str
   bits: str
   seed: int
@@ -55,9 +57,12 @@ def plan_runs(config) -> List[Run]:
   runs = []
   for seed in seeds:
     for b in bits:
-      for scale in (scales if b == "ondemand" else (1.0,)):
-        name = b + (f"_seed{seed}" if len(seeds) > 1 else "") + (
-            f"_eps{scale:g}" if b == "ondemand" and len(scales) > 1 else "")
+      for scale in scales if b == "ondemand" else (1.0,):
+        name = (
+          b
+          + (f"_seed{seed}" if len(seeds) > 1 else "")
+          + (f"_eps{scale:g}" if b == "ondemand" and len(scales) > 1 else "")
+        )
         runs.append(Run(name, b, int(seed), float(scale)))
   return runs
 
@@ -86,11 +91,16 @@ def is_primary() -> bool:
 
 def counters(state) -> Dict[str, np.ndarray]:
   """The state's round and cumulative totals on the host (any process)."""
-  return federated.to_host(dict(
-      round=state.round, energy_comp_j=state.energy_comp_j,
-      energy_comm_j=state.energy_comm_j, uploaded_bits=state.uploaded_bits,
+  return federated.to_host(
+    dict(
+      round=state.round,
+      energy_comp_j=state.energy_comp_j,
+      energy_comm_j=state.energy_comm_j,
+      uploaded_bits=state.uploaded_bits,
       skipped_client_rounds=state.skipped_client_rounds,
-      dropped_client_rounds=state.dropped_client_rounds))
+      dropped_client_rounds=state.dropped_client_rounds,
+    )
+  )
 
 
 def _finite_state(state) -> bool:
@@ -98,48 +108,70 @@ def _finite_state(state) -> bool:
   return all(np.isfinite(x).all() for x in jax.tree.leaves(sums))
 
 
-def history_row(rnd: int, m: Dict[str, Any], c: Dict[str, np.ndarray],
-                policies) -> Dict[str, Any]:
+def history_row(
+  rnd: int, m: Dict[str, Any], c: Dict[str, np.ndarray], policies
+) -> Dict[str, Any]:
   """One JSON-able history row from host metrics and `counters`."""
   present = np.asarray(m["client_uploaded"])
-  row = dict(round=rnd, loss=float(m["loss"]), mean_bits=float(m["mean_bits"]),
-             num_trained=int(m["num_trained"]),
-             num_uploaded=int(m["num_uploaded"]),
-             skipped_client_rounds=int(m["skipped_client_rounds"]),
-             dropped_client_rounds=int(m["dropped_client_rounds"]),
-             bit_shortfall=int(m["bit_shortfall"]),
-             round_uploaded_mb=float(m["uploaded_bits"]) / 8e6,
-             cum_uploaded_mb=float(c["uploaded_bits"]) / 8e6,
-             bits=[int(b) for b in np.asarray(m["client_bits"])[present]])
+  row = dict(
+    round=rnd,
+    loss=float(m["loss"]),
+    mean_bits=float(m["mean_bits"]),
+    num_trained=int(m["num_trained"]),
+    num_uploaded=int(m["num_uploaded"]),
+    skipped_client_rounds=int(m["skipped_client_rounds"]),
+    dropped_client_rounds=int(m["dropped_client_rounds"]),
+    bit_shortfall=int(m["bit_shortfall"]),
+    round_uploaded_mb=float(m["uploaded_bits"]) / 8e6,
+    cum_uploaded_mb=float(c["uploaded_bits"]) / 8e6,
+    bits=[int(b) for b in np.asarray(m["client_bits"])[present]],
+  )
   comp, comm = c["energy_comp_j"], c["energy_comm_j"]
-  row["energy"] = {p: dict(round_j=float(m["energy_j"][i]),
-                           latency_s=float(m["latency_s"][i]),
-                           cum_j=float(comp[i] + comm[i]),
-                           cum_comp_j=float(comp[i]), cum_comm_j=float(comm[i]))
-                   for i, p in enumerate(policies)}
+  row["energy"] = {
+    p: dict(
+      round_j=float(m["energy_j"][i]),
+      latency_s=float(m["latency_s"][i]),
+      cum_j=float(comp[i] + comm[i]),
+      cum_comp_j=float(comp[i]),
+      cum_comm_j=float(comm[i]),
+    )
+    for i, p in enumerate(policies)
+  }
   return row
 
 
 def write_round(writer, row: Dict[str, Any], m: Dict[str, Any]) -> None:
   """TensorBoard scalars and histograms of one round (clu writer)."""
-  scalars = {k: v for k, v in row.items()  # heldout_*: evaluate_heldout
-             if isinstance(v, (int, float)) and k != "round"
-             and not k.startswith("heldout_")}
+  scalars = {
+    k: v
+    for k, v in row.items()  # heldout_*: evaluate_heldout
+    if isinstance(v, (int, float))
+    and k != "round"
+    and not k.startswith("heldout_")
+  }
   for p, e in row["energy"].items():
     scalars.update({f"{k}/{p}": v for k, v in e.items()})
   up = np.asarray(m["client_uploaded"])
   if up.any():
     scalars["rel_quant_error_max"] = float(
-        np.asarray(m["client_rel_quant_error"])[up].max())
-    writer.write_histograms(row["round"], {
+      np.asarray(m["client_rel_quant_error"])[up].max()
+    )
+    writer.write_histograms(
+      row["round"],
+      {
         "bits": np.asarray(m["client_bits"])[up],
-        "energy_per_client_j": (np.asarray(m["client_energy_comp_j"][0]) +
-                                np.asarray(m["client_energy_comm_j"][0]))[up]})
+        "energy_per_client_j": (
+          np.asarray(m["client_energy_comp_j"][0])
+          + np.asarray(m["client_energy_comm_j"][0])
+        )[up],
+      },
+    )
   writer.write_scalars(row["round"], scalars)
 
 
-def evaluate_heldout(setup: Setup, state, writer, rnd: int,
-                     run_name: str) -> Dict[str, float]:
+def evaluate_heldout(
+  setup: Setup, state, writer, rnd: int, run_name: str
+) -> Dict[str, float]:
   """Held-out denoising loss of the EMA and raw params (fixed (t, noise))."""
   ema, raw = federated.to_host((state.ema_params, state.params))
   out = dict(heldout_ema=setup.heldout(ema), heldout_raw=setup.heldout(raw))
@@ -175,13 +207,24 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
   from experiments.fl_sweep import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
   config, spec = setup.config, setup.spec
-  scheme = place(setup, federated.make_scheme(
-      run.bits, deadline_s=setup.deadline_s,
-      fixed_bits=config.quant.fixed_bits, eps_scale=run.eps_scale))
+  scheme = place(
+    setup,
+    federated.make_scheme(
+      run.bits,
+      deadline_s=setup.deadline_s,
+      fixed_bits=config.quant.fixed_bits,
+      eps_scale=run.eps_scale,
+    ),
+  )
   step = federated.jit_round_step(spec)
-  state = place(setup, federated.init_server_state(
-      setup.params, setup.run_key, len(spec.allocations)))
+  state = place(
+    setup,
+    federated.init_server_state(
+      setup.params, setup.run_key, len(spec.allocations)
+    ),
+  )
   distributed.barrier(f"fedqjax: {run.name} start")
   mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
   state, history, marks = mgr.restore_latest(state)
@@ -192,11 +235,13 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
     log.info("run %s: resumed at round %d", run.name, start)
   progress.run_started(run.name, start)
   writer = metric_writers.create_default_writer(
-      sdir, just_logging=not is_primary(), asynchronous=False)
+    sdir, just_logging=not is_primary(), asynchronous=False
+  )
   if start == 0:
     writer.write_hparams(hparams(config, run.name))
-    history = [dict(round=0, **evaluate_heldout(setup, state, writer, 0,
-                                                run.name))]
+    history = [
+      dict(round=0, **evaluate_heldout(setup, state, writer, 0, run.name))
+    ]
   rounds, every = config.fed.rounds, config.eval.every
   stop = min(rounds, start + (config.max_rounds_this_run or rounds))
   t0, diverged = time.time(), False
@@ -214,9 +259,13 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       m = federated.to_host(m)
       if not (np.isfinite(m["loss"]) and _finite_state(state)):
         diverged = True
-        log.error("run %s diverged at round %d (non-finite loss or "
-                  "parameters); keeping the last good checkpoint and moving "
-                  "to the next run", run.name, rnd)
+        log.error(
+          "run %s diverged at round %d (non-finite loss or "
+          "parameters); keeping the last good checkpoint and moving "
+          "to the next run",
+          run.name,
+          rnd,
+        )
         break
       row = history_row(rnd, m, counters(state), spec.allocations)
       if (every and rnd % every == 0) or rnd == rounds:
@@ -228,8 +277,14 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
     if rnd % config.ckpt_every == 0 or rnd == stop:
       mgr.save(state, history, events=event_marks(writer, sdir))
   mgr.close()
-  return dict(state=state, history=history, writer=writer, diverged=diverged,
-              train_wall_s=time.time() - t0, compile_wall_s=compile_wall_s)
+  return dict(
+    state=state,
+    history=history,
+    writer=writer,
+    diverged=diverged,
+    train_wall_s=time.time() - t0,
+    compile_wall_s=compile_wall_s,
+  )
 
 
 def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
@@ -251,14 +306,21 @@ def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
   state, history, c = out["state"], out["history"], counters(out["state"])
   done = int(c["round"]) >= setup.config.fed.rounds and not out["diverged"]
   summary = results_lib.run_summary(
-      run, setup, history, rounds=int(c["round"]), diverged=out["diverged"],
-      complete=done, train_wall_s=out["train_wall_s"],
-      compile_wall_s=out["compile_wall_s"],
-      skipped_client_rounds=int(c["skipped_client_rounds"]),
-      dropped_client_rounds=int(c["dropped_client_rounds"]))
+    run,
+    setup,
+    history,
+    rounds=int(c["round"]),
+    diverged=out["diverged"],
+    complete=done,
+    train_wall_s=out["train_wall_s"],
+    compile_wall_s=out["compile_wall_s"],
+    skipped_client_rounds=int(c["skipped_client_rounds"]),
+    dropped_client_rounds=int(c["dropped_client_rounds"]),
+  )
   if done and setup.config.eval.num_samples and setup.evaluator is not None:
-    summary.update(final_samples(setup, run, state, out["writer"], sdir,
-                                 progress))
+    summary.update(
+      final_samples(setup, run, state, out["writer"], sdir, progress)
+    )
   out["writer"].flush()
   if is_primary():
     _write_json(os.path.join(sdir, "history.json"), history)
@@ -276,13 +338,17 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
-                  progress) -> Dict[str, Any]:
+def final_samples(
+  setup: Setup, run: Run, state, writer, sdir: str, progress
+) -> Dict[str, Any]:
   """EMA samples, their grid and (if enabled) FID/KID and bits/dim."""
   t1 = time.time()
-  progress.eval_started(run.name, "samples" + (
-      " + FID/KID" if setup.config.eval.fid else "") + (
-      " + bits/dim" if setup.config.eval.vlb_size else ""))
+  progress.eval_started(
+    run.name,
+    "samples"
+    + (" + FID/KID" if setup.config.eval.fid else "")
+    + (" + bits/dim" if setup.config.eval.vlb_size else ""),
+  )
   ev = setup.evaluator(federated.to_host(state.ema_params), run.name)
   out = {k: v for k, v in ev.items() if k != "grid"}
   out["eval_wall_s"] = time.time() - t1
@@ -290,16 +356,22 @@ def final_samples(setup: Setup, run: Run, state, writer, sdir: str,
   writer.write_images(rnd, {"samples": ev["grid"][None]})
   if is_primary():
     np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
-  writer.write_scalars(rnd, {
-      k: v for k, v in ev.items()
-      if k in ("fid", "kid", "kid_std", "vlb_bits_per_dim")})
+  writer.write_scalars(
+    rnd,
+    {
+      k: v
+      for k, v in ev.items()
+      if k in ("fid", "kid", "kid_std", "vlb_bits_per_dim")
+    },
+  )
   progress.eval_done(run.name, out)
   distributed.barrier(f"fedqjax: {run.name} evaluated")
   return out
 
 
-def check_workdir(config: Settings, runs: List[Run], workdir: str,
-                  overwrite: bool) -> None:
+def check_workdir(
+  config: Settings, runs: List[Run], workdir: str, overwrite: bool
+) -> None:
   """Stops (ValueError naming the keys) when the workdir holds runs made
   with other settings; with `overwrite`, moves them aside first."""
   records = [provenance.run_record(config, r) for r in runs]
@@ -308,13 +380,18 @@ def check_workdir(config: Settings, runs: List[Run], workdir: str,
     raise ValueError(provenance.stale_message(workdir, stale))
   if stale and is_primary():
     dest = provenance.move_aside(workdir, list(stale))
-    log.warning("moved %d stale run(s) (%s) to %s; recomputing them",
-                len(stale), ", ".join(stale), dest)
+    log.warning(
+      "moved %d stale run(s) (%s) to %s; recomputing them",
+      len(stale),
+      ", ".join(stale),
+      dest,
+    )
   distributed.barrier("fedqjax: workdir checked")
 
 
-def train_and_evaluate(config, workdir: str, overwrite: bool = False
-                       ) -> Dict[str, Any]:
+def train_and_evaluate(
+  config, workdir: str, overwrite: bool = False
+) -> Dict[str, Any]:
   """Runs every run of the sweep; writes results + figures.
 
   Args:
@@ -331,6 +408,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False
      "meta": {...}}.
   """
   from experiments.fl_sweep import figures as report  # pylint: disable=g-import-not-at-top
+
   config = settings_tree.parse(config)  # before anything compiles
   runs = plan_runs(config)
   check_workdir(config, runs, workdir, overwrite)  # before anything is written
@@ -348,8 +426,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False
       announce(setups[run.seed], progress, first=len(setups) == 1)
     summaries.append(run_one(setups[run.seed], run, workdir, progress))
   distributed.barrier("fedqjax: runs done")  # the primary wrote every history
-  results = results_lib.assemble(config, summaries, setups[runs[0].seed],
-                                 workdir, wall_s=time.time() - t0)
+  results = results_lib.assemble(
+    config, summaries, setups[runs[0].seed], workdir, wall_s=time.time() - t0
+  )
   if is_primary():
     results_lib.write_results(workdir, results)
     report.write_figures(workdir, results)
@@ -359,19 +438,34 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False
 def announce(setup: Setup, progress, first: bool) -> None:
   """Logs the setup and, once, what the first round will compile."""
   spec = setup.spec
-  log.info("dataset=%s seed=%d params=%d flops/sample=%.3g deadline=%.3fs "
-           "(%s) client_loop=%s conv=%s devices over T at fp32: %d of %d; "
-           "client axis: %d slots over %d %s device(s)",
-           setup.dataset, setup.seed, setup.num_params,
-           setup.flops_per_sample, setup.deadline_s, setup.deadline_rule,
-           spec.execution.layout, spec.execution.conv_impl,
-           setup.devices_over_deadline, spec.num_clients,
-           spec.padded_clients, spec.num_shards, jax.default_backend())
+  log.info(
+    "dataset=%s seed=%d params=%d flops/sample=%.3g deadline=%.3fs "
+    "(%s) client_loop=%s conv=%s devices over T at fp32: %d of %d; "
+    "client axis: %d slots over %d %s device(s)",
+    setup.dataset,
+    setup.seed,
+    setup.num_params,
+    setup.flops_per_sample,
+    setup.deadline_s,
+    setup.deadline_rule,
+    spec.execution.layout,
+    spec.execution.conv_impl,
+    setup.devices_over_deadline,
+    spec.num_clients,
+    spec.padded_clients,
+    spec.num_shards,
+    jax.default_backend(),
+  )
   if first:
     backend = jax.default_backend()
     est = console.estimate_compile_s(
-        backend, spec.execution.layout,
-        spec.padded_clients // spec.num_shards, setup.num_params)
-    progress.compiling(f"the federated round ({spec.clients_per_round} "
-                       f"clients, {spec.execution.layout} layout, {backend})",
-                       est)
+      backend,
+      spec.execution.layout,
+      spec.padded_clients // spec.num_shards,
+      setup.num_params,
+    )
+    progress.compiling(
+      f"the federated round ({spec.clients_per_round} "
+      f"clients, {spec.execution.layout} layout, {backend})",
+      est,
+    )

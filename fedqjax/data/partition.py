@@ -6,6 +6,7 @@ for every client by index on device (shapes are fixed across rounds).
 References: Hsu et al. 2019 (Dirichlet label skew, arXiv 1909.06335);
 McMahan et al. 2017 (label shards, arXiv 1602.05629).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ class ClientData:
     labels: [N, n_max] int32 (padding -1).
     counts: [N] int32, the true number of samples of each client (n_k).
   """
+
   images: np.ndarray
   labels: np.ndarray
   counts: np.ndarray
@@ -40,9 +42,10 @@ def _check(n: int, num_clients: int, min_per_client: int):
     raise ValueError(f"num_clients={num_clients} is invalid; valid: >= 1")
   if num_clients * min_per_client > n:
     raise ValueError(
-        f"num_clients={num_clients} needs at least {min_per_client} "
-        f"sample(s) each but the dataset has only {n}; valid: num_clients <= "
-        f"{n // max(min_per_client, 1)}")
+      f"num_clients={num_clients} needs at least {min_per_client} "
+      f"sample(s) each but the dataset has only {n}; valid: num_clients <= "
+      f"{n // max(min_per_client, 1)}"
+    )
 
 
 def iid(labels: np.ndarray, num_clients: int, seed: int) -> List[np.ndarray]:
@@ -52,8 +55,13 @@ def iid(labels: np.ndarray, num_clients: int, seed: int) -> List[np.ndarray]:
   return np.array_split(perm, num_clients)
 
 
-def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int,
-              min_per_client: int = 1) -> List[np.ndarray]:
+def dirichlet(
+  labels: np.ndarray,
+  num_clients: int,
+  alpha: float,
+  seed: int,
+  min_per_client: int = 1,
+) -> List[np.ndarray]:
   """Label-skewed split: class c's samples go to clients ~ Dir(alpha).
 
   Small alpha -> each client sees few classes; large alpha -> close to iid.
@@ -61,8 +69,9 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int,
   largest client, so every client can train.
   """
   if not (np.isfinite(alpha) and alpha > 0):
-    raise ValueError(f"data.dirichlet_alpha={alpha} is invalid; valid: a "
-                     "finite value > 0")
+    raise ValueError(
+      f"data.dirichlet_alpha={alpha} is invalid; valid: a finite value > 0"
+    )
   _check(len(labels), num_clients, min_per_client)
   rng = np.random.default_rng(seed)
   buckets: List[list] = [[] for _ in range(num_clients)]
@@ -84,8 +93,9 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int,
   return [rng.permutation(p) for p in parts]
 
 
-def shards(labels: np.ndarray, num_clients: int, labels_per_client: int,
-           seed: int) -> List[np.ndarray]:
+def shards(
+  labels: np.ndarray, num_clients: int, labels_per_client: int, seed: int
+) -> List[np.ndarray]:
   """McMahan et al. shards: sort by label, cut into num_clients*k shards."""
   if labels_per_client < 1:
     raise ValueError(f"data.labels_per_client={labels_per_client} must be >= 1")
@@ -95,13 +105,20 @@ def shards(labels: np.ndarray, num_clients: int, labels_per_client: int,
   order = np.argsort(labels, kind="stable")
   pieces = np.array_split(order, num_shards)
   assign = rng.permutation(num_shards).reshape(num_clients, labels_per_client)
-  return [rng.permutation(np.concatenate([pieces[s] for s in row]))
-          for row in assign]
+  return [
+    rng.permutation(np.concatenate([pieces[s] for s in row])) for row in assign
+  ]
 
 
-def split_indices(labels: np.ndarray, num_clients: int, method: str = "iid", *,
-                  seed: int = 0, alpha: float = 0.5,
-                  labels_per_client: int = 2) -> List[np.ndarray]:
+def split_indices(
+  labels: np.ndarray,
+  num_clients: int,
+  method: str = "iid",
+  *,
+  seed: int = 0,
+  alpha: float = 0.5,
+  labels_per_client: int = 2,
+) -> List[np.ndarray]:
   """Index lists, one per client, by ``method`` in ``PARTITIONS``."""
   labels = np.asarray(labels)
   if method == "iid":
@@ -113,9 +130,12 @@ def split_indices(labels: np.ndarray, num_clients: int, method: str = "iid", *,
   raise ValueError(f"data.partition={method!r} is invalid; valid: {PARTITIONS}")
 
 
-def stack_clients(images: np.ndarray, labels: np.ndarray,
-                  parts: List[np.ndarray], n_max: int | None = None
-                  ) -> ClientData:
+def stack_clients(
+  images: np.ndarray,
+  labels: np.ndarray,
+  parts: List[np.ndarray],
+  n_max: int | None = None,
+) -> ClientData:
   """Stacks per-client index lists into padded arrays [N, n_max, ...].
 
   Args:
@@ -128,22 +148,41 @@ def stack_clients(images: np.ndarray, labels: np.ndarray,
   counts = np.minimum(counts, n_max)
   # Padding rows repeat the client's own first samples (wrap-around), so even
   # an accidental read of a padding row sees that client's data.
-  idx = np.stack([np.resize(p[:n_max], n_max) if len(p) else
-                  np.zeros(n_max, np.int64) for p in parts])
+  idx = np.stack(
+    [
+      np.resize(p[:n_max], n_max) if len(p) else np.zeros(n_max, np.int64)
+      for p in parts
+    ]
+  )
   valid = np.arange(n_max)[None, :] < counts[:, None]
   lab = np.where(valid, labels[idx], -1).astype(np.int32)
-  return ClientData(images=images[idx], labels=lab,
-                    counts=counts.astype(np.int32))
+  return ClientData(
+    images=images[idx], labels=lab, counts=counts.astype(np.int32)
+  )
 
 
-def partition(images: np.ndarray, labels: np.ndarray, num_clients: int,
-              method: str = "iid", *, seed: int = 0, alpha: float = 0.5,
-              labels_per_client: int = 2, n_max: int | None = None
-              ) -> ClientData:
+def partition(
+  images: np.ndarray,
+  labels: np.ndarray,
+  num_clients: int,
+  method: str = "iid",
+  *,
+  seed: int = 0,
+  alpha: float = 0.5,
+  labels_per_client: int = 2,
+  n_max: int | None = None,
+) -> ClientData:
   """Splits (images, labels) over ``num_clients`` and stacks them padded."""
   if len(images) != len(labels):
-    raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) "
-                     "differ in length")
-  parts = split_indices(labels, num_clients, method, seed=seed, alpha=alpha,
-                        labels_per_client=labels_per_client)
+    raise ValueError(
+      f"images ({len(images)}) and labels ({len(labels)}) differ in length"
+    )
+  parts = split_indices(
+    labels,
+    num_clients,
+    method,
+    seed=seed,
+    alpha=alpha,
+    labels_per_client=labels_per_client,
+  )
   return stack_clients(images, labels, parts, n_max)

@@ -1,11 +1,16 @@
 """Image preprocessing so every dataset feeds the same UNet."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def to_float(images: np.ndarray, *, resolution: int | None = None,
-             channels: int | None = None) -> np.ndarray:
+def to_float(
+  images: np.ndarray,
+  *,
+  resolution: int | None = None,
+  channels: int | None = None,
+) -> np.ndarray:
   """uint8 [n, H, W, C] -> float32 in [-1, 1], padded to ``resolution``.
 
   Args:
@@ -20,8 +25,9 @@ def to_float(images: np.ndarray, *, resolution: int | None = None,
   """
   images = np.asarray(images)
   if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 [n, H, W, C], got {images.dtype} "
-                     f"{images.shape}")
+    raise ValueError(
+      f"images must be uint8 [n, H, W, C], got {images.dtype} {images.shape}"
+    )
   x = images.astype(np.float32) / 127.5 - 1.0
   c = x.shape[-1]
   if channels is not None and channels != c:
@@ -34,11 +40,16 @@ def to_float(images: np.ndarray, *, resolution: int | None = None,
   if resolution is not None:
     h, w = x.shape[1:3]
     if h > resolution or w > resolution:
-      raise ValueError(f"data.resolution={resolution} is smaller than the "
-                       f"images ({h}x{w}); valid: >= {max(h, w)}")
+      raise ValueError(
+        f"data.resolution={resolution} is smaller than the "
+        f"images ({h}x{w}); valid: >= {max(h, w)}"
+      )
     ph, pw = resolution - h, resolution - w
-    x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
-                   (0, 0)), constant_values=-1.0)
+    x = np.pad(
+      x,
+      ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)),
+      constant_values=-1.0,
+    )
   return x
 
 

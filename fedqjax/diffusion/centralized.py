@@ -11,6 +11,7 @@ culprit is the kernel-gradient convolution inside a while body (jax-ml/jax
 the default; `scan_unroll=steps` restores the speed at a compile time that
 grows with the unroll (see benchmarks/diffusion.py).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Tuple
@@ -28,9 +29,11 @@ from fedqjax.typing import Array, Params, PRNGKey
 Carry = Tuple[Params, optax.OptState]
 
 
-def make_train_step(apply_fn: Callable[..., Array], tx: optax.GradientTransformation,
-                    schedule: NoiseSchedule
-                    ) -> Callable[[Carry, Array, PRNGKey], Tuple[Carry, Array]]:
+def make_train_step(
+  apply_fn: Callable[..., Array],
+  tx: optax.GradientTransformation,
+  schedule: NoiseSchedule,
+) -> Callable[[Carry, Array, PRNGKey], Tuple[Carry, Array]]:
   """One optimizer step of L_simple on a given minibatch.
 
   The one DDPM step of the project: `train_centralized` and the federated
@@ -46,40 +49,60 @@ def make_train_step(apply_fn: Callable[..., Array], tx: optax.GradientTransforma
     `step((params, opt_state), x0 [B, H, W, C], key) -> ((params, opt_state),
     loss)`; `key` draws t, the noise and dropout (`ddpm_loss`).
   """
+
   def step(carry: Carry, x0: Array, key: PRNGKey) -> Tuple[Carry, Array]:
     params, opt_state = carry
     loss, grads = loss_and_grad(params, apply_fn, x0, key, schedule)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
+
   return step
 
 
 def _draw_then_step(step, batch_size: int):
   """(carry, images [N, ...], key) -> step on B images drawn with replacement."""
+
   def run(carry: Carry, images: Array, key: PRNGKey) -> Tuple[Carry, Array]:
     k_idx, k_loss = jax.random.split(key)
     idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])  # [B]
     return step(carry, images[idx], k_loss)
+
   return run
 
 
-def init_unet(unet_config: UNetConfig, key: PRNGKey, image_shape: Tuple[int, int, int], *,
-              compiler_options: Optional[Mapping[str, Any]] = None) -> Params:
+def init_unet(
+  unet_config: UNetConfig,
+  key: PRNGKey,
+  image_shape: Tuple[int, int, int],
+  *,
+  compiler_options: Optional[Mapping[str, Any]] = None,
+) -> Params:
   """Jitted init of the U-Net's variables ({'params': ...}) for [H, W, C] images."""
   unet_config.check_image_shape(tuple(image_shape))
   model = unet_config.make()
   x = jnp.zeros((1, *image_shape), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
-  init = jax.jit(lambda k: model.init({"params": k}, x, t, train=False),
-                 compiler_options=compiler_options)
+  init = jax.jit(
+    lambda k: model.init({"params": k}, x, t, train=False),
+    compiler_options=compiler_options,
+  )
   return init(key)
 
 
-def train_centralized(unet_config: UNetConfig, images: Array, *, steps: int, batch_size: int,
-                      lr: float, key: PRNGKey, schedule: Optional[NoiseSchedule] = None,
-                      use_scan: bool = False, scan_unroll: int | bool = 1,
-                      compiler_options: Optional[Mapping[str, Any]] = None,
-                      init_params: Optional[Params] = None) -> Tuple[Params, np.ndarray]:
+def train_centralized(
+  unet_config: UNetConfig,
+  images: Array,
+  *,
+  steps: int,
+  batch_size: int,
+  lr: float,
+  key: PRNGKey,
+  schedule: Optional[NoiseSchedule] = None,
+  use_scan: bool = False,
+  scan_unroll: int | bool = 1,
+  compiler_options: Optional[Mapping[str, Any]] = None,
+  init_params: Optional[Params] = None,
+) -> Tuple[Params, np.ndarray]:
   """Trains a U-Net on `images` with Adam.
 
   Args:
@@ -106,19 +129,31 @@ def train_centralized(unet_config: UNetConfig, images: Array, *, steps: int, bat
       raise ValueError(f"{name}={v!r} is invalid; valid: an int >= 1")
   images = jnp.asarray(images, jnp.float32)
   if images.ndim != 4:
-    raise ValueError(f"images.shape={images.shape} is invalid; valid: [N, H, W, C]")
+    raise ValueError(
+      f"images.shape={images.shape} is invalid; valid: [N, H, W, C]"
+    )
   schedule = linear_schedule() if schedule is None else schedule
   k_init, k_train = jax.random.split(key)
-  params = (init_unet(unet_config, k_init, images.shape[1:], compiler_options=compiler_options)
-            if init_params is None else init_params)
+  params = (
+    init_unet(
+      unet_config, k_init, images.shape[1:], compiler_options=compiler_options
+    )
+    if init_params is None
+    else init_params
+  )
   tx = optax.adam(lr)
-  step = _draw_then_step(make_train_step(unet_config.make().apply, tx, schedule), batch_size)
+  step = _draw_then_step(
+    make_train_step(unet_config.make().apply, tx, schedule), batch_size
+  )
   carry = (params, tx.init(params))
   keys = jax.random.split(k_train, steps)  # [steps] keys
   if use_scan:
-    run = jax.jit(lambda c, imgs, ks: jax.lax.scan(lambda c, k: step(c, imgs, k), c, ks,
-                                                   unroll=scan_unroll),
-                  compiler_options=compiler_options)
+    run = jax.jit(
+      lambda c, imgs, ks: jax.lax.scan(
+        lambda c, k: step(c, imgs, k), c, ks, unroll=scan_unroll
+      ),
+      compiler_options=compiler_options,
+    )
     carry, losses = run(carry, images, keys)
   else:
     step_j = jax.jit(step, compiler_options=compiler_options)

@@ -22,6 +22,7 @@ own convolution unrolled (1.48 s/round). The custom-VJP "fwd_form"
 (gradients as forward-form convolutions) never won a round (2.77 s) and was
 removed; git history keeps it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
@@ -39,41 +40,64 @@ def _is_one(v) -> bool:
   return v is None or all(int(d) == 1 for d in v)
 
 
-def _check_supported(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation,
-                     feature_group_count, batch_group_count) -> None:
+def _check_supported(
+  lhs,
+  rhs,
+  dimension_numbers,
+  lhs_dilation,
+  rhs_dilation,
+  feature_group_count,
+  batch_group_count,
+) -> None:
   if lhs.ndim != 4 or rhs.ndim != 4:
-    raise NotImplementedError(f"only 2-D convolutions are handled, got lhs "
-                              f"{lhs.shape}, rhs {rhs.shape}")
+    raise NotImplementedError(
+      f"only 2-D convolutions are handled, got lhs {lhs.shape}, rhs {rhs.shape}"
+    )
   if dimension_numbers is not None:
     want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     got = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     if got != want:
-      raise NotImplementedError(f"only NHWC/HWIO/NHWC is handled, got "
-                                f"{dimension_numbers}")
-  if not (_is_one(lhs_dilation) and _is_one(rhs_dilation)
-          and feature_group_count == 1 and batch_group_count == 1):
-    raise NotImplementedError("no dilation and no feature/batch groups are "
-                              "handled")
+      raise NotImplementedError(
+        f"only NHWC/HWIO/NHWC is handled, got {dimension_numbers}"
+      )
+  if not (
+    _is_one(lhs_dilation)
+    and _is_one(rhs_dilation)
+    and feature_group_count == 1
+    and batch_group_count == 1
+  ):
+    raise NotImplementedError(
+      "no dilation and no feature/batch groups are handled"
+    )
   if rhs.shape[2] != lhs.shape[3]:
-    raise ValueError(f"kernel input channels {rhs.shape[2]} != input "
-                     f"channels {lhs.shape[3]}")
+    raise ValueError(
+      f"kernel input channels {rhs.shape[2]} != input channels {lhs.shape[3]}"
+    )
 
 
 def _explicit_pads(spatial, kernel, strides, padding):
   if isinstance(padding, str):
-    pads = lax.padtype_to_pads(tuple(spatial), tuple(kernel),
-                               tuple(int(s) for s in strides), padding)
+    pads = lax.padtype_to_pads(
+      tuple(spatial), tuple(kernel), tuple(int(s) for s in strides), padding
+    )
   else:
     pads = padding
   return tuple(tuple(int(q) for q in p) for p in pads)
 
 
-def im2col_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
-                padding: Padding, lhs_dilation: Optional[Sequence[int]] = None,
-                rhs_dilation: Optional[Sequence[int]] = None,
-                dimension_numbers: Any = None, feature_group_count: int = 1,
-                batch_group_count: int = 1, precision: Any = None,
-                preferred_element_type: Any = None) -> Array:
+def im2col_conv(
+  lhs: Array,
+  rhs: Array,
+  window_strides: Sequence[int],
+  padding: Padding,
+  lhs_dilation: Optional[Sequence[int]] = None,
+  rhs_dilation: Optional[Sequence[int]] = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: Any = None,
+) -> Array:
   """`lax.conv_general_dilated` (NHWC, HWIO) as im2col + one dot_general.
 
   Args:
@@ -90,28 +114,52 @@ def im2col_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
   Raises:
     NotImplementedError: for layouts, dilations or groups it does not handle.
   """
-  _check_supported(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation,
-                   feature_group_count, batch_group_count)
+  _check_supported(
+    lhs,
+    rhs,
+    dimension_numbers,
+    lhs_dilation,
+    rhs_dilation,
+    feature_group_count,
+    batch_group_count,
+  )
   b, h, w, c = lhs.shape
   kh, kw, _, c_out = rhs.shape
   sh, sw = (int(s) for s in window_strides)
   pads = _explicit_pads((h, w), (kh, kw), (sh, sw), padding)
-  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-              [(0, 0, 0), (pads[0][0], pads[0][1], 0),
-               (pads[1][0], pads[1][1], 0), (0, 0, 0)])
+  x = lax.pad(
+    lhs,
+    jnp.zeros((), lhs.dtype),
+    [
+      (0, 0, 0),
+      (pads[0][0], pads[0][1], 0),
+      (pads[1][0], pads[1][1], 0),
+      (0, 0, 0),
+    ],
+  )
   hp, wp = x.shape[1], x.shape[2]
   ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  cols = [lax.slice(x, (0, i, j, 0),
-                    (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                    (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
+  cols = [
+    lax.slice(
+      x,
+      (0, i, j, 0),
+      (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+      (1, sh, sw, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
   patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return lax.dot_general(patches, rhs.reshape(kh * kw * c, c_out),
-                         (((3,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=preferred_element_type)
+  return lax.dot_general(
+    patches,
+    rhs.reshape(kh * kw * c, c_out),
+    (((3,), (0,)), ((), ())),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 CONV_IMPLS: Dict[str, Optional[Callable[..., Array]]] = {
-    "xla": None,  # flax's default, lax.conv_general_dilated
-    "im2col": im2col_conv,
+  "xla": None,  # flax's default, lax.conv_general_dilated
+  "im2col": im2col_conv,
 }

@@ -10,6 +10,7 @@ arithmetic is O(H*W*C) and ignored). Parameters and inputs are abstract
 results are cached per (config, image shape) because compiling the paper model
 takes minutes on a small CPU.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,12 +24,16 @@ from fedqjax.diffusion.unet import UNetConfig
 
 def _cpu_struct(shape, dtype) -> jax.ShapeDtypeStruct:
   cpu = jax.devices("cpu")[0]
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=jax.sharding.SingleDeviceSharding(cpu))
+  return jax.ShapeDtypeStruct(
+    shape, dtype, sharding=jax.sharding.SingleDeviceSharding(cpu)
+  )
 
 
 def _flops(fn: Callable, args: Tuple[Any, ...], compiled: bool) -> float:
   lowered = jax.jit(fn).lower(*args)
-  cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
+  cost = (
+    lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
+  )
   if isinstance(cost, (list, tuple)):  # older JAX returns one dict per program
     cost = cost[0]
   return float(cost["flops"])
@@ -40,15 +45,26 @@ def _abstract_setup(unet_config: UNetConfig, image_shape: Tuple[int, int, int]):
   x = _cpu_struct((1, *image_shape), jnp.float32)  # [1, H, W, C]
   t = _cpu_struct((1,), jnp.int32)
   variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(x.shape),
-                         jnp.zeros(t.shape, jnp.int32), train=False))
-  variables = jax.tree_util.tree_map(lambda s: _cpu_struct(s.shape, s.dtype), variables)
+    lambda: model.init(
+      {"params": jax.random.key(0)},
+      jnp.zeros(x.shape),
+      jnp.zeros(t.shape, jnp.int32),
+      train=False,
+    )
+  )
+  variables = jax.tree_util.tree_map(
+    lambda s: _cpu_struct(s.shape, s.dtype), variables
+  )
   return model, variables, x, t
 
 
 @functools.lru_cache(maxsize=None)
-def train_flops_per_image(unet_config: UNetConfig, image_shape: Tuple[int, int, int], *,
-                          compiled: bool = True) -> float:
+def train_flops_per_image(
+  unet_config: UNetConfig,
+  image_shape: Tuple[int, int, int],
+  *,
+  compiled: bool = True,
+) -> float:
   """FLOPs of one image's forward + backward pass (eps-MSE loss, dropout on).
 
   Args:
@@ -66,8 +82,11 @@ def train_flops_per_image(unet_config: UNetConfig, image_shape: Tuple[int, int, 
 
   def loss_grad(v, x, t, noise):
     def loss(v):
-      eps = model.apply(v, x, t, train=True, rngs={"dropout": jax.random.key(0)})
+      eps = model.apply(
+        v, x, t, train=True, rngs={"dropout": jax.random.key(0)}
+      )
       return jnp.mean(jnp.square(eps - noise))
+
     return jax.grad(loss)(v)
 
   with jax.default_device(jax.devices("cpu")[0]):
@@ -75,8 +94,12 @@ def train_flops_per_image(unet_config: UNetConfig, image_shape: Tuple[int, int, 
 
 
 @functools.lru_cache(maxsize=None)
-def sample_flops_per_image(unet_config: UNetConfig, image_shape: Tuple[int, int, int], *,
-                           compiled: bool = True) -> float:
+def sample_flops_per_image(
+  unet_config: UNetConfig,
+  image_shape: Tuple[int, int, int],
+  *,
+  compiled: bool = True,
+) -> float:
   """FLOPs of one sampling step for one image (a forward pass, dropout off).
 
   Multiply by the number of steps (T for DDPM, num_steps for DDIM).

@@ -6,6 +6,7 @@ Flax module's `apply`: `apply_fn(variables, x, t, train=..., rngs={'dropout': k}
 with `variables = {'params': ...}`, so the round engine can grad, vmap and scan
 `ddpm_loss` over clients without knowing the model.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Tuple
@@ -19,8 +20,15 @@ from fedqjax.typing import Array, Params, PRNGKey, PyTree
 ApplyFn = Callable[..., Array]
 
 
-def ddpm_loss(params: Params, apply_fn: ApplyFn, batch_x0: Array, key: PRNGKey,
-              schedule: NoiseSchedule, *, train: bool = True) -> Array:
+def ddpm_loss(
+  params: Params,
+  apply_fn: ApplyFn,
+  batch_x0: Array,
+  key: PRNGKey,
+  schedule: NoiseSchedule,
+  *,
+  train: bool = True,
+) -> Array:
   """Eps-prediction MSE of a minibatch.
 
   Args:
@@ -38,19 +46,32 @@ def ddpm_loss(params: Params, apply_fn: ApplyFn, batch_x0: Array, key: PRNGKey,
   k_t, k_noise, k_drop = jax.random.split(key, 3)
   b = batch_x0.shape[0]
   t = jax.random.randint(k_t, (b,), 0, schedule.num_timesteps)  # [B]
-  noise = jax.random.normal(k_noise, batch_x0.shape, jnp.float32)  # [B, H, W, C]
+  noise = jax.random.normal(
+    k_noise, batch_x0.shape, jnp.float32
+  )  # [B, H, W, C]
   x_t = q_sample(schedule, batch_x0, t, noise)
   eps = apply_fn(params, x_t, t, train=train, rngs={"dropout": k_drop})
   return jnp.mean(jnp.square(eps.astype(jnp.float32) - noise))
 
 
-def loss_and_grad(params: Params, apply_fn: ApplyFn, batch_x0: Array, key: PRNGKey,
-                  schedule: NoiseSchedule, *, train: bool = True) -> Tuple[Array, Params]:
+def loss_and_grad(
+  params: Params,
+  apply_fn: ApplyFn,
+  batch_x0: Array,
+  key: PRNGKey,
+  schedule: NoiseSchedule,
+  *,
+  train: bool = True,
+) -> Tuple[Array, Params]:
   """(ddpm_loss, its gradient w.r.t. params); same arguments as `ddpm_loss`."""
-  return jax.value_and_grad(ddpm_loss)(params, apply_fn, batch_x0, key, schedule, train=train)
+  return jax.value_and_grad(ddpm_loss)(
+    params, apply_fn, batch_x0, key, schedule, train=train
+  )
 
 
-def ema_decay(step: int | Array, max_decay: float, warmup: float = 10.0) -> Array:
+def ema_decay(
+  step: int | Array, max_decay: float, warmup: float = 10.0
+) -> Array:
   """Warm-up EMA decay min(max_decay, (1 + step) / (warmup + step)).
 
   `step` counts the EMA updates already made (0 for the first). The weight
@@ -78,13 +99,20 @@ def ema_decay(step: int | Array, max_decay: float, warmup: float = 10.0) -> Arra
   if isinstance(warmup, (int, float)) and not warmup >= 1.0:
     raise ValueError(f"warmup={warmup!r} is invalid; valid: >= 1")
   s = jnp.asarray(step, jnp.float32)
-  return jnp.minimum(jnp.float32(max_decay), (1.0 + s) / (jnp.float32(warmup) + s))
+  return jnp.minimum(
+    jnp.float32(max_decay), (1.0 + s) / (jnp.float32(warmup) + s)
+  )
 
 
-def ema_update(ema_params: PyTree, params: PyTree, decay: float | Array) -> PyTree:
+def ema_update(
+  ema_params: PyTree, params: PyTree, decay: float | Array
+) -> PyTree:
   """Exponential moving average: decay * ema + (1 - decay) * params, leafwise.
 
   Keeps each EMA leaf's dtype; `decay` may be traced.
   """
   return jax.tree_util.tree_map(
-      lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema_params, params)
+    lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+    ema_params,
+    params,
+  )

@@ -12,6 +12,7 @@ t = T-1 down), and x_T from a separate key, so `ddim_sample(eta=1,
 num_steps=T)` and `ddpm_sample(variance='small')` consume identical noise and
 agree sample by sample (they are the same Markov chain, Song et al. Sec. 4.1).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,10 +50,19 @@ def _full(t: Array, batch: int) -> Array:
   return jnp.full((batch,), t, dtype=jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "shape", "clip_denoised", "variance"))
-def ddpm_sample(eps_fn: EpsFn, params: Params, schedule: NoiseSchedule, key: PRNGKey,
-                shape: Tuple[int, ...], *, clip_denoised: bool = True,
-                variance: str = "large") -> Array:
+@functools.partial(
+  jax.jit, static_argnames=("eps_fn", "shape", "clip_denoised", "variance")
+)
+def ddpm_sample(
+  eps_fn: EpsFn,
+  params: Params,
+  schedule: NoiseSchedule,
+  key: PRNGKey,
+  shape: Tuple[int, ...],
+  *,
+  clip_denoised: bool = True,
+  variance: str = "large",
+) -> Array:
   """Ancestral sampling, Algorithm 2 of Ho et al., over all T steps.
 
   Args:
@@ -75,7 +85,9 @@ def ddpm_sample(eps_fn: EpsFn, params: Params, schedule: NoiseSchedule, key: PRN
   if variance == "small":
     log_var = schedule.posterior_log_variance_clipped
   else:
-    log_var = jnp.log(jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]]))
+    log_var = jnp.log(
+      jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
+    )
   k_init, k_steps = jax.random.split(key)
   x = jax.random.normal(k_init, shape, jnp.float32)  # x_T: [B, ...]
   b = shape[0]
@@ -88,7 +100,10 @@ def ddpm_sample(eps_fn: EpsFn, params: Params, schedule: NoiseSchedule, key: PRN
     x0 = predict_x0_from_eps(schedule, x, tb, eps)
     if clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
-    mean = bc(schedule.posterior_mean_coef1[t]) * x0 + bc(schedule.posterior_mean_coef2[t]) * x
+    mean = (
+      bc(schedule.posterior_mean_coef1[t]) * x0
+      + bc(schedule.posterior_mean_coef2[t]) * x
+    )
     z = jax.random.normal(jax.random.fold_in(k_steps, i), shape, jnp.float32)
     # No noise at the last step (t = 0): x_0 is the posterior mean.
     return mean + jnp.where(t > 0, jnp.exp(0.5 * log_var[t]), 0.0) * z
@@ -106,10 +121,20 @@ def ddim_timesteps(T: int, num_steps: int) -> np.ndarray:
   return np.round(np.linspace(T - 1, 0, num_steps)).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "shape", "num_steps", "clip_denoised"))
-def ddim_sample(eps_fn: EpsFn, params: Params, schedule: NoiseSchedule, key: PRNGKey,
-                shape: Tuple[int, ...], *, num_steps: int, eta: float | Array = 0.0,
-                clip_denoised: bool = True) -> Array:
+@functools.partial(
+  jax.jit, static_argnames=("eps_fn", "shape", "num_steps", "clip_denoised")
+)
+def ddim_sample(
+  eps_fn: EpsFn,
+  params: Params,
+  schedule: NoiseSchedule,
+  key: PRNGKey,
+  shape: Tuple[int, ...],
+  *,
+  num_steps: int,
+  eta: float | Array = 0.0,
+  clip_denoised: bool = True,
+) -> Array:
   """DDIM sampling (Song et al., Eq. 12) on `num_steps` evenly spaced timesteps.
 
   sigma_t = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev);
@@ -146,7 +171,7 @@ def ddim_sample(eps_fn: EpsFn, params: Params, schedule: NoiseSchedule, key: PRN
     if clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
     sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
-    dir_coef = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma ** 2, 0.0))
+    dir_coef = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0))
     z = jax.random.normal(jax.random.fold_in(k_steps, i), shape, jnp.float32)
     return jnp.sqrt(ab_prev) * x0 + dir_coef * eps + sigma * z
 

@@ -6,6 +6,7 @@ All tables are computed in float64 NumPy (as diffusion_tf does) and stored as
 float32; T is the static length of the arrays, so a schedule is an ordinary
 pytree that can be passed through jit without retracing for a fixed T.
 """
+
 from __future__ import annotations
 
 import flax.struct
@@ -31,6 +32,7 @@ class NoiseSchedule:
       entry 1 (beta_tilde_0 = 0), as in diffusion_tf.
     posterior_mean_coef1, posterior_mean_coef2: mean = c1 x_0 + c2 x_t.
   """
+
   betas: Array
   alphas: Array
   alpha_bars: Array
@@ -54,30 +56,35 @@ def schedule_from_betas(betas: np.ndarray) -> NoiseSchedule:
   """Builds every table from [T] betas in float64, then casts to float32."""
   betas = np.asarray(betas, dtype=np.float64)
   if betas.ndim != 1 or betas.size < 2 or not np.all((betas > 0) & (betas < 1)):
-    raise ValueError(f"betas must be a 1-D array of length >= 2 in (0, 1), got {betas!r}")
+    raise ValueError(
+      f"betas must be a 1-D array of length >= 2 in (0, 1), got {betas!r}"
+    )
   alphas = 1.0 - betas
   ab = np.cumprod(alphas)
   ab_prev = np.append(1.0, ab[:-1])
   post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
   tables = dict(
-      betas=betas,
-      alphas=alphas,
-      alpha_bars=ab,
-      alpha_bars_prev=ab_prev,
-      sqrt_alpha_bars=np.sqrt(ab),
-      sqrt_one_minus_alpha_bars=np.sqrt(1.0 - ab),
-      sqrt_recip_alpha_bars=np.sqrt(1.0 / ab),
-      sqrt_recipm1_alpha_bars=np.sqrt(1.0 / ab - 1.0),
-      posterior_variance=post_var,
-      posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
-      posterior_mean_coef1=betas * np.sqrt(ab_prev) / (1.0 - ab),
-      posterior_mean_coef2=(1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab),
+    betas=betas,
+    alphas=alphas,
+    alpha_bars=ab,
+    alpha_bars_prev=ab_prev,
+    sqrt_alpha_bars=np.sqrt(ab),
+    sqrt_one_minus_alpha_bars=np.sqrt(1.0 - ab),
+    sqrt_recip_alpha_bars=np.sqrt(1.0 / ab),
+    sqrt_recipm1_alpha_bars=np.sqrt(1.0 / ab - 1.0),
+    posterior_variance=post_var,
+    posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
+    posterior_mean_coef1=betas * np.sqrt(ab_prev) / (1.0 - ab),
+    posterior_mean_coef2=(1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab),
   )
-  return NoiseSchedule(**{k: jnp.asarray(v, dtype=jnp.float32) for k, v in tables.items()})
+  return NoiseSchedule(
+    **{k: jnp.asarray(v, dtype=jnp.float32) for k, v in tables.items()}
+  )
 
 
-def linear_schedule(T: int = 1000, beta_start: float = 1e-4,
-                    beta_end: float = 0.02) -> NoiseSchedule:
+def linear_schedule(
+  T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> NoiseSchedule:
   """Linear betas of Ho et al. (1e-4 -> 0.02 over T = 1000 steps).
 
   Raises:
@@ -86,8 +93,12 @@ def linear_schedule(T: int = 1000, beta_start: float = 1e-4,
   if not isinstance(T, (int, np.integer)) or T < 2:
     raise ValueError(f"T must be an int >= 2, got {T!r}")
   if not 0.0 < beta_start <= beta_end < 1.0:
-    raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start!r}, {beta_end!r}")
-  return schedule_from_betas(np.linspace(beta_start, beta_end, int(T), dtype=np.float64))
+    raise ValueError(
+      f"need 0 < beta_start <= beta_end < 1, got {beta_start!r}, {beta_end!r}"
+    )
+  return schedule_from_betas(
+    np.linspace(beta_start, beta_end, int(T), dtype=np.float64)
+  )
 
 
 def _bcast(v: Array, x: Array) -> Array:
@@ -95,7 +106,9 @@ def _bcast(v: Array, x: Array) -> Array:
   return v.reshape(v.shape[:1] + (1,) * (x.ndim - 1))
 
 
-def q_sample(schedule: NoiseSchedule, x0: ArrayLike, t: ArrayLike, noise: ArrayLike) -> Array:
+def q_sample(
+  schedule: NoiseSchedule, x0: ArrayLike, t: ArrayLike, noise: ArrayLike
+) -> Array:
   """Draws x_t ~ q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I).
 
   Args:
@@ -109,11 +122,16 @@ def q_sample(schedule: NoiseSchedule, x0: ArrayLike, t: ArrayLike, noise: ArrayL
   """
   x0 = jnp.asarray(x0, jnp.float32)
   t = jnp.asarray(t)
-  return (_bcast(schedule.sqrt_alpha_bars[t], x0) * x0
-          + _bcast(schedule.sqrt_one_minus_alpha_bars[t], x0) * jnp.asarray(noise, jnp.float32))
+  return _bcast(schedule.sqrt_alpha_bars[t], x0) * x0 + _bcast(
+    schedule.sqrt_one_minus_alpha_bars[t], x0
+  ) * jnp.asarray(noise, jnp.float32)
 
 
-def predict_x0_from_eps(schedule: NoiseSchedule, x_t: Array, t: Array, eps: Array) -> Array:
+def predict_x0_from_eps(
+  schedule: NoiseSchedule, x_t: Array, t: Array, eps: Array
+) -> Array:
   """x_0 = x_t / sqrt(ab_t) - sqrt(1/ab_t - 1) eps, with t: [B]."""
-  return (_bcast(schedule.sqrt_recip_alpha_bars[t], x_t) * x_t
-          - _bcast(schedule.sqrt_recipm1_alpha_bars[t], x_t) * eps)
+  return (
+    _bcast(schedule.sqrt_recip_alpha_bars[t], x_t) * x_t
+    - _bcast(schedule.sqrt_recipm1_alpha_bars[t], x_t) * eps
+  )

@@ -21,6 +21,7 @@ s consecutive timesteps (its middle) weighted by the block's length: about
 s + T / s passes per image instead of T (62 at T = 1000, s = 32); s = 1 is
 the full bound. The prior and decoder terms are always exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,13 +41,22 @@ from fedqjax.diffusion.schedule import (
 from fedqjax.typing import Array, ArrayLike, Params, PRNGKey
 
 
-def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
+def normal_kl(
+  mean1: Array, logvar1: Array, mean2: Array, logvar2: Array
+) -> Array:
   """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats."""
-  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
+  return 0.5 * (
+    -1.0
+    + logvar2
+    - logvar1
+    + jnp.exp(logvar1 - logvar2)
+    + jnp.square(mean1 - mean2) * jnp.exp(-logvar2)
+  )
 
 
-def discretized_gaussian_log_likelihood(x: Array, mean: Array, log_scale: Array) -> Array:
+def discretized_gaussian_log_likelihood(
+  x: Array, mean: Array, log_scale: Array
+) -> Array:
   """Elementwise log P(bin of x) under N(mean, e^{2 log_scale}), 256 bins on [-1, 1].
 
   Bins have width 2/255 around the grid values; the end bins extend to -inf
@@ -56,8 +66,11 @@ def discretized_gaussian_log_likelihood(x: Array, mean: Array, log_scale: Array)
   inv = jnp.exp(-log_scale)
   plus, minus = inv * (centered + 1.0 / 255.0), inv * (centered - 1.0 / 255.0)
   log_delta = jnp.log(jnp.maximum(ndtr(plus) - ndtr(minus), 1e-12))
-  return jnp.where(x < -0.999, log_ndtr(plus),
-                   jnp.where(x > 0.999, log_ndtr(-minus), log_delta))
+  return jnp.where(
+    x < -0.999,
+    log_ndtr(plus),
+    jnp.where(x > 0.999, log_ndtr(-minus), log_delta),
+  )
 
 
 def kl_timesteps(T: int, t_stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,14 +91,18 @@ def kl_timesteps(T: int, t_stride: int) -> tuple[np.ndarray, np.ndarray]:
 def _model_log_variance(schedule: NoiseSchedule, variance: str) -> Array:
   if variance == "small":
     return schedule.posterior_log_variance_clipped
-  return jnp.log(jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]]))
+  return jnp.log(
+    jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
+  )
 
 
 def _mean_dims(v: Array) -> Array:
   return jnp.mean(v.reshape(v.shape[0], -1), axis=1)  # [b, ...] -> [b]
 
 
-def _term_at(params, apply_fn, schedule, log_var, clip_denoised, t, x0, noise) -> Array:
+def _term_at(
+  params, apply_fn, schedule, log_var, clip_denoised, t, x0, noise
+) -> Array:
   """L_{t} per image (nats/dim): the decoder NLL at t = 0, else the KL term."""
   tb = jnp.full((x0.shape[0],), t, jnp.int32)
   x_t = q_sample(schedule, x0, tb, noise)
@@ -95,16 +112,28 @@ def _term_at(params, apply_fn, schedule, log_var, clip_denoised, t, x0, noise) -
     x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
   c1, c2 = schedule.posterior_mean_coef1[t], schedule.posterior_mean_coef2[t]
   mean_model = c1 * x0_hat + c2 * x_t
-  kl = normal_kl(c1 * x0 + c2 * x_t, schedule.posterior_log_variance_clipped[t],
-                 mean_model, log_var[t])
+  kl = normal_kl(
+    c1 * x0 + c2 * x_t,
+    schedule.posterior_log_variance_clipped[t],
+    mean_model,
+    log_var[t],
+  )
   nll = -discretized_gaussian_log_likelihood(x0, mean_model, 0.5 * log_var[t])
   return _mean_dims(jnp.where(t == 0, nll, kl))
 
 
-def vlb_bits_per_dim(params: Params, apply_fn: Callable[..., Array], x0: ArrayLike,
-                     schedule: NoiseSchedule, key: PRNGKey, *, t_stride: int = 1,
-                     variance: str = "large", clip_denoised: bool = True,
-                     batch_size: Optional[int] = None) -> Array:
+def vlb_bits_per_dim(
+  params: Params,
+  apply_fn: Callable[..., Array],
+  x0: ArrayLike,
+  schedule: NoiseSchedule,
+  key: PRNGKey,
+  *,
+  t_stride: int = 1,
+  variance: str = "large",
+  clip_denoised: bool = True,
+  batch_size: Optional[int] = None,
+) -> Array:
   """The DDPM bound -log p(x_0) <= L of Eq. 5, in bits/dim, averaged over images.
 
   Args:
@@ -127,25 +156,35 @@ def vlb_bits_per_dim(params: Params, apply_fn: Callable[..., Array], x0: ArrayLi
     ValueError: on a bad variance, t_stride or image rank.
   """
   if variance not in ("large", "small"):
-    raise ValueError(f"variance={variance!r} is invalid; valid: 'large', 'small'")
+    raise ValueError(
+      f"variance={variance!r} is invalid; valid: 'large', 'small'"
+    )
   T = schedule.num_timesteps
   if not isinstance(t_stride, (int, np.integer)) or not 1 <= t_stride <= T - 1:
     raise ValueError(f"t_stride={t_stride!r} is invalid; valid: 1..T-1={T - 1}")
   x0 = jnp.asarray(x0, jnp.float32)
   if x0.ndim < 2:
-    raise ValueError(f"x0.shape={x0.shape} is invalid; valid: [n, ...] (e.g. [n, H, W, C])")
+    raise ValueError(
+      f"x0.shape={x0.shape} is invalid; valid: [n, ...] (e.g. [n, H, W, C])"
+    )
   log_var = _model_log_variance(schedule, variance)
   kl_ts, kl_w = kl_timesteps(T, int(t_stride))
-  ts = jnp.asarray(np.concatenate([[0], kl_ts]), jnp.int32)  # [S + 1], t = 0: decoder
+  ts = jnp.asarray(
+    np.concatenate([[0], kl_ts]), jnp.int32
+  )  # [S + 1], t = 0: decoder
   weights = jnp.asarray(np.concatenate([[1.0], kl_w]), jnp.float32)
 
   def add_term(total, tw):
     t, w = tw
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape, jnp.float32)
-    fn = lambda x, z: _term_at(params, apply_fn, schedule, log_var, clip_denoised, t, x, z)
+    fn = lambda x, z: _term_at(
+      params, apply_fn, schedule, log_var, clip_denoised, t, x, z
+    )
     return total + w * map_in_chunks(fn, (x0, noise), batch_size), None
 
   ab_T = schedule.alpha_bars[-1]
-  prior = _mean_dims(normal_kl(jnp.sqrt(ab_T) * x0, jnp.log1p(-ab_T), 0.0, 0.0))  # [n]
+  prior = _mean_dims(
+    normal_kl(jnp.sqrt(ab_T) * x0, jnp.log1p(-ab_T), 0.0, 0.0)
+  )  # [n]
   total, _ = jax.lax.scan(add_term, prior, (ts, weights))
   return jnp.mean(total) / math.log(2.0)

@@ -24,6 +24,7 @@ their energies, nu = 0.
 Infeasibility policies (MODEL.md sec. 4) are applied by the round engine
 (fedqjax/federated/phases.py: `screen`, `degrade`) from `feasible_mask`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,6 +46,7 @@ from fedqjax.typing import Array, ArrayLike
 @flax.struct.dataclass
 class Allocation:
   """Per-device resource allocation, every field [N] (or the broadcast shape)."""
+
   freq_hz: Array
   power_w: Array
   t_comp_s: Array
@@ -58,28 +60,49 @@ class Allocation:
   latency_s: Array  # t_comp_s + t_comm_s
 
 
-def feasible_mask(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-                  deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Array:
+def feasible_mask(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  deadline_s: ArrayLike,
+  flops_per_sample: ArrayLike,
+) -> Array:
   """Exactly c n / f_max + t^min <= T, elementwise (bool [N])."""
-  cycles, _, tmin = nm.problem(devices, payload_bits, num_samples, flops_per_sample)
+  cycles, _, tmin = nm.problem(
+    devices, payload_bits, num_samples, flops_per_sample
+  )
   return nm.feasibility(devices, cycles, tmin, deadline_s)[0]
 
 
-def min_round_time(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-                   flops_per_sample: ArrayLike) -> Array:
+def min_round_time(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  flops_per_sample: ArrayLike,
+) -> Array:
   """Fastest possible round c n / f_max + t^min (f = f_max, p = p_max), [N]."""
-  cycles, _, tmin = nm.problem(devices, payload_bits, num_samples, flops_per_sample)
+  cycles, _, tmin = nm.problem(
+    devices, payload_bits, num_samples, flops_per_sample
+  )
   return cycles / devices.f_max_hz + tmin
 
 
 DEADLINE_RULES = ("fp32_feasible", "median", "quantile")
 
 
-def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike,
-                 flops_per_sample: ArrayLike, rule: str = "fp32_feasible",
-                 factor: ArrayLike = 1.2, quantile: ArrayLike = 0.95, *,
-                 present: Optional[Array] = None, segments: Optional[Array] = None,
-                 num_segments: Optional[int] = None) -> Array:
+def deadline_for(
+  devices: Devices,
+  num_params: ArrayLike,
+  num_samples: ArrayLike,
+  flops_per_sample: ArrayLike,
+  rule: str = "fp32_feasible",
+  factor: ArrayLike = 1.2,
+  quantile: ArrayLike = 0.95,
+  *,
+  present: Optional[Array] = None,
+  segments: Optional[Array] = None,
+  num_segments: Optional[int] = None,
+) -> Array:
   """Round deadline T from the devices' fp32 (S = 32 d bits) minimal round times.
 
   T = factor x (the largest | the median | the `quantile`-quantile) over the
@@ -106,10 +129,14 @@ def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike
     ValueError: unknown rule, or concrete factor / quantile / num_params out of range.
   """
   if rule not in DEADLINE_RULES:
-    raise ValueError(f"rule={rule!r} is invalid; valid: {', '.join(DEADLINE_RULES)}")
-  for name, v, ok, rng in (("factor", factor, lambda a: a > 0, "finite and > 0"),
-                           ("quantile", quantile, lambda a: 0 < a <= 1, "(0, 1]"),
-                           ("num_params", num_params, lambda a: a > 0, "finite and > 0")):
+    raise ValueError(
+      f"rule={rule!r} is invalid; valid: {', '.join(DEADLINE_RULES)}"
+    )
+  for name, v, ok, rng in (
+    ("factor", factor, lambda a: a > 0, "finite and > 0"),
+    ("quantile", quantile, lambda a: 0 < a <= 1, "(0, 1]"),
+    ("num_params", num_params, lambda a: a > 0, "finite and > 0"),
+  ):
     if not nm.is_traced(v):
       a = np.asarray(v, np.float64)
       if not (np.all(np.isfinite(a)) and np.all(ok(a))):
@@ -119,23 +146,36 @@ def deadline_for(devices: Devices, num_params: ArrayLike, num_samples: ArrayLike
     g = int(num_segments)
     seg = jnp.asarray(segments, jnp.int32)
     seg = seg if present is None else jnp.where(present, seg, g)  # g: ignored
-    stat = {"fp32_feasible": lambda: jax.ops.segment_max(t, seg, num_segments=g),
-            "median": lambda: nm.segment_quantile(t, seg, g, 0.5),
-            "quantile": lambda: nm.segment_quantile(t, seg, g, quantile)}[rule]()
+    stat = {
+      "fp32_feasible": lambda: jax.ops.segment_max(t, seg, num_segments=g),
+      "median": lambda: nm.segment_quantile(t, seg, g, 0.5),
+      "quantile": lambda: nm.segment_quantile(t, seg, g, quantile),
+    }[rule]()
   elif present is None:
-    stat = {"fp32_feasible": lambda: jnp.max(t), "median": lambda: jnp.median(t),
-            "quantile": lambda: jnp.quantile(t, quantile)}[rule]()
+    stat = {
+      "fp32_feasible": lambda: jnp.max(t),
+      "median": lambda: jnp.median(t),
+      "quantile": lambda: jnp.quantile(t, quantile),
+    }[rule]()
   else:
     masked = jnp.where(present, t, jnp.nan)
-    stat = {"fp32_feasible": lambda: jnp.nanmax(masked),
-            "median": lambda: jnp.nanmedian(masked),
-            "quantile": lambda: jnp.nanquantile(masked, quantile)}[rule]()
+    stat = {
+      "fp32_feasible": lambda: jnp.nanmax(masked),
+      "median": lambda: jnp.nanmedian(masked),
+      "quantile": lambda: jnp.nanquantile(masked, quantile),
+    }[rule]()
   return factor * stat
 
 
-def allocate(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-             deadline_s: ArrayLike, flops_per_sample: ArrayLike, *,
-             iters: Optional[int] = None) -> Allocation:
+def allocate(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  deadline_s: ArrayLike,
+  flops_per_sample: ArrayLike,
+  *,
+  iters: Optional[int] = None,
+) -> Allocation:
   """Energy-optimal (f, p) for every device at once.
 
   Args:
@@ -152,25 +192,42 @@ def allocate(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
   Raises:
     ValueError: if called with concrete (non-traced) invalid inputs.
   """
-  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  nm.check_inputs(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample
+  )
   iters = nm.default_iters(devices.gain.dtype) if iters is None else int(iters)
-  return _allocate(devices, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
+  return _allocate(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample, iters
+  )
 
 
-@functools.partial(jax.jit, static_argnums=5)  # one kernel even when called eagerly
-def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters):
+@functools.partial(
+  jax.jit, static_argnums=5
+)  # one kernel even when called eagerly
+def _allocate(
+  d, payload_bits, num_samples, deadline_s, flops_per_sample, iters
+):
   dtype = d.gain.dtype
-  cycles, s, tmin, T, feasible, reason = nm.setup(d, payload_bits, num_samples, deadline_s,
-                                                  flops_per_sample)
+  cycles, s, tmin, T, feasible, reason = nm.setup(
+    d, payload_bits, num_samples, deadline_s, flops_per_sample
+  )
 
-  ln_a = jnp.log(s) + math.log(model.LN2) - jnp.log(d.bandwidth_hz)  # a = S ln2 / W
-  ln_k = jnp.log(d.noise_psd_w_hz) + jnp.log(d.bandwidth_hz) - jnp.log(d.gain)  # K = N0 W / h
+  ln_a = (
+    jnp.log(s) + math.log(model.LN2) - jnp.log(d.bandwidth_hz)
+  )  # a = S ln2 / W
+  ln_k = (
+    jnp.log(d.noise_psd_w_hz) + jnp.log(d.bandwidth_hz) - jnp.log(d.gain)
+  )  # K = N0 W / h
   ln_cyc = jnp.log(cycles)
   ln_2tau = math.log(2.0) + jnp.log(d.tau)
   ln_fmin, ln_fmax = jnp.log(d.f_min_hz), jnp.log(d.f_max_hz)
-  x_max = jnp.log1p(model.snr(d.p_max_w, d.gain, d.bandwidth_hz, d.noise_psd_w_hz))
+  x_max = jnp.log1p(
+    model.snr(d.p_max_w, d.gain, d.bandwidth_hz, d.noise_psd_w_hz)
+  )
   u_hi0 = jnp.log(x_max)  # t = t^min
-  u_lo0 = jnp.minimum(ln_a - jnp.log(T) - math.log(2.0), u_hi0)  # a / x = 2T: g > 0
+  u_lo0 = jnp.minimum(
+    ln_a - jnp.log(T) - math.log(2.0), u_hi0
+  )  # a / x = 2T: g > 0
 
   def ln_freq(u):
     return jnp.clip((ln_k + nm.ln_phi(u) - ln_2tau) / 3.0, ln_fmin, ln_fmax)
@@ -188,21 +245,35 @@ def _allocate(d, payload_bits, num_samples, deadline_s, flops_per_sample, iters)
   t_int = jnp.exp(ln_a - u)
   nu_int = jnp.exp(ln_k + nm.ln_phi(u))
   # t pinned at t^min: the deadline fixes f, and nu from the f stationarity.
-  f_tm = jnp.clip(cycles / jnp.maximum(T - tmin, jnp.finfo(dtype).tiny), d.f_min_hz, d.f_max_hz)
+  f_tm = jnp.clip(
+    cycles / jnp.maximum(T - tmin, jnp.finfo(dtype).tiny),
+    d.f_min_hz,
+    d.f_max_hz,
+  )
   nu_tm = jnp.exp(ln_2tau + 3.0 * jnp.log(f_tm))
 
   freq = jnp.where(feasible, jnp.where(at_tmin, f_tm, f_int), d.f_max_hz)
   t_comm = jnp.where(feasible & ~at_tmin, t_int, tmin)
-  power = jnp.where(feasible & ~at_tmin,
-                    model.power_of_time(t_comm, s, d.gain, d.bandwidth_hz, d.noise_psd_w_hz),
-                    d.p_max_w)
+  power = jnp.where(
+    feasible & ~at_tmin,
+    model.power_of_time(t_comm, s, d.gain, d.bandwidth_hz, d.noise_psd_w_hz),
+    d.p_max_w,
+  )
   power = jnp.minimum(power, d.p_max_w)  # rounding guard at t ~ t^min
   nu = jnp.where(feasible, jnp.where(at_tmin, nu_tm, nu_int), 0.0)
   return make_allocation(d, cycles, freq, power, t_comm, nu, feasible, reason)
 
 
-def make_allocation(d: Devices, cycles: Array, freq: Array, power: Array, t_comm: Array,
-                    nu: Array, feasible: Array, reason: Array) -> Allocation:
+def make_allocation(
+  d: Devices,
+  cycles: Array,
+  freq: Array,
+  power: Array,
+  t_comm: Array,
+  nu: Array,
+  feasible: Array,
+  reason: Array,
+) -> Allocation:
   """The Allocation of a given (f, p, t^com): times and energies from the model.
 
   E^cmp = tau A f^2 and E^com = p t^com, the same for every policy. Inside a
@@ -213,22 +284,48 @@ def make_allocation(d: Devices, cycles: Array, freq: Array, power: Array, t_comm
   t_comp = cycles / freq
   e_comp = model.comp_energy(d.tau, cycles, 1.0, freq)
   e_comm = power * t_comm
-  return Allocation(freq_hz=freq, power_w=power, t_comp_s=t_comp, t_comm_s=t_comm,
-                    e_comp_j=e_comp, e_comm_j=e_comm, energy_j=e_comp + e_comm, nu=nu,
-                    feasible=feasible, reason=reason, latency_s=t_comp + t_comm)
+  return Allocation(
+    freq_hz=freq,
+    power_w=power,
+    t_comp_s=t_comp,
+    t_comm_s=t_comm,
+    e_comp_j=e_comp,
+    e_comm_j=e_comm,
+    energy_j=e_comp + e_comm,
+    nu=nu,
+    feasible=feasible,
+    reason=reason,
+    latency_s=t_comp + t_comm,
+  )
 
 
-def naive_allocation(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-                     deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Allocation:
+def naive_allocation(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  deadline_s: ArrayLike,
+  flops_per_sample: ArrayLike,
+) -> Allocation:
   """No optimization: f = f_max, p = p_max; feasibility by the same test as `allocate`."""
-  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
-  return _naive(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  nm.check_inputs(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample
+  )
+  return _naive(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample
+  )
 
 
 @jax.jit
 def _naive(d, payload_bits, num_samples, deadline_s, flops_per_sample):
   pr = nm.setup(d, payload_bits, num_samples, deadline_s, flops_per_sample)
   b = lambda v: jnp.broadcast_to(v, pr.cycles.shape)
-  return make_allocation(d, pr.cycles, b(d.f_max_hz), b(d.p_max_w), pr.t_min_s,
-                         jnp.zeros(pr.cycles.shape, d.gain.dtype), pr.feasible, pr.reason)
-
+  return make_allocation(
+    d,
+    pr.cycles,
+    b(d.f_max_hz),
+    b(d.p_max_w),
+    pr.t_min_s,
+    jnp.zeros(pr.cycles.shape, d.gain.dtype),
+    pr.feasible,
+    pr.reason,
+  )

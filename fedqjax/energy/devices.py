@@ -10,6 +10,7 @@ W = 20 MHz, p_max = 0.2 W, f in [0.1, 2] GHz, tau = 1e-28 x U[0.5, 1.5].
 `EnergyConfig` is the frozen, validated boundary object (never traced);
 `Devices` is the per-device pytree of [N] arrays that the jitted round carries.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,11 @@ from fedqjax.typing import Array, PRNGKey
 
 
 def _is_bad_number(x: Any) -> bool:
-  return not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x)
+  return (
+    not isinstance(x, (int, float))
+    or isinstance(x, bool)
+    or not math.isfinite(x)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,7 @@ class EnergyConfig:
     eps_choices: per-device relative quantization error budgets, drawn uniformly.
     bit_caps: optional per-device bit-width caps, drawn uniformly (None: 32).
   """
+
   num_devices: int = 10
   radius_m: float = 500.0
   min_distance_m: float = 10.0
@@ -83,12 +89,24 @@ class EnergyConfig:
 
   def validate(self) -> "EnergyConfig":
     """Checks every field; raises ValueError naming field, value and valid range."""
+
     def bad(name, rng):
       raise InvalidSetting("EnergyConfig", name, getattr(self, name), rng)
-    if not isinstance(self.num_devices, (int, np.integer)) or self.num_devices < 1:
+
+    if (
+      not isinstance(self.num_devices, (int, np.integer))
+      or self.num_devices < 1
+    ):
       bad("num_devices", "integer >= 1")
-    positive = ("radius_m", "min_distance_m", "total_bandwidth_hz", "p_max_w",
-                "f_min_hz", "f_max_hz", "tau_mean")
+    positive = (
+      "radius_m",
+      "min_distance_m",
+      "total_bandwidth_hz",
+      "p_max_w",
+      "f_min_hz",
+      "f_max_hz",
+      "tau_mean",
+    )
     for name in positive:
       v = getattr(self, name)
       if _is_bad_number(v) or v <= 0:
@@ -105,16 +123,22 @@ class EnergyConfig:
     if _is_bad_number(self.tau_spread) or not 0 <= self.tau_spread < 1:
       bad("tau_spread", "[0, 1)")
     if self.bandwidth_shares is not None and (
-        not isinstance(self.bandwidth_shares, (int, np.integer)) or self.bandwidth_shares < 1):
+      not isinstance(self.bandwidth_shares, (int, np.integer))
+      or self.bandwidth_shares < 1
+    ):
       bad("bandwidth_shares", "None or integer >= 1")
     if not self.flops_per_cycle_choices or any(
-        _is_bad_number(float(c)) or c <= 0 for c in self.flops_per_cycle_choices):
+      _is_bad_number(float(c)) or c <= 0 for c in self.flops_per_cycle_choices
+    ):
       bad("flops_per_cycle_choices", "non-empty, each finite and > 0")
     if not self.eps_choices or any(
-        _is_bad_number(float(e)) or e <= 0 for e in self.eps_choices):
+      _is_bad_number(float(e)) or e <= 0 for e in self.eps_choices
+    ):
       bad("eps_choices", "non-empty, each finite and > 0")
-    if self.bit_caps is not None and (not self.bit_caps or any(
-        int(b) != b or not 1 <= b <= 32 for b in self.bit_caps)):
+    if self.bit_caps is not None and (
+      not self.bit_caps
+      or any(int(b) != b or not 1 <= b <= 32 for b in self.bit_caps)
+    ):
       bad("bit_caps", "None or non-empty integers in [1, 32]")
     return self
 
@@ -130,7 +154,9 @@ class EnergyConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-      raise ValueError(f"EnergyConfig: unknown field(s) {unknown}; known: {sorted(names)}")
+      raise ValueError(
+        f"EnergyConfig: unknown field(s) {unknown}; known: {sorted(names)}"
+      )
     for k in ("flops_per_cycle_choices", "eps_choices", "bit_caps"):
       if d.get(k) is not None:
         d[k] = tuple(d[k])
@@ -145,6 +171,7 @@ class Devices:
   when enabled, this round's fading); `large_scale_gain` excludes fading.
   `bit_cap` is an int bit-width cap (32 = no cap).
   """
+
   distance_m: Array
   shadowing_db: Array
   gain: Array
@@ -164,12 +191,16 @@ class Devices:
     return self.gain.shape[-1]
 
 
-def pathloss_db(distance_m: Array, const_db: float = 128.1, exp_db: float = 37.6) -> Array:
+def pathloss_db(
+  distance_m: Array, const_db: float = 128.1, exp_db: float = 37.6
+) -> Array:
   """Path loss in dB, 128.1 + 37.6 log10(d_km) (3GPP macro cell, Yang et al. 2021)."""
   return const_db + exp_db * jnp.log10(distance_m / 1000.0)
 
 
-def sample_devices(config: EnergyConfig, key: PRNGKey, n: Optional[int] = None) -> Devices:
+def sample_devices(
+  config: EnergyConfig, key: PRNGKey, n: Optional[int] = None
+) -> Devices:
   """Samples a device population.
 
   Args:
@@ -207,12 +238,16 @@ def _from_keys(config: EnergyConfig, keys: Array) -> Devices:
   return jax.vmap(lambda k: _draw(config, k, ()))(keys)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))  # config is frozen, hence hashable
+@functools.partial(
+  jax.jit, static_argnums=(0, 2)
+)  # config is frozen, hence hashable
 def _sample_devices(config: EnergyConfig, key: PRNGKey, n: int) -> Devices:
   return _draw(config, key, (n,))
 
 
-def _draw(config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...]) -> Devices:
+def _draw(
+  config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...]
+) -> Devices:
   """Every field of `shape` from one key (split into one key per field)."""
   n = shape  # every draw below has this shape: () for one device, (n,) for n
   dtype = jnp.zeros(()).dtype  # float64 only when jax_enable_x64 is on
@@ -222,34 +257,45 @@ def _draw(config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...]) -> Devices
   u = jax.random.uniform(k_d, n, dtype)
   distance = jnp.sqrt(r0**2 + u * (r1**2 - r0**2))
   shadow = config.shadowing_db * jax.random.normal(k_s, n, dtype)
-  large = 10.0 ** (-(pathloss_db(distance, config.pathloss_const_db, config.pathloss_exp_db)
-                     + shadow) / 10.0)
-  fading = jax.random.exponential(k_f, n, dtype) if config.rayleigh_fading else 1.0
+  large = 10.0 ** (
+    -(
+      pathloss_db(distance, config.pathloss_const_db, config.pathloss_exp_db)
+      + shadow
+    )
+    / 10.0
+  )
+  fading = (
+    jax.random.exponential(k_f, n, dtype) if config.rayleigh_fading else 1.0
+  )
   shares = config.bandwidth_shares or config.num_devices
   full = lambda v: jnp.full(n, v, dtype)
   tau = config.tau_mean * jax.random.uniform(
-      k_tau, n, dtype, 1.0 - config.tau_spread, 1.0 + config.tau_spread)
+    k_tau, n, dtype, 1.0 - config.tau_spread, 1.0 + config.tau_spread
+  )
   pick = lambda k, choices, dt: jnp.asarray(choices, dt)[
-      jax.random.randint(k, n, 0, len(choices))]
+    jax.random.randint(k, n, 0, len(choices))
+  ]
   caps = config.bit_caps if config.bit_caps is not None else (32,)
   return Devices(
-      distance_m=distance,
-      shadowing_db=shadow,
-      gain=large * fading,
-      large_scale_gain=large,
-      bandwidth_hz=full(config.total_bandwidth_hz / shares),
-      p_max_w=full(config.p_max_w),
-      f_min_hz=full(config.f_min_hz),
-      f_max_hz=full(config.f_max_hz),
-      tau=tau,
-      flops_per_cycle=pick(k_c, config.flops_per_cycle_choices, dtype),
-      eps=pick(k_e, config.eps_choices, dtype),
-      bit_cap=pick(k_b, caps, jnp.int32),
-      noise_psd_w_hz=full(10.0 ** ((config.noise_psd_dbm_hz - 30.0) / 10.0)),
+    distance_m=distance,
+    shadowing_db=shadow,
+    gain=large * fading,
+    large_scale_gain=large,
+    bandwidth_hz=full(config.total_bandwidth_hz / shares),
+    p_max_w=full(config.p_max_w),
+    f_min_hz=full(config.f_min_hz),
+    f_max_hz=full(config.f_max_hz),
+    tau=tau,
+    flops_per_cycle=pick(k_c, config.flops_per_cycle_choices, dtype),
+    eps=pick(k_e, config.eps_choices, dtype),
+    bit_cap=pick(k_b, caps, jnp.int32),
+    noise_psd_w_hz=full(10.0 ** ((config.noise_psd_dbm_hz - 30.0) / 10.0)),
   )
 
 
-def redraw_fading(devices: Devices, key: PRNGKey, enabled: bool = True) -> Devices:
+def redraw_fading(
+  devices: Devices, key: PRNGKey, enabled: bool = True
+) -> Devices:
   """Redraws Rayleigh block fading, |h|^2 ~ Exp(1), on the large-scale gain.
 
   Args:
@@ -265,25 +311,44 @@ def redraw_fading(devices: Devices, key: PRNGKey, enabled: bool = True) -> Devic
 
 def validate_devices(devices: Devices) -> Devices:
   """Host-side check of a Devices pytree; raises ValueError naming the field."""
-  positive = ("gain", "large_scale_gain", "bandwidth_hz", "p_max_w", "f_min_hz",
-              "f_max_hz", "tau", "flops_per_cycle", "eps", "noise_psd_w_hz", "distance_m")
+  positive = (
+    "gain",
+    "large_scale_gain",
+    "bandwidth_hz",
+    "p_max_w",
+    "f_min_hz",
+    "f_max_hz",
+    "tau",
+    "flops_per_cycle",
+    "eps",
+    "noise_psd_w_hz",
+    "distance_m",
+  )
   for name in positive + ("shadowing_db",):
     v = np.asarray(getattr(devices, name), np.float64)
     if not np.all(np.isfinite(v)):
       i = int(np.flatnonzero(~np.isfinite(v).ravel())[0])
-      raise ValueError(f"Devices.{name} has non-finite value {v.ravel()[i]!r} at index {i}; "
-                       "valid range: finite")
+      raise ValueError(
+        f"Devices.{name} has non-finite value {v.ravel()[i]!r} at index {i}; "
+        "valid range: finite"
+      )
     if name in positive and not np.all(v > 0):
       i = int(np.flatnonzero(~(v > 0).ravel())[0])
-      raise ValueError(f"Devices.{name} has value {v.ravel()[i]!r} at index {i}; "
-                       "valid range: > 0")
+      raise ValueError(
+        f"Devices.{name} has value {v.ravel()[i]!r} at index {i}; "
+        "valid range: > 0"
+      )
   fmin, fmax = np.asarray(devices.f_min_hz), np.asarray(devices.f_max_hz)
   if np.any(fmin >= fmax):
     i = int(np.flatnonzero((fmin >= fmax).ravel())[0])
-    raise ValueError(f"Devices.f_min_hz={fmin.ravel()[i]!r} >= f_max_hz={fmax.ravel()[i]!r} "
-                     f"at index {i}; valid range: f_min_hz < f_max_hz")
+    raise ValueError(
+      f"Devices.f_min_hz={fmin.ravel()[i]!r} >= f_max_hz={fmax.ravel()[i]!r} "
+      f"at index {i}; valid range: f_min_hz < f_max_hz"
+    )
   cap = np.asarray(devices.bit_cap)
   if np.any((cap < 1) | (cap > 32)):
     i = int(np.flatnonzero(((cap < 1) | (cap > 32)).ravel())[0])
-    raise ValueError(f"Devices.bit_cap={cap.ravel()[i]!r} at index {i}; valid range: [1, 32]")
+    raise ValueError(
+      f"Devices.bit_cap={cap.ravel()[i]!r} at index {i}; valid range: [1, 32]"
+    )
   return devices

@@ -23,6 +23,7 @@ Reason codes (`Allocation.reason`):
   2 REASON_UPLOAD: c n / f_max < T but c n / f_max + t^min > T, computation at
     f_max plus upload at p_max exceeds the deadline.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,11 @@ REASON_OK, REASON_COMPUTE, REASON_UPLOAD = 0, 1, 2
 def as_float(x: ArrayLike) -> Array:
   """x as a JAX array, cast to the default float dtype when it is not floating."""
   x = jnp.asarray(x)
-  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.zeros(()).dtype)
+  return (
+    x
+    if jnp.issubdtype(x.dtype, jnp.floating)
+    else x.astype(jnp.zeros(()).dtype)
+  )
 
 
 def is_traced(*trees) -> bool:
@@ -50,46 +55,68 @@ def is_traced(*trees) -> bool:
   return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(trees))
 
 
-def check_inputs(devices: Devices, payload_bits, num_samples, deadline_s,
-                 flops_per_sample) -> None:
+def check_inputs(
+  devices: Devices, payload_bits, num_samples, deadline_s, flops_per_sample
+) -> None:
   """Host checks when the inputs are concrete (skipped under jit).
 
   Raises:
     ValueError: naming the field and the valid range.
   """
-  if is_traced(devices, payload_bits, num_samples, deadline_s, flops_per_sample):
+  if is_traced(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample
+  ):
     return
   validate_devices(devices)
-  for name, v in (("payload_bits", payload_bits), ("num_samples", num_samples),
-                  ("deadline_s", deadline_s), ("flops_per_sample", flops_per_sample)):
+  for name, v in (
+    ("payload_bits", payload_bits),
+    ("num_samples", num_samples),
+    ("deadline_s", deadline_s),
+    ("flops_per_sample", flops_per_sample),
+  ):
     a = np.asarray(v, np.float64)
     bad = ~(np.isfinite(a) & (a > 0))
     if np.any(bad):
-      raise ValueError(f"{name}={a[bad].ravel()[0]!r} is invalid; valid range: finite and > 0")
+      raise ValueError(
+        f"{name}={a[bad].ravel()[0]!r} is invalid; valid range: finite and > 0"
+      )
 
 
-def problem(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-            flops_per_sample: ArrayLike) -> Tuple[Array, Array, Array]:
+def problem(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  flops_per_sample: ArrayLike,
+) -> Tuple[Array, Array, Array]:
   """Per-device constants (cycles A = c n, payload S > 0, t^min at `devices.bandwidth_hz`)."""
   d = devices
-  cycles = model.cycles_per_sample(flops_per_sample, d.flops_per_cycle) * num_samples
-  s = jnp.maximum(as_float(payload_bits), jnp.finfo(d.gain.dtype).tiny)  # S > 0: log finite
+  cycles = (
+    model.cycles_per_sample(flops_per_sample, d.flops_per_cycle) * num_samples
+  )
+  s = jnp.maximum(
+    as_float(payload_bits), jnp.finfo(d.gain.dtype).tiny
+  )  # S > 0: log finite
   tmin = model.t_min(s, d.gain, d.bandwidth_hz, d.p_max_w, d.noise_psd_w_hz)
   return cycles, s, tmin
 
 
-def feasibility(devices: Devices, cycles: Array, tmin: Array,
-                deadline_s: ArrayLike) -> Tuple[Array, Array]:
+def feasibility(
+  devices: Devices, cycles: Array, tmin: Array, deadline_s: ArrayLike
+) -> Tuple[Array, Array]:
   """(feasible, reason): exactly c n / f_max + t^min <= T, and the reason code."""
   t_cmp_max = cycles / devices.f_max_hz
   feasible = t_cmp_max + tmin <= deadline_s
-  reason = jnp.where(feasible, REASON_OK,
-                     jnp.where(t_cmp_max >= deadline_s, REASON_COMPUTE, REASON_UPLOAD))
+  reason = jnp.where(
+    feasible,
+    REASON_OK,
+    jnp.where(t_cmp_max >= deadline_s, REASON_COMPUTE, REASON_UPLOAD),
+  )
   return feasible, reason.astype(jnp.int32)
 
 
 class Problem(NamedTuple):
   """One round's per-device problem, every field broadcast to the devices' shape."""
+
   cycles: Array  # A = c n
   payload_bits: Array  # S > 0
   t_min_s: Array  # S / r(p_max)
@@ -98,18 +125,29 @@ class Problem(NamedTuple):
   reason: Array  # int32 reason code
 
 
-def setup(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-          deadline_s: ArrayLike, flops_per_sample: ArrayLike) -> Problem:
+def setup(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  deadline_s: ArrayLike,
+  flops_per_sample: ArrayLike,
+) -> Problem:
   """`problem` + `feasibility`, broadcast to one common shape (traceable)."""
-  cycles, s, tmin = problem(devices, payload_bits, num_samples, flops_per_sample)
+  cycles, s, tmin = problem(
+    devices, payload_bits, num_samples, flops_per_sample
+  )
   T = jnp.asarray(deadline_s, devices.gain.dtype)
   feasible, reason = feasibility(devices, cycles, tmin, T)
-  shape = jnp.broadcast_shapes(cycles.shape, s.shape, T.shape, devices.gain.shape)
+  shape = jnp.broadcast_shapes(
+    cycles.shape, s.shape, T.shape, devices.gain.shape
+  )
   b = lambda v: jnp.broadcast_to(v, shape)
   return Problem(b(cycles), b(s), b(tmin), b(T), b(feasible), b(reason))
 
 
-def segment_quantile(x: Array, segments: Array, num_segments: int, q: ArrayLike) -> Array:
+def segment_quantile(
+  x: Array, segments: Array, num_segments: int, q: ArrayLike
+) -> Array:
   """q-quantile of x within each segment, linear interpolation as `jnp.quantile`; [G].
 
   Devices with a segment id outside [0, num_segments) are ignored; an empty
@@ -118,7 +156,9 @@ def segment_quantile(x: Array, segments: Array, num_segments: int, q: ArrayLike)
   seg = jnp.asarray(segments, jnp.int32)
   order = jnp.lexsort((x, seg))
   xs = x[order]
-  counts = jax.ops.segment_sum(jnp.ones_like(seg), seg, num_segments=num_segments)
+  counts = jax.ops.segment_sum(
+    jnp.ones_like(seg), seg, num_segments=num_segments
+  )
   starts = jnp.cumsum(counts) - counts
   pos = (jnp.maximum(counts, 1) - 1).astype(x.dtype) * q
   lo = jnp.floor(pos)
@@ -163,23 +203,27 @@ def ln_expm1(x: Array) -> Array:
   return jnp.where(x <= 1.0, small, xl + jnp.log1p(-jnp.exp(-xl)))
 
 
-def bisect(fn: Callable[[Array], Array], lo: Array, hi: Array,
-           iters: int) -> Tuple[Array, Array]:
+def bisect(
+  fn: Callable[[Array], Array], lo: Array, hi: Array, iters: int
+) -> Tuple[Array, Array]:
   """Fixed-length bisection keeping fn(lo) > 0 >= fn(hi) (fn decreasing); returns (lo, hi).
 
   Elementwise over arrays (every device at once), one `lax.fori_loop` with a
   static trip count: jit / vmap friendly, no data-dependent control flow.
   """
+
   def body(_, bracket):
     lo, hi = bracket
     mid = 0.5 * (lo + hi)
     pos = fn(mid) > 0
     return jnp.where(pos, mid, lo), jnp.where(pos, hi, mid)
+
   return jax.lax.fori_loop(0, iters, body, (lo, hi))
 
 
-def illinois(fn: Callable[[Array], Array], lo: Array, hi: Array,
-             iters: int) -> Tuple[Array, Array]:
+def illinois(
+  fn: Callable[[Array], Array], lo: Array, hi: Array, iters: int
+) -> Tuple[Array, Array]:
   """Fixed-length regula falsi (Illinois variant) keeping fn(lo) > 0 >= fn(hi); (lo, hi).
 
   For fn decreasing and smooth (e.g. a log-residual that is nearly linear)
@@ -188,6 +232,7 @@ def illinois(fn: Callable[[Array], Array], lo: Array, hi: Array,
   A step that would leave the open bracket (or is not finite) is a bisection.
   Elementwise over arrays, one `lax.fori_loop`: jit / vmap friendly.
   """
+
   def body(_, state):
     a, b, fa, fb, side = state
     c = (a * fb - b * fa) / (fb - fa)
@@ -199,6 +244,7 @@ def illinois(fn: Callable[[Array], Array], lo: Array, hi: Array,
     fb = jnp.where(pos & (side > 0), 0.5 * fb, fb)  # b stayed twice: halve f(b)
     fa = jnp.where(~pos & (side < 0), 0.5 * fa, fa)
     return a, b, fa, fb, jnp.where(pos, jnp.int32(1), jnp.int32(-1))
+
   init = (lo, hi, fn(lo), fn(hi), jnp.zeros(jnp.shape(lo), jnp.int32))
   a, b, *_ = jax.lax.fori_loop(0, iters, body, init)
   return a, b

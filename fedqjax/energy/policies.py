@@ -31,6 +31,7 @@ baselines (they solve no optimization problem).
 Since each baseline's (f, t^com) is feasible for the kkt problem,
 E_kkt <= E_split and E_kkt <= E_deadline <= E_max per device.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,41 +61,65 @@ def check_policies(policies: Sequence[str]) -> tuple:
   policies = tuple(policies)
   bad = [p for p in policies if p not in ALLOCATIONS]
   if bad or not policies:
-    raise ValueError(f"allocation policies {list(policies)!r} are invalid; valid: a non-empty "
-                     f"subset of {', '.join(ALLOCATIONS)}")
+    raise ValueError(
+      f"allocation policies {list(policies)!r} are invalid; valid: a non-empty "
+      f"subset of {', '.join(ALLOCATIONS)}"
+    )
   return policies
 
 
 def deadline_allocation(d: Devices, pr: nm.Problem) -> Allocation:
   """p = p_max, t = t^min, the slowest f in [f_min, f_max] that meets T."""
   tiny = jnp.finfo(d.gain.dtype).tiny
-  f = jnp.clip(pr.cycles / jnp.maximum(pr.deadline_s - pr.t_min_s, tiny), d.f_min_hz,
-               d.f_max_hz)
+  f = jnp.clip(
+    pr.cycles / jnp.maximum(pr.deadline_s - pr.t_min_s, tiny),
+    d.f_min_hz,
+    d.f_max_hz,
+  )
   freq = jnp.where(pr.feasible, f, d.f_max_hz)
   power = jnp.broadcast_to(d.p_max_w, freq.shape)
-  return make_allocation(d, pr.cycles, freq, power, pr.t_min_s, jnp.zeros_like(freq),
-                         pr.feasible, pr.reason)
+  return make_allocation(
+    d,
+    pr.cycles,
+    freq,
+    power,
+    pr.t_min_s,
+    jnp.zeros_like(freq),
+    pr.feasible,
+    pr.reason,
+  )
 
 
 def split_allocation(d: Devices, pr: nm.Problem) -> Allocation:
   """Equal split of T: compute in T / 2 (or faster), upload at the least power in the rest."""
   tiny = jnp.finfo(d.gain.dtype).tiny
   T, tmin, cycles = pr.deadline_s, pr.t_min_s, pr.cycles
-  f_need = cycles / jnp.maximum(T - tmin, tiny)  # leaves exactly t^min for the upload
+  f_need = cycles / jnp.maximum(
+    T - tmin, tiny
+  )  # leaves exactly t^min for the upload
   f = jnp.clip(jnp.maximum(2.0 * cycles / T, f_need), d.f_min_hz, d.f_max_hz)
   freq = jnp.where(pr.feasible, f, d.f_max_hz)
   t_left = jnp.maximum(T - cycles / freq, tmin)  # >= t^min up to rounding
   t_comm = jnp.where(pr.feasible, t_left, tmin)
-  p = model.power_of_time(t_comm, pr.payload_bits, d.gain, d.bandwidth_hz, d.noise_psd_w_hz)
+  p = model.power_of_time(
+    t_comm, pr.payload_bits, d.gain, d.bandwidth_hz, d.noise_psd_w_hz
+  )
   power = jnp.where(pr.feasible, jnp.minimum(p, d.p_max_w), d.p_max_w)
-  return make_allocation(d, cycles, freq, power, t_comm, jnp.zeros_like(freq), pr.feasible,
-                         pr.reason)
+  return make_allocation(
+    d, cycles, freq, power, t_comm, jnp.zeros_like(freq), pr.feasible, pr.reason
+  )
 
 
-def allocate_policies(devices: Devices, payload_bits: ArrayLike, num_samples: ArrayLike,
-                      deadline_s: ArrayLike, flops_per_sample: ArrayLike,
-                      policies: Sequence[str] = ALLOCATIONS, *,
-                      iters: Optional[int] = None) -> Allocation:
+def allocate_policies(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  deadline_s: ArrayLike,
+  flops_per_sample: ArrayLike,
+  policies: Sequence[str] = ALLOCATIONS,
+  *,
+  iters: Optional[int] = None,
+) -> Allocation:
   """Every requested allocation policy on the same devices and payloads.
 
   Args:
@@ -113,21 +138,32 @@ def allocate_policies(devices: Devices, payload_bits: ArrayLike, num_samples: Ar
     ValueError: unknown policy names, or concrete invalid inputs.
   """
   policies = check_policies(policies)
-  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  nm.check_inputs(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample
+  )
   iters = nm.default_iters(devices.gain.dtype) if iters is None else int(iters)
-  return _policies(devices, payload_bits, num_samples, deadline_s, flops_per_sample,
-                   policies, iters)
+  return _policies(
+    devices,
+    payload_bits,
+    num_samples,
+    deadline_s,
+    flops_per_sample,
+    policies,
+    iters,
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6))
-def _policies(d, payload_bits, num_samples, deadline_s, flops_per_sample, policies, iters):
+def _policies(
+  d, payload_bits, num_samples, deadline_s, flops_per_sample, policies, iters
+):
   args = (payload_bits, num_samples, deadline_s, flops_per_sample)
   pr = nm.setup(d, *args)
   make = {
-      "kkt": lambda: allocate(d, *args, iters=iters),
-      "max": lambda: naive_allocation(d, *args),
-      "deadline": lambda: deadline_allocation(d, pr),
-      "split": lambda: split_allocation(d, pr),
+    "kkt": lambda: allocate(d, *args, iters=iters),
+    "max": lambda: naive_allocation(d, *args),
+    "deadline": lambda: deadline_allocation(d, pr),
+    "split": lambda: split_allocation(d, pr),
   }
   outs = [make[name]() for name in policies]  # static unroll over P
   shape = pr.cycles.shape

@@ -82,6 +82,7 @@ sum_k W_min,k > W_tot) have no solution; then every device gets about its
 W_min,k (deadlines met) and sum W > W_tot: callers can detect this by
 comparing the returned bandwidth sum with W_tot.
 """
+
 from __future__ import annotations
 
 import functools
@@ -99,15 +100,20 @@ from fedqjax.energy.devices import Devices
 from fedqjax.typing import Array, ArrayLike
 
 
-def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
-                              num_samples: ArrayLike, deadline_s: ArrayLike,
-                              flops_per_sample: ArrayLike, total_bandwidth_hz: ArrayLike, *,
-                              present: Optional[ArrayLike] = None,
-                              segments: Optional[ArrayLike] = None,
-                              num_segments: Optional[int] = None,
-                              outer_iters: Optional[int] = None,
-                              inner_iters: Optional[int] = None
-                              ) -> Tuple[Allocation, Array, Array]:
+def allocate_shared_bandwidth(
+  devices: Devices,
+  payload_bits: ArrayLike,
+  num_samples: ArrayLike,
+  deadline_s: ArrayLike,
+  flops_per_sample: ArrayLike,
+  total_bandwidth_hz: ArrayLike,
+  *,
+  present: Optional[ArrayLike] = None,
+  segments: Optional[ArrayLike] = None,
+  num_segments: Optional[int] = None,
+  outer_iters: Optional[int] = None,
+  inner_iters: Optional[int] = None,
+) -> Tuple[Allocation, Array, Array]:
   """Energy-optimal (f, p, W) for all devices sharing a bandwidth budget.
 
   Args:
@@ -130,24 +136,51 @@ def allocate_shared_bandwidth(devices: Devices, payload_bits: ArrayLike,
     multiplier mu in J/Hz (0 when no device is feasible): a scalar, or [G]
     with `segments`.
   """
-  nm.check_inputs(devices, payload_bits, num_samples, deadline_s, flops_per_sample)
+  nm.check_inputs(
+    devices, payload_bits, num_samples, deadline_s, flops_per_sample
+  )
   if not nm.is_traced(total_bandwidth_hz):
     w = np.asarray(total_bandwidth_hz, np.float64)
     if not np.all(np.isfinite(w) & (w > 0)):
-      raise ValueError(f"total_bandwidth_hz={total_bandwidth_hz!r} is invalid; valid range: "
-                       "finite and > 0")
+      raise ValueError(
+        f"total_bandwidth_hz={total_bandwidth_hz!r} is invalid; valid range: "
+        "finite and > 0"
+      )
   if (segments is None) != (num_segments is None):
-    raise ValueError("segments and num_segments go together; valid: both or neither")
+    raise ValueError(
+      "segments and num_segments go together; valid: both or neither"
+    )
   dtype = devices.gain.dtype
-  oi = nm.default_outer_iters(dtype) if outer_iters is None else int(outer_iters)
-  ii = nm.default_inner_iters(dtype) if inner_iters is None else int(inner_iters)
+  oi = (
+    nm.default_outer_iters(dtype) if outer_iters is None else int(outer_iters)
+  )
+  ii = (
+    nm.default_inner_iters(dtype) if inner_iters is None else int(inner_iters)
+  )
   shape = devices.gain.shape
-  present = jnp.ones(shape, bool) if present is None else jnp.asarray(present, bool)
-  seg = jnp.zeros(shape, jnp.int32) if segments is None else jnp.asarray(segments, jnp.int32)
+  present = (
+    jnp.ones(shape, bool) if present is None else jnp.asarray(present, bool)
+  )
+  seg = (
+    jnp.zeros(shape, jnp.int32)
+    if segments is None
+    else jnp.asarray(segments, jnp.int32)
+  )
   g = 1 if num_segments is None else int(num_segments)
   w_tot = jnp.broadcast_to(jnp.asarray(total_bandwidth_hz, dtype), (g,))
-  al, w, mu = _shared(devices, payload_bits, num_samples, deadline_s, flops_per_sample,
-                      w_tot, present, seg, g, oi, ii)
+  al, w, mu = _shared(
+    devices,
+    payload_bits,
+    num_samples,
+    deadline_s,
+    flops_per_sample,
+    w_tot,
+    present,
+    seg,
+    g,
+    oi,
+    ii,
+  )
   return al, w, (mu[0] if segments is None else mu)
 
 
@@ -155,8 +188,15 @@ def mu_of_allocation(d: Devices, al: Allocation, s: Array, bw: Array) -> Array:
   """mu_k(W) = -dE*_k/dW (envelope theorem) from a per-device allocation at W."""
   t = al.t_comm_s
   x = s * model.LN2 / (t * bw)
-  kphi = jnp.exp(jnp.log(d.noise_psd_w_hz) + jnp.log(bw) - jnp.log(d.gain) + nm.ln_phi(jnp.log(x)))
-  lam = jnp.maximum(al.nu - kphi, 0.0)  # multiplier of t >= t^min (0 when interior)
+  kphi = jnp.exp(
+    jnp.log(d.noise_psd_w_hz)
+    + jnp.log(bw)
+    - jnp.log(d.gain)
+    + nm.ln_phi(jnp.log(x))
+  )
+  lam = jnp.maximum(
+    al.nu - kphi, 0.0
+  )  # multiplier of t >= t^min (0 when interior)
   xm = jnp.log1p(model.snr(d.p_max_w, d.gain, bw, d.noise_psd_w_hz))
   ratio = jnp.exp(nm.ln_psi(jnp.log(xm)) - jnp.log(xm))  # psi(x_max) / x_max
   return t / bw * (kphi + lam * ratio)
@@ -164,6 +204,7 @@ def mu_of_allocation(d: Devices, al: Allocation, s: Array, bw: Array) -> Array:
 
 class _Consts(NamedTuple):
   """Per-device log-space constants of the joint problem, [K]."""
+
   cycles: Array
   deadline: Array
   payload: Array  # S
@@ -183,7 +224,9 @@ def _consts(d, pr, present) -> _Consts:
   """Feasibility with all the bandwidth (the `allocate` test) and W_min per device."""
   dtype = d.gain.dtype
   feasible = pr.feasible & present
-  cycles, s, T = (v.astype(dtype) for v in (pr.cycles, pr.payload_bits, pr.deadline_s))
+  cycles, s, T = (
+    v.astype(dtype) for v in (pr.cycles, pr.payload_bits, pr.deadline_s)
+  )
   s_max = T - cycles / d.f_max_hz  # longest upload time (f = f_max)
   s_max_safe = jnp.where(feasible, s_max, T)
   ln_b = jnp.log(s) + math.log(model.LN2)  # b = S ln 2
@@ -194,36 +237,63 @@ def _consts(d, pr, present) -> _Consts:
   u_lo0 = jnp.log(-jnp.expm1(ln_r))  # x/(e^x-1) >= 1 - x/2 > r
   u_hi0 = jnp.log(2.0 - 2.0 * ln_r)  # x/(e^x-1) <= r
   # lo end: x slightly below x(W_min), W slightly above W_min (feasible side).
-  u_wmin, _ = nm.bisect(lambda u: (u - nm.ln_expm1(jnp.exp(u))) - ln_r, u_lo0, u_hi0,
-                        nm.default_iters(dtype) + 8)
-  return _Consts(cycles=cycles, deadline=T, payload=s, ln_b=ln_b, ln_n0=ln_n0, ln_h=ln_h, ln_c=ln_c,
-                 ln_cyc=jnp.log(cycles), ln_2tau=math.log(2.0) + jnp.log(d.tau),
-                 ln_fmin=jnp.log(d.f_min_hz), ln_fmax=jnp.log(d.f_max_hz), u_wmin=u_wmin,
-                 feasible=feasible)
+  u_wmin, _ = nm.bisect(
+    lambda u: (u - nm.ln_expm1(jnp.exp(u))) - ln_r,
+    u_lo0,
+    u_hi0,
+    nm.default_iters(dtype) + 8,
+  )
+  return _Consts(
+    cycles=cycles,
+    deadline=T,
+    payload=s,
+    ln_b=ln_b,
+    ln_n0=ln_n0,
+    ln_h=ln_h,
+    ln_c=ln_c,
+    ln_cyc=jnp.log(cycles),
+    ln_2tau=math.log(2.0) + jnp.log(d.tau),
+    ln_fmin=jnp.log(d.f_min_hz),
+    ln_fmax=jnp.log(d.f_max_hz),
+    u_wmin=u_wmin,
+    feasible=feasible,
+  )
 
 
 def _mu_bracket(d, k, args, w_tot, seg, g):
   """Bracket on log mu per cell from the budget split W'_k = W_min,k + slack / K."""
   dtype = d.gain.dtype
   ssum = lambda v: jax.ops.segment_sum(v, seg, num_segments=g)
-  w_min = jnp.where(k.feasible, jnp.exp(k.ln_c - nm.ln_expm1(jnp.exp(k.u_wmin))), 0.0)
+  w_min = jnp.where(
+    k.feasible, jnp.exp(k.ln_c - nm.ln_expm1(jnp.exp(k.u_wmin))), 0.0
+  )
   k_feas = jnp.maximum(ssum(k.feasible.astype(dtype)), 1.0)
   slack = jnp.maximum(w_tot - ssum(w_min), 0.0)
-  w_split = jnp.where(k.feasible, jnp.maximum(w_min + (slack / k_feas)[seg], w_min * 1.001),
-                      w_tot[seg])
+  w_split = jnp.where(
+    k.feasible,
+    jnp.maximum(w_min + (slack / k_feas)[seg], w_min * 1.001),
+    w_tot[seg],
+  )
   al_split = allocate(d.replace(bandwidth_hz=w_split), *args)
   mu_split = mu_of_allocation(d, al_split, k.payload, w_split)
   ok = k.feasible & al_split.feasible & (mu_split > 0) & jnp.isfinite(mu_split)
   ln_mu_split = jnp.log(jnp.where(ok, mu_split, 1.0))
   big = jnp.asarray(jnp.finfo(dtype).max, dtype)
-  lm_lo = jax.ops.segment_min(jnp.where(ok, ln_mu_split, big), seg, num_segments=g) - 2.0
-  lm_hi = jax.ops.segment_max(jnp.where(ok, ln_mu_split, -big), seg, num_segments=g) + 2.0
+  lm_lo = (
+    jax.ops.segment_min(jnp.where(ok, ln_mu_split, big), seg, num_segments=g)
+    - 2.0
+  )
+  lm_hi = (
+    jax.ops.segment_max(jnp.where(ok, ln_mu_split, -big), seg, num_segments=g)
+    + 2.0
+  )
   any_ok = ssum(ok.astype(jnp.int32)) > 0
   return jnp.where(any_ok, lm_lo, 0.0), jnp.where(any_ok, lm_hi, 0.0), any_ok
 
 
 def _bandwidth_a(d, k, lm, inner_iters):
   """Branch A (power below p_max): (log W, valid) at mu = e^lm."""
+
   def ln_t_a(u):
     return lm + k.ln_h - k.ln_n0 - nm.ln_phi(u)
 
@@ -238,9 +308,12 @@ def _bandwidth_a(d, k, lm, inner_iters):
     return jnp.exp(k.ln_cyc - ln_f(u)) + jnp.exp(ln_t_a(u)) - k.deadline
 
   ua_hi = k.u_wmin
-  ua_lo = jnp.minimum(jnp.minimum(0.0, 0.5 * (lm + k.ln_h - k.ln_n0 - jnp.log(k.deadline))),
-                      ua_hi)
-  log_g_a = lambda u: jnp.logaddexp(k.ln_cyc - ln_f(u), ln_t_a(u)) - jnp.log(k.deadline)
+  ua_lo = jnp.minimum(
+    jnp.minimum(0.0, 0.5 * (lm + k.ln_h - k.ln_n0 - jnp.log(k.deadline))), ua_hi
+  )
+  log_g_a = lambda u: (
+    jnp.logaddexp(k.ln_cyc - ln_f(u), ln_t_a(u)) - jnp.log(k.deadline)
+  )
   _, ua = nm.illinois(log_g_a, ua_lo, ua_hi, inner_iters)
   lw_a = ln_w_a(ua)
   valid_a = (g_a(ua_hi) <= 0) & (nm.ln_expm1(jnp.exp(ua)) <= k.ln_c - lw_a)
@@ -258,8 +331,12 @@ def _bandwidth_b(d, k, lm, inner_iters):
     lw = ln_w_b(u)
     lt = k.ln_b - lw - u
     t = jnp.exp(lt)
-    f_raw = jnp.minimum(k.cycles / jnp.maximum(k.deadline - t, tiny), d.f_max_hz)
-    coef = jnp.where(f_raw >= d.f_min_hz, jnp.exp(k.ln_2tau + 3.0 * jnp.log(f_raw)), 0.0)
+    f_raw = jnp.minimum(
+      k.cycles / jnp.maximum(k.deadline - t, tiny), d.f_max_hz
+    )
+    coef = jnp.where(
+      f_raw >= d.f_min_hz, jnp.exp(k.ln_2tau + 3.0 * jnp.log(f_raw)), 0.0
+    )
     ln_mu_b = jnp.log(coef + d.p_max_w) + lt + nm.ln_psi(u) - lw - u
     return lm - ln_mu_b
 
@@ -275,25 +352,48 @@ def _bandwidth(d, k, lm, inner_iters):
 
 
 @functools.partial(jax.jit, static_argnums=(8, 9, 10))
-def _shared(d, payload_bits, num_samples, deadline_s, flops_per_sample, w_tot, present, seg,
-            g, outer_iters, inner_iters):
+def _shared(
+  d,
+  payload_bits,
+  num_samples,
+  deadline_s,
+  flops_per_sample,
+  w_tot,
+  present,
+  seg,
+  g,
+  outer_iters,
+  inner_iters,
+):
   dtype = d.gain.dtype
   tiny = jnp.finfo(dtype).tiny
   ssum = lambda v: jax.ops.segment_sum(v, seg, num_segments=g)
   w_dev = w_tot[seg]  # each device's cell budget
   # Feasibility with all the cell's bandwidth, exactly as `allocate` would test it.
-  pr = nm.setup(d.replace(bandwidth_hz=w_dev), payload_bits, num_samples, deadline_s,
-                flops_per_sample)
+  pr = nm.setup(
+    d.replace(bandwidth_hz=w_dev),
+    payload_bits,
+    num_samples,
+    deadline_s,
+    flops_per_sample,
+  )
   k = _consts(d, pr, present)
   args = (payload_bits, num_samples, deadline_s, flops_per_sample)
   lm_lo, lm_hi, any_ok = _mu_bracket(d, k, args, w_tot, seg, g)
   # log(sum W(mu)) is close to linear in log mu: regula falsi needs few steps.
   _, lm = nm.illinois(
-      lambda lm: jnp.log(ssum(_bandwidth(d, k, lm[seg], inner_iters))) - jnp.log(w_tot),
-      lm_lo, lm_hi, outer_iters)
+    lambda lm: (
+      jnp.log(ssum(_bandwidth(d, k, lm[seg], inner_iters))) - jnp.log(w_tot)
+    ),
+    lm_lo,
+    lm_hi,
+    outer_iters,
+  )
   w = _bandwidth(d, k, lm[seg], inner_iters)
   total = ssum(w)
-  scale = jnp.where((total > 0) & (total < w_tot), w_tot / jnp.maximum(total, tiny), 1.0)
+  scale = jnp.where(
+    (total > 0) & (total < w_tot), w_tot / jnp.maximum(total, tiny), 1.0
+  )
   w = w * scale[seg]
   mu = jnp.where(any_ok, jnp.exp(lm), 0.0)
 
@@ -301,8 +401,9 @@ def _shared(d, payload_bits, num_samples, deadline_s, flops_per_sample, w_tot, p
   zero = jnp.zeros_like(al.e_comm_j)
   feasible = k.feasible
   al = al.replace(
-      power_w=jnp.where(feasible, al.power_w, zero),
-      e_comm_j=jnp.where(feasible, al.e_comm_j, zero),
-      energy_j=jnp.where(feasible, al.energy_j, al.e_comp_j),
-      feasible=al.feasible & feasible)
+    power_w=jnp.where(feasible, al.power_w, zero),
+    e_comm_j=jnp.where(feasible, al.e_comm_j, zero),
+    energy_j=jnp.where(feasible, al.energy_j, al.e_comp_j),
+    feasible=al.feasible & feasible,
+  )
   return al, w, mu

@@ -4,6 +4,7 @@ client and lifted over the client axis by the round (execution.py).
 FedAvg (McMahan et al. 2017, arXiv 1602.05629) with local DDPM steps as in
 arXiv 2403.04430, section "federated diffusion training".
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -20,8 +21,7 @@ from fedqjax.typing import Array, Params, PRNGKey
 
 def make_optimizer(spec: RoundSpec) -> optax.GradientTransformation:
   """Client optimizer; state is fresh each round (stateless clients)."""
-  opt = (optax.adam(spec.lr) if spec.optimizer == "adam"
-         else optax.sgd(spec.lr))
+  opt = optax.adam(spec.lr) if spec.optimizer == "adam" else optax.sgd(spec.lr)
   if spec.grad_clip > 0:
     opt = optax.chain(optax.clip_by_global_norm(spec.grad_clip), opt)
   return opt
@@ -31,8 +31,9 @@ def make_schedule(spec: RoundSpec) -> schedule_lib.NoiseSchedule:
   return schedule_lib.linear_schedule(spec.T, spec.beta_start, spec.beta_end)
 
 
-def draw_batch(images: Array, count: Array, key: PRNGKey, batch_size: int
-               ) -> Array:
+def draw_batch(
+  images: Array, count: Array, key: PRNGKey, batch_size: int
+) -> Array:
   """B samples of one client, uniformly with replacement among its `count`.
 
   Args:
@@ -45,8 +46,9 @@ def draw_batch(images: Array, count: Array, key: PRNGKey, batch_size: int
   return jnp.take(images, idx, axis=0)
 
 
-def client_update(params: Params, images: Array, count: Array, key: PRNGKey,
-                  *, spec: RoundSpec) -> Tuple[Params, Array]:
+def client_update(
+  params: Params, images: Array, count: Array, key: PRNGKey, *, spec: RoundSpec
+) -> Tuple[Params, Array]:
   """I local optimizer steps of the DDPM loss from the global params.
 
   Each step is `fedqjax.diffusion.make_train_step`'s (the centralized
@@ -71,6 +73,7 @@ def client_update(params: Params, images: Array, count: Array, key: PRNGKey,
     return train_step(carry, x0, k_loss)
 
   keys = jax.random.split(key, spec.local_steps)
-  (p, _), step_losses = jax.lax.scan(step, (params, opt.init(params)), keys,
-                                     unroll=spec.execution.local_unroll)
+  (p, _), step_losses = jax.lax.scan(
+    step, (params, opt.init(params)), keys, unroll=spec.execution.local_unroll
+  )
   return p, jnp.mean(step_losses)

@@ -18,6 +18,7 @@ XLA:CPU runs per-client (vmapped, i.e. feature-grouped) convolutions and
 gradient convolutions inside rolled loop bodies several times slower than
 plain ones; im2col (patches x kernel matmuls) avoids both.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,35 +42,38 @@ class Execution:
     local_unroll: `unroll` of the local-step lax.scan (True = fully).
     conv_impl: the U-Net's convolution form, "xla" | "im2col".
   """
+
   layout: str = "vmap"
   local_unroll: Union[bool, int] = True
   conv_impl: str = "xla"
 
 
-def resolve_execution(client_loop: str, backend: str,
-                      clients_per_shard: int = 1) -> Execution:
+def resolve_execution(
+  client_loop: str, backend: str, clients_per_shard: int = 1
+) -> Execution:
   """`client_loop` on `backend` ("cpu", "gpu", "tpu") -> Execution.
 
   Raises:
     ValueError: unknown client_loop.
   """
   if client_loop not in CLIENT_LOOPS:
-    raise ValueError(f"client_loop={client_loop!r} is invalid; valid: "
-                     f"{CLIENT_LOOPS}")
+    raise ValueError(
+      f"client_loop={client_loop!r} is invalid; valid: {CLIENT_LOOPS}"
+    )
   layout = client_loop
   if client_loop == "auto":
     if backend != "cpu":
       layout = "vmap"
     else:
-      layout = ("unrolled" if clients_per_shard <= AUTO_MAX_UNROLLED
-                else "map")
+      layout = "unrolled" if clients_per_shard <= AUTO_MAX_UNROLLED else "map"
   if backend != "cpu" or layout == "unrolled":
     return Execution(layout=layout, local_unroll=True, conv_impl="xla")
   return Execution(layout=layout, local_unroll=1, conv_impl="im2col")
 
 
-def map_clients(fn: Callable[..., Any], args: tuple, execution: Execution,
-                num_shards: int = 1):
+def map_clients(
+  fn: Callable[..., Any], args: tuple, execution: Execution, num_shards: int = 1
+):
   """Applies a one-client `fn` over the leading (client) axis of `args`."""
   if execution.layout == "vmap":
     return jax.vmap(fn)(*args)
@@ -86,11 +90,14 @@ def _unrolled(fn, args, num_shards: int):
   On a mesh the client axis is split into [shards, K / shards]: the shard
   axis is vmapped (one client per device per step), the rest unrolled.
   """
+
   def scan(a):
     return jax.lax.scan(lambda c, x: (c, fn(*x)), None, a, unroll=True)[1]
+
   if num_shards == 1:
     return scan(args)
-  split = jax.tree.map(lambda x: x.reshape((num_shards, -1) + x.shape[1:]),
-                       args)
+  split = jax.tree.map(
+    lambda x: x.reshape((num_shards, -1) + x.shape[1:]), args
+  )
   out = jax.vmap(scan)(split)
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)

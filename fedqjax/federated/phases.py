@@ -9,6 +9,7 @@ functions with a Python loop over clients. Data flow (ARCHITECTURE.md):
   upload (bits, infeasibility policy, quantize; one client) -> allocate
   (every policy, [P, K]) -> aggregate -> EMA -> metrics
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -25,12 +26,15 @@ from fedqjax.federated.spec import BITS_FIXED, BITS_FP32, RoundSpec, Scheme
 from fedqjax.federated.state import FedData, client_keys
 from fedqjax.typing import Array, Params
 
-CANDIDATE_BITS = np.arange(1, 33, dtype=np.int32)  # [32] (numpy: no backend at import)
+CANDIDATE_BITS = np.arange(
+  1, 33, dtype=np.int32
+)  # [32] (numpy: no backend at import)
 
 
 @struct.dataclass
 class Selection:
   """The round's participants, slot-major [Kp] (padded slots not present)."""
+
   ids: Array  # int32 [Kp]
   present: Array  # bool [Kp]
   images: Array  # [Kp, n_max, H, W, C]
@@ -41,6 +45,7 @@ class Selection:
 @struct.dataclass
 class Upload:
   """One client's upload (stacked to [Kp] by the round)."""
+
   bits: Array  # int32, bits actually used
   requested_bits: Array  # int32, what the scheme asked for (before degrade)
   dequantized: Array  # float32 [d], Q_b(u) as the server decodes it
@@ -64,8 +69,12 @@ def select_participants(key: Array, spec: RoundSpec) -> Tuple[Array, Array]:
   return ids, present
 
 
-def select(keys: Dict[str, Array], data: FedData, devices: energy.Devices,
-           spec: RoundSpec) -> Selection:
+def select(
+  keys: Dict[str, Array],
+  data: FedData,
+  devices: energy.Devices,
+  spec: RoundSpec,
+) -> Selection:
   """Participants, their data and devices; fading drawn per client id."""
   ids, present = select_participants(keys["select"], spec)
   take = lambda x: jnp.take(x, ids, axis=0)
@@ -74,18 +83,30 @@ def select(keys: Dict[str, Array], data: FedData, devices: energy.Devices,
     fade = client_keys(keys["fade"], ids)
     dev = jax.vmap(energy.redraw_fading)(dev, fade)
   images = sharding.constrain_clients(take(data.images), spec.mesh)
-  return Selection(ids=ids, present=present, images=images,
-                   counts=take(data.counts), devices=dev)
+  return Selection(
+    ids=ids,
+    present=present,
+    images=images,
+    counts=take(data.counts),
+    devices=dev,
+  )
 
 
-def feasible_bits(devices: energy.Devices, scheme: Scheme, spec: RoundSpec
-                  ) -> Array:
+def feasible_bits(
+  devices: energy.Devices, scheme: Scheme, spec: RoundSpec
+) -> Array:
   """bool [Kp, 32]: can device k deliver a b-bit upload (b = 1..32) by T
   at f_max / p_max? Known before training: the channel is drawn first."""
   pay = spec.quantizer.payload_bits(CANDIDATE_BITS)  # [32]
-  ok = jax.vmap(lambda p: energy.feasible_mask(
-      devices, p, spec.samples_per_round, scheme.deadline_s,
-      spec.flops_per_sample))(pay)  # [32, Kp]
+  ok = jax.vmap(
+    lambda p: energy.feasible_mask(
+      devices,
+      p,
+      spec.samples_per_round,
+      scheme.deadline_s,
+      spec.flops_per_sample,
+    )
+  )(pay)  # [32, Kp]
   return ok.T
 
 
@@ -98,28 +119,34 @@ def screen(ok: Array, scheme: Scheme, spec: RoundSpec) -> Array:
   with the bits their update needs: under "drop" they are dropped after
   training (their computation is spent), counted separately.
   """
-  smallest = jnp.where(scheme.bits_mode == BITS_FP32, 32,
-                       jnp.where(scheme.bits_mode == BITS_FIXED,
-                                 scheme.fixed_bits, spec.b_min))
+  smallest = jnp.where(
+    scheme.bits_mode == BITS_FP32,
+    32,
+    jnp.where(scheme.bits_mode == BITS_FIXED, scheme.fixed_bits, spec.b_min),
+  )
   if spec.infeasible_policy == "degrade":
     smallest = jnp.int32(spec.b_min)
   return ~jnp.take(ok, smallest - 1, axis=1)
 
 
-def choose_bits(flat_u: Array, eps: Array, bit_cap: Array, scheme: Scheme,
-                spec: RoundSpec) -> Array:
+def choose_bits(
+  flat_u: Array, eps: Array, bit_cap: Array, scheme: Scheme, spec: RoundSpec
+) -> Array:
   """Bit-width of ONE client by scheme (traced): 32, fixed, or on demand.
 
   On demand: the least b whose variance bound meets eps_k s ||u_k||^2
   (MODEL.md section 2, s = the scheme's error-demand scale), then capped by
   the device's bit cap.
   """
-  ondemand = spec.quantizer.bits_for(flat_u, eps * scheme.eps_scale,
-                                     spec.b_min, 32)
+  ondemand = spec.quantizer.bits_for(
+    flat_u, eps * scheme.eps_scale, spec.b_min, 32
+  )
   ondemand = jnp.minimum(ondemand, bit_cap)
-  return jnp.where(scheme.bits_mode == BITS_FP32, 32,
-                   jnp.where(scheme.bits_mode == BITS_FIXED,
-                             scheme.fixed_bits, ondemand)).astype(jnp.int32)
+  return jnp.where(
+    scheme.bits_mode == BITS_FP32,
+    32,
+    jnp.where(scheme.bits_mode == BITS_FIXED, scheme.fixed_bits, ondemand),
+  ).astype(jnp.int32)
 
 
 def degrade(requested: Array, ok_row: Array, b_min: int) -> Array:
@@ -130,17 +157,28 @@ def degrade(requested: Array, ok_row: Array, b_min: int) -> Array:
   return jnp.where(best > 0, best, jnp.minimum(b_min, requested))
 
 
-def client_upload(flat_u: Array, eps: Array, bit_cap: Array, ok_row: Array,
-                  key: Array, scheme: Scheme, spec: RoundSpec) -> Upload:
+def client_upload(
+  flat_u: Array,
+  eps: Array,
+  bit_cap: Array,
+  ok_row: Array,
+  key: Array,
+  scheme: Scheme,
+  spec: RoundSpec,
+) -> Upload:
   """ONE client: bits (scheme, then the infeasibility policy) and Q_b(u)."""
   requested = choose_bits(flat_u, eps, bit_cap, scheme, spec)
   bits = requested
   if spec.infeasible_policy == "degrade":
     bits = degrade(requested, ok_row, spec.b_min).astype(jnp.int32)
   deq = spec.quantizer.quantize(flat_u, bits, key)
-  return Upload(bits=bits, requested_bits=requested, dequantized=deq,
-                sq_error=jnp.sum(jnp.square(deq - flat_u)),
-                sq_norm=jnp.sum(jnp.square(flat_u)))
+  return Upload(
+    bits=bits,
+    requested_bits=requested,
+    dequantized=deq,
+    sq_error=jnp.sum(jnp.square(deq - flat_u)),
+    sq_norm=jnp.sum(jnp.square(flat_u)),
+  )
 
 
 def uploads_of(params: Params, local_params: Params, spec: RoundSpec) -> Array:
@@ -151,18 +189,25 @@ def uploads_of(params: Params, local_params: Params, spec: RoundSpec) -> Array:
   return flat_k - spec.quantizer.pack(params)[None]
 
 
-def allocate(devices: energy.Devices, bits: Array, scheme: Scheme,
-             spec: RoundSpec) -> Tuple[Array, energy.Allocation]:
+def allocate(
+  devices: energy.Devices, bits: Array, scheme: Scheme, spec: RoundSpec
+) -> Tuple[Array, energy.Allocation]:
   """Payload bits [Kp] and every policy's allocation ([P, Kp] fields)."""
   payload = spec.quantizer.payload_bits(bits)
-  alloc = energy.allocate_policies(devices, payload, spec.samples_per_round,
-                                   scheme.deadline_s, spec.flops_per_sample,
-                                   spec.allocations)
+  alloc = energy.allocate_policies(
+    devices,
+    payload,
+    spec.samples_per_round,
+    scheme.deadline_s,
+    spec.flops_per_sample,
+    spec.allocations,
+  )
   return payload, alloc
 
 
-def aggregate(params: Params, dequantized: Array, weight: Array,
-              spec: RoundSpec) -> Params:
+def aggregate(
+  params: Params, dequantized: Array, weight: Array, spec: RoundSpec
+) -> Params:
   """w + lr * sum_k c_k Q(u_k) (or toward sum_k c_k Q(w_k) for "weights"),
   c_k = n_k / sum n_j over uploaders; unchanged if nobody uploaded."""
   total = jnp.sum(weight)
@@ -176,8 +221,9 @@ def aggregate(params: Params, dequantized: Array, weight: Array,
   return jax.tree.map(lambda n, o: jnp.where(total > 0, n, o), new, params)
 
 
-def update_ema(ema_params: Params, params: Params, rnd: Array,
-               spec: RoundSpec) -> Params:
+def update_ema(
+  ema_params: Params, params: Params, rnd: Array, spec: RoundSpec
+) -> Params:
   """EMA with the warm-up decay min(ema_decay, (1 + r) / (warmup + r))."""
   decay = ema_decay(rnd, spec.ema_decay, spec.ema_warmup)
   return ema_update(ema_params, params, decay)

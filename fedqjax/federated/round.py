@@ -10,6 +10,7 @@ allocation policy is priced on the same uploads.
 Metrics: names starting with `client_` are per-slot arrays ([Kp], or
 [P, Kp] for energies); the rest are round totals (energies [P]).
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,13 +39,19 @@ def local_train(params, sel: phases.Selection, key: Array, spec: RoundSpec):
   """(w_k [Kp], mean local loss [Kp]): I local steps of every participant."""
   local = functools.partial(client_update, params, spec=spec)
   k_train = client_keys(key, sel.ids)
-  return map_clients(local, (sel.images, sel.counts, k_train),
-                     spec.execution, spec.num_shards)
+  return map_clients(
+    local, (sel.images, sel.counts, k_train), spec.execution, spec.num_shards
+  )
 
 
-def round_step(state: ServerState, data: FedData, devices: energy.Devices,
-               scheme: Scheme, *, spec: RoundSpec
-               ) -> Tuple[ServerState, Metrics]:
+def round_step(
+  state: ServerState,
+  data: FedData,
+  devices: energy.Devices,
+  scheme: Scheme,
+  *,
+  spec: RoundSpec,
+) -> Tuple[ServerState, Metrics]:
   """One federated round of all participants; pure, jit with `jit_round_step`.
 
   Args:
@@ -63,10 +70,15 @@ def round_step(state: ServerState, data: FedData, devices: energy.Devices,
   trained = sel.present & ~phases.screen(ok, scheme, spec)
   w_k, loss_k = local_train(state.params, sel, keys["train"], spec)
   flat_u = phases.uploads_of(state.params, w_k, spec)  # [Kp, d]
-  up = jax.vmap(lambda u, e, c, o, k: phases.client_upload(
-      u, e, c, o, k, scheme, spec))(flat_u, sel.devices.eps,
-                                    sel.devices.bit_cap, ok,
-                                    client_keys(keys["quant"], sel.ids))
+  up = jax.vmap(
+    lambda u, e, c, o, k: phases.client_upload(u, e, c, o, k, scheme, spec)
+  )(
+    flat_u,
+    sel.devices.eps,
+    sel.devices.bit_cap,
+    ok,
+    client_keys(keys["quant"], sel.ids),
+  )
   payload, alloc = phases.allocate(sel.devices, up.bits, scheme, spec)
   uploaded = trained & alloc.feasible[0]  # feasibility: policy-independent
   weight = jnp.where(uploaded, sel.counts.astype(jnp.float32), 0.0)
@@ -76,23 +88,35 @@ def round_step(state: ServerState, data: FedData, devices: energy.Devices,
   return next_state(state, new_w, ema, m), m
 
 
-def next_state(state: ServerState, params, ema_params, m: Metrics
-               ) -> ServerState:
+def next_state(
+  state: ServerState, params, ema_params, m: Metrics
+) -> ServerState:
   """The state after a round: new parameters, totals advanced by `m`."""
   return state.replace(
-      params=params, ema_params=ema_params, round=state.round + 1,
-      energy_comp_j=state.energy_comp_j + m["energy_comp_j"],
-      energy_comm_j=state.energy_comm_j + m["energy_comm_j"],
-      uploaded_bits=state.uploaded_bits + m["uploaded_bits"],
-      skipped_client_rounds=(state.skipped_client_rounds
-                             + m["skipped_client_rounds"]),
-      dropped_client_rounds=(state.dropped_client_rounds
-                             + m["dropped_client_rounds"]))
+    params=params,
+    ema_params=ema_params,
+    round=state.round + 1,
+    energy_comp_j=state.energy_comp_j + m["energy_comp_j"],
+    energy_comm_j=state.energy_comm_j + m["energy_comm_j"],
+    uploaded_bits=state.uploaded_bits + m["uploaded_bits"],
+    skipped_client_rounds=(
+      state.skipped_client_rounds + m["skipped_client_rounds"]
+    ),
+    dropped_client_rounds=(
+      state.dropped_client_rounds + m["dropped_client_rounds"]
+    ),
+  )
 
 
-def round_metrics(sel: phases.Selection, trained: Array, uploaded: Array,
-                  loss_k: Array, up: phases.Upload, payload: Array,
-                  alloc: energy.Allocation) -> Metrics:
+def round_metrics(
+  sel: phases.Selection,
+  trained: Array,
+  uploaded: Array,
+  loss_k: Array,
+  up: phases.Upload,
+  payload: Array,
+  alloc: energy.Allocation,
+) -> Metrics:
   """Per-client arrays (`client_*`) and round totals; energies per policy."""
   e_comp = jnp.where(trained, alloc.e_comp_j, 0.0)  # [P, Kp]
   e_comm = jnp.where(uploaded, alloc.e_comm_j, 0.0)
@@ -100,26 +124,34 @@ def round_metrics(sel: phases.Selection, trained: Array, uploaded: Array,
   tf, uf = trained.astype(jnp.float32), uploaded.astype(jnp.float32)
   count = lambda x: jnp.sum(x).astype(jnp.int32)
   return dict(
-      loss=jnp.sum(loss_k * tf) / jnp.maximum(jnp.sum(tf), 1.0),
-      energy_comp_j=jnp.sum(e_comp, axis=-1),
-      energy_comm_j=jnp.sum(e_comm, axis=-1),
-      energy_j=jnp.sum(e_comp + e_comm, axis=-1),
-      latency_s=jnp.max(jnp.where(uploaded, alloc.latency_s, 0.0), axis=-1),
-      uploaded_bits=jnp.sum(sent),
-      mean_bits=jnp.sum(up.bits * uf) / jnp.maximum(jnp.sum(uf), 1.0),
-      bit_shortfall=jnp.sum(jnp.where(trained, up.requested_bits - up.bits,
-                                      0)).astype(jnp.int32),
-      num_trained=count(trained), num_uploaded=count(uploaded),
-      skipped_client_rounds=count(sel.present & ~trained),
-      dropped_client_rounds=count(trained & ~uploaded),
-      client_ids=sel.ids, client_present=sel.present,
-      client_trained=trained, client_uploaded=uploaded,
-      client_loss=loss_k, client_bits=up.bits,
-      client_requested_bits=up.requested_bits, client_payload_bits=sent,
-      client_energy_comp_j=e_comp, client_energy_comm_j=e_comm,
-      client_freq_hz=alloc.freq_hz, client_power_w=alloc.power_w,
-      client_rel_quant_error=up.sq_error / jnp.maximum(up.sq_norm, 1e-30),
-      client_update_norm=jnp.sqrt(up.sq_norm),
+    loss=jnp.sum(loss_k * tf) / jnp.maximum(jnp.sum(tf), 1.0),
+    energy_comp_j=jnp.sum(e_comp, axis=-1),
+    energy_comm_j=jnp.sum(e_comm, axis=-1),
+    energy_j=jnp.sum(e_comp + e_comm, axis=-1),
+    latency_s=jnp.max(jnp.where(uploaded, alloc.latency_s, 0.0), axis=-1),
+    uploaded_bits=jnp.sum(sent),
+    mean_bits=jnp.sum(up.bits * uf) / jnp.maximum(jnp.sum(uf), 1.0),
+    bit_shortfall=jnp.sum(
+      jnp.where(trained, up.requested_bits - up.bits, 0)
+    ).astype(jnp.int32),
+    num_trained=count(trained),
+    num_uploaded=count(uploaded),
+    skipped_client_rounds=count(sel.present & ~trained),
+    dropped_client_rounds=count(trained & ~uploaded),
+    client_ids=sel.ids,
+    client_present=sel.present,
+    client_trained=trained,
+    client_uploaded=uploaded,
+    client_loss=loss_k,
+    client_bits=up.bits,
+    client_requested_bits=up.requested_bits,
+    client_payload_bits=sent,
+    client_energy_comp_j=e_comp,
+    client_energy_comm_j=e_comm,
+    client_freq_hz=alloc.freq_hz,
+    client_power_w=alloc.power_w,
+    client_rel_quant_error=up.sq_error / jnp.maximum(up.sq_norm, 1e-30),
+    client_update_norm=jnp.sqrt(up.sq_norm),
   )
 
 

@@ -4,6 +4,7 @@ The client axis is a mesh axis named "clients"; server parameters are
 replicated. The same program runs on one CPU, 8 forced CPU devices, a GPU, a
 TPU slice, or several processes after `jax.distributed.initialize`.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -49,9 +50,11 @@ def put_global(tree: PyTree, sharding: NamedSharding) -> PyTree:
   `make_array_from_callback` works for single- and multi-process meshes: each
   process materializes only its addressable shards.
   """
+
   def put(x):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
   return jax.tree.map(put, tree)
 
 
@@ -82,4 +85,5 @@ def to_host(tree: PyTree) -> PyTree:
         return np.asarray(x.addressable_data(0))
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
   return jax.tree.map(get, tree)

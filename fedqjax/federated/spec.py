@@ -16,6 +16,7 @@ Settings validate themselves in their own field names ("RoundSpec.local_steps
 =0 is invalid; valid: >= 1"); the config layer maps its keys onto these fields
 and adds the key path to the message.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ OPTIMIZERS = ("adam", "sgd")
 @struct.dataclass
 class Scheme:
   """Traced per-run switches (scalars). Build with `make_scheme`."""
+
   bits_mode: jnp.ndarray  # int32: BITS_FP32 | BITS_FIXED | BITS_ONDEMAND
   fixed_bits: jnp.ndarray  # int32, used when bits_mode == BITS_FIXED
   deadline_s: jnp.ndarray  # float32 round deadline T
@@ -51,8 +53,9 @@ def _bad(owner: str, name: str, value: Any, valid: Any):
   raise InvalidSetting(owner, name, value, valid)
 
 
-def make_scheme(bits: str, *, deadline_s: float, fixed_bits: int = 8,
-                eps_scale: float = 1.0) -> Scheme:
+def make_scheme(
+  bits: str, *, deadline_s: float, fixed_bits: int = 8, eps_scale: float = 1.0
+) -> Scheme:
   """A bits scheme by name (MODEL.md section 1) as traced data.
 
   Raises:
@@ -67,10 +70,12 @@ def make_scheme(bits: str, *, deadline_s: float, fixed_bits: int = 8,
     if not (math.isfinite(float(v)) and float(v) > 0):
       _bad("Scheme", name, v, "a finite value > 0")
   mode = {"fp32": BITS_FP32, "fixed": BITS_FIXED, "ondemand": BITS_ONDEMAND}
-  return Scheme(bits_mode=jnp.int32(mode[bits]),
-                fixed_bits=jnp.int32(fixed_bits),
-                deadline_s=jnp.float32(deadline_s),
-                eps_scale=jnp.float32(eps_scale))
+  return Scheme(
+    bits_mode=jnp.int32(mode[bits]),
+    fixed_bits=jnp.int32(fixed_bits),
+    deadline_s=jnp.float32(deadline_s),
+    eps_scale=jnp.float32(eps_scale),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,7 @@ class RoundSpec:
     rayleigh_fading: redraw Rayleigh fading each round (as EnergyConfig).
     mesh: optional jax.sharding.Mesh with a "clients" axis.
   """
+
   unet: UNetConfig
   quantizer: Any
   num_clients: int
@@ -130,8 +136,11 @@ class RoundSpec:
 
   def __post_init__(self):
     object.__setattr__(self, "allocations", tuple(self.allocations))
-    for check in (self._check_clients, self._check_training,
-                  self._check_upload):
+    for check in (
+      self._check_clients,
+      self._check_training,
+      self._check_upload,
+    ):
       check()
 
   def _check_clients(self):
@@ -139,10 +148,12 @@ class RoundSpec:
     if not _is_int(self.num_clients) or self.num_clients < 1:
       bad("num_clients", ">= 1")
     if not _is_int(self.clients_per_round) or not (
-        1 <= self.clients_per_round <= self.num_clients):
+      1 <= self.clients_per_round <= self.num_clients
+    ):
       bad("clients_per_round", f"1..num_clients={self.num_clients}")
     if not isinstance(self.execution, Execution) or (
-        self.execution.layout not in LAYOUTS):
+      self.execution.layout not in LAYOUTS
+    ):
       bad("execution", "an Execution from resolve_execution(...)")
 
   def _check_training(self):
@@ -180,17 +191,19 @@ class RoundSpec:
       bad("infeasible_policy", INFEASIBLE_POLICIES)
     if not (math.isfinite(self.flops_per_sample) and self.flops_per_sample > 0):
       bad("flops_per_sample", "a finite value > 0")
-    if not self.allocations or any(a not in energy.ALLOCATIONS
-                                   for a in self.allocations) or len(
-                                       set(self.allocations)) != len(
-                                           self.allocations):
+    if (
+      not self.allocations
+      or any(a not in energy.ALLOCATIONS for a in self.allocations)
+      or len(set(self.allocations)) != len(self.allocations)
+    ):
       bad("allocations", f"distinct names from {energy.ALLOCATIONS}")
 
   @property
   def model(self):
     """The flax U-Net with the convolution form the execution implies."""
     return dataclasses.replace(
-        self.unet, conv_impl=self.execution.conv_impl).make()
+      self.unet, conv_impl=self.execution.conv_impl
+    ).make()
 
   @property
   def num_shards(self) -> int:

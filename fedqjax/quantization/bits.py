@@ -14,6 +14,7 @@ All functions are traced (jnp) and take the per-bucket statistics from
 form are those the round has used since the packed quantizer (do not
 reorder them: the sweep's bit-widths and energies depend on them bit for bit).
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,13 +38,14 @@ def _scale(flat: Array) -> tuple[Array, Array]:
   there the exact power of two 2^126 scales instead (|u|/k <= 4).
   """
   c = jnp.max(jnp.abs(flat))
-  big = c > 2.0 ** 126
-  inv = jnp.where(big, 2.0 ** -126, 1.0 / jnp.where(c > 0, c, 1.0))
-  return jnp.where(big, 2.0 ** 126, c), inv
+  big = c > 2.0**126
+  inv = jnp.where(big, 2.0**-126, 1.0 / jnp.where(c > 0, c, 1.0))
+  return jnp.where(big, 2.0**126, c), inv
 
 
-def minmax_terms(flat: Array, lo: Array, hi: Array, counts: Array
-                 ) -> tuple[Array, Array, Array]:
+def minmax_terms(
+  flat: Array, lo: Array, hi: Array, counts: Array
+) -> tuple[Array, Array, Array]:
   """(A / k^2, ||u||^2 / k^2, k) for min-max: A = sum_j n_j (hi_j - lo_j)^2.
 
   A bucket range above the float32 maximum (hi - lo > 3.4e38) makes A inf:
@@ -55,13 +57,15 @@ def minmax_terms(flat: Array, lo: Array, hi: Array, counts: Array
   return a, u, k
 
 
-def qsgd_terms(flat: Array, seg: Array, num_buckets: int, counts: Array
-               ) -> tuple[Array, Array, Array]:
+def qsgd_terms(
+  flat: Array, seg: Array, num_buckets: int, counts: Array
+) -> tuple[Array, Array, Array]:
   """(A / k^2, ||u||^2 / k^2, k) for QSGD: A = sum_j n_j ||v_j||^2 (finite)."""
   k, inv = _scale(flat)
   sq = jnp.square(flat * inv)  # [d], each <= 16
-  r2 = jax.ops.segment_sum(sq, seg, num_segments=num_buckets,
-                           indices_are_sorted=True)  # [nb]
+  r2 = jax.ops.segment_sum(
+    sq, seg, num_segments=num_buckets, indices_are_sorted=True
+  )  # [nb]
   return jnp.sum(counts * r2), jnp.sum(sq), k
 
 
@@ -74,8 +78,9 @@ def error_bound(a: Array, c: Array, bits: ArrayLike) -> Array:
   return jnp.where(bits >= MAX_BITS, 0.0, (a / (4.0 * s * s)) * c * c)
 
 
-def ondemand_bits(a: Array, u: Array, eps: ArrayLike, b_min: ArrayLike,
-                  b_max: ArrayLike) -> Array:
+def ondemand_bits(
+  a: Array, u: Array, eps: ArrayLike, b_min: ArrayLike, b_max: ArrayLike
+) -> Array:
   """Least b in [b_min, 32] with a / (4 s^2) <= eps u, capped at b_max (int32).
 
   (2^b - 1)^2 >= a / (4 eps u)  <=>  b >= log2(1 + sqrt(a / (4 eps u))).
@@ -96,8 +101,9 @@ def ondemand_bits(a: Array, u: Array, eps: ArrayLike, b_min: ArrayLike,
   return jnp.clip(b, b_min, b_max).astype(jnp.int32)
 
 
-def payload_bits(num_entries: int, num_buckets: int, bits: ArrayLike,
-                 method: str) -> Array:
+def payload_bits(
+  num_entries: int, num_buckets: int, bits: ArrayLike, method: str
+) -> Array:
   """Upload size in bits, float32, shape of `bits`; S(32) = 32 d.
 
   min-max: S(b) = d b + 64 nb (b-bit levels, float32 lo and hi per bucket);

@@ -13,6 +13,7 @@ stream padded to a byte || per-bucket float32s (little-endian). The measured
 size `Payload.num_bits` (level bits + per-bucket floats, header excluded)
 equals `Quantizer.payload_bits(b)`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,16 +37,19 @@ _VERSION = 2
 _CHUNK = 1 << 20  # entries per packing chunk (a multiple of 8: whole bytes)
 
 _levels = jax.jit(Qz.levels, static_argnums=0)
-_dequantize = jax.jit(functools.partial(Qz.dequantize, decoder=True),
-                      static_argnums=0)
+_dequantize = jax.jit(
+  functools.partial(Qz.dequantize, decoder=True), static_argnums=0
+)
 
 
 def pack_bits(values: np.ndarray, width: int) -> tuple[bytes, int]:
   """uint32 values [d] (< 2^width) MSB-first into a bit stream: (bytes, bits)."""
   parts = []
   for start in range(0, values.size, _CHUNK):
-    c = values[start:start + _CHUNK].astype(">u4").view(np.uint8).reshape(-1, 4)
-    bitmat = np.unpackbits(c, axis=1)[:, 32 - width:]  # [c, width]
+    c = (
+      values[start : start + _CHUNK].astype(">u4").view(np.uint8).reshape(-1, 4)
+    )
+    bitmat = np.unpackbits(c, axis=1)[:, 32 - width :]  # [c, width]
     parts.append(np.packbits(bitmat.reshape(-1)).tobytes())
   return b"".join(parts), values.size * width
 
@@ -57,10 +61,10 @@ def unpack_bits(buf: bytes, d: int, width: int) -> np.ndarray:
   for start in range(0, d, _CHUNK):
     c = min(_CHUNK, d - start)
     byte0 = start * width // 8
-    bits = np.unpackbits(raw[byte0:byte0 + -(-c * width // 8)])[:c * width]
+    bits = np.unpackbits(raw[byte0 : byte0 + -(-c * width // 8)])[: c * width]
     full = np.zeros((c, 32), np.uint8)
-    full[:, 32 - width:] = bits.reshape(c, width)
-    out[start:start + c] = np.packbits(full, axis=1).view(">u4").reshape(c)
+    full[:, 32 - width :] = bits.reshape(c, width)
+    out[start : start + c] = np.packbits(full, axis=1).view(">u4").reshape(c)
   return out
 
 
@@ -79,13 +83,16 @@ def _num_floats(method: str, bits: int, nb: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Payload:
   """An encoded upload: `data` = header || level stream || per-bucket floats."""
+
   data: bytes
 
   def header(self) -> tuple:
     """(magic, version, method, bits, 0, bucket, d, nb, level_bits, crc)."""
     if len(self.data) < _HEADER.size or self.data[:4] != _MAGIC:
-      raise ValueError("corrupted payload: missing or bad header (magic "
-                       f"{_MAGIC!r}, {_HEADER.size} bytes)")
+      raise ValueError(
+        "corrupted payload: missing or bad header (magic "
+        f"{_MAGIC!r}, {_HEADER.size} bytes)"
+      )
     return _HEADER.unpack_from(self.data)
 
   @property
@@ -105,8 +112,9 @@ class Payload:
     return level_bits + 8 * (body - -(-level_bits // 8))
 
 
-def encode(qz: Qz.Quantizer, flat: ArrayLike, bits: int,
-           key: PRNGKey) -> Payload:
+def encode(
+  qz: Qz.Quantizer, flat: ArrayLike, bits: int, key: PRNGKey
+) -> Payload:
   """Quantizes `flat` exactly like `qz.quantize(flat, bits, key)` and packs it.
 
   Args:
@@ -136,11 +144,12 @@ def encode(qz: Qz.Quantizer, flat: ArrayLike, bits: int,
   elif d == 0:
     stream, level_bits, floats = b"", 0, np.zeros((0,), np.float32)
   else:
-    q, a, b = jax.device_get(_levels(qz, jnp.asarray(flat), jnp.int32(bits),
-                                     key))
+    q, a, b = jax.device_get(
+      _levels(qz, jnp.asarray(flat), jnp.int32(bits), key)
+    )
     # q <= s = float32(2^b - 1), which is 2^b for b > 24: clip to b bits
     # (float32(2^b - 1) is s again on decode, the top level).
-    lev = np.minimum(q.astype(np.uint32), np.uint32(2 ** bits - 1))
+    lev = np.minimum(q.astype(np.uint32), np.uint32(2**bits - 1))
     if qz.method == "qsgd":
       lev |= a.astype(np.uint32) << np.uint32(bits)  # sign in the top bit
       floats = b  # [nb] norms
@@ -148,9 +157,18 @@ def encode(qz: Qz.Quantizer, flat: ArrayLike, bits: int,
       floats = np.stack([a, b], axis=1).reshape(-1)  # [nb * 2] lo, hi
     stream, level_bits = pack_bits(lev, width)
   body = stream + floats.astype("<f4").tobytes()
-  header = _HEADER.pack(_MAGIC, _VERSION, V.METHODS.index(qz.method), bits, 0,
-                        qz.bucket_size or 0, d, nb, level_bits,
-                        zlib.crc32(body))
+  header = _HEADER.pack(
+    _MAGIC,
+    _VERSION,
+    V.METHODS.index(qz.method),
+    bits,
+    0,
+    qz.bucket_size or 0,
+    d,
+    nb,
+    level_bits,
+    zlib.crc32(body),
+  )
   return Payload(header + body)
 
 
@@ -164,21 +182,29 @@ def decode(qz: Qz.Quantizer, payload: Payload) -> np.ndarray:
   data = payload.data
   _, version, m, bits, _, bsz, d, nb, level_bits, crc = payload.header()
   method = V.METHODS[m] if m < len(V.METHODS) else f"#{m}"
-  want = (_VERSION, qz.method, qz.bucket_size or 0, qz.num_entries,
-          qz.num_buckets)
+  want = (
+    _VERSION,
+    qz.method,
+    qz.bucket_size or 0,
+    qz.num_entries,
+    qz.num_buckets,
+  )
   if (version, method, bsz, d, nb) != want or not 1 <= bits <= V.MAX_BITS:
     raise ValueError(
-        f"corrupted payload: header (version, method, bucket size, d, nb, "
-        f"bits) = {(version, method, bsz, d, nb, bits)} does not match the "
-        f"quantizer {want} with bits in [1, 32]")
+      f"corrupted payload: header (version, method, bucket size, d, nb, "
+      f"bits) = {(version, method, bsz, d, nb, bits)} does not match the "
+      f"quantizer {want} with bits in [1, 32]"
+    )
   width = _width(method, bits)
   stream_bytes = -(-d * width // 8)
   expect = _HEADER.size + stream_bytes + 4 * _num_floats(method, bits, nb)
   if level_bits != d * width or len(data) != expect:
-    raise ValueError(f"truncated or corrupted payload: {len(data)} bytes and "
-                     f"{level_bits} level bits; expected {expect} bytes and "
-                     f"{d * width} level bits")
-  body = data[_HEADER.size:]
+    raise ValueError(
+      f"truncated or corrupted payload: {len(data)} bytes and "
+      f"{level_bits} level bits; expected {expect} bytes and "
+      f"{d * width} level bits"
+    )
+  body = data[_HEADER.size :]
   if zlib.crc32(body) != crc:
     raise ValueError("corrupted payload: crc32 checksum mismatch")
   if bits >= V.MAX_BITS:
@@ -191,7 +217,10 @@ def decode(qz: Qz.Quantizer, payload: Payload) -> np.ndarray:
     lohi = floats.reshape(nb, 2)
     args = (lev.astype(np.float32), lohi[:, 0], lohi[:, 1])
   else:
-    mask = np.uint32(2 ** bits - 1)
-    args = ((lev & mask).astype(np.float32), (lev >> np.uint32(bits)) > 0,
-            floats)
+    mask = np.uint32(2**bits - 1)
+    args = (
+      (lev & mask).astype(np.float32),
+      (lev >> np.uint32(bits)) > 0,
+      floats,
+    )
   return np.asarray(_dequantize(qz, *args, jnp.int32(bits)))

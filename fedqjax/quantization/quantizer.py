@@ -42,6 +42,7 @@ Conventions:
     rounding; QSGD has no such pattern and agrees bit for bit. The codec's
     decoder reproduces a single-client `quantize` bit for bit.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,7 +75,7 @@ def uniform_hash(key: PRNGKey, n: int) -> Array:
   k = jax.random.bits(key, (2,), jnp.uint32)
   idx = jax.lax.iota(jnp.uint32, n)
   bits = mix32(mix32(idx ^ k[0]) + k[1])
-  return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
+  return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Quantizer:
   bucket size, and the template's treedef, leaf shapes and dtypes; bucket
   sizes derive from them (kept out of the fields so hashing stays O(leaves)).
   """
+
   method: str
   bucket_size: int | None
   treedef: Any
@@ -129,12 +131,15 @@ class Quantizer:
     """Leaves raveled in tree order and concatenated: float32 [d]."""
     leaves, treedef = jax.tree.flatten(tree)
     if treedef != self.treedef:
-      raise ValueError(f"tree structure {treedef} does not match the "
-                       f"quantizer's template {self.treedef}")
+      raise ValueError(
+        f"tree structure {treedef} does not match the "
+        f"quantizer's template {self.treedef}"
+      )
     for i, (x, shape) in enumerate(zip(leaves, self.shapes)):
       if np.shape(x) != shape:
-        raise ValueError(f"leaf {i} has shape {np.shape(x)}; the template's "
-                         f"is {shape}")
+        raise ValueError(
+          f"leaf {i} has shape {np.shape(x)}; the template's is {shape}"
+        )
     if not leaves:
       return jnp.zeros((0,), jnp.float32)
     return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
@@ -142,11 +147,12 @@ class Quantizer:
   def unpack(self, flat: ArrayLike) -> PyTree:
     """Inverse of `pack`: the template's shapes and dtypes."""
     if np.shape(flat) != (self.num_entries,):
-      raise ValueError(f"flat must have shape ({self.num_entries},); got "
-                       f"{np.shape(flat)}")
+      raise ValueError(
+        f"flat must have shape ({self.num_entries},); got {np.shape(flat)}"
+      )
     out, i = [], 0
     for shape, dtype, n in zip(self.shapes, self.dtypes, self.leaf_sizes):
-      out.append(flat[i:i + n].reshape(shape).astype(dtype))
+      out.append(flat[i : i + n].reshape(shape).astype(dtype))
       i += n
     return jax.tree.unflatten(self.treedef, out)
 
@@ -163,8 +169,13 @@ class Quantizer:
     _check_scalar_bits(bits)
     return _quantize(self, flat, bits, key)
 
-  def bits_for(self, flat: ArrayLike, eps: ArrayLike, b_min: ArrayLike = 1,
-               b_max: ArrayLike = V.MAX_BITS) -> Array:
+  def bits_for(
+    self,
+    flat: ArrayLike,
+    eps: ArrayLike,
+    b_min: ArrayLike = 1,
+    b_max: ArrayLike = V.MAX_BITS,
+  ) -> Array:
     """On-demand bits: the least b in [b_min, 32] with bound(b) <= eps ||flat||^2.
 
     Capped at b_max (then the budget may be missed). int32 scalar.
@@ -184,12 +195,14 @@ class Quantizer:
   def payload_bits(self, bits: ArrayLike) -> Array:
     """Upload size S(b) in bits, float32, same shape as `bits` (see bits.py)."""
     V.validate_bits(bits)
-    return bits_lib.payload_bits(self.num_entries, self.num_buckets, bits,
-                                 self.method)
+    return bits_lib.payload_bits(
+      self.num_entries, self.num_buckets, bits, self.method
+    )
 
 
-def make_quantizer(template: PyTree, method: str = "minmax",
-                   bucket_size: int | None = None) -> Quantizer:
+def make_quantizer(
+  template: PyTree, method: str = "minmax", bucket_size: int | None = None
+) -> Quantizer:
   """Builds the quantizer of `template`'s layout (shapes only are read).
 
   Args:
@@ -206,22 +219,32 @@ def make_quantizer(template: PyTree, method: str = "minmax",
   with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
   shapes, dtypes = [], []
   for path, leaf in with_path:
-    dtype = jnp.dtype(leaf.dtype if hasattr(leaf, "dtype")
-                      else np.asarray(leaf).dtype)
+    dtype = jnp.dtype(
+      leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    )
     if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"template{jax.tree_util.keystr(path)} has dtype "
-                       f"{dtype}; only floating-point leaves can be quantized")
+      raise ValueError(
+        f"template{jax.tree_util.keystr(path)} has dtype "
+        f"{dtype}; only floating-point leaves can be quantized"
+      )
     shapes.append(tuple(int(n) for n in np.shape(leaf)))
     dtypes.append(dtype)
-  return Quantizer(method, None if bucket_size is None else int(bucket_size),
-                   treedef, tuple(shapes), tuple(dtypes))
+  return Quantizer(
+    method,
+    None if bucket_size is None else int(bucket_size),
+    treedef,
+    tuple(shapes),
+    tuple(dtypes),
+  )
 
 
 def _check_scalar_bits(bits) -> None:
   V.validate_bits(bits)
   if np.ndim(bits) != 0:
-    raise ValueError(f"bits must be a scalar (vmap over clients for one "
-                     f"width each); got shape {np.shape(bits)}")
+    raise ValueError(
+      f"bits must be a scalar (vmap over clients for one "
+      f"width each); got shape {np.shape(bits)}"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -239,8 +262,9 @@ def _segments(qz: Quantizer) -> Array:
   """
   ends = np.cumsum(qz.bucket_sizes).astype(np.int32)
   idx = jax.lax.iota(jnp.int32, qz.num_entries)
-  return jnp.searchsorted(jnp.asarray(ends), idx, side="right",
-                          method="scan_unrolled").astype(jnp.int32)
+  return jnp.searchsorted(
+    jnp.asarray(ends), idx, side="right", method="scan_unrolled"
+  ).astype(jnp.int32)
 
 
 def _counts(qz: Quantizer) -> Array:
@@ -257,8 +281,10 @@ def _stochastic_round(x: Array, u: Array) -> Array:
 
 
 def _minmax_range(qz: Quantizer, flat: Array, seg: Array):
-  return (jax.ops.segment_min(flat, seg, **_seg_kw(qz)),
-          jax.ops.segment_max(flat, seg, **_seg_kw(qz)))  # [nb] each
+  return (
+    jax.ops.segment_min(flat, seg, **_seg_kw(qz)),
+    jax.ops.segment_max(flat, seg, **_seg_kw(qz)),
+  )  # [nb] each
 
 
 def _minmax_grid(seg: Array, lo: Array, hi: Array):
@@ -276,13 +302,12 @@ def _minmax_x(flat: Array, grid, s: Array) -> Array:
   """
   lo_e, half_e, _ = grid
   safe = jnp.where(half_e > 0, half_e, 1.0)
-  p = jnp.where(safe > 2.0 ** 64, 2.0 ** -32, 1.0)
+  p = jnp.where(safe > 2.0**64, 2.0**-32, 1.0)
   x = ((0.5 * flat - 0.5 * lo_e) * p) / (safe * p)
   return jnp.clip(x, 0.0, 1.0) * s
 
 
-def _minmax_dequant(q: Array, grid, s: Array, decoder: bool = False
-                    ) -> Array:
+def _minmax_dequant(q: Array, grid, s: Array, decoder: bool = False) -> Array:
   """Q = 2 (lo/2 + q (half/s)): no intermediate overflows.
 
   XLA:CPU lets LLVM contract a product and an add into one FMA, and LLVM
@@ -311,7 +336,7 @@ def _qsgd_stats(qz: Quantizer, flat: Array, seg: Array):
   m = jax.ops.segment_max(a, seg, **_seg_kw(qz))  # [nb]
   # 1/m is a denormal (flushed to 0) above 2^126: scale by 2^-32 (exact)
   # above 2^64, so that 1/(m p) stays normal.
-  p = jnp.where(m > 2.0 ** 64, 2.0 ** -32, 1.0)
+  p = jnp.where(m > 2.0**64, 2.0**-32, 1.0)
   rm = 1.0 / jnp.where(m > 0, m * p, 1.0)
   w = (a * p[seg]) * rm[seg]  # [d] in [0, 1]
   r = jnp.sqrt(jax.ops.segment_sum(w * w, seg, **_seg_kw(qz)))  # [nb]
@@ -319,8 +344,9 @@ def _qsgd_stats(qz: Quantizer, flat: Array, seg: Array):
   return w, 1.0 / jnp.where(r > 0, r, 1.0), norm
 
 
-def _qsgd_dequant(q: Array, neg: Array, norm: Array, seg: Array,
-                  s: Array) -> Array:
+def _qsgd_dequant(
+  q: Array, neg: Array, norm: Array, seg: Array, s: Array
+) -> Array:
   step = norm * (1.0 / s)  # ||v|| / s per bucket
   mag = jnp.where(q >= s, norm[seg], q * step[seg])  # top: exactly ||v||
   return jnp.where(neg, -mag, mag)
@@ -344,8 +370,15 @@ def levels(qz: Quantizer, flat: Array, bits: Array, key: PRNGKey):
   return q, flat < 0, norm
 
 
-def dequantize(qz: Quantizer, q: Array, a: Array, b: Array, bits: Array,
-               *, decoder: bool = False) -> Array:
+def dequantize(
+  qz: Quantizer,
+  q: Array,
+  a: Array,
+  b: Array,
+  bits: Array,
+  *,
+  decoder: bool = False,
+) -> Array:
   """Q from `levels`' output (q, a, b) at bits < 32; traced; float32 [d].
 
   decoder=True is the codec's form (see `_minmax_dequant`).

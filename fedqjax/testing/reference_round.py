@@ -6,6 +6,7 @@ Used by tests (the compiled round must equal it) and by benchmarks (the
 client layout, masking and aggregation; what the phases compute is tested
 against independent formulas in the tests.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,11 @@ def _jitted_pieces(spec: RoundSpec):
   # one compile across layouts, client counts and meshes (the convolution
   # form and local unroll stay: they change the numerics).
   ex = dataclasses.replace(spec.execution, layout="vmap")
-  return _jitted_pieces_cached(dataclasses.replace(
-      spec, num_clients=1, clients_per_round=1, execution=ex, mesh=None))
+  return _jitted_pieces_cached(
+    dataclasses.replace(
+      spec, num_clients=1, clients_per_round=1, execution=ex, mesh=None
+    )
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,9 +45,14 @@ def _jitted_pieces_cached(spec: RoundSpec):
   return local, upload, pack
 
 
-def round_step_reference(state: ServerState, data: FedData,
-                         devices: energy.Devices, scheme: Scheme, *,
-                         spec: RoundSpec) -> Tuple[ServerState, Metrics]:
+def round_step_reference(
+  state: ServerState,
+  data: FedData,
+  devices: energy.Devices,
+  scheme: Scheme,
+  *,
+  spec: RoundSpec,
+) -> Tuple[ServerState, Metrics]:
   """Same inputs/outputs as `round_step`, clients processed one by one."""
   local, upload, pack = _jitted_pieces(spec)
   keys = round_keys(state.rng, state.round)
@@ -54,12 +63,24 @@ def round_step_reference(state: ServerState, data: FedData,
   flat_w = pack(w)
   ups, losses = [], []
   for slot, cid in enumerate(np.asarray(sel.ids)):  # the loop, on purpose
-    w_k, loss = local(w, data.images[cid], data.counts[cid],
-                      jax.random.fold_in(keys["train"], cid))
+    w_k, loss = local(
+      w,
+      data.images[cid],
+      data.counts[cid],
+      jax.random.fold_in(keys["train"], cid),
+    )
     u = pack(w_k) if spec.target == "weights" else pack(w_k) - flat_w
     d_k = jax.tree.map(lambda x: x[slot], sel.devices)
-    ups.append(upload(u, d_k.eps, d_k.bit_cap, ok[slot],
-                      jax.random.fold_in(keys["quant"], cid), scheme))
+    ups.append(
+      upload(
+        u,
+        d_k.eps,
+        d_k.bit_cap,
+        ok[slot],
+        jax.random.fold_in(keys["quant"], cid),
+        scheme,
+      )
+    )
     losses.append(loss)
   up = jax.tree.map(lambda *x: jnp.stack(x), *ups)
   payload, alloc = phases.allocate(sel.devices, up.bits, scheme, spec)
@@ -67,6 +88,7 @@ def round_step_reference(state: ServerState, data: FedData,
   weight = jnp.where(uploaded, sel.counts.astype(jnp.float32), 0.0)
   new_w = phases.aggregate(w, up.dequantized, weight, spec)
   ema = phases.update_ema(state.ema_params, new_w, state.round, spec)
-  m = round_metrics(sel, trained, uploaded, jnp.stack(losses), up, payload,
-                    alloc)
+  m = round_metrics(
+    sel, trained, uploaded, jnp.stack(losses), up, payload, alloc
+  )
   return next_state(state, new_w, ema, m), m

@@ -1,4 +1,5 @@
 """The Colab notebook executes headless on CPU with the tiny config."""
+
 import os
 
 import pytest
@@ -17,11 +18,19 @@ def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   path = os.path.join(ROOT, "notebooks", "colab_tpu.ipynb")
   nb = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                   resources={"metadata": {"path": ROOT}})
+  client = nbclient.NotebookClient(
+    nb,
+    timeout=900,
+    kernel_name="python3",
+    resources={"metadata": {"path": ROOT}},
+  )
   client.execute()
-  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type ==
-                    "code" for o in c.get("outputs", []))
+  outputs = "".join(
+    o.get("text", "")
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+  )
   assert "backend=cpu" in outputs
   assert "| ondemand |" in outputs
   # Three bits schemes train once each; four allocation policies price them.

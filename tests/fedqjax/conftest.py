@@ -1,6 +1,7 @@
 """Session fixtures of the library tests: what several test modules share
 and costs a compile or a training run (tests/conftest.py sets up the
 persistent compilation cache for the whole suite)."""
+
 import jax
 import pytest
 
@@ -17,8 +18,15 @@ from tests.support import metrics as M
 @pytest.fixture(scope="session")
 def trained():
   """40 Adam steps of the SMALL model on 64 patterns: (variables, losses)."""
-  return dm.train_centralized(D.SMALL, D.patterns(64, D.RES), steps=40, batch_size=8, lr=2e-3,
-                              key=jax.random.key(0, impl="rbg"), compiler_options=D.FAST)
+  return dm.train_centralized(
+    D.SMALL,
+    D.patterns(64, D.RES),
+    steps=40,
+    batch_size=8,
+    lr=2e-3,
+    key=jax.random.key(0, impl="rbg"),
+    compiler_options=D.FAST,
+  )
 
 
 # ---------------------------------------------------------------- federated

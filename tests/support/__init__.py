@@ -1,6 +1,7 @@
 """What the tests share: the repository root, one launcher for the programs'
 command lines (a subprocess like a user's, or a Popen to kill), and workdir
 snapshots. Fixtures live in the conftest.py files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,31 +31,47 @@ def cli_env(devices: int = 0, **extra: str) -> Dict[str, str]:
   return env
 
 
-def start_cli(args: Sequence[str], program: Sequence[str] = SWEEP, *,
-              env: Optional[Mapping[str, str]] = None, cwd=ROOT, stdout=None,
-              merge_stderr: bool = True) -> subprocess.Popen:
+def start_cli(
+  args: Sequence[str],
+  program: Sequence[str] = SWEEP,
+  *,
+  env: Optional[Mapping[str, str]] = None,
+  cwd=ROOT,
+  stdout=None,
+  merge_stderr: bool = True,
+) -> subprocess.Popen:
   """Starts `python <program> <args>` (text mode; stdout piped unless a file
   is given; stderr merged into it unless merge_stderr=False)."""
   return subprocess.Popen(
-      [sys.executable, *program, *args], cwd=cwd,
-      env=dict(env) if env is not None else cli_env(),
-      stdout=stdout if stdout is not None else subprocess.PIPE,
-      stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-      text=True)
+    [sys.executable, *program, *args],
+    cwd=cwd,
+    env=dict(env) if env is not None else cli_env(),
+    stdout=stdout if stdout is not None else subprocess.PIPE,
+    stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+    text=True,
+  )
 
 
-def run_cli(args: Sequence[str], program: Sequence[str] = SWEEP, *,
-            env: Optional[Mapping[str, str]] = None, cwd=ROOT,
-            timeout: float = 900, merge_stderr: bool = False
-            ) -> subprocess.CompletedProcess:
+def run_cli(
+  args: Sequence[str],
+  program: Sequence[str] = SWEEP,
+  *,
+  env: Optional[Mapping[str, str]] = None,
+  cwd=ROOT,
+  timeout: float = 900,
+  merge_stderr: bool = False,
+) -> subprocess.CompletedProcess:
   """Runs `python <program> <args>` to the end; stdout and stderr captured
   (separately unless merge_stderr)."""
   return subprocess.run(
-      [sys.executable, *program, *args], cwd=cwd,
-      env=dict(env) if env is not None else cli_env(), text=True,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-      timeout=timeout)
+    [sys.executable, *program, *args],
+    cwd=cwd,
+    env=dict(env) if env is not None else cli_env(),
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+    timeout=timeout,
+  )
 
 
 def snapshot(root: Path) -> Dict[str, tuple]:
@@ -63,8 +80,12 @@ def snapshot(root: Path) -> Dict[str, tuple]:
   for p in sorted(Path(root).rglob("*")):
     st_ = p.lstat()
     digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
-    out[str(p.relative_to(root))] = (p.is_dir(), st_.st_size,
-                                     st_.st_mtime_ns, digest)
+    out[str(p.relative_to(root))] = (
+      p.is_dir(),
+      st_.st_size,
+      st_.st_mtime_ns,
+      digest,
+    )
   return out
 
 

@@ -1,4 +1,5 @@
 """Shared setup for the data tests: the installed Fashion-MNIST, if any."""
+
 import os
 
 from fedqjax import data

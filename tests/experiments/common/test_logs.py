@@ -1,5 +1,6 @@
 """Quiet logs (experiments/common/logs.py): C++ log levels before and
 after jaxlib loads, quiet imports, the verbosity variable."""
+
 import sys
 
 import pytest
@@ -23,8 +24,10 @@ def test_setup_quiets_cpp_logging_and_verbosity_restores_it(when):
   its ERROR-level slow-compile alarm: both go through jaxlib's absl logging,
   and the quiet level (3 = FATAL only) drops both; verbosity 2 shows them."""
   env = cli_env(TF_CPP_VMODULE="cpu_compiler=1", TF_CPP_MIN_LOG_LEVEL="0")
-  outs = [run_cli(["-c", _CPP_PROBE, when, str(v)], program=(), env=env,
-                  timeout=120) for v in (0, 2)]
+  outs = [
+    run_cli(["-c", _CPP_PROBE, when, str(v)], program=(), env=env, timeout=120)
+    for v in (0, 2)
+  ]
   assert all(o.returncode == 0 for o in outs), outs[0].stderr[-2000:]
   assert "cpu_compiler" not in outs[0].stderr, outs[0].stderr[-2000:]
   assert "cpu_compiler" in outs[1].stderr
@@ -40,15 +43,15 @@ print("a Python warning", file=sys.stderr)
 """
 
 
-def test_import_quietly_drops_only_cpp_info_lines(tmp_path, monkeypatch,
-                                                   capfd):
+def test_import_quietly_drops_only_cpp_info_lines(tmp_path, monkeypatch, capfd):
   (tmp_path / "noisy_mod_for_test.py").write_text(_NOISY_MODULE)
   monkeypatch.syspath_prepend(str(tmp_path))
   console.import_quietly("noisy_mod_for_test")
   err = capfd.readouterr().err  # (pytest's sys.stderr is not fd 2: no order)
   assert sorted(err.splitlines()) == [
-      "E1128 21:42:22.051592    5339 some.cc:73] a real error",
-      "a Python warning"]
+    "E1128 21:42:22.051592    5339 some.cc:73] a real error",
+    "a Python warning",
+  ]
   sys.modules.pop("noisy_mod_for_test")
 
 

@@ -7,6 +7,7 @@ properties are checked on its per-draw statistics, its rows and its
 results.csv. The notebook runs the same sweep (same compiled program: the
 persistent compilation cache makes its compile a hit).
 """
+
 import os
 import subprocess
 import sys
@@ -32,9 +33,14 @@ def cli_env():
 def start_cli(args):
   """Starts `python -m experiments.energy_sweep <args>` (stdout, stderr
   piped, text). To be replaced by the shared `tests.support` launcher."""
-  return subprocess.Popen([sys.executable, *PROGRAM, *args], cwd=ROOT,
-                          env=cli_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, *PROGRAM, *args],
+    cwd=ROOT,
+    env=cli_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 @pytest.fixture

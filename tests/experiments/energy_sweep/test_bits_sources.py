@@ -1,5 +1,6 @@
 """Where the on-demand bits come from: the Gaussian model vs the quantizer,
 rho of a real update, a finished sweep's history; the models."""
+
 import json
 import os
 import re
@@ -34,8 +35,10 @@ def test_gaussian_model_matches_a_gaussian_update():
 
 def test_update_ratio_reproduces_bits_for():
   """Bits from rho (the sweep's path) equal the quantizer's own bits_for."""
-  template = {"a": jax.ShapeDtypeStruct((3, 50), jnp.float32),
-              "b": jax.ShapeDtypeStruct((700,), jnp.float32)}
+  template = {
+    "a": jax.ShapeDtypeStruct((3, 50), jnp.float32),
+    "b": jax.ShapeDtypeStruct((700,), jnp.float32),
+  }
   q = Q.make_quantizer(template, "minmax", bucket_size=64)
   flat = jax.random.laplace(jax.random.key(1), (q.num_entries,)) * 1e-3
   rho = bits_sources.update_ratio(q, flat)
@@ -47,16 +50,26 @@ def test_update_ratio_reproduces_bits_for():
 
 
 def test_history_source(tmp_path):
-  for run, bits in (("ondemand", [[3, 4], [5]]), ("ondemand_seed1", [[6]]),
-                    ("ondemand_eps0.5", [[30]]), ("fp32", [[32]])):
+  for run, bits in (
+    ("ondemand", [[3, 4], [5]]),
+    ("ondemand_seed1", [[6]]),
+    ("ondemand_eps0.5", [[30]]),
+    ("fp32", [[32]]),
+  ):
     os.makedirs(tmp_path / run)
     rows = [{"round": i + 1, "bits": b} for i, b in enumerate(bits)]
     (tmp_path / run / "history.json").write_text(
-        json.dumps([{"round": 0}] + rows))
+      json.dumps([{"round": 0}] + rows)
+    )
   assert sorted(bits_sources.history_bits(str(tmp_path)).tolist()) == [
-      3, 4, 5, 6]
+    3,
+    4,
+    5,
+    6,
+  ]
   assert bits_sources.history_bits(
-      str(tmp_path / "ondemand_seed1" / "history.json")).tolist() == [6]
+    str(tmp_path / "ondemand_seed1" / "history.json")
+  ).tolist() == [6]
   with pytest.raises(ValueError, match=r"^config\.bits_source=.*valid: "):
     bits_sources.history_bits(str(tmp_path / "missing"))
   (tmp_path / "ondemand" / "history.json").write_text("{not json")
@@ -75,5 +88,5 @@ def test_model_names_and_synthetic_spec():
   assert sizes == [models.SYNTHETIC_LEAF] * 2 + [300000 - 2 * 2**17]
   assert spec.num_params == 300000
   np.testing.assert_allclose(
-      spec.flops_per_sample,
-      300000 * models.PAPER_FLOPS / models.PAPER_PARAMS)
+    spec.flops_per_sample, 300000 * models.PAPER_FLOPS / models.PAPER_PARAMS
+  )

@@ -1,5 +1,6 @@
 """The figures are Figure objects of their own: no pyplot, no backend
 selection (a notebook's inline backend is untouched)."""
+
 import inspect
 import os
 import re
@@ -11,17 +12,26 @@ from experiments.energy_sweep import figures
 
 def test_figures_use_no_global_state():
   source = inspect.getsource(figures)
-  assert not re.search(r"^\s*(import matplotlib\.pyplot|from matplotlib "
-                       r"import pyplot)|\bplt\.|matplotlib\.use\(",
-                       source, re.M)
+  assert not re.search(
+    r"^\s*(import matplotlib\.pyplot|from matplotlib "
+    r"import pyplot)|\bplt\.|matplotlib\.use\(",
+    source,
+    re.M,
+  )
 
 
 def test_make_and_write_figures(small, tmp_path):
   settings, result, rows, _ = small
   figs = figures.make_figures(rows, result, settings)
-  assert set(figs) == {"energy_vs_axes", "allocations_vs_axes",
-                       "feasible_vs_axes", "energy_split", "energy_cdf",
-                       "bits_histogram", "heatmap"}
+  assert set(figs) == {
+    "energy_vs_axes",
+    "allocations_vs_axes",
+    "feasible_vs_axes",
+    "energy_split",
+    "energy_cdf",
+    "bits_histogram",
+    "heatmap",
+  }
   assert all(isinstance(f, Figure) for f in figs.values())
   # one panel (and a legend) per swept axis, the rest switched off
   panels = [a for a in figs["energy_vs_axes"].axes if a.axison]

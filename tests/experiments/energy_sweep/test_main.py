@@ -1,25 +1,43 @@
 """The command line (python -m experiments.energy_sweep): one-line errors
 with exit status 2 that compute and write nothing, and one real run of the
 small preset that matches the library's own sweep."""
+
 import os
 
 SMALL = "--config=experiments/configs/energy_sweep.py:small"
 
 _BAD = [
-    (["--config.axes.num_devicez=3"],
-     ["--config.axes.num_devicez is not a config key",
+  (
+    ["--config.axes.num_devicez=3"],
+    [
+      "--config.axes.num_devicez is not a config key",
       "did you mean --config.axes.num_devices?",
-      "valid keys of config.axes:", "total_bandwidth_hz"]),
-    (["--config.num_seeds=0"], ["--config.num_seeds=0", "valid: [1, 1000]"]),
-    (["--config.base.deadline_factor=-1"],
-     ["--config.base.deadline_factor=-1", "valid: (0, "]),
-    (["--config.num_seeds=abc"],
-     ["--config.num_seeds=abc", "valid: an int [1, 1000]"]),
-    ([SMALL, "--config.bits_source=/no/such/sweep",
-      "--config.axes.eps_scale=()", "--config.heatmap=()"],
-     ["config.bits_source='/no/such/sweep' is invalid",
-      "valid: gaussian | measured | a sweep workdir"]),
-    (["--workdirr=x"], ["unknown flag --workdirr", "did you mean --workdir?"]),
+      "valid keys of config.axes:",
+      "total_bandwidth_hz",
+    ],
+  ),
+  (["--config.num_seeds=0"], ["--config.num_seeds=0", "valid: [1, 1000]"]),
+  (
+    ["--config.base.deadline_factor=-1"],
+    ["--config.base.deadline_factor=-1", "valid: (0, "],
+  ),
+  (
+    ["--config.num_seeds=abc"],
+    ["--config.num_seeds=abc", "valid: an int [1, 1000]"],
+  ),
+  (
+    [
+      SMALL,
+      "--config.bits_source=/no/such/sweep",
+      "--config.axes.eps_scale=()",
+      "--config.heatmap=()",
+    ],
+    [
+      "config.bits_source='/no/such/sweep' is invalid",
+      "valid: gaussian | measured | a sweep workdir",
+    ],
+  ),
+  (["--workdirr=x"], ["unknown flag --workdirr", "did you mean --workdir?"]),
 ]
 
 
@@ -52,13 +70,20 @@ def test_small_run_matches_the_library(tmp_path, energy_cli, small):
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
   assert "| ondemand | kkt |" in out
-  assert out.rstrip().splitlines()[-1].startswith(
-      f"results: {workdir}/results.csv, summary: {workdir}/summary.md (")
+  assert (
+    out.rstrip()
+    .splitlines()[-1]
+    .startswith(
+      f"results: {workdir}/results.csv, summary: {workdir}/summary.md ("
+    )
+  )
   progress = err.splitlines()
   assert any("energy_sweep: call 0 done: " in ln for ln in progress), err
   cpp = [ln for ln in progress if ln[:1] in "IWEF" and ln[1:5].isdigit()]
   assert not cpp, cpp  # no C++ log lines
   assert sorted(os.listdir(workdir)) == ["results.csv", "summary.md"]
-  with open(workdir / "results.csv") as f, open(
-      os.path.join(small[3], "results.csv")) as g:
+  with (
+    open(workdir / "results.csv") as f,
+    open(os.path.join(small[3], "results.csv")) as g,
+  ):
     assert f.read() == g.read()

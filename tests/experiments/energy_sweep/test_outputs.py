@@ -1,5 +1,6 @@
 """results.csv and summary.md of the small sweep: every file written, the
 columns, and one row rebuilt independently with scipy."""
+
 import csv
 import math
 import os
@@ -12,14 +13,20 @@ from experiments.energy_sweep import models, outputs
 from fedqjax import energy as E
 from fedqjax.testing.energy_oracles import scipy_energy
 
-FIGURES = ("energy_vs_axes", "allocations_vs_axes", "feasible_vs_axes",
-           "energy_split", "energy_cdf", "bits_histogram", "heatmap")
+FIGURES = (
+  "energy_vs_axes",
+  "allocations_vs_axes",
+  "feasible_vs_axes",
+  "energy_split",
+  "energy_cdf",
+  "bits_histogram",
+  "heatmap",
+)
 
 
 def test_outputs_written(small):
   _, result, rows, workdir = small
-  files = ["results.csv", "summary.md"] + [f"figures/{f}.png"
-                                           for f in FIGURES]
+  files = ["results.csv", "summary.md"] + [f"figures/{f}.png" for f in FIGURES]
   for f in files:
     assert os.path.getsize(os.path.join(workdir, f)) > 0, f
   with open(os.path.join(workdir, "results.csv")) as f:
@@ -27,8 +34,13 @@ def test_outputs_written(small):
   n_rows = len(result["prepared"].rows) * 3 * 5
   assert len(table) == n_rows == len(rows)
   assert set(table[0]) == set(outputs.COLUMNS)
-  assert {r["allocation"] for r in table} == {"kkt", "deadline", "split",
-                                              "max", "shared"}
+  assert {r["allocation"] for r in table} == {
+    "kkt",
+    "deadline",
+    "split",
+    "max",
+    "shared",
+  }
   # fp32_feasible, per scenario: every device can upload
   assert all(float(r["feasible_frac"]) == 1.0 for r in table)
   assert all(int(r["budget_exceeded_draws"]) == 0 for r in table)
@@ -51,8 +63,13 @@ def test_csv_row_recomputed_with_scipy(small):
   bounded Brent."""
   settings, _, _, workdir = small
   with open(os.path.join(workdir, "results.csv")) as f:
-    row = next(r for r in csv.DictReader(f) if r["axis"] == "base"
-               and r["bits_scheme"] == "fixed" and r["allocation"] == "kkt")
+    row = next(
+      r
+      for r in csv.DictReader(f)
+      if r["axis"] == "base"
+      and r["bits_scheme"] == "fixed"
+      and r["allocation"] == "kkt"
+    )
   base = settings.base
   n, d_params = base.num_devices, int(base.model)
   nb = math.ceil(d_params / models.SYNTHETIC_LEAF)
@@ -61,24 +78,42 @@ def test_csv_row_recomputed_with_scipy(small):
   cfg = settings.devices.energy_config()
   totals, deadlines = [], []
   for r in range(settings.num_seeds):
-    keys = jax.vmap(lambda j: jax.random.fold_in(
-        jax.random.fold_in(jax.random.key(settings.seed), r), j))(
-            jnp.arange(n))
+    keys = jax.vmap(
+      lambda j: jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(settings.seed), r), j
+      )
+    )(jnp.arange(n))
     dev = E.sample_devices_from_keys(cfg, keys)
     g = lambda name: np.asarray(getattr(dev, name), np.float64)
     h, tau, n0 = g("large_scale_gain"), g("tau"), g("noise_psd_w_hz")
     w = base.total_bandwidth_hz / n
     cycles = flops / g("flops_per_cycle") * settings.samples_per_round
     rate_max = w * np.log2(1 + base.p_max_w * h / (n0 * w))
-    T = base.deadline_factor * np.max(cycles / base.f_max_hz
-                                      + 32 * d_params / rate_max)
-    e = [scipy_energy(tau[i], cycles[i], bits, h[i], w, n0[i], base.p_max_w,
-                      cfg.f_min_hz, base.f_max_hz, T) for i in range(n)]
+    T = base.deadline_factor * np.max(
+      cycles / base.f_max_hz + 32 * d_params / rate_max
+    )
+    e = [
+      scipy_energy(
+        tau[i],
+        cycles[i],
+        bits,
+        h[i],
+        w,
+        n0[i],
+        base.p_max_w,
+        cfg.f_min_hz,
+        base.f_max_hz,
+        T,
+      )
+      for i in range(n)
+    ]
     assert all(x is not None for x in e)
     totals.append(sum(e))
     deadlines.append(T)
-  np.testing.assert_allclose(float(row["total_energy_j"]), np.mean(totals),
-                             rtol=2e-4)
-  np.testing.assert_allclose(float(row["deadline_s"]), np.mean(deadlines),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(row["total_energy_j"]), np.mean(totals), rtol=2e-4
+  )
+  np.testing.assert_allclose(
+    float(row["deadline_s"]), np.mean(deadlines), rtol=1e-5
+  )
   np.testing.assert_allclose(float(row["payload_mb"]), bits / 8e6, rtol=1e-6)

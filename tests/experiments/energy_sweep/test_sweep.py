@@ -1,6 +1,7 @@
 """The sweep's statistics on the small preset (issue 17 "Done when"):
 energy non-increasing in the deadline, the policies' order, the shared
 bandwidth split, on-demand bits vs the error scale."""
+
 import numpy as np
 
 TOL = 1e-5  # float32 bisection: relative slack of the energy comparisons
@@ -33,8 +34,9 @@ def test_kkt_deadline_max_order_per_scenario(small):
   _, result, _, _ = small
   e = _energy(result)
   a = result["allocations"]
-  kkt, dl, mx, sp = (e[..., a.index(p)]
-                     for p in ("kkt", "deadline", "max", "split"))
+  kkt, dl, mx, sp = (
+    e[..., a.index(p)] for p in ("kkt", "deadline", "max", "split")
+  )
   assert np.all(kkt <= dl * (1 + TOL)) and np.all(dl <= mx * (1 + TOL))
   assert np.all(kkt <= sp * (1 + TOL))
   assert np.mean(kkt < 0.99 * dl) > 0.5  # the baselines really cost more
@@ -61,8 +63,7 @@ def test_shapes_and_allocation_order(small):
   settings, result, _, _ = small
   prep, st = result["prepared"], result["stats"]
   r, s, b = settings.num_seeds, len(prep.scenarios), 3
-  assert result["allocations"] == ("kkt", "deadline", "split", "max",
-                                   "shared")
+  assert result["allocations"] == ("kkt", "deadline", "split", "max", "shared")
   assert st["e_comp"].shape == (r, s, b, 5)
   assert st["bits_sum"].shape == st["budget_over"].shape == (r, s, b)
   assert st["deadline_s"].shape == (r, s)

@@ -8,6 +8,7 @@ depend on arriving within that. Prints COMPILE_DELAYED when it delayed (a
 JAX upgrade that renames the hooked function fails the test, it does not
 pass without a delay).
 """
+
 import os
 import runpy
 import sys
@@ -21,10 +22,14 @@ _DONE = []
 
 def _delayed(backend, computation, *args, **kwargs):
   name = str(computation.operation.attributes["sym_name"])
-  me = next((a.split("=")[1] for a in sys.argv if a.startswith(
-      "--process_id=")), None)
-  if (not _DONE and "round_step" in name
-      and me == os.environ.get("COMPILE_DELAY_PROCESS")):
+  me = next(
+    (a.split("=")[1] for a in sys.argv if a.startswith("--process_id=")), None
+  )
+  if (
+    not _DONE
+    and "round_step" in name
+    and me == os.environ.get("COMPILE_DELAY_PROCESS")
+  ):
     _DONE.append(name)
     print(f"COMPILE_DELAYED {name} process {me}", flush=True)
     time.sleep(float(os.environ["COMPILE_DELAY_S"]))

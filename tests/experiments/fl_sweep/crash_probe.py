@@ -9,6 +9,7 @@ console's progress lines in its log, an orbax temporary checkpoint directory
 file rewritten. After the SIGKILL the state on disk and in the log is
 checked against the point: a kill that landed elsewhere is not counted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,15 +26,28 @@ ROUNDS, CKPT_EVERY = 5, 2  # checkpoints at 2, 4, 5; held-out loss at 2, 4, 5
 RUNS = ("fp32", "ondemand")
 TMP = ".orbax-checkpoint-tmp"  # orbax 0.12: `<step>.orbax-checkpoint-tmp`
 META = "_CHECKPOINT_METADATA"  # the first file orbax writes into it
-KINDS = ("startup", "first_round", "mid_ckpt", "between", "last_round",
-         "eval", "history", "results")
+KINDS = (
+  "startup",
+  "first_round",
+  "mid_ckpt",
+  "between",
+  "last_round",
+  "eval",
+  "history",
+  "results",
+)
 _PER_RUN = KINDS[1:-1]
 _LAST = (ROUNDS - 1) // CKPT_EVERY * CKPT_EVERY  # newest step before ROUNDS
 # Delays after the event (s): short against the phase (a round takes
 # ~0.1-0.5 s on 2 CPU cores); a kill that lands past it is retried at 0.
-_DELAY_S = dict(startup=(0.3, 2.0), first_round=(0.0, 0.2),
-                between=(0.0, 0.1), last_round=(0.0, 0.05),
-                eval=(0.0, 0.1), results=(0.0, 0.3))
+_DELAY_S = dict(
+  startup=(0.3, 2.0),
+  first_round=(0.0, 0.2),
+  between=(0.0, 0.1),
+  last_round=(0.0, 0.05),
+  eval=(0.0, 0.1),
+  results=(0.0, 0.3),
+)
 
 
 @dataclasses.dataclass
@@ -41,6 +55,7 @@ class KillPoint:
   """Where to kill: `kind`, the run and checkpoint step it concerns, the
   delay after the triggering event, and whether to damage the run's newest
   checkpoint after the kill."""
+
   kind: str
   run: str = ""
   step: int = 0
@@ -51,15 +66,23 @@ class KillPoint:
     """(run index, time in rounds): the order in which a sweep passes."""
     if self.kind == "results":
       return len(RUNS), 0.0
-    t = dict(first_round=0.5, mid_ckpt=self.step + 0.1,
-             between=self.step + 0.5, last_round=self.step + 0.5,
-             eval=ROUNDS + 1.0, history=ROUNDS + 2.0)[self.kind]
+    t = dict(
+      first_round=0.5,
+      mid_ckpt=self.step + 0.1,
+      between=self.step + 0.5,
+      last_round=self.step + 0.5,
+      eval=ROUNDS + 1.0,
+      history=ROUNDS + 2.0,
+    )[self.kind]
     return RUNS.index(self.run), t
 
   def __str__(self) -> str:
     where = f" {self.run}" if self.run else ""
-    where += f"@{self.step}" if self.kind in ("mid_ckpt", "between",
-                                               "last_round") else ""
+    where += (
+      f"@{self.step}"
+      if self.kind in ("mid_ckpt", "between", "last_round")
+      else ""
+    )
     return f"{self.kind}{where}+{self.delay_s:.3f}s"
 
 
@@ -69,8 +92,9 @@ def _draw(rng: random.Random, kind: str, run: str = "") -> KillPoint:
   if kind in _PER_RUN:
     p.run = run or rng.choice(RUNS)
   if kind == "mid_ckpt":
-    p.step = rng.choice(sorted({*range(CKPT_EVERY, ROUNDS + 1, CKPT_EVERY),
-                                ROUNDS}))
+    p.step = rng.choice(
+      sorted({*range(CKPT_EVERY, ROUNDS + 1, CKPT_EVERY), ROUNDS})
+    )
   elif kind == "between":
     p.step = rng.choice(range(CKPT_EVERY, _LAST, CKPT_EVERY))
   elif kind == "last_round":
@@ -87,11 +111,14 @@ def schedule(seed: int, kills: int) -> List[KillPoint]:
   rng = random.Random(seed)
   points = [_draw(rng, k, run) for run in RUNS for k in _PER_RUN]
   points += [_draw(rng, "results"), _draw(rng, "startup")]
-  points += [_draw(rng, rng.choice(("startup",) + _PER_RUN))
-             for _ in range(kills - len(points))]
+  points += [
+    _draw(rng, rng.choice(("startup",) + _PER_RUN))
+    for _ in range(kills - len(points))
+  ]
   rng.choice([p for p in points if p.kind == "last_round"]).corrupt = True
-  timed = sorted((p for p in points if p.kind != "startup"),
-                 key=KillPoint.position)
+  timed = sorted(
+    (p for p in points if p.kind != "startup"), key=KillPoint.position
+  )
   for p in (p for p in points if p.kind == "startup"):
     timed.insert(rng.randrange(len(timed)), p)
   return timed
@@ -136,8 +163,11 @@ class Probe:
 
   def steps(self, run: str) -> List[int]:
     ck = self.wd / run / "checkpoints"
-    return sorted(int(d.name) for d in ck.iterdir()
-                  if d.name.isdigit()) if ck.is_dir() else []
+    return (
+      sorted(int(d.name) for d in ck.iterdir() if d.name.isdigit())
+      if ck.is_dir()
+      else []
+    )
 
   def writing(self, run: str, step: int) -> bool:
     """This process is writing `step`: its temporary directory holds a
@@ -149,8 +179,11 @@ class Probe:
   def fresh_tmp(self, run: str) -> List[str]:
     """Names of the run's temporary step directories this process made."""
     ck = self.wd / run / "checkpoints"
-    return [d.name for d in (ck.iterdir() if ck.is_dir() else [])
-            if d.name.endswith(TMP) and self.fresh(d / META)]
+    return [
+      d.name
+      for d in (ck.iterdir() if ck.is_dir() else [])
+      if d.name.endswith(TMP) and self.fresh(d / META)
+    ]
 
 
 def _tag(run: str) -> str:
@@ -168,7 +201,8 @@ def triggered(p: KillPoint, probe: Probe) -> bool:
     return probe.writing(run, p.step)
   if k in ("between", "last_round"):
     return probe.fresh(probe.wd / run / "checkpoints" / str(p.step)) or (
-        probe.logged(rf"run {run}: resumed at round {p.step}$"))
+      probe.logged(rf"run {run}: resumed at round {p.step}$")
+    )
   if k == "eval":
     return probe.logged(_tag(run) + "evaluating")
   if k == "history":
@@ -184,21 +218,22 @@ def mismatch(p: KillPoint, probe: Probe) -> Optional[str]:
     return "a run had started"
   if k == "first_round" and (steps or probe.logged(_tag(run) + "round 1/")):
     return f"round 1 was done (steps {steps})"
-  if k == "mid_ckpt" and (not probe.writing(run, p.step) or
-                          p.step in steps):
+  if k == "mid_ckpt" and (not probe.writing(run, p.step) or p.step in steps):
     return f"the write of step {p.step} had finished"
   if k in ("between", "last_round"):
     if not steps or steps[-1] != p.step or probe.fresh_tmp(run):
       return f"steps {steps}, writing {probe.fresh_tmp(run)}"
   if k in ("between", "last_round", "eval") and (
-      probe.logged(_tag(run) + "evaluated") or
-      (probe.wd / run / "summary.json").exists()):
+    probe.logged(_tag(run) + "evaluated")
+    or (probe.wd / run / "summary.json").exists()
+  ):
     return "the run had finished its evaluation"
   return None
 
 
-def fire(proc: subprocess.Popen, probe: Probe, p: KillPoint,
-         timeout_s: float) -> Dict[str, str]:
+def fire(
+  proc: subprocess.Popen, probe: Probe, p: KillPoint, timeout_s: float
+) -> Dict[str, str]:
   """Waits for `p`'s event, sleeps its delay, SIGKILLs, checks the state.
 
   Returns {"status", "why"}: status "killed" when the signal ended a live
@@ -208,8 +243,7 @@ def fire(proc: subprocess.Popen, probe: Probe, p: KillPoint,
   t_end = time.monotonic() + timeout_s
   while not triggered(p, probe):
     if proc.poll() is not None:
-      return dict(status="exited", why=f"rc={proc.returncode} before the "
-                  "event")
+      return dict(status="exited", why=f"rc={proc.returncode} before the event")
     if time.monotonic() > t_end:
       proc.kill()
       proc.wait()
@@ -232,20 +266,28 @@ def corrupt_newest(run_dir: Path, seed: int) -> Tuple[int, int, str]:
   ck = run_dir / "checkpoints"
   steps = sorted(int(d.name) for d in ck.iterdir() if d.name.isdigit())
   assert len(steps) >= 2, f"need two steps to fall back, have {steps}"
-  files = [f for f in (ck / str(steps[-1]) / "state").rglob("*")
-           if f.is_file() and f.parent.name == "d"]
+  files = [
+    f
+    for f in (ck / str(steps[-1]) / "state").rglob("*")
+    if f.is_file() and f.parent.name == "d"
+  ]
   target = max(files, key=lambda f: f.stat().st_size)
   data = bytearray(target.read_bytes())
   at = random.Random(seed).randrange(len(data) // 4, len(data) * 3 // 4 - 64)
-  data[at:at + 64] = bytes(b ^ 0xA5 for b in data[at:at + 64])
+  data[at : at + 64] = bytes(b ^ 0xA5 for b in data[at : at + 64])
   size = target.stat().st_size
   target.write_bytes(bytes(data))
   assert target.stat().st_size == size
   return steps[-1], steps[-2], str(target.relative_to(run_dir))
 
 
-def run_chain(points: List[KillPoint], start: Callable[[], tuple],
-              timeout_s: float, seed: int, tries: int = 3) -> Dict[str, list]:
+def run_chain(
+  points: List[KillPoint],
+  start: Callable[[], tuple],
+  timeout_s: float,
+  seed: int,
+  tries: int = 3,
+) -> Dict[str, list]:
   """Kills one process per point, damaging a checkpoint after the point
   marked `corrupt`. A kill that landed elsewhere (the process was killed,
   but not in the planned state) is retried at the triggering event itself,
@@ -272,6 +314,7 @@ def run_chain(points: List[KillPoint], start: Callable[[], tuple],
       break  # the sweep went on without this kill: the plan cannot go on
     if p.corrupt and attempts[-1]["status"] == "killed":
       step, prev, path = corrupt_newest(probe.wd / p.run, seed)
-      damage.append(dict(run=p.run, step=step, prev=prev, file=path,
-                         next_process=started))
+      damage.append(
+        dict(run=p.run, step=step, prev=prev, file=path, next_process=started)
+      )
   return dict(points=results, damage=damage, processes=started)

@@ -4,6 +4,7 @@ same config with `fed.mesh=none` (one device).
 
 Usage: fed_mesh_train_check.py OUTDIR
 """
+
 import json
 import os
 import sys
@@ -14,9 +15,16 @@ import numpy as np
 from experiments.configs import test as test_config
 from experiments.fl_sweep import train
 
-NUMBERS = ("total_energy_j", "comp_energy_j", "comm_energy_j", "uploaded_mb",
-           "mean_bits", "final_loss", "heldout_loss",
-           "skipped_client_rounds")
+NUMBERS = (
+  "total_energy_j",
+  "comp_energy_j",
+  "comm_energy_j",
+  "uploaded_mb",
+  "mean_bits",
+  "final_loss",
+  "heldout_loss",
+  "skipped_client_rounds",
+)
 
 
 def run(mesh, workdir):
@@ -39,8 +47,9 @@ def main():
   assert set(a) == set(b) and a
   for key in b:
     for k in NUMBERS:
-      np.testing.assert_allclose(a[key][k], b[key][k], rtol=1e-4,
-                                 err_msg=f"{key} {k}")
+      np.testing.assert_allclose(
+        a[key][k], b[key][k], rtol=1e-4, err_msg=f"{key} {k}"
+      )
     assert a[key]["mean_bits"] == b[key]["mean_bits"], key
   with open(os.path.join(out, "auto", "fp32", "history.json")) as f:
     assert json.load(f)[-1]["round"] == 3

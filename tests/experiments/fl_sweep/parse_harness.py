@@ -4,6 +4,7 @@
 `main`) on a command line and returns what a user would see, leaving the
 process's absl flags, argv, environment and log levels as they were.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,15 +25,19 @@ def parse(args: Sequence[str]) -> Tuple[int, str, str, object]:
 
   from experiments.common import logs  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import main  # pylint: disable=g-import-not-at-top
+
   fv, argv = flags.FLAGS, ["cifar_sweep", *args]
   before, out, err = set(fv), io.StringIO(), io.StringIO()
   code, config = 0, None
   saved_argv, sys.argv = sys.argv, list(argv)  # config_flags reads sys.argv
   levels = {n: logging.getLogger(n).level for n in ("", "absl")}
   try:
-    with mock.patch.dict(os.environ), mock.patch.object(
-        logs, "setup", lambda v: v), contextlib.redirect_stdout(
-            out), contextlib.redirect_stderr(err):
+    with (
+      mock.patch.dict(os.environ),
+      mock.patch.object(logs, "setup", lambda v: v),
+      contextlib.redirect_stdout(out),
+      contextlib.redirect_stderr(err),
+    ):
       try:
         main._parse(argv)  # pylint: disable=protected-access
         config = main._SETTINGS[0]  # pylint: disable=protected-access

@@ -26,6 +26,7 @@ chain's processes pass the schemes as `fp32,ondemand`, the reference as a
 tuple: the CLI must read both as the same sweep. `pytest -s` prints the
 plan, each kill and the timings.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,10 +52,16 @@ RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
 
 
 def _cmd(workdir: Path, schemes: str):
-  return [sys.executable, *SWEEP, TEST_CONFIG, f"--workdir={workdir}",
-          f"--config.fed.rounds={cp.ROUNDS}",
-          f"--config.ckpt_every={cp.CKPT_EVERY}", "--config.eval.fid=False",
-          f"--config.sweep.schemes={schemes}"]
+  return [
+    sys.executable,
+    *SWEEP,
+    TEST_CONFIG,
+    f"--workdir={workdir}",
+    f"--config.fed.rounds={cp.ROUNDS}",
+    f"--config.ckpt_every={cp.CKPT_EVERY}",
+    "--config.eval.fid=False",
+    f"--config.sweep.schemes={schemes}",
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +75,9 @@ def env(tmp_path_factory):
 def _start(cmd, env, log: Path, probe_dir: Path):
   probe = cp.Probe(probe_dir, log)  # snapshot before the process starts
   with open(log, "w") as f:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
+    )
   return proc, probe
 
 
@@ -88,8 +96,7 @@ def sweeps(env, tmp_path_factory):
   base = tmp_path_factory.mktemp("crash")
   ref, got, logs = base / "reference", base / "chain", []
   t0 = time.time()
-  proc, _ = _start(_cmd(ref, "('fp32','ondemand')"), env, base / "ref.log",
-                   ref)
+  proc, _ = _start(_cmd(ref, "('fp32','ondemand')"), env, base / "ref.log", ref)
   assert _wait(proc) == 0, (base / "ref.log").read_text()[-3000:]
   t_ref = time.time() - t0
 
@@ -100,13 +107,22 @@ def sweeps(env, tmp_path_factory):
   points = cp.schedule(SEED, KILLS)
   chain = cp.run_chain(points, start, RUN_TIMEOUT_S, SEED)
   final_rc = _wait(start()[0])
-  print(f"\nreference {t_ref:.1f}s; chain of {len(logs)} processes "
-        f"{time.time() - t0 - t_ref:.1f}s")
+  print(
+    f"\nreference {t_ref:.1f}s; chain of {len(logs)} processes "
+    f"{time.time() - t0 - t_ref:.1f}s"
+  )
   for point, attempts in chain["points"]:
     print(f"  {point}: {attempts}")
   print(f"  damage: {chain['damage']}")
-  return dict(chain, ref=ref, got=got, logs=logs, final_rc=final_rc,
-              kinds={p.kind for p in points}, planned=len(points))
+  return dict(
+    chain,
+    ref=ref,
+    got=got,
+    logs=logs,
+    final_rc=final_rc,
+    kinds={p.kind for p in points},
+    planned=len(points),
+  )
 
 
 def test_every_planned_kill_landed(sweeps):
@@ -134,11 +150,13 @@ def test_damaged_checkpoint_is_detected_and_skipped(sweeps):
 def _final_state(workdir: Path, run: str):
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   mgr = ocp.CheckpointManager(str(workdir / run / "checkpoints"))
   try:
     assert max(mgr.all_steps()) == cp.ROUNDS, mgr.all_steps()
-    state = mgr.restore(cp.ROUNDS, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+    state = mgr.restore(
+      cp.ROUNDS, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )["state"]
   finally:
     mgr.close()
   flat = jax.tree_util.tree_flatten_with_path(state)[0]
@@ -151,17 +169,24 @@ def test_final_state_is_bitwise_the_reference(sweeps, run):
   assert sorted(got) == sorted(want)
   for part in ("['params']", "['ema_params']", "['rng']", "['round']"):
     assert any(k.startswith(part) for k in got), (part, sorted(got)[:5])
-  differ = [k for k in want if got[k].dtype != want[k].dtype or
-            got[k].shape != want[k].shape or
-            got[k].tobytes() != want[k].tobytes()]
+  differ = [
+    k
+    for k in want
+    if got[k].dtype != want[k].dtype
+    or got[k].shape != want[k].shape
+    or got[k].tobytes() != want[k].tobytes()
+  ]
   assert not differ, differ
 
 
 def _no_wall(x):
   """x without wall-clock fields (`*_wall_s`, meta.wall_s)."""
   if isinstance(x, dict):
-    return {k: _no_wall(v) for k, v in x.items()
-            if not (k.endswith("_wall_s") or k == "wall_s")}
+    return {
+      k: _no_wall(v)
+      for k, v in x.items()
+      if not (k.endswith("_wall_s") or k == "wall_s")
+    }
   if isinstance(x, list):
     return [_no_wall(v) for v in x]
   return x
@@ -186,10 +211,12 @@ def test_history_summaries_and_results_equal_the_reference(sweeps):
     assert [r["round"] for r in h] == list(range(cp.ROUNDS + 1))
     assert h == _json(ref / run / "history.json"), run
     assert _no_wall(_json(got / run / "summary.json")) == _no_wall(
-        _json(ref / run / "summary.json")), run
+      _json(ref / run / "summary.json")
+    ), run
     grid = [np.load(w / run / "samples_grid.npy") for w in (got, ref)]
-    assert grid[0].dtype == grid[1].dtype and grid[0].tobytes() == grid[
-        1].tobytes(), run
+    assert (
+      grid[0].dtype == grid[1].dtype and grid[0].tobytes() == grid[1].tobytes()
+    ), run
   res = _json(got / "results.json")
   assert [r["run"] for r in res["runs"]] == list(cp.RUNS)
   assert _no_wall(res) == _no_wall(_json(ref / "results.json"))
@@ -202,13 +229,15 @@ def _events(run_dir: Path):
   without their start time)."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+
   out = defaultdict(list)
   for f in sorted(glob.glob(str(run_dir / "events.out.tfevents.*"))):
     for ev in event_file_loader.EventFileLoader(f).Load():
       for v in ev.summary.value:
         if v.metadata.plugin_data.plugin_name == "hparams":
           hp = plugin_data_pb2.HParamsPluginData.FromString(
-              v.metadata.plugin_data.content)
+            v.metadata.plugin_data.content
+          )
           hp.session_start_info.start_time_secs = 0
           payload = hp.SerializeToString(deterministic=True)
         else:
@@ -223,11 +252,18 @@ def test_tensorboard_equals_the_reference(sweeps, run):
   at each, by any process, killed or not, bitwise the reference's."""
   got, want = (_events(sweeps[w] / run) for w in ("got", "ref"))
   assert sorted(got) == sorted(want)
-  for tag in ("loss", "heldout_ema", "cum_j/kkt", "bits", "samples",
-              "_hparams_/session_start_info"):
+  for tag in (
+    "loss",
+    "heldout_ema",
+    "cum_j/kkt",
+    "bits",
+    "samples",
+    "_hparams_/session_start_info",
+  ):
     assert any(t == tag for t, _ in want), tag
-  differ = [k for k in want if set(got[k]) != set(want[k])
-            or len(set(want[k])) != 1]
+  differ = [
+    k for k in want if set(got[k]) != set(want[k]) or len(set(want[k])) != 1
+  ]
   assert not differ, differ
 
 
@@ -235,8 +271,9 @@ def test_tensorboard_equals_the_reference(sweeps, run):
 def test_tensorboard_logs_each_step_once(sweeps, which):
   """No (tag, step) twice: held-out scalars are written once, and a resumed
   run truncates its event files to what its checkpoint covered."""
-  events = {k: len(v) for r in cp.RUNS
-            for k, v in _events(sweeps[which] / r).items()}
+  events = {
+    k: len(v) for r in cp.RUNS for k, v in _events(sweeps[which] / r).items()
+  }
   assert {k: n for k, n in events.items() if n > 1} == {}
 
 
@@ -244,20 +281,24 @@ def test_every_checkpoint_step_restores(sweeps):
   """Every step orbax lists (damaged ones were moved aside) restores with
   its history up to its round, in the chain's workdir."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   restored = 0
   for run in cp.RUNS:
     mgr = ocp.CheckpointManager(str(sweeps["got"] / run / "checkpoints"))
     try:
       for step in mgr.all_steps():
-        out = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
+        out = mgr.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()
+          ),
+        )
         assert int(out["state"]["round"]) == step, (run, step)
         assert [h["round"] for h in out["history"]] == list(range(step + 1))
         restored += 1
     finally:
       mgr.close()
   assert restored == 2 * len(cp.RUNS)  # max_to_keep=2 each
-
 
 
 def test_checkpointer_detects_same_size_damage(tmp_path):
@@ -270,19 +311,25 @@ def test_checkpointer_detects_same_size_damage(tmp_path):
 
   from experiments.fl_sweep import checkpoint  # pylint: disable=g-import-not-at-top
   from fedqjax import federated
+
   params = {"w": jnp.arange(4000, dtype=jnp.float32).reshape(40, 100)}
   state0 = federated.init_server_state(params, jax.random.key(0), 2)
-  states = [state0.replace(round=jnp.asarray(r, state0.round.dtype),
-                           params={"w": params["w"] + r}) for r in (1, 2)]
+  states = [
+    state0.replace(
+      round=jnp.asarray(r, state0.round.dtype), params={"w": params["w"] + r}
+    )
+    for r in (1, 2)
+  ]
   hist = [{"round": 0}, {"round": 1, "x": 0.25}, {"round": 2, "x": 0.5}]
   lines = Lines()
   logging.getLogger("fedqjax").addHandler(lines)
   try:
+
     def restore(step_dir_edit):
       shutil.rmtree(tmp_path / "ck", ignore_errors=True)
       mgr = checkpoint.Checkpointer(str(tmp_path / "ck"))
       for r, s in zip((1, 2), states):
-        mgr.save(s, hist[:r + 1])
+        mgr.save(s, hist[: r + 1])
       mgr.close()
       step_dir_edit(tmp_path / "ck" / "2")
       mgr = checkpoint.Checkpointer(str(tmp_path / "ck"))
@@ -293,25 +340,37 @@ def test_checkpointer_detects_same_size_damage(tmp_path):
       return int(s.round), h, sorted(os.listdir(tmp_path / "ck"))
 
     def flip_array(d):
-      f = max((p for p in (d / "state").rglob("*") if p.parent.name == "d"),
-              key=lambda p: p.stat().st_size)
+      f = max(
+        (p for p in (d / "state").rglob("*") if p.parent.name == "d"),
+        key=lambda p: p.stat().st_size,
+      )
       b = bytearray(f.read_bytes())
       b[len(b) // 2] ^= 0x01
       f.write_bytes(bytes(b))
 
     def edit_history(d):
-      f = next(p for p in (d / "history").rglob("*") if p.is_file() and
-               b"0.5" in p.read_bytes())
+      f = next(
+        p
+        for p in (d / "history").rglob("*")
+        if p.is_file() and b"0.5" in p.read_bytes()
+      )
       f.write_bytes(f.read_bytes().replace(b"0.5", b"0.7"))
 
     assert restore(lambda d: None) == (2, hist, ["1", "2"])
-    for edit, why in ((flip_array, "state digest"),
-                      (edit_history, "history digest")):
+    for edit, why in (
+      (flip_array, "state digest"),
+      (edit_history, "history digest"),
+    ):
       assert restore(edit) == (1, hist[:2], ["1", "2.damaged"]), why
-      assert f"checkpoint step 2 in {tmp_path / 'ck'} is damaged" in \
-          lines.lines[-1] and why in lines.lines[-1], lines.lines[-1]
+      assert (
+        f"checkpoint step 2 in {tmp_path / 'ck'} is damaged" in lines.lines[-1]
+        and why in lines.lines[-1]
+      ), lines.lines[-1]
     assert restore(lambda d: shutil.rmtree(d / "digest")) == (
-        2, hist, ["1", "2"])
+      2,
+      hist,
+      ["1", "2"],
+    )
     assert "has no digest" in lines.lines[-1], lines.lines[-1]
   finally:
     logging.getLogger("fedqjax").removeHandler(lines)

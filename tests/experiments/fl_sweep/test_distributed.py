@@ -17,6 +17,7 @@ All runs share one config (fp32 + on-demand, 12 rounds, a checkpoint every
 2), one single-process reference (module fixtures) and, as a user's reruns
 do, the persistent compilation cache (the suite's, tests/conftest.py).
 """
+
 import json
 import os
 import re
@@ -34,25 +35,40 @@ from tests.support import ROOT, SWEEP, cli_env
 ROUNDS = 12
 SURVIVOR_WAIT_S = 30
 COMPILE_DELAY_S = 35  # > gloo's 30 s
-ARGS = ("--config=experiments/configs/test.py",
-        "--config.sweep.schemes=fp32,ondemand", f"--config.fed.rounds={ROUNDS}",
-        "--config.ckpt_every=2", "--config.eval.num_samples=4",
-        "--config.eval.vlb_size=0")  # bits/dim: per process, tested elsewhere
-COMPARED = ("total_energy_j", "comm_energy_j", "uploaded_mb", "final_loss",
-            "heldout_loss")
+ARGS = (
+  "--config=experiments/configs/test.py",
+  "--config.sweep.schemes=fp32,ondemand",
+  f"--config.fed.rounds={ROUNDS}",
+  "--config.ckpt_every=2",
+  "--config.eval.num_samples=4",
+  "--config.eval.vlb_size=0",
+)  # bits/dim: per process, tested elsewhere
+COMPARED = (
+  "total_energy_j",
+  "comm_energy_j",
+  "uploaded_mb",
+  "final_loss",
+  "heldout_loss",
+)
 
 
 def _cli(workdir, *extra, devices=1, delay_process=None):
   env = cli_env(devices=devices)
   main = SWEEP
   if delay_process is not None:
-    env.update(COMPILE_DELAY_PROCESS=str(delay_process),
-               COMPILE_DELAY_S=str(COMPILE_DELAY_S))
+    env.update(
+      COMPILE_DELAY_PROCESS=str(delay_process),
+      COMPILE_DELAY_S=str(COMPILE_DELAY_S),
+    )
     main = [str(ROOT / "tests/experiments/fl_sweep/cli_compile_delay.py")]
   return subprocess.Popen(
-      [sys.executable, *main, f"--workdir={workdir}", *ARGS, *extra],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
+    [sys.executable, *main, f"--workdir={workdir}", *ARGS, *extra],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _job(workdir, *extra, delay_process=None):
@@ -60,9 +76,18 @@ def _job(workdir, *extra, delay_process=None):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  return [_cli(workdir, f"--coordinator_address=127.0.0.1:{port}",
-               "--num_processes=2", f"--process_id={i}", *extra, devices=2,
-               delay_process=delay_process) for i in range(2)]
+  return [
+    _cli(
+      workdir,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      *extra,
+      devices=2,
+      delay_process=delay_process,
+    )
+    for i in range(2)
+  ]
 
 
 def _finish(procs):
@@ -102,8 +127,9 @@ def test_two_processes_through_the_cli_equal_one(two, single):
   for key, b in single.items():
     assert a[key]["rounds"] == b["rounds"] == ROUNDS
     for k in COMPARED:
-      np.testing.assert_allclose(a[key][k], b[k], rtol=1e-4,
-                                 err_msg=f"{key} {k}")
+      np.testing.assert_allclose(
+        a[key][k], b[k], rtol=1e-4, err_msg=f"{key} {k}"
+      )
     assert a[key]["mean_bits"] == b["mean_bits"], key
 
 
@@ -120,7 +146,8 @@ def _kill_after_first_checkpoint(procs, ckpt_dir, timeout_s=600):
   t0 = time.time()
   while not _steps(ckpt_dir):
     assert all(p.poll() is None for p in procs), [
-        p.communicate()[0][-3000:] for p in procs]
+      p.communicate()[0][-3000:] for p in procs
+    ]
     assert time.time() - t0 < timeout_s, "no checkpoint was written"
     time.sleep(0.02)
   steps = _steps(ckpt_dir)
@@ -143,12 +170,16 @@ def test_killed_process_job_resumes_and_matches_uninterrupted(tmp_path, two):
   assert not os.path.exists(work / "results.json")
 
   outs = _finish(_job(work))
-  resumed = [int(m) for m in re.findall(r"run fp32: resumed at round (\d+)",
-                                        outs[0])]
+  resumed = [
+    int(m) for m in re.findall(r"run fp32: resumed at round (\d+)", outs[0])
+  ]
   # It resumes from a checkpoint at or after the one seen at the kill (the
   # run may have saved more before the kill landed), never from scratch.
   assert len(resumed) == 1 and max(at_kill) <= resumed[0] < ROUNDS, (
-      at_kill, resumed, outs[0][-3000:])
+    at_kill,
+    resumed,
+    outs[0][-3000:],
+  )
   _, a = _results(work)
   _, (_, b) = two
   assert set(a) == set(b) and a

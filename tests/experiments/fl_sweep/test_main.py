@@ -2,6 +2,7 @@
 one-line errors with exit status 2 that write nothing, and one end-to-end
 run on the test config (compile notice, progress with ETA, results table,
 where the outputs are, a quiet console)."""
+
 import os
 import re
 
@@ -11,21 +12,37 @@ ENV = cli_env()
 
 
 _BAD = [
-    (["--config=experiments/configs/cifar_sweep.py:nosuch"],
-     ["--config=", "nosuch", "valid: cpu, quality, paper"]),
-    (["--config=/no/such/file.py"],
-     ["--config=/no/such/file.py", "valid: a Python file"]),
-    (["--config.fed.rounds=abc"],
-     ["--config.fed.rounds=abc", "valid: an int [1, "]),
-    (["--config.fed.rounds=-3"], ["--config.fed.rounds=-3", "valid: [1, "]),
-    (["--config.fed.num_clientz=3"],
-     ["--config.fed.num_clientz", "did you mean --config.fed.num_clients?",
-      "valid keys of config.fed:", "rounds"]),
-    (["--workdirr=x"], ["--workdirr", "did you mean --workdir?",
-                        "valid: --workdir, --config"]),
-    (["--config=experiments/configs/test.py:foo"],
-     ["takes no :preset", "valid: --config=experiments/configs/test.py"]),
-    (["stray"], ["unexpected argument", "stray", "valid: flags only"]),
+  (
+    ["--config=experiments/configs/cifar_sweep.py:nosuch"],
+    ["--config=", "nosuch", "valid: cpu, quality, paper"],
+  ),
+  (
+    ["--config=/no/such/file.py"],
+    ["--config=/no/such/file.py", "valid: a Python file"],
+  ),
+  (
+    ["--config.fed.rounds=abc"],
+    ["--config.fed.rounds=abc", "valid: an int [1, "],
+  ),
+  (["--config.fed.rounds=-3"], ["--config.fed.rounds=-3", "valid: [1, "]),
+  (
+    ["--config.fed.num_clientz=3"],
+    [
+      "--config.fed.num_clientz",
+      "did you mean --config.fed.num_clients?",
+      "valid keys of config.fed:",
+      "rounds",
+    ],
+  ),
+  (
+    ["--workdirr=x"],
+    ["--workdirr", "did you mean --workdir?", "valid: --workdir, --config"],
+  ),
+  (
+    ["--config=experiments/configs/test.py:foo"],
+    ["takes no :preset", "valid: --config=experiments/configs/test.py"],
+  ),
+  (["stray"], ["unexpected argument", "stray", "valid: flags only"]),
 ]
 
 
@@ -34,8 +51,12 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
   workdir.mkdir()
   (workdir / "keep.txt").write_text("mine")
   (tmp_path / "file").write_text("x")
-  cases = _BAD + [([f"--workdir={tmp_path / 'file' / 'sub'}"],
-                   ["--workdir=", "is a file", "valid: a writable directory"])]
+  cases = _BAD + [
+    (
+      [f"--workdir={tmp_path / 'file' / 'sub'}"],
+      ["--workdir=", "is a file", "valid: a writable directory"],
+    )
+  ]
   procs = []
   for args, _ in cases:  # concurrently: most of each is import time
     if not any(a.startswith("--workdir=") for a in args):
@@ -57,10 +78,16 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
 def test_console_of_a_real_run(tmp_path):
   """Issue 22 item 6: compile line, progress with ETA, table, tensorboard."""
   workdir = tmp_path / "run"
-  out = run_cli([TEST_CONFIG, f"--workdir={workdir}",
-                 "--config.sweep.schemes=('fp32','ondemand')",
-                 "--config.compilation_cache=False"], env=ENV,
-                merge_stderr=True)
+  out = run_cli(
+    [
+      TEST_CONFIG,
+      f"--workdir={workdir}",
+      "--config.sweep.schemes=('fp32','ondemand')",
+      "--config.compilation_cache=False",
+    ],
+    env=ENV,
+    merge_stderr=True,
+  )
   lines = out.stdout.splitlines()
   assert out.returncode == 0, out.stdout[-3000:]
 
@@ -75,6 +102,11 @@ def test_console_of_a_real_run(tmp_path):
   table_at = first(r"^\| .*ondemand")
   assert table_at > max(i for i, ln in enumerate(lines) if "/3 " in ln)
   assert lines[-1].endswith(f"tensorboard --logdir {workdir}")
-  cpp = [ln for ln in lines if re.match(r"^[IWEF]\d{4} ", ln) or
-         "slow_operation_alarm" in ln or "absl::InitializeLog" in ln]
+  cpp = [
+    ln
+    for ln in lines
+    if re.match(r"^[IWEF]\d{4} ", ln)
+    or "slow_operation_alarm" in ln
+    or "absl::InitializeLog" in ln
+  ]
   assert not cpp, cpp  # no C++ log lines at all (errors included)

@@ -1,6 +1,7 @@
 """Progress of a training sweep (experiments/fl_sweep/progress.py):
 arithmetic of rates and ETAs with a fake clock, the compile estimate, and
 where the outputs are."""
+
 import logging
 import re
 
@@ -24,8 +25,9 @@ def _progress(runs=("a", "b", "c"), rounds=10, interval=0.0):
   log.setLevel(logging.INFO)
   log.propagate = False
   log.addHandler(lines)
-  p = console.SweepProgress(list(runs), rounds, logger=log,
-                            min_interval_s=interval, clock=clock)
+  p = console.SweepProgress(
+    list(runs), rounds, logger=log, min_interval_s=interval, clock=clock
+  )
   return p, clock, lines.lines
 
 
@@ -46,8 +48,10 @@ def test_rate_excludes_first_round_and_eta_arithmetic():
   assert p.eta_run_s(3) == pytest.approx(7 * 2.0)
   # This run's 7 rounds + runs b and c: 2 x 10 rounds, all at 2 s.
   assert p.eta_sweep_s("a", 3) == pytest.approx(14.0 + 40.0)
-  assert lines[-1] == ("a [1/3]: round 3/10  2.00s/round  ETA 14s (sweep "
-                       ">=54s)  energy 12.5 J  upload 3.2 MB  loss 0.5")
+  assert lines[-1] == (
+    "a [1/3]: round 3/10  2.00s/round  ETA 14s (sweep "
+    ">=54s)  energy 12.5 J  upload 3.2 MB  loss 0.5"
+  )
   assert "round 1/10  ?s/round  ETA ?" in lines[-3]  # no rate yet
 
 
@@ -74,8 +78,11 @@ def test_interval_throttling_and_last_round():
   p.run_started("a", 0)
   times = [1000.0 + 3 * i for i in range(20)]  # a round every 3 s
   _rounds(p, clock, "a", range(1, 21), times)
-  shown = [int(re.search(r"round (\d+)/20", ln).group(1)) for ln in lines
-           if "round " in ln and "/20 " in ln]
+  shown = [
+    int(re.search(r"round (\d+)/20", ln).group(1))
+    for ln in lines
+    if "round " in ln and "/20 " in ln
+  ]
   # First report, then >= 10 s apart (every 4th round), and the last one.
   assert shown == [1, 5, 9, 13, 17, 20]
 
@@ -84,8 +91,10 @@ def test_resume_message_and_rate_from_resumed_rounds():
   p, clock, lines = _progress()
   p.run_finished("a", skipped=True)
   p.run_started("b", 4)
-  assert lines[-2:] == ["a [1/3]: already finished; skipped",
-                        "b [2/3]: resuming at round 4/10 (from its checkpoint)"]
+  assert lines[-2:] == [
+    "a [1/3]: already finished; skipped",
+    "b [2/3]: resuming at round 4/10 (from its checkpoint)",
+  ]
   _rounds(p, clock, "b", [5, 6, 7], [1100.0, 1105.0, 1110.0])
   assert p.eta_run_s(7) == pytest.approx(3 * 5.0)
   assert p.eta_sweep_s("b", 7) == pytest.approx(15.0 + 10 * 5.0)
@@ -97,10 +106,13 @@ def test_compile_lines_and_bad_names():
   p.compiling("the round", None, cached_hint=False)
   p.compiled(380.0)
   p.compiled(0.5)  # later runs: cache hits, not shown
-  assert lines[0].startswith("compiling the round once for all runs (about "
-                             "6m40s); later runs of this command load it")
-  assert lines[1] == ("compiling the round once for all runs (time not "
-                      "measured for this setup)")
+  assert lines[0].startswith(
+    "compiling the round once for all runs (about "
+    "6m40s); later runs of this command load it"
+  )
+  assert lines[1] == (
+    "compiling the round once for all runs (time not measured for this setup)"
+  )
   assert lines[2:] == ["compiled in 6m20s"]
   with pytest.raises(ValueError, match=r"'zz' .*valid: a, b, c"):
     p.run_started("zz", 0)
@@ -121,8 +133,14 @@ def test_estimate_compile_s_rule():
 
 
 def test_fmt_duration_and_outputs():
-  assert [console.fmt_duration(s) for s in (None, 0.4, 59, 61, 3599, 7260)
-         ] == ["?", "0s", "59s", "1m01s", "59m59s", "2h01m"]
+  assert [console.fmt_duration(s) for s in (None, 0.4, 59, 61, 3599, 7260)] == [
+    "?",
+    "0s",
+    "59s",
+    "1m01s",
+    "59m59s",
+    "2h01m",
+  ]
   p, clock, lines = _progress()
   clock.t = 1000.0 + 1591.0
   p.sweep_finished("/tmp/my work/")

@@ -2,6 +2,7 @@
 old results (exit 2 naming the key, nothing written), `--overwrite` moves
 them aside and recomputes; results carry the settings hash, versions and
 machine; the program runs from any directory."""
+
 import json
 import types
 
@@ -11,8 +12,12 @@ from experiments.configs import test as test_config
 from experiments.fl_sweep import provenance, settings
 from tests.support import ROOT, TEST_CONFIG, cli_env, run_cli, snapshot
 
-ARGS = (TEST_CONFIG, "--config.sweep.schemes=fp32",
-        "--config.eval.num_samples=4", "--config.eval.vlb_size=0")
+ARGS = (
+  TEST_CONFIG,
+  "--config.sweep.schemes=fp32",
+  "--config.eval.num_samples=4",
+  "--config.eval.vlb_size=0",
+)
 
 
 def _run(name, seed=0, bits="fp32", eps=1.0):
@@ -31,10 +36,14 @@ def test_run_hash_follows_what_decides_the_numbers():
   assert base == provenance.run_record(_settings(), _run("fp32"))
   c = test_config.get_config()
   c.sweep.seeds, c.ckpt_every, c.sweep.target_margin = (0, 5, 7), 9, 0.5
-  assert provenance.run_record(settings.parse(c), _run("fp32"))["hash"] == \
-      base["hash"]  # more seeds, other checkpoint cadence: same runs
-  for other in (provenance.run_record(_settings(rounds=5), _run("fp32")),
-                provenance.run_record(_settings(), _run("fp32", seed=1))):
+  assert (
+    provenance.run_record(settings.parse(c), _run("fp32"))["hash"]
+    == base["hash"]
+  )  # more seeds, other checkpoint cadence: same runs
+  for other in (
+    provenance.run_record(_settings(rounds=5), _run("fp32")),
+    provenance.run_record(_settings(), _run("fp32", seed=1)),
+  ):
     assert other["hash"] != base["hash"]
 
 
@@ -47,8 +56,10 @@ def test_stale_runs_named_with_their_keys(tmp_path):
   fixed = provenance.run_record(_settings(), _run("fixed", bits="fixed"))
   fresh = provenance.run_record(_settings(), _run("ondemand"))
   stale = provenance.stale_runs(str(tmp_path), [new, fixed, fresh])
-  assert stale == {"fp32": "config.fed.rounds 3 -> 5",
-                   "fixed": "no settings recorded (an older fedqjax)"}
+  assert stale == {
+    "fp32": "config.fed.rounds 3 -> 5",
+    "fixed": "no settings recorded (an older fedqjax)",
+  }
   assert provenance.stale_runs(str(tmp_path), [old, fresh]) == {}
   line = provenance.stale_message(str(tmp_path), stale)
   assert "fp32: config.fed.rounds 3 -> 5 and 1 more run(s)" in line
@@ -66,8 +77,9 @@ def first_run(tmp_path_factory):
 
 def _energy(workdir):
   results = json.loads((workdir / "results.json").read_text())
-  return {r["allocation"]: r["total_energy_j"] for r in results["rows"]}, \
-      results
+  return {
+    r["allocation"]: r["total_energy_j"] for r in results["rows"]
+  }, results
 
 
 def test_changed_setting_exits_2_and_overwrite_recomputes(first_run):
@@ -83,8 +95,10 @@ def test_changed_setting_exits_2_and_overwrite_recomputes(first_run):
   assert "config.fed.rounds 3 -> 5" in lines[0] and "--overwrite" in lines[0]
   assert snapshot(first_run) == before  # nothing written, nothing moved
 
-  out = run_cli([*ARGS, *changed, "--overwrite", f"--workdir={first_run}"],
-                merge_stderr=True)
+  out = run_cli(
+    [*ARGS, *changed, "--overwrite", f"--workdir={first_run}"],
+    merge_stderr=True,
+  )
   assert out.returncode == 0, out.stdout[-3000:]
   after_energy, results = _energy(first_run)
   assert results["meta"]["settings_hash"] != ""
@@ -93,16 +107,19 @@ def test_changed_setting_exits_2_and_overwrite_recomputes(first_run):
   assert after_energy["kkt"] != pytest.approx(before_energy["kkt"], rel=1e-3)
   stale = list((first_run / "stale").iterdir())
   assert len(stale) == 1 and (stale[0] / "fp32" / "summary.json").is_file()
-  assert json.loads((stale[0] / "results.json").read_text())["rows"][0][
-      "total_energy_j"] == before_energy[results["rows"][0]["allocation"]]
+  assert (
+    json.loads((stale[0] / "results.json").read_text())["rows"][0][
+      "total_energy_j"
+    ]
+    == before_energy[results["rows"][0]["allocation"]]
+  )
 
 
 def test_results_name_their_settings_software_and_machine(first_run):
   _, results = _energy(first_run)
   meta = results["meta"]
   assert len(meta["settings_hash"]) == 64
-  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-               "fedqjax"):
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "fedqjax"):
     assert meta["versions"][name], name
   assert meta["device_kind"] and meta["backend"] == "cpu"
   header = (first_run / "results.csv").read_text().splitlines()[0]
@@ -116,14 +133,25 @@ def test_runs_from_another_directory(tmp_path):
   """No path relative to the checkout: the default config is found from the
   module (a bad override proves it was loaded), a given one as typed."""
   env = cli_env()
-  out = run_cli([f"--workdir={tmp_path / 'w'}", "--config.fed.local_steps=0"],
-                cwd=tmp_path, env=env)
+  out = run_cli(
+    [f"--workdir={tmp_path / 'w'}", "--config.fed.local_steps=0"],
+    cwd=tmp_path,
+    env=env,
+  )
   assert out.returncode == 2, out.stderr
   assert "config.fed.local_steps=0 is invalid" in out.stderr
-  out = run_cli([f"--config={ROOT / 'experiments/configs/test.py'}",
-                 f"--workdir={tmp_path / 'w'}", "--config.fed.rounds=1",
-                 "--config.sweep.schemes=fp32", "--config.eval.num_samples=4",
-                 "--config.eval.vlb_size=0"], cwd=tmp_path, env=env,
-                merge_stderr=True)
+  out = run_cli(
+    [
+      f"--config={ROOT / 'experiments/configs/test.py'}",
+      f"--workdir={tmp_path / 'w'}",
+      "--config.fed.rounds=1",
+      "--config.sweep.schemes=fp32",
+      "--config.eval.num_samples=4",
+      "--config.eval.vlb_size=0",
+    ],
+    cwd=tmp_path,
+    env=env,
+    merge_stderr=True,
+  )
   assert out.returncode == 0, out.stdout[-3000:]
   assert (tmp_path / "w" / "results.csv").is_file()

@@ -1,5 +1,6 @@
 """Tests for fedqjax.results: rows per (run, policy), seed statistics and
 energy-to-target (no training: synthetic summaries and histories)."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -11,72 +12,104 @@ def _history(losses, energies, mbs):
   """Rows with a held-out point every round (round 0 = initialization)."""
   rows = [dict(round=0, heldout_ema=losses[0], heldout_raw=losses[0])]
   for r, (loss, e, mb) in enumerate(zip(losses[1:], energies, mbs), start=1):
-    rows.append(dict(round=r, heldout_ema=loss, heldout_raw=loss,
-                     cum_uploaded_mb=mb,
-                     energy={"kkt": dict(cum_j=e), "max": dict(cum_j=3 * e)}))
+    rows.append(
+      dict(
+        round=r,
+        heldout_ema=loss,
+        heldout_raw=loss,
+        cum_uploaded_mb=mb,
+        energy={"kkt": dict(cum_j=e), "max": dict(cum_j=3 * e)},
+      )
+    )
   return rows
 
 
 def _summary(run, bits, seed, heldout, energy=1.0, scale=1.0):
-  return dict(run=run, bits_scheme=bits, seed=seed, eps_scale=scale,
-              heldout_loss=heldout, uploaded_mb=2.0,
-              energy={"kkt": dict(total_energy_j=energy, comp_energy_j=energy,
-                                  comm_energy_j=0.0),
-                      "max": dict(total_energy_j=3 * energy,
-                                  comp_energy_j=3 * energy,
-                                  comm_energy_j=0.0)})
+  return dict(
+    run=run,
+    bits_scheme=bits,
+    seed=seed,
+    eps_scale=scale,
+    heldout_loss=heldout,
+    uploaded_mb=2.0,
+    energy={
+      "kkt": dict(
+        total_energy_j=energy, comp_energy_j=energy, comm_energy_j=0.0
+      ),
+      "max": dict(
+        total_energy_j=3 * energy, comp_energy_j=3 * energy, comm_energy_j=0.0
+      ),
+    },
+  )
 
 
 def test_to_target_first_crossing_per_policy():
   h = _history([1.0, 0.8, 0.55, 0.5, 0.45], [1, 2, 3, 4], [10, 20, 30, 40])
-  assert R.to_target(h, 0.56, "kkt") == dict(energy_to_target_j=2,
-                                             mb_to_target=20)
-  assert R.to_target(h, 0.56, "max") == dict(energy_to_target_j=6,
-                                             mb_to_target=20)
-  assert R.to_target(h, 0.1, "kkt") == dict(energy_to_target_j=None,
-                                            mb_to_target=None)
+  assert R.to_target(h, 0.56, "kkt") == dict(
+    energy_to_target_j=2, mb_to_target=20
+  )
+  assert R.to_target(h, 0.56, "max") == dict(
+    energy_to_target_j=6, mb_to_target=20
+  )
+  assert R.to_target(h, 0.1, "kkt") == dict(
+    energy_to_target_j=None, mb_to_target=None
+  )
   assert R.to_target(h, 1.0, "kkt")["energy_to_target_j"] == 0.0
 
 
 def test_rows_target_is_the_same_seeds_fp32_with_margin():
-  summaries = [_summary("fp32", "fp32", 0, 0.50),
-               _summary("ondemand", "ondemand", 0, 0.52)]
-  hist = {"fp32": _history([1.0, 0.7, 0.5], [5, 10], [8, 16]),
-          "ondemand": _history([1.0, 0.6, 0.52], [1, 2], [1, 2])}
-  rows = {(r["run"], r["allocation"]): r
-          for r in R.rows_of(summaries, hist, margin=0.02)}
+  summaries = [
+    _summary("fp32", "fp32", 0, 0.50),
+    _summary("ondemand", "ondemand", 0, 0.52),
+  ]
+  hist = {
+    "fp32": _history([1.0, 0.7, 0.5], [5, 10], [8, 16]),
+    "ondemand": _history([1.0, 0.6, 0.52], [1, 2], [1, 2]),
+  }
+  rows = {
+    (r["run"], r["allocation"]): r
+    for r in R.rows_of(summaries, hist, margin=0.02)
+  }
   assert len(rows) == 4
   # target 0.51: fp32 reaches it at round 2, on-demand never (0.52).
   assert rows[("fp32", "kkt")]["energy_to_target_j"] == 10
   assert rows[("fp32", "max")]["energy_to_target_j"] == 30
   assert rows[("ondemand", "kkt")]["energy_to_target_j"] is None
-  rows = {(r["run"], r["allocation"]): r
-          for r in R.rows_of(summaries, hist, margin=0.05)}  # target 0.525
+  rows = {
+    (r["run"], r["allocation"]): r
+    for r in R.rows_of(summaries, hist, margin=0.05)
+  }  # target 0.525
   assert rows[("ondemand", "kkt")]["energy_to_target_j"] == 2
   assert rows[("ondemand", "kkt")]["mb_to_target"] == 2
 
 
-@pytest.mark.parametrize("values", [[1.0, 2.0], [3.0, 1.5, 2.25],
-                                    [0.1, 0.2, 0.4, 0.8, 1.6]])
+@pytest.mark.parametrize(
+  "values", [[1.0, 2.0], [3.0, 1.5, 2.25], [0.1, 0.2, 0.4, 0.8, 1.6]]
+)
 def test_ci_columns_match_scipy_t_interval(values):
-  summaries = [_summary(f"ondemand_seed{i}", "ondemand", i, 0.5, energy=v)
-               for i, v in enumerate(values)]
-  rows = [r for r in R.rows_of(summaries, {}, 0.02)
-          if r["allocation"] == "kkt"]
-  lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
-                            scale=stats.sem(values))
+  summaries = [
+    _summary(f"ondemand_seed{i}", "ondemand", i, 0.5, energy=v)
+    for i, v in enumerate(values)
+  ]
+  rows = [r for r in R.rows_of(summaries, {}, 0.02) if r["allocation"] == "kkt"]
+  lo, hi = stats.t.interval(
+    0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+  )
   for r in rows:
-    np.testing.assert_allclose(r["total_energy_j_mean"], np.mean(values),
-                               rtol=1e-12)
-    np.testing.assert_allclose(r["total_energy_j_ci95"], (hi - lo) / 2,
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+      r["total_energy_j_mean"], np.mean(values), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+      r["total_energy_j_ci95"], (hi - lo) / 2, rtol=1e-9
+    )
     assert r["heldout_loss_ci95"] == 0.0
 
 
 def test_one_seed_has_no_interval_and_groups_split_by_scale():
-  summaries = [_summary("a", "ondemand", 0, 0.5, energy=1.0, scale=1.0),
-               _summary("b", "ondemand", 0, 0.5, energy=2.0, scale=0.1)]
-  rows = [r for r in R.rows_of(summaries, {}, 0.02)
-          if r["allocation"] == "kkt"]
+  summaries = [
+    _summary("a", "ondemand", 0, 0.5, energy=1.0, scale=1.0),
+    _summary("b", "ondemand", 0, 0.5, energy=2.0, scale=0.1),
+  ]
+  rows = [r for r in R.rows_of(summaries, {}, 0.02) if r["allocation"] == "kkt"]
   assert [r["total_energy_j_mean"] for r in rows] == [1.0, 2.0]
   assert all(r["total_energy_j_ci95"] is None for r in rows)

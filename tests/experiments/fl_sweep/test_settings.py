@@ -1,5 +1,6 @@
 """The training sweep's settings tree: every key checked before anything
 compiles, named by its key path."""
+
 import dataclasses
 import subprocess
 
@@ -24,7 +25,8 @@ def test_config_file_is_the_tree():
   c = cifar_sweep.get_config("cpu")
   assert settings_lib.flatten(c) == settings_lib.flatten(settings.Settings())
   assert set(settings_lib.flatten(test_config.get_config())) == set(
-      settings_lib.leaves(settings.Settings))
+    settings_lib.leaves(settings.Settings)
+  )
   s = settings.parse(test_config.get_config())
   assert dataclasses.is_dataclass(s) and s.fed.num_clients == 4
   with pytest.raises(dataclasses.FrozenInstanceError):
@@ -32,8 +34,9 @@ def test_config_file_is_the_tree():
 
 
 def _parse(**overrides):
-  c = ml_collections.ConfigDict(test_config.get_config().to_dict(),
-                                type_safe=False)
+  c = ml_collections.ConfigDict(
+    test_config.get_config().to_dict(), type_safe=False
+  )
   with c.unlocked():
     for key, value in overrides.items():
       *path, last = key.split(".")
@@ -44,7 +47,9 @@ def _parse(**overrides):
   return settings.parse(c)
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("fed.num_clients", 0, r"fed\.num_clients=0.*valid"),
     ("fed.clients_per_round", 99, r"clients_per_round"),
     ("fed.ema_decay", 1.0, r"ema_decay=1\.0.*\[0, 1\)"),
@@ -76,7 +81,8 @@ def _parse(**overrides):
     ("sweep.schemes", ("fp32", "int4"), r"sweep\.schemes"),
     ("fed.local_steps", 2.5, r"local_steps=2\.5"),
     ("energy.rayleigh_fading", 1, r"rayleigh_fading"),
-])
+  ],
+)
 def test_bad_values_name_key_and_range(key, value, match):
   # type_safe=False: programmatic users (and fuzzers) can put any type in.
   with pytest.raises(ValueError, match=match):
@@ -92,24 +98,42 @@ def test_removed_keys_name_the_new_one(key):
 def test_library_never_names_config_paths():
   """The library's settings name their own fields; the parser adds paths."""
   out = subprocess.run(
-      ["grep", "-rnE", r"(fed|quant|energy|optim|model|eval|sweep|axes|"
-       r"deadline)\.[a-z_]+=|config\.", "fedqjax/"], cwd=ROOT,
-      capture_output=True, text=True)
-  hits = [ln for ln in out.stdout.splitlines() if "\"" in ln or "'" in ln]
+    [
+      "grep",
+      "-rnE",
+      r"(fed|quant|energy|optim|model|eval|sweep|axes|"
+      r"deadline)\.[a-z_]+=|config\.",
+      "fedqjax/",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  hits = [ln for ln in out.stdout.splitlines() if '"' in ln or "'" in ln]
   assert not hits, hits
 
 
 def test_library_takes_no_config_files_or_workdirs():
   """fedqjax/ is the library: no ConfigDict, absl, matplotlib, workdir."""
   out = subprocess.run(
-      ["grep", "-rnE", "ml_collections|ConfigDict|absl|matplotlib|workdir",
-       "fedqjax/", "--include=*.py"], cwd=ROOT, capture_output=True, text=True)
+    [
+      "grep",
+      "-rnE",
+      "ml_collections|ConfigDict|absl|matplotlib|workdir",
+      "fedqjax/",
+      "--include=*.py",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert not out.stdout, out.stdout
 
 
 def test_naive_alias_and_plan():
-  s = _parse(**{"sweep.schemes": ("fp32", "naive"),
-                "sweep.allocations": ("kkt",)})
+  s = _parse(
+    **{"sweep.schemes": ("fp32", "naive"), "sweep.allocations": ("kkt",)}
+  )
   assert s.sweep.plan() == (("fp32", "ondemand"), ("kkt", "max"))
 
 
@@ -141,13 +165,15 @@ def test_ints_become_floats_and_tuples_stay_tuples():
 
 def test_core_imports_without_tensorflow():
   """The core must run where TensorFlow is absent (GPU boxes, TPU VMs)."""
-  code = ("import sys\n"
-          "sys.modules['tensorflow'] = None  # any import of it now fails\n"
-          "sys.modules['tensorflow_datasets'] = None\n"
-          "import fedqjax.federated, fedqjax.energy, fedqjax.quantization\n"
-          "import fedqjax.diffusion, fedqjax.metrics, fedqjax.data\n"
-          "import fedqjax.testing.reference_round\n"
-          "import experiments.fl_sweep.settings\n"
-          "print('CORE_OK')\n")
+  code = (
+    "import sys\n"
+    "sys.modules['tensorflow'] = None  # any import of it now fails\n"
+    "sys.modules['tensorflow_datasets'] = None\n"
+    "import fedqjax.federated, fedqjax.energy, fedqjax.quantization\n"
+    "import fedqjax.diffusion, fedqjax.metrics, fedqjax.data\n"
+    "import fedqjax.testing.reference_round\n"
+    "import experiments.fl_sweep.settings\n"
+    "print('CORE_OK')\n"
+  )
   out = run_cli(["-c", code], program=(), timeout=300)
   assert "CORE_OK" in out.stdout, out.stderr[-2000:]

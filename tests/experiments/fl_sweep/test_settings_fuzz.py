@@ -9,6 +9,7 @@ tests are under tests/fedqjax/):
 All examples are derandomized (fixed seed) and bounded. `pytest -s` prints the
 counts.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -24,8 +25,12 @@ from fedqjax import energy as E
 from fedqjax.federated import execution
 from fedqjax.federated import spec as spec_lib
 
-SETTINGS = dict(deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+SETTINGS = dict(
+  deadline=None,
+  derandomize=True,
+  database=None,
+  suppress_health_check=list(HealthCheck),
+)
 COUNTS = {}
 
 
@@ -38,17 +43,40 @@ def _count(name, n=1):
 
 _BASE = test_config.get_config().to_dict()
 _PY_TYPES = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}
-_TYPES = {k: _PY_TYPES.get(tp, (tuple, list)) for k, (tp, _) in
-          settings_lib.leaves(fl_settings.Settings).items()}
+_TYPES = {
+  k: _PY_TYPES.get(tp, (tuple, list))
+  for k, (tp, _) in settings_lib.leaves(fl_settings.Settings).items()
+}
 _KEYS = sorted(_TYPES)
-_STRINGS = sorted({"cpu", "paper", "test", "auto", "cifar10", "fashion_mnist",
-                   "synthetic", "iid", "dirichlet", "shards", "float32",
-                   "bfloat16", "minmax", "qsgd", "ddim", "ddpm",
-                   *execution.CLIENT_LOOPS, *spec_lib.OPTIMIZERS,
-                   *spec_lib.TARGETS, *spec_lib.INFEASIBLE_POLICIES,
-                   *spec_lib.BITS_SCHEMES, "naive", *E.ALLOCATIONS,
-                   *E.DEADLINE_RULES})
-_HUGE_INT = 10 ** 400  # a valid Python int that does not fit in a float
+_STRINGS = sorted(
+  {
+    "cpu",
+    "paper",
+    "test",
+    "auto",
+    "cifar10",
+    "fashion_mnist",
+    "synthetic",
+    "iid",
+    "dirichlet",
+    "shards",
+    "float32",
+    "bfloat16",
+    "minmax",
+    "qsgd",
+    "ddim",
+    "ddpm",
+    *execution.CLIENT_LOOPS,
+    *spec_lib.OPTIMIZERS,
+    *spec_lib.TARGETS,
+    *spec_lib.INFEASIBLE_POLICIES,
+    *spec_lib.BITS_SCHEMES,
+    "naive",
+    *E.ALLOCATIONS,
+    *E.DEADLINE_RULES,
+  }
+)
+_HUGE_INT = 10**400  # a valid Python int that does not fit in a float
 
 
 def _typo(key: str, draw) -> str:
@@ -56,11 +84,11 @@ def _typo(key: str, draw) -> str:
   i = draw(st.integers(0, len(key) - 1))
   kind = draw(st.sampled_from(["drop", "double", "swap", "suffix"]))
   if kind == "drop" and key[i] != ".":
-    out = key[:i] + key[i + 1:]
+    out = key[:i] + key[i + 1 :]
   elif kind == "double" and key[i] != ".":
     out = key[:i] + key[i] + key[i:]
-  elif kind == "swap" and i + 1 < len(key) and "." not in key[i:i + 2]:
-    out = key[:i] + key[i + 1] + key[i] + key[i + 2:]
+  elif kind == "swap" and i + 1 < len(key) and "." not in key[i : i + 2]:
+    out = key[:i] + key[i + 1] + key[i] + key[i + 2 :]
   else:
     out = key + "_x"
   return out if out not in _TYPES else key + "_typo"
@@ -78,36 +106,88 @@ def _value_strategy(key: str):
   base = _BASE
   for part in key.split("."):
     base = base[part]
-  wrong = st.sampled_from([None, "abc", "", [1, 2], (), {"a": 1}, True, False,
-                           1.5, -1, 0, 3, float("nan"), float("inf"),
-                           -float("inf"), 10**30, -10**30])
+  wrong = st.sampled_from(
+    [
+      None,
+      "abc",
+      "",
+      [1, 2],
+      (),
+      {"a": 1},
+      True,
+      False,
+      1.5,
+      -1,
+      0,
+      3,
+      float("nan"),
+      float("inf"),
+      -float("inf"),
+      10**30,
+      -(10**30),
+    ]
+  )
   opts = [wrong]
   if str in types:
-    opts += [st.sampled_from(_STRINGS), st.text(max_size=8),
-             st.sampled_from(["fp32,ondemand", "fp32, naive", ",", "fixed"])]
+    opts += [
+      st.sampled_from(_STRINGS),
+      st.text(max_size=8),
+      st.sampled_from(["fp32,ondemand", "fp32, naive", ",", "fixed"]),
+    ]
   if bool in types:
     opts.append(st.booleans())
   if int in types and bool not in types:
-    opts += [st.integers(-3, 40), st.integers(-2**40, 2**40),
-             st.sampled_from([0, 1, 2, 8, 16, 28, 32, 1024, 1025, 2**31 - 1,
-                              2**31, 100000, 100001, 10_000_000, 1_000_000])]
+    opts += [
+      st.integers(-3, 40),
+      st.integers(-(2**40), 2**40),
+      st.sampled_from(
+        [
+          0,
+          1,
+          2,
+          8,
+          16,
+          28,
+          32,
+          1024,
+          1025,
+          2**31 - 1,
+          2**31,
+          100000,
+          100001,
+          10_000_000,
+          1_000_000,
+        ]
+      ),
+    ]
   if float in types:
-    opts += [st.floats(allow_nan=True, allow_infinity=True),
-             st.floats(-1.0, 2.0),
-             st.floats(-300, 300).map(lambda e: 10.0 ** e),
-             st.just(base * 0.5) if isinstance(base, float) else st.just(0.5),
-             st.just(base * 2.0) if isinstance(base, float) else st.just(2.0)]
+    opts += [
+      st.floats(allow_nan=True, allow_infinity=True),
+      st.floats(-1.0, 2.0),
+      st.floats(-300, 300).map(lambda e: 10.0**e),
+      st.just(base * 0.5) if isinstance(base, float) else st.just(0.5),
+      st.just(base * 2.0) if isinstance(base, float) else st.just(2.0),
+    ]
   if tuple in types or list in types:
-    elem = st.one_of(st.integers(-2, 40), st.floats(allow_nan=True),
-                     st.sampled_from(list(spec_lib.BITS_SCHEMES) + [10**30]),
-                     st.floats(1e-4, 1e3))
-    opts += [st.lists(elem, max_size=4).map(tuple),
-             st.lists(st.sampled_from(spec_lib.BITS_SCHEMES + ("naive",)),
-                      min_size=1, max_size=4).map(tuple),
-             st.lists(st.sampled_from(E.ALLOCATIONS), min_size=1,
-                      max_size=4).map(tuple),
-             st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
-             st.lists(st.floats(1e-3, 64.0), min_size=1, max_size=4).map(tuple)]
+    elem = st.one_of(
+      st.integers(-2, 40),
+      st.floats(allow_nan=True),
+      st.sampled_from(list(spec_lib.BITS_SCHEMES) + [10**30]),
+      st.floats(1e-4, 1e3),
+    )
+    opts += [
+      st.lists(elem, max_size=4).map(tuple),
+      st.lists(
+        st.sampled_from(spec_lib.BITS_SCHEMES + ("naive",)),
+        min_size=1,
+        max_size=4,
+      ).map(tuple),
+      st.lists(st.sampled_from(E.ALLOCATIONS), min_size=1, max_size=4).map(
+        tuple
+      ),
+      st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
+      st.lists(st.floats(1e-3, 64.0), min_size=1, max_size=4).map(tuple),
+    ]
   out = st.one_of(*opts)
   if key in ("sweep.schemes", "sweep.allocations"):
     out = out.filter(lambda v: not isinstance(v, str))
@@ -145,8 +225,9 @@ _LEAF_ONLY = {"diffusion.beta_end", "energy.radius_m"}
 
 def _names_a_key(msg: str, keys) -> bool:
   """The message names one of the mutated keys (its full dotted name)."""
-  return any(k in msg or (k in _LEAF_ONLY and k.rsplit(".", 1)[-1] in msg)
-             for k in keys)
+  return any(
+    k in msg or (k in _LEAF_ONLY and k.rsplit(".", 1)[-1] in msg) for k in keys
+  )
 
 
 @settings(max_examples=400, **SETTINGS)
@@ -187,9 +268,16 @@ def _config_with(key, value):
   return ml_collections.ConfigDict(d)
 
 
-@pytest.mark.parametrize("key", ["energy.p_max_w", "energy.radius_m",
-                                 "energy.tau_mean", "energy.f_max_hz",
-                                 "energy.eps_choices"])
+@pytest.mark.parametrize(
+  "key",
+  [
+    "energy.p_max_w",
+    "energy.radius_m",
+    "energy.tau_mean",
+    "energy.f_max_hz",
+    "energy.eps_choices",
+  ],
+)
 def test_config_huge_int_is_value_error(key):
   value = (_HUGE_INT,) if key.endswith("_choices") else _HUGE_INT
   with pytest.raises(ValueError, match=key.split(".")[-1]):

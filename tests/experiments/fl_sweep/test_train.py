@@ -1,4 +1,5 @@
 """End-to-end tests of the main job (train_and_evaluate, CLI, resume)."""
+
 import glob
 import json
 import os
@@ -11,9 +12,17 @@ from experiments.fl_sweep import train
 from tests.support import TEST_CONFIG, run_cli
 
 SCHEMES = ("fp32", "ondemand")
-NUMBERS = ("total_energy_j", "comp_energy_j", "comm_energy_j", "uploaded_mb",
-           "mean_bits", "final_loss", "heldout_loss", "rounds",
-           "skipped_client_rounds")
+NUMBERS = (
+  "total_energy_j",
+  "comp_energy_j",
+  "comm_energy_j",
+  "uploaded_mb",
+  "mean_bits",
+  "final_loss",
+  "heldout_loss",
+  "rounds",
+  "skipped_client_rounds",
+)
 
 
 def _rows(results):
@@ -35,14 +44,22 @@ def _config(**overrides):
 
 def _event_tags(path):
   from tensorboard.backend.event_processing import event_accumulator
+
   ea = event_accumulator.EventAccumulator(
-      path, size_guidance={event_accumulator.SCALARS: 0,
-                           event_accumulator.TENSORS: 0,
-                           event_accumulator.IMAGES: 0})
+    path,
+    size_guidance={
+      event_accumulator.SCALARS: 0,
+      event_accumulator.TENSORS: 0,
+      event_accumulator.IMAGES: 0,
+    },
+  )
   ea.Reload()
   tags = ea.Tags()
-  return set(tags.get("scalars", [])) | set(tags.get("tensors", [])) | set(
-      tags.get("images", []))
+  return (
+    set(tags.get("scalars", []))
+    | set(tags.get("tensors", []))
+    | set(tags.get("images", []))
+  )
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +73,28 @@ def test_end_to_end_writes_everything(full_run):
   assert [s["run"] for s in results["runs"]] == list(SCHEMES)
   allocs = tuple(test_config.get_config().sweep.allocations)
   assert sorted(_rows(results)) == sorted(
-      (s, a) for s in SCHEMES for a in allocs)
+    (s, a) for s in SCHEMES for a in allocs
+  )
   assert results["meta"]["dataset"] == "synthetic"
   for name in SCHEMES:
     sdir = os.path.join(workdir, name)
     events = glob.glob(os.path.join(sdir, "events.out.tfevents.*"))
     assert events, f"no TensorBoard events for {name}"
     tags = _event_tags(sdir)
-    for tag in ("loss", "cum_j/kkt", "cum_j/max", "mean_bits",
-                "round_uploaded_mb", "latency_s/kkt", "skipped_client_rounds",
-                "bits",
-                "samples", "heldout_ema", "heldout_raw", "vlb_bits_per_dim"):
+    for tag in (
+      "loss",
+      "cum_j/kkt",
+      "cum_j/max",
+      "mean_bits",
+      "round_uploaded_mb",
+      "latency_s/kkt",
+      "skipped_client_rounds",
+      "bits",
+      "samples",
+      "heldout_ema",
+      "heldout_raw",
+      "vlb_bits_per_dim",
+    ):
       assert tag in tags, (name, tag, sorted(tags))
     assert os.listdir(os.path.join(sdir, "checkpoints"))
     assert json.load(open(os.path.join(sdir, "summary.json")))["complete"]
@@ -75,18 +103,36 @@ def test_end_to_end_writes_everything(full_run):
   assert on_disk["runs"][0]["run"] == "fp32"
   header = open(os.path.join(workdir, "results.csv")).read().splitlines()
   cols = header[1].split(",")
-  for c in ("bits_scheme", "allocation", "total_energy_j", "comp_energy_j",
-            "comm_energy_j", "uploaded_mb", "mean_bits",
-            "skipped_client_rounds", "deadline_s", "deadline_policy",
-            "heldout_loss", "energy_to_target_j", "mb_to_target",
-            "total_energy_j_mean", "total_energy_j_ci95", "vlb_bits_per_dim",
-            "kid_mean"):
+  for c in (
+    "bits_scheme",
+    "allocation",
+    "total_energy_j",
+    "comp_energy_j",
+    "comm_energy_j",
+    "uploaded_mb",
+    "mean_bits",
+    "skipped_client_rounds",
+    "deadline_s",
+    "deadline_policy",
+    "heldout_loss",
+    "energy_to_target_j",
+    "mb_to_target",
+    "total_energy_j_mean",
+    "total_energy_j_ci95",
+    "vlb_bits_per_dim",
+    "kid_mean",
+  ):
     assert c in cols, c
   for s in SCHEMES:  # the bound is the run's: one value for all its rows
     v = {r["vlb_bits_per_dim"] for r in results["rows"] if r["run"] == s}
     assert len(v) == 1 and 0 < v.pop() < 64, (s, v)
-  for fig in ("energy_vs_rounds", "schemes", "bits_histogram", "samples",
-              "quality_vs_energy"):
+  for fig in (
+    "energy_vs_rounds",
+    "schemes",
+    "bits_histogram",
+    "samples",
+    "quality_vs_energy",
+  ):
     path = os.path.join(workdir, "figures", fig + ".png")
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
@@ -112,10 +158,14 @@ def test_heldout_curve_identical_at_round_0_and_improves(full_run):
   """Round 0 is the same initial model for every run; training lowers the
   EMA's held-out loss on the tiny run (3 rounds, 16 held-out images)."""
   workdir, _ = full_run
-  h = {s: json.load(open(os.path.join(workdir, s, "history.json")))
-       for s in SCHEMES}
-  r0 = {s: (h[s][0]["round"], h[s][0]["heldout_ema"], h[s][0]["heldout_raw"])
-        for s in SCHEMES}
+  h = {
+    s: json.load(open(os.path.join(workdir, s, "history.json")))
+    for s in SCHEMES
+  }
+  r0 = {
+    s: (h[s][0]["round"], h[s][0]["heldout_ema"], h[s][0]["heldout_raw"])
+    for s in SCHEMES
+  }
   assert r0["fp32"] == r0["ondemand"] and r0["fp32"][0] == 0
   assert r0["fp32"][1] == r0["fp32"][2]  # EMA == raw at initialization
   for s in SCHEMES:
@@ -138,12 +188,14 @@ def test_resume_equals_uninterrupted(full_run, tmp_path):
   # A third run skips both finished runs.
   r3 = train.train_and_evaluate(_config(), part)
   assert [s["train_wall_s"] for s in r3["runs"]] == [
-      s["train_wall_s"] for s in r2["runs"]]
+    s["train_wall_s"] for s in r2["runs"]
+  ]
 
 
 def test_divergence_guard_keeps_going(tmp_path, monkeypatch):
   """A NaN at round 2 stops that scheme; the next scheme still runs."""
   from fedqjax import federated
+
   real = federated.jit_round_step
 
   def poisoned(spec):
@@ -154,12 +206,14 @@ def test_divergence_guard_keeps_going(tmp_path, monkeypatch):
       if int(new.round) == 2 and float(scheme.bits_mode) == 0:  # fp32 only
         m = dict(m, loss=m["loss"] * np.nan)
       return new, m
+
     wrapped.lower = step.lower  # train_loop compiles ahead of the loop
     return wrapped
 
   monkeypatch.setattr(federated, "jit_round_step", poisoned)
-  res = train.train_and_evaluate(_config(log_every=1, ckpt_every=1),
-                                 str(tmp_path))
+  res = train.train_and_evaluate(
+    _config(log_every=1, ckpt_every=1), str(tmp_path)
+  )
   by = {s["run"]: s for s in res["runs"]}
   assert by["fp32"]["diverged"] and not by["fp32"]["complete"]
   assert by["ondemand"]["complete"] and not by["ondemand"]["diverged"]
@@ -169,15 +223,20 @@ def test_divergence_guard_keeps_going(tmp_path, monkeypatch):
 
 def test_invalid_config_rejected_before_compiling(tmp_path):
   with pytest.raises(ValueError, match=r"fed\.num_clients=0"):
-    train.train_and_evaluate(_config(**{"fed.num_clients": 0}),
-                             str(tmp_path))
+    train.train_and_evaluate(_config(**{"fed.num_clients": 0}), str(tmp_path))
   assert not os.path.exists(tmp_path / "fp32")  # nothing ran
 
 
 def _cli(args, workdir):
-  return run_cli([TEST_CONFIG, f"--workdir={workdir}",
-                  "--config.sweep.schemes=('fp32','ondemand')",
-                  "--config.compilation_cache=False", *args])
+  return run_cli(
+    [
+      TEST_CONFIG,
+      f"--workdir={workdir}",
+      "--config.sweep.schemes=('fp32','ondemand')",
+      "--config.compilation_cache=False",
+      *args,
+    ]
+  )
 
 
 def test_cli_runs_and_matches_in_process(full_run, tmp_path):
@@ -187,8 +246,9 @@ def test_cli_runs_and_matches_in_process(full_run, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   table = [ln for ln in out.stdout.splitlines() if ln.startswith("|")]
   assert table[0].startswith("| bits | alloc | energy J |"), table
-  assert any(ln.startswith("| ondemand | kkt | ") and ln.endswith("x |")
-             for ln in table), table  # with its paired saving vs fp32/kkt
+  assert any(
+    ln.startswith("| ondemand | kkt | ") and ln.endswith("x |") for ln in table
+  ), table  # with its paired saving vs fp32/kkt
   assert max(map(len, table)) <= 100, table  # one compact console table
   with open(tmp_path / "cli" / "results.json") as f:
     cli = json.load(f)

@@ -1,4 +1,5 @@
 """Tests for fedqjax.data.loaders: idx parser, tfds and tarball loaders."""
+
 import gzip
 import io
 import os
@@ -17,7 +18,8 @@ def _write_idx(path, array, gz=True):
   codes = {np.uint8: 0x08, np.int32: 0x0C}
   arr = np.asarray(array)
   header = bytes([0, 0, codes[arr.dtype.type], arr.ndim]) + struct.pack(
-      f">{arr.ndim}I", *arr.shape)
+    f">{arr.ndim}I", *arr.shape
+  )
   body = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
   opener = gzip.open if gz else open
   with opener(path, "wb") as f:
@@ -49,10 +51,13 @@ def test_idx_int32_and_uncompressed(tmp_path):
   np.testing.assert_array_equal(data.read_idx(str(tmp_path / "a.idx")), arr)
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not "
-                    "installed (make setup installs it)")
+@pytest.mark.skipif(
+  not HAVE_FMNIST,
+  reason="dataset-fashion-mnist not installed (make setup installs it)",
+)
 def test_real_fashion_mnist():
   import time
+
   t0 = time.perf_counter()
   x, y = data.load("fashion_mnist", "train")
   xt, yt = data.load("fashion_mnist", "test")
@@ -103,8 +108,10 @@ def _make_cifar_tarball(path, n_per_batch=4):
   expected = {}
   with tarfile.open(path, "w:gz") as tar:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-      d = {b"data": rng.integers(0, 256, (n_per_batch, 3072), np.uint8),
-           b"labels": list(rng.integers(0, 10, n_per_batch))}
+      d = {
+        b"data": rng.integers(0, 256, (n_per_batch, 3072), np.uint8),
+        b"labels": list(rng.integers(0, 10, n_per_batch)),
+      }
       expected[name] = d
       blob = pickle.dumps(d)
       info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")

@@ -1,4 +1,5 @@
 """Tests for fedqjax.data.partition: partitioners and the padded client stack."""
+
 import numpy as np
 import pytest
 
@@ -22,9 +23,10 @@ def test_partition_sizes_and_determinism(method):
   assert cd.images.shape[:2] == (20, cd.counts.max())
   assert cd.counts.sum() == 500 and cd.counts.min() >= 1
   for k in range(20):  # real rows are that client's samples
-    np.testing.assert_array_equal(cd.labels[k, :cd.counts[k]],
-                                  labels[p1[k]][:cd.counts[k]])
-    assert (cd.labels[k, cd.counts[k]:] == -1).all()
+    np.testing.assert_array_equal(
+      cd.labels[k, : cd.counts[k]], labels[p1[k]][: cd.counts[k]]
+    )
+    assert (cd.labels[k, cd.counts[k] :] == -1).all()
 
 
 def _label_entropy(parts, labels):
@@ -38,9 +40,12 @@ def _label_entropy(parts, labels):
 
 def test_dirichlet_skew_grows_as_alpha_falls():
   labels = np.repeat(np.arange(10), 300)
-  ents = [_label_entropy(data.split_indices(labels, 20, "dirichlet", seed=0,
-                                            alpha=a), labels)
-          for a in (100.0, 1.0, 0.05)]
+  ents = [
+    _label_entropy(
+      data.split_indices(labels, 20, "dirichlet", seed=0, alpha=a), labels
+    )
+    for a in (100.0, 1.0, 0.05)
+  ]
   assert ents[0] > ents[1] > ents[2], ents
   assert ents[0] > 0.95 * np.log(10)  # near-iid
 
@@ -66,9 +71,12 @@ def test_partition_bad_input():
 @pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist missing")
 def test_partition_1000_clients_real():
   import time
+
   x, y = data.load("fashion_mnist", "train")
   t0 = time.perf_counter()
   cd = data.partition(x, y, 1000, "dirichlet", alpha=0.5, seed=0)
-  print(f"partitioned 60000 images over 1000 clients in "
-        f"{time.perf_counter() - t0:.2f}s")
+  print(
+    f"partitioned 60000 images over 1000 clients in "
+    f"{time.perf_counter() - t0:.2f}s"
+  )
   assert cd.counts.sum() == 60000

@@ -1,4 +1,5 @@
 """Tests for fedqjax.data.preprocess: uint8 images to float and back."""
+
 import numpy as np
 import pytest
 

@@ -3,6 +3,7 @@ training run of the session fixture `trained` (40 Adam steps of SMALL).
 
 Statistical tests state their failure probability; seeds are fixed.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +41,9 @@ def test_make_train_step_is_one_step_on_the_given_batch():
   step = jax.jit(dm.make_train_step(apply_fn, tx, s))
   key = jax.random.key(3)
   (p1, _), loss = step((jnp.float32(1.0), tx.init(jnp.float32(1.0))), x0, key)
-  want_loss, g = jax.jit(dm.loss_and_grad, static_argnums=1)(jnp.float32(1.0), apply_fn, x0,
-                                                              key, s)
+  want_loss, g = jax.jit(dm.loss_and_grad, static_argnums=1)(
+    jnp.float32(1.0), apply_fn, x0, key, s
+  )
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   np.testing.assert_allclose(p1, 1.0 - 0.1 * g, rtol=1e-6)
   assert abs(float(g)) > 0.1  # a real step, not a no-op

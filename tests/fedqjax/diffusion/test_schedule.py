@@ -3,6 +3,7 @@
 Statistical tests state their failure probability; seeds are fixed, so they
 are deterministic in practice.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +17,15 @@ def test_linear_schedule_matches_float64():
   ab = np.cumprod(1 - betas)
   assert s.num_timesteps == 1000 and s.alpha_bars.dtype == jnp.float32
   np.testing.assert_allclose(s.alpha_bars, ab, rtol=1e-6)
-  np.testing.assert_allclose(s.posterior_variance[1:],
-                             betas[1:] * (1 - ab[:-1]) / (1 - ab[1:]), rtol=1e-6)
+  np.testing.assert_allclose(
+    s.posterior_variance[1:],
+    betas[1:] * (1 - ab[:-1]) / (1 - ab[1:]),
+    rtol=1e-6,
+  )
   assert np.all(np.diff(np.asarray(s.alpha_bars)) < 0)
-  np.testing.assert_allclose(s.alpha_bars[-1], 4.04e-5, rtol=0.01)  # ~0: x_T ~ N(0, I)
+  np.testing.assert_allclose(
+    s.alpha_bars[-1], 4.04e-5, rtol=0.01
+  )  # ~0: x_T ~ N(0, I)
 
 
 def test_q_sample_statistics():
@@ -29,7 +35,7 @@ def test_q_sample_statistics():
   check.
   """
   s = dm.linear_schedule()
-  n = 2 ** 16
+  n = 2**16
   for t in (0, 250, 999):
     x0 = jnp.full((n, 1), 0.6)
     noise = jax.random.normal(jax.random.key(t), (n, 1))

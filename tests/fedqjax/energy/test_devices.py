@@ -2,6 +2,7 @@
 fading, validation of populations; property-based fuzzing (hypothesis,
 derandomized; `pytest -s` prints the counts) of invalid populations and
 configs at the end."""
+
 import math
 
 import chex
@@ -19,7 +20,9 @@ from tests.support.fuzz import SETTINGS, Counts
 
 
 def test_sample_devices_and_fading():
-  cfg = E.EnergyConfig(num_devices=20000, rayleigh_fading=True, bit_caps=(4, 8, 32))
+  cfg = E.EnergyConfig(
+    num_devices=20000, rayleigh_fading=True, bit_caps=(4, 8, 32)
+  )
   d = E.sample_devices(cfg, jax.random.key(9))
   chex.assert_shape(jax.tree.leaves(d), (20000,))
   E.validate_devices(d)
@@ -30,37 +33,63 @@ def test_sample_devices_and_fading():
   tau = np.asarray(d.tau)
   assert tau.min() >= 0.5e-28 and tau.max() <= 1.5e-28
   d2 = E.redraw_fading(d, jax.random.key(10))
-  fading = np.asarray(d2.gain, np.float64) / np.asarray(d2.large_scale_gain, np.float64)
+  fading = np.asarray(d2.gain, np.float64) / np.asarray(
+    d2.large_scale_gain, np.float64
+  )
   # Exp(1): mean 1, std 1; |mean - 1| > 6 / sqrt(n) has probability < 2e-9 (CLT).
   assert abs(fading.mean() - 1.0) < 6.0 / math.sqrt(fading.size)
   assert not np.allclose(np.asarray(d2.gain), np.asarray(d.gain))
   assert E.redraw_fading(d, jax.random.key(10), enabled=False) is d
   # Without fading the gain is the large-scale gain, which follows the path loss.
-  d0 = E.sample_devices(E.EnergyConfig(num_devices=100, shadowing_db=0.0), jax.random.key(1))
-  np.testing.assert_allclose(np.asarray(d0.gain), np.asarray(d0.large_scale_gain))
+  d0 = E.sample_devices(
+    E.EnergyConfig(num_devices=100, shadowing_db=0.0), jax.random.key(1)
+  )
   np.testing.assert_allclose(
-      -10 * np.log10(np.asarray(d0.gain, np.float64)),
-      128.1 + 37.6 * np.log10(np.asarray(d0.distance_m, np.float64) / 1000), rtol=1e-5)
+    np.asarray(d0.gain), np.asarray(d0.large_scale_gain)
+  )
+  np.testing.assert_allclose(
+    -10 * np.log10(np.asarray(d0.gain, np.float64)),
+    128.1 + 37.6 * np.log10(np.asarray(d0.distance_m, np.float64) / 1000),
+    rtol=1e-5,
+  )
 
 
 def test_config_from_dict():
-  cd = ml_collections.ConfigDict(dict(num_devices=7, eps_choices=[0.01, 0.1],
-                                      rayleigh_fading=True))
+  cd = ml_collections.ConfigDict(
+    dict(num_devices=7, eps_choices=[0.01, 0.1], rayleigh_fading=True)
+  )
   cfg = E.EnergyConfig.from_dict(cd)
-  assert cfg.num_devices == 7 and cfg.eps_choices == (0.01, 0.1) and cfg.rayleigh_fading
+  assert (
+    cfg.num_devices == 7
+    and cfg.eps_choices == (0.01, 0.1)
+    and cfg.rayleigh_fading
+  )
   hash(cfg)
   assert E.EnergyConfig.from_dict({"num_devices": 3}).num_devices == 3
   with pytest.raises(ValueError, match="unknown"):
     E.EnergyConfig.from_dict({"num_device": 3})
 
 
-@pytest.mark.parametrize("field,value", [
-    ("total_bandwidth_hz", 0.0), ("total_bandwidth_hz", -1.0), ("p_max_w", 0.0),
-    ("p_max_w", -0.2), ("f_min_hz", 3e9), ("f_min_hz", -1.0), ("f_max_hz", 0.0),
-    ("radius_m", 0.0), ("tau_mean", float("nan")), ("shadowing_db", -1.0),
-    ("num_devices", 0), ("eps_choices", ()), ("bit_caps", (0,)), ("tau_spread", 1.5),
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("total_bandwidth_hz", 0.0),
+    ("total_bandwidth_hz", -1.0),
+    ("p_max_w", 0.0),
+    ("p_max_w", -0.2),
+    ("f_min_hz", 3e9),
+    ("f_min_hz", -1.0),
+    ("f_max_hz", 0.0),
+    ("radius_m", 0.0),
+    ("tau_mean", float("nan")),
+    ("shadowing_db", -1.0),
+    ("num_devices", 0),
+    ("eps_choices", ()),
+    ("bit_caps", (0,)),
+    ("tau_spread", 1.5),
     ("noise_psd_dbm_hz", float("inf")),
-])
+  ],
+)
 def test_config_rejects_bad_values(field, value):
   with pytest.raises(ValueError, match=field):
     E.EnergyConfig(**{field: value})
@@ -79,24 +108,45 @@ def _valid_population():
   a = lambda v: jnp.asarray(np.broadcast_to(v, (N_DEV,)), jnp.float32)
   g = 10.0 ** rng.uniform(-12, -7, N_DEV)
   return E.Devices(
-      distance_m=a(100.0), shadowing_db=a(0.0), gain=a(g),
-      large_scale_gain=a(g), bandwidth_hz=a(1e6), p_max_w=a(0.2),
-      f_min_hz=a(1e8), f_max_hz=a(2e9), tau=a(1e-28), flops_per_cycle=a(8.0),
-      eps=a(0.01), bit_cap=jnp.full((N_DEV,), 32, jnp.int32),
-      noise_psd_w_hz=a(4e-21))
+    distance_m=a(100.0),
+    shadowing_db=a(0.0),
+    gain=a(g),
+    large_scale_gain=a(g),
+    bandwidth_hz=a(1e6),
+    p_max_w=a(0.2),
+    f_min_hz=a(1e8),
+    f_max_hz=a(2e9),
+    tau=a(1e-28),
+    flops_per_cycle=a(8.0),
+    eps=a(0.01),
+    bit_cap=jnp.full((N_DEV,), 32, jnp.int32),
+    noise_psd_w_hz=a(4e-21),
+  )
 
 
-_POSITIVE_FIELDS = ("gain", "large_scale_gain", "bandwidth_hz", "p_max_w",
-                    "f_min_hz", "f_max_hz", "tau", "flops_per_cycle", "eps",
-                    "noise_psd_w_hz", "distance_m")
+_POSITIVE_FIELDS = (
+  "gain",
+  "large_scale_gain",
+  "bandwidth_hz",
+  "p_max_w",
+  "f_min_hz",
+  "f_max_hz",
+  "tau",
+  "flops_per_cycle",
+  "eps",
+  "noise_psd_w_hz",
+  "distance_m",
+)
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(st.sampled_from(_POSITIVE_FIELDS + ("shadowing_db", "f_order",
-                                           "bit_cap")),
-       st.integers(0, N_DEV - 1),
-       st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, 0.0,
-                        -1e-30]))
+@given(
+  st.sampled_from(_POSITIVE_FIELDS + ("shadowing_db", "f_order", "bit_cap")),
+  st.integers(0, N_DEV - 1),
+  st.sampled_from(
+    [float("nan"), float("inf"), -float("inf"), -1.0, 0.0, -1e-30]
+  ),
+)
 def test_invalid_populations_raise_naming_field(field, index, bad):
   d = _valid_population()
   if field == "f_order":  # f_min > f_max at one device
@@ -126,26 +176,29 @@ def test_invalid_populations_raise_naming_field(field, index, bad):
 
 
 _ECFG_BAD = {
-    "num_devices": [0, -1, 1.5, None],
-    "radius_m": [0.0, -1.0, float("nan"), float("inf"), 5.0],
-    "total_bandwidth_hz": [0.0, -20e6, float("nan"), float("inf")],
-    "p_max_w": [0.0, -0.2, float("nan")],
-    "f_min_hz": [0.0, -1.0, float("nan"), 3e9],  # 3e9 > f_max_hz
-    "f_max_hz": [0.0, float("inf"), 1e7],  # 1e7 < f_min_hz
-    "tau_mean": [0.0, -1e-28, float("nan")],
-    "tau_spread": [1.0, -0.1, float("nan")],
-    "shadowing_db": [-1.0, float("nan")],
-    "noise_psd_dbm_hz": [float("nan"), float("inf")],
-    "bandwidth_shares": [0, -3, 2.5],
-    "flops_per_cycle_choices": [(), (0.0,), (8.0, float("nan")), (-1.0,)],
-    "eps_choices": [(), (0.0,), (float("inf"),)],
-    "bit_caps": [(), (0,), (33,), (4.5,)],
+  "num_devices": [0, -1, 1.5, None],
+  "radius_m": [0.0, -1.0, float("nan"), float("inf"), 5.0],
+  "total_bandwidth_hz": [0.0, -20e6, float("nan"), float("inf")],
+  "p_max_w": [0.0, -0.2, float("nan")],
+  "f_min_hz": [0.0, -1.0, float("nan"), 3e9],  # 3e9 > f_max_hz
+  "f_max_hz": [0.0, float("inf"), 1e7],  # 1e7 < f_min_hz
+  "tau_mean": [0.0, -1e-28, float("nan")],
+  "tau_spread": [1.0, -0.1, float("nan")],
+  "shadowing_db": [-1.0, float("nan")],
+  "noise_psd_dbm_hz": [float("nan"), float("inf")],
+  "bandwidth_shares": [0, -3, 2.5],
+  "flops_per_cycle_choices": [(), (0.0,), (8.0, float("nan")), (-1.0,)],
+  "eps_choices": [(), (0.0,), (float("inf"),)],
+  "bit_caps": [(), (0,), (33,), (4.5,)],
 }
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(st.sampled_from(sorted(_ECFG_BAD)).flatmap(
-    lambda k: st.tuples(st.just(k), st.sampled_from(_ECFG_BAD[k]))))
+@given(
+  st.sampled_from(sorted(_ECFG_BAD)).flatmap(
+    lambda k: st.tuples(st.just(k), st.sampled_from(_ECFG_BAD[k]))
+  )
+)
 def test_energy_config_rejects_invalid(kv):
   field, value = kv
   _count("energy_configs_invalid")

@@ -1,4 +1,5 @@
 """Subprocess: the round on 8 forced CPU devices equals the 1-device round."""
+
 import jax
 import numpy as np
 
@@ -18,22 +19,20 @@ def main():
   deadline = H.generous_deadline(devices, plain, params)
   scheme = fed.make_scheme("ondemand", deadline_s=deadline)
   s1, m1 = fed.jit_round_step(plain)(
-      H.state(params, plain), data, devices,
-      scheme)
+    H.state(params, plain), data, devices, scheme
+  )
   sdata = fed.shard_clients(data, mesh)
-  state = fed.replicate(H.state(params, plain),
-                        mesh)
-  s2, m2 = fed.jit_round_step(sharded)(state, sdata, fed.replicate(devices,
-                                                                   mesh),
-                                       fed.replicate(scheme, mesh))
+  state = fed.replicate(H.state(params, plain), mesh)
+  s2, m2 = fed.jit_round_step(sharded)(
+    state, sdata, fed.replicate(devices, mesh), fed.replicate(scheme, mesh)
+  )
   _check_equal(s1, m1, s2, m2)
   # "unrolled" on the mesh: [shards, K / shards], shard axis vmapped.
   unrolled = H.make_spec(n=8, k=6, loop="unrolled", mesh=mesh)
-  state = fed.replicate(H.state(params, plain),
-                        mesh)
-  s3, m3 = fed.jit_round_step(unrolled)(state, sdata, fed.replicate(devices,
-                                                                    mesh),
-                                        fed.replicate(scheme, mesh))
+  state = fed.replicate(H.state(params, plain), mesh)
+  s3, m3 = fed.jit_round_step(unrolled)(
+    state, sdata, fed.replicate(devices, mesh), fed.replicate(scheme, mesh)
+  )
   _check_equal(s1, m1, s3, m3, flips=True)
   print(f"SHARDED_OK devices={jax.device_count()}")
 
@@ -48,8 +47,10 @@ def _check_equal(s1, m1, s2, m2, flips=False):
   b1, b2 = np.asarray(m1["client_bits"]), np.asarray(m2["client_bits"])[:6]
   np.testing.assert_array_equal(b1, b2)
   assert not np.asarray(m2["client_present"])[6:].any()
-  pairs = [(np.asarray(x), np.asarray(y)) for x, y in
-           zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params))]
+  pairs = [
+    (np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params))
+  ]
   if not flips:
     for x, y in pairs:
       np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6)

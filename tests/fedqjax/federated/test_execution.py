@@ -1,4 +1,5 @@
 """Tests for fedqjax.federated.execution: the client loop is resolved in one place."""
+
 import pytest
 
 from fedqjax import federated as fed
@@ -9,7 +10,8 @@ def test_client_loop_resolved_in_one_place():
   r = fed.resolve_execution
   assert r("auto", "cpu", 8) == fed.Execution("unrolled", True, "xla")
   assert r("auto", "cpu", fed.AUTO_MAX_UNROLLED + 1) == fed.Execution(
-      "map", 1, "im2col")
+    "map", 1, "im2col"
+  )
   assert r("vmap", "cpu") == fed.Execution("vmap", 1, "im2col")
   assert r("auto", "gpu", 64) == fed.Execution("vmap", True, "xla")
   assert r("auto", "tpu") == fed.Execution("vmap", True, "xla")

