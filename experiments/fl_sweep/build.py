@@ -260,15 +260,10 @@ def place(setup: "Setup", tree):
   return tree if mesh is None else federated.replicate(tree, mesh)
 
 
-def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
-  """Partitions the data and builds model, devices, deadline and spec."""
-  from experiments.fl_sweep import evaluate as evaluation  # pylint: disable=g-import-not-at-top
-
-  name, x, y, xt = dataset
-  res = config.data.resolution or x.shape[1]  # 0 = native size
-  xf = data_lib.to_float(x, resolution=res)
+def _partition(config: Settings, xf, y, seed: int):
+  """The seed's split of the training images over the N clients."""
   try:
-    cd = data_lib.partition(
+    return data_lib.partition(
       xf,
       y,
       config.fed.num_clients,
@@ -280,6 +275,16 @@ def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
   except ValueError as e:  # num_clients is the key fed.num_clients
     where = "fed" if str(e).startswith("num_clients=") else "data"
     raise ValueError(f"config.{where}.{e}") from None
+
+
+def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
+  """Partitions the data and builds model, devices, deadline and spec."""
+  from experiments.fl_sweep import evaluate as evaluation  # pylint: disable=g-import-not-at-top
+
+  name, x, y, xt = dataset
+  res = config.data.resolution or x.shape[1]  # 0 = native size
+  xf = data_lib.to_float(x, resolution=res)
+  cd = _partition(config, xf, y, seed)
   test_f = data_lib.to_float(xt, resolution=res)
   image_shape = tuple(xf.shape[1:])
   unet = config.model.unet(res)

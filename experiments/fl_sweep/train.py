@@ -17,7 +17,6 @@ pieces (clu writers, tfds) are imported; the core stays TF-free.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -28,9 +27,8 @@ import jax
 import numpy as np
 
 from experiments.common import distributed
-from experiments.common import settings as settings_lib
 from experiments.fl_sweep import progress as console
-from experiments.fl_sweep import provenance
+from experiments.fl_sweep import provenance, records
 from experiments.fl_sweep import results as results_lib
 from experiments.fl_sweep import settings as settings_tree
 from experiments.fl_sweep.build import Setup, build, load_dataset, place
@@ -67,14 +65,6 @@ def plan_runs(config) -> List[Run]:
   return runs
 
 
-def hparams(config: Settings, run: str) -> Dict[str, Any]:
-  """Scalars for clu's write_hparams: every key (tuples as strings)."""
-  out: Dict[str, Any] = {"run": run}
-  for k, v in settings_lib.flatten(config).items():
-    out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
-
-
 def enable_compilation_cache(path: str) -> None:
   """JAX's persistent compilation cache: a rerun compiles in seconds."""
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR", path)  # env wins
@@ -89,86 +79,6 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def counters(state) -> Dict[str, np.ndarray]:
-  """The state's round and cumulative totals on the host (any process)."""
-  return federated.to_host(
-    dict(
-      round=state.round,
-      energy_comp_j=state.energy_comp_j,
-      energy_comm_j=state.energy_comm_j,
-      uploaded_bits=state.uploaded_bits,
-      skipped_client_rounds=state.skipped_client_rounds,
-      dropped_client_rounds=state.dropped_client_rounds,
-    )
-  )
-
-
-def _finite_state(state) -> bool:
-  sums = federated.to_host(jax.tree.map(lambda p: p.sum(), state.params))
-  return all(np.isfinite(x).all() for x in jax.tree.leaves(sums))
-
-
-def history_row(
-  rnd: int, m: Dict[str, Any], c: Dict[str, np.ndarray], policies
-) -> Dict[str, Any]:
-  """One JSON-able history row from host metrics and `counters`."""
-  present = np.asarray(m["client_uploaded"])
-  row = dict(
-    round=rnd,
-    loss=float(m["loss"]),
-    mean_bits=float(m["mean_bits"]),
-    num_trained=int(m["num_trained"]),
-    num_uploaded=int(m["num_uploaded"]),
-    skipped_client_rounds=int(m["skipped_client_rounds"]),
-    dropped_client_rounds=int(m["dropped_client_rounds"]),
-    bit_shortfall=int(m["bit_shortfall"]),
-    round_uploaded_mb=float(m["uploaded_bits"]) / 8e6,
-    cum_uploaded_mb=float(c["uploaded_bits"]) / 8e6,
-    bits=[int(b) for b in np.asarray(m["client_bits"])[present]],
-  )
-  comp, comm = c["energy_comp_j"], c["energy_comm_j"]
-  row["energy"] = {
-    p: dict(
-      round_j=float(m["energy_j"][i]),
-      latency_s=float(m["latency_s"][i]),
-      cum_j=float(comp[i] + comm[i]),
-      cum_comp_j=float(comp[i]),
-      cum_comm_j=float(comm[i]),
-    )
-    for i, p in enumerate(policies)
-  }
-  return row
-
-
-def write_round(writer, row: Dict[str, Any], m: Dict[str, Any]) -> None:
-  """TensorBoard scalars and histograms of one round (clu writer)."""
-  scalars = {
-    k: v
-    for k, v in row.items()  # heldout_*: evaluate_heldout
-    if isinstance(v, (int, float))
-    and k != "round"
-    and not k.startswith("heldout_")
-  }
-  for p, e in row["energy"].items():
-    scalars.update({f"{k}/{p}": v for k, v in e.items()})
-  up = np.asarray(m["client_uploaded"])
-  if up.any():
-    scalars["rel_quant_error_max"] = float(
-      np.asarray(m["client_rel_quant_error"])[up].max()
-    )
-    writer.write_histograms(
-      row["round"],
-      {
-        "bits": np.asarray(m["client_bits"])[up],
-        "energy_per_client_j": (
-          np.asarray(m["client_energy_comp_j"][0])
-          + np.asarray(m["client_energy_comm_j"][0])
-        )[up],
-      },
-    )
-  writer.write_scalars(row["round"], scalars)
-
-
 def evaluate_heldout(
   setup: Setup, state, writer, rnd: int, run_name: str
 ) -> Dict[str, float]:
@@ -180,35 +90,68 @@ def evaluate_heldout(
   return out
 
 
-def _event_files(sdir: str) -> List[str]:
-  return sorted(glob.glob(os.path.join(sdir, "events.out.tfevents.*")))
-
-
-def event_marks(writer, sdir: str) -> Dict[str, int]:
-  """{event file: size} after a flush: what a checkpoint covers."""
-  writer.flush()
-  return {os.path.basename(f): os.path.getsize(f) for f in _event_files(sdir)}
-
-
-def truncate_events(sdir: str, marks: Dict[str, int]) -> None:
-  """Drops what was logged after the restored checkpoint (its `marks`; none
-  before the first one): the resumed run logs it again."""
-  for f in _event_files(sdir):
-    size = marks.get(os.path.basename(f))
-    if size is None:
-      os.remove(f)
-    elif os.path.getsize(f) > size:
-      with open(f, "r+b") as fh:
-        fh.truncate(size)
-
-
-def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
-  """Trains `run` from its last checkpoint; returns state, history, flags."""
+def _start(setup: Setup, run: Run, sdir: str, progress):
+  """The run's state, history, checkpointer and writer at its last
+  checkpoint (round 0: a fresh state, its hparams and held-out point)."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
   from experiments.fl_sweep import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
 
-  config, spec = setup.config, setup.spec
+  state = place(
+    setup,
+    federated.init_server_state(
+      setup.params, setup.run_key, len(setup.spec.allocations)
+    ),
+  )
+  distributed.barrier(f"fedqjax: {run.name} start")
+  mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
+  state, history, marks = mgr.restore_latest(state)
+  if is_primary():
+    records.truncate_events(sdir, marks)
+  start = int(records.counters(state)["round"])
+  if start:
+    log.info("run %s: resumed at round %d", run.name, start)
+  progress.run_started(run.name, start)
+  writer = metric_writers.create_default_writer(
+    sdir, just_logging=not is_primary(), asynchronous=False
+  )
+  if start == 0:
+    writer.write_hparams(records.hparams(setup.config, run.name))
+    history = [
+      dict(round=0, **evaluate_heldout(setup, state, writer, 0, run.name))
+    ]
+  return state, history, mgr, writer, start
+
+
+def _log_round(
+  setup: Setup, run: Run, rnd: int, state, m, writer, history, progress
+) -> bool:
+  """Host metrics of round `rnd` into the history, TensorBoard and the
+  console (the held-out loss on its rounds); False when it diverged."""
+  spec, config = setup.spec, setup.config
+  m = federated.to_host(m)
+  if not (np.isfinite(m["loss"]) and records.finite_state(state)):
+    log.error(
+      "run %s diverged at round %d (non-finite loss or parameters); keeping "
+      "the last good checkpoint and moving to the next run",
+      run.name,
+      rnd,
+    )
+    return False
+  row = records.history_row(rnd, m, records.counters(state), spec.allocations)
+  every, rounds = config.eval.every, config.fed.rounds
+  if (every and rnd % every == 0) or rnd == rounds:
+    row.update(evaluate_heldout(setup, state, writer, rnd, run.name))
+  history.append(row)
+  records.write_round(writer, row, m)
+  first = row["energy"][spec.allocations[0]]  # the console shows one
+  progress.round_done(run.name, rnd, dict(row, cum_energy_j=first["cum_j"]))
+  return True
+
+
+def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
+  """Trains `run` from its last checkpoint; returns state, history, flags."""
+  config = setup.config
   scheme = place(
     setup,
     federated.make_scheme(
@@ -218,31 +161,9 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       eps_scale=run.eps_scale,
     ),
   )
-  step = federated.jit_round_step(spec)
-  state = place(
-    setup,
-    federated.init_server_state(
-      setup.params, setup.run_key, len(spec.allocations)
-    ),
-  )
-  distributed.barrier(f"fedqjax: {run.name} start")
-  mgr = ckpt_lib.Checkpointer(os.path.join(sdir, "checkpoints"))
-  state, history, marks = mgr.restore_latest(state)
-  if is_primary():
-    truncate_events(sdir, marks)
-  start = int(counters(state)["round"])
-  if start:
-    log.info("run %s: resumed at round %d", run.name, start)
-  progress.run_started(run.name, start)
-  writer = metric_writers.create_default_writer(
-    sdir, just_logging=not is_primary(), asynchronous=False
-  )
-  if start == 0:
-    writer.write_hparams(hparams(config, run.name))
-    history = [
-      dict(round=0, **evaluate_heldout(setup, state, writer, 0, run.name))
-    ]
-  rounds, every = config.fed.rounds, config.eval.every
+  step = federated.jit_round_step(setup.spec)
+  state, history, mgr, writer, start = _start(setup, run, sdir, progress)
+  rounds = config.fed.rounds
   stop = min(rounds, start + (config.max_rounds_this_run or rounds))
   t0, diverged = time.time(), False
   # Compiled (or loaded from the cache) here; the jitted call reuses it.
@@ -256,26 +177,11 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
       jax.block_until_ready(state.round)
       progress.compiled(time.time() - t0)
     if rnd % config.log_every == 0 or rnd == stop:
-      m = federated.to_host(m)
-      if not (np.isfinite(m["loss"]) and _finite_state(state)):
+      if not _log_round(setup, run, rnd, state, m, writer, history, progress):
         diverged = True
-        log.error(
-          "run %s diverged at round %d (non-finite loss or "
-          "parameters); keeping the last good checkpoint and moving "
-          "to the next run",
-          run.name,
-          rnd,
-        )
         break
-      row = history_row(rnd, m, counters(state), spec.allocations)
-      if (every and rnd % every == 0) or rnd == rounds:
-        row.update(evaluate_heldout(setup, state, writer, rnd, run.name))
-      history.append(row)
-      write_round(writer, row, m)
-      first = row["energy"][spec.allocations[0]]  # the console shows one
-      progress.round_done(run.name, rnd, dict(row, cum_energy_j=first["cum_j"]))
     if rnd % config.ckpt_every == 0 or rnd == stop:
-      mgr.save(state, history, events=event_marks(writer, sdir))
+      mgr.save(state, history, events=records.event_marks(writer, sdir))
   mgr.close()
   return dict(
     state=state,
@@ -303,7 +209,11 @@ def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
       progress.run_finished(run.name, skipped=True)
       return json.load(f)
   out = train_loop(setup, run, sdir, progress)
-  state, history, c = out["state"], out["history"], counters(out["state"])
+  state, history, c = (
+    out["state"],
+    out["history"],
+    records.counters(out["state"]),
+  )
   done = int(c["round"]) >= setup.config.fed.rounds and not out["diverged"]
   summary = results_lib.run_summary(
     run,
@@ -352,7 +262,7 @@ def final_samples(
   ev = setup.evaluator(federated.to_host(state.ema_params), run.name)
   out = {k: v for k, v in ev.items() if k != "grid"}
   out["eval_wall_s"] = time.time() - t1
-  rnd = int(counters(state)["round"])
+  rnd = int(records.counters(state)["round"])
   writer.write_images(rnd, {"samples": ev["grid"][None]})
   if is_primary():
     np.save(os.path.join(sdir, "samples_grid.npy"), ev["grid"])
