@@ -322,6 +322,8 @@ def demand_figure(workdir, results) -> Optional[Any]:
       color=COLORS[0],
     )
     a.set_xscale("log")
+    a.minorticks_off()  # the scales themselves as ticks: no overlap
+    a.set_xticks(scales, [f"{x:g}" for x in scales], fontsize=FONT)
     _label(a, "error-demand scale", label)
   ax[0].set_title(f"On-demand ({policy})", fontsize=FONT + 1)
   return _save(fig, workdir, "demand_tradeoff")
