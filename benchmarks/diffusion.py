@@ -43,7 +43,7 @@ def _timed(fn, *args):
   return out, time.perf_counter() - t0
 
 
-def main():
+def _parse_args() -> argparse.Namespace:
   ap = argparse.ArgumentParser()
   ap.add_argument("--model", default="tiny", choices=sorted(MODELS))
   ap.add_argument("--batch", type=int, default=8)
@@ -59,16 +59,72 @@ def main():
     action="store_true",
     help="FLOPs from the compiled HLO (slow for the paper model)",
   )
-  a = ap.parse_args()
+  return ap.parse_args()
+
+
+def _print_flops(cfg, shape, compiled: bool) -> None:
+  tr = dm.train_flops_per_image(cfg, shape, compiled=compiled)
+  sa = dm.sample_flops_per_image(cfg, shape, compiled=compiled)
+  print(f"FLOPs/image: train {tr / 1e9:.4f} G, sampling step {sa / 1e9:.4f} G")
+
+
+def _time_forward(model, params, xb, t, batch: int, opts) -> None:
+  """Compile time and warm time of one jitted forward pass."""
+  fwd = jax.jit(
+    lambda v, x: model.apply(v, x, t, train=False), compiler_options=opts
+  )
+  t0 = time.perf_counter()
+  fwd_c = fwd.lower(params, xb).compile()
+  print(f"forward compile: {time.perf_counter() - t0:.1f}s")
+  _timed(fwd_c, params, xb)
+  _, dt = _timed(fwd_c, params, xb)
+  print(f"forward B={batch}: {dt * 1e3:.1f} ms")
+
+
+def _time_loop(step, carry, xb, keys, steps: int, opts) -> float:
+  """Compiles the jitted step, then times a Python loop of it (s/step)."""
+  step_j = jax.jit(step, compiler_options=opts)
+  t0 = time.perf_counter()
+  step_c = step_j.lower(carry, xb, keys[0]).compile()
+  print(f"train step (fwd+bwd+adam) compile: {time.perf_counter() - t0:.1f}s")
+  (c, _), _ = _timed(step_c, carry, xb, keys[0])
+  t0 = time.perf_counter()
+  for i in range(steps):
+    c, loss = step_c(c, xb, keys[i])
+  jax.block_until_ready(c)
+  loop_s = (time.perf_counter() - t0) / steps
+  print(f"python loop of jitted step: {loop_s * 1e3:.1f} ms/step")
+  return loop_s
+
+
+def _time_scan(step, carry, xb, keys, steps: int, opts, loop_s: float):
+  """`lax.scan` over the steps, rolled (unroll=1) and fully unrolled."""
+  for unroll in (1, steps):
+    run = jax.jit(
+      lambda c, b, ks: jax.lax.scan(
+        lambda c, k: step(c, b, k), c, ks, unroll=unroll
+      ),
+      compiler_options=opts,
+    )
+    t0 = time.perf_counter()
+    run_c = run.lower(carry, xb, keys).compile()
+    comp = time.perf_counter() - t0
+    _timed(run_c, carry, xb, keys)
+    _, dt = _timed(run_c, carry, xb, keys)
+    print(
+      f"lax.scan unroll={unroll}: compile {comp:.1f}s, {dt / steps * 1e3:.1f} ms/step "
+      f"({dt / steps / loop_s:.2f}x loop)"
+    )
+
+
+def main():
+  a = _parse_args()
   cfg, shape = MODELS[a.model]
   opts = {"xla_backend_optimization_level": 0} if a.fast_compile else None
   print(
     f"backend={jax.default_backend()} model={a.model} image={shape} batch={a.batch}"
   )
-
-  tr = dm.train_flops_per_image(cfg, shape, compiled=a.compiled_flops)
-  sa = dm.sample_flops_per_image(cfg, shape, compiled=a.compiled_flops)
-  print(f"FLOPs/image: train {tr / 1e9:.4f} G, sampling step {sa / 1e9:.4f} G")
+  _print_flops(cfg, shape, a.compiled_flops)
   if a.flops_only:
     return
 
@@ -83,16 +139,7 @@ def main():
   )
   jax.block_until_ready(params)
   print(f"init (jit, rbg key): {time.perf_counter() - t0:.1f}s")
-
-  fwd = jax.jit(
-    lambda v, x: model.apply(v, x, t, train=False), compiler_options=opts
-  )
-  t0 = time.perf_counter()
-  fwd_c = fwd.lower(params, x[: a.batch]).compile()
-  print(f"forward compile: {time.perf_counter() - t0:.1f}s")
-  _timed(fwd_c, params, x[: a.batch])
-  _, dt = _timed(fwd_c, params, x[: a.batch])
-  print(f"forward B={a.batch}: {dt * 1e3:.1f} ms")
+  _time_forward(model, params, x[: a.batch], t, a.batch, opts)
 
   step = dm.make_train_step(
     model.apply, tx, sched
@@ -100,34 +147,8 @@ def main():
   xb = x[: a.batch]
   carry = (params, tx.init(params))
   keys = jax.random.split(jax.random.key(1), a.steps)
-  step_j = jax.jit(step, compiler_options=opts)
-  t0 = time.perf_counter()
-  step_c = step_j.lower(carry, xb, keys[0]).compile()
-  print(f"train step (fwd+bwd+adam) compile: {time.perf_counter() - t0:.1f}s")
-  (c, _), _ = _timed(step_c, carry, xb, keys[0])
-  t0 = time.perf_counter()
-  for i in range(a.steps):
-    c, loss = step_c(c, xb, keys[i])
-  jax.block_until_ready(c)
-  loop_s = (time.perf_counter() - t0) / a.steps
-  print(f"python loop of jitted step: {loop_s * 1e3:.1f} ms/step")
-
-  for unroll in (1, a.steps):
-    run = jax.jit(
-      lambda c, b, ks: jax.lax.scan(
-        lambda c, k: step(c, b, k), c, ks, unroll=unroll
-      ),
-      compiler_options=opts,
-    )
-    t0 = time.perf_counter()
-    run_c = run.lower(carry, xb, keys).compile()
-    comp = time.perf_counter() - t0
-    _timed(run_c, carry, xb, keys)
-    _, dt = _timed(run_c, carry, xb, keys)
-    print(
-      f"lax.scan unroll={unroll}: compile {comp:.1f}s, {dt / a.steps * 1e3:.1f} ms/step "
-      f"({dt / a.steps / loop_s:.2f}x loop)"
-    )
+  loop_s = _time_loop(step, carry, xb, keys, a.steps, opts)
+  _time_scan(step, carry, xb, keys, a.steps, opts, loop_s)
 
 
 if __name__ == "__main__":

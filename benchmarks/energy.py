@@ -81,7 +81,7 @@ def grid(devices: int, draws: int, shared: bool):
   )
 
 
-def main():
+def _parse_args() -> argparse.Namespace:
   ap = argparse.ArgumentParser()
   ap.add_argument("--x64", action="store_true")
   ap.add_argument("--grid", action="store_true")
@@ -90,7 +90,70 @@ def main():
   ap.add_argument("--shared", action="store_true")
   ap.add_argument("--scipy_devices", type=int, default=50)
   ap.add_argument("--repeats", type=int, default=5)
-  args = ap.parse_args()
+  return ap.parse_args()
+
+
+def _time_allocate(solve, n: int, repeats: int):
+  """Times the jitted allocator on N devices: (rate, allocation, problem)."""
+  prob = problem(n)
+  t0 = time.perf_counter()
+  jax.block_until_ready(solve(*prob))
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    al = jax.block_until_ready(solve(*prob))
+    times.append(time.perf_counter() - t0)
+  best = min(times)
+  rate = n / best
+  print(
+    f"fedqjax N={n:>6}: {best * 1e3:9.3f} ms (best of {repeats}, first call "
+    f"{compile_s:.2f} s) {rate:.3g} devices/s, feasible {np.mean(al.feasible):.2f}"
+  )
+  return rate, al, prob
+
+
+def _vs_scipy(prob, al, num: int) -> float:
+  """Solves the first `num` devices with scipy one by one, prints the rate
+  and the largest relative energy difference; returns scipy's rate."""
+  from fedqjax import energy as E
+
+  d, bits, samples, T, flops = prob
+  sub = range(num)
+  g = lambda v: np.asarray(v, np.float64)
+  cyc = g(E.cycles_per_sample(flops, d.flops_per_cycle)) * samples
+  ref_args = [
+    (
+      g(d.tau)[i],
+      cyc[i],
+      g(bits)[i],
+      g(d.gain)[i],
+      g(d.bandwidth_hz)[i],
+      g(d.noise_psd_w_hz)[i],
+      g(d.p_max_w)[i],
+      g(d.f_min_hz)[i],
+      g(d.f_max_hz)[i],
+      float(T),
+    )
+    for i in sub
+  ]
+  t0 = time.perf_counter()
+  ref = [scipy_solve(*a) for a in ref_args]
+  scipy_s = time.perf_counter() - t0
+  scipy_rate = len(ref) / scipy_s
+  e = g(al.energy_j)
+  rel = [(e[i] - r) / r for i, r in zip(sub, ref) if r is not None]
+  print(
+    f"scipy  {len(ref)} devices one by one: {scipy_s * 1e3:.1f} ms, "
+    f"{scipy_rate:.3g} devices/s;"
+    f" max rel. energy diff (fedqjax - scipy)/scipy over {len(rel)} feasible: "
+    f"{max(rel):+.2e} (min {min(rel):+.2e})"
+  )
+  return scipy_rate
+
+
+def main():
+  args = _parse_args()
   jax.config.update("jax_enable_x64", args.x64)
   from fedqjax import energy as E
 
@@ -109,52 +172,9 @@ def main():
   solve = jax.jit(E.allocate)
   rates = {}
   for n in (10, 1000, 100000):
-    d, bits, samples, T, flops = problem(n)
-    t0 = time.perf_counter()
-    jax.block_until_ready(solve(d, bits, samples, T, flops))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
-      t0 = time.perf_counter()
-      al = jax.block_until_ready(solve(d, bits, samples, T, flops))
-      times.append(time.perf_counter() - t0)
-    best = min(times)
-    rates[n] = n / best
-    print(
-      f"fedqjax N={n:>6}: {best * 1e3:9.3f} ms (best of {args.repeats}, first call "
-      f"{compile_s:.2f} s) {rates[n]:.3g} devices/s, feasible {np.mean(al.feasible):.2f}"
-    )
+    rates[n], al, prob = _time_allocate(solve, n, args.repeats)
     if n == 1000:
-      sub = range(args.scipy_devices)
-      g = lambda v: np.asarray(v, np.float64)
-      cyc = g(E.cycles_per_sample(flops, d.flops_per_cycle)) * samples
-      ref_args = [
-        (
-          g(d.tau)[i],
-          cyc[i],
-          g(bits)[i],
-          g(d.gain)[i],
-          g(d.bandwidth_hz)[i],
-          g(d.noise_psd_w_hz)[i],
-          g(d.p_max_w)[i],
-          g(d.f_min_hz)[i],
-          g(d.f_max_hz)[i],
-          float(T),
-        )
-        for i in sub
-      ]
-      t0 = time.perf_counter()
-      ref = [scipy_solve(*a) for a in ref_args]
-      scipy_s = time.perf_counter() - t0
-      scipy_rate = len(ref) / scipy_s
-      e = g(al.energy_j)
-      rel = [(e[i] - r) / r for i, r in zip(sub, ref) if r is not None]
-      print(
-        f"scipy  {len(ref)} devices one by one: {scipy_s * 1e3:.1f} ms, "
-        f"{scipy_rate:.3g} devices/s;"
-        f" max rel. energy diff (fedqjax - scipy)/scipy over {len(rel)} feasible: "
-        f"{max(rel):+.2e} (min {min(rel):+.2e})"
-      )
+      scipy_rate = _vs_scipy(prob, al, args.scipy_devices)
   print(
     f"rate ratio fedqjax(N=1e5) / scipy: {rates[100000] / scipy_rate:.3g}x; "
     f"N=1e5 solve {100000 / rates[100000]:.3f} s (target <= 0.2 s)"

@@ -26,11 +26,28 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def one(n: int, k: int, per_client: int) -> dict:
-  """Runs in the child: one compile and 2 rounds; returns the numbers."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _client_data(n: int, per_client: int):
+  """N clients of synthetic 28x28x1 images, one padded [N, n, ...] array."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from fedqjax import federated as fed  # pylint: disable=g-import-not-at-top
+  from fedqjax.data import loaders  # pylint: disable=g-import-not-at-top
+
+  imgs, _ = loaders.make_synthetic(
+    "train", num=n * per_client, size=28, channels=1
+  )
+  images = (imgs.astype(np.float32) / 127.5 - 1).reshape(
+    (n, per_client, 28, 28, 1)
+  )  # host side until the round gathers
+  return fed.FedData(
+    images=jnp.asarray(images), counts=jnp.full((n,), per_client, jnp.int32)
+  )
+
+
+def _setup(n: int, k: int, per_client: int):
+  """The jitted round and its inputs: (step, state, data, devices, scheme)."""
+  import jax  # pylint: disable=g-import-not-at-top
 
   from fedqjax import (  # pylint: disable=g-import-not-at-top
     diffusion,  # pylint: disable=g-import-not-at-top
@@ -38,7 +55,6 @@ def one(n: int, k: int, per_client: int) -> dict:
   )
   from fedqjax import federated as fed
   from fedqjax import quantization as Q  # pylint: disable=g-import-not-at-top
-  from fedqjax.data import loaders  # pylint: disable=g-import-not-at-top
 
   unet = diffusion.UNetConfig(
     ch=32,
@@ -48,15 +64,7 @@ def one(n: int, k: int, per_client: int) -> dict:
     dropout=0.1,
     num_groups=8,
   )
-  imgs, _ = loaders.make_synthetic(
-    "train", num=n * per_client, size=28, channels=1
-  )
-  images = (imgs.astype(np.float32) / 127.5 - 1).reshape(
-    (n, per_client, 28, 28, 1)
-  )  # host side until the round gathers
-  data = fed.FedData(
-    images=jnp.asarray(images), counts=jnp.full((n,), per_client, jnp.int32)
-  )
+  data = _client_data(n, per_client)
   params = diffusion.init_unet(unet, jax.random.key(0), (28, 28, 1))
   devices = energy.sample_devices(
     energy.EnergyConfig(num_devices=n, bandwidth_shares=k), jax.random.key(1)
@@ -77,6 +85,14 @@ def one(n: int, k: int, per_client: int) -> dict:
   scheme = fed.make_scheme("ondemand", deadline_s=t)
   step = fed.jit_round_step(spec)
   state = fed.init_server_state(params, jax.random.key(2), 3)
+  return step, state, data, devices, scheme
+
+
+def one(n: int, k: int, per_client: int) -> dict:
+  """Runs in the child: one compile and 2 rounds; returns the numbers."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  step, state, data, devices, scheme = _setup(n, k, per_client)
   t0 = time.time()
   state, m = step(state, data, devices, scheme)
   jax.block_until_ready(state.params)

@@ -132,8 +132,8 @@ def _fmt(x, nd=2):
   return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def _parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _add_workload_args(ap: argparse.ArgumentParser) -> None:
+  """The federated round every runner runs: model, K, rounds, I, B, data."""
   ap.add_argument("--model", default="tiny", choices=("tiny", "paper"))
   ap.add_argument("--clients", type=int, default=8)
   ap.add_argument(
@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     help="32 -> 32x32x3, 28 -> 28x28x1",
   )
   ap.add_argument("--n_max", type=int, default=64, help="images per client")
+
+
+def _add_peer_args(ap: argparse.ArgumentParser) -> None:
+  """Which peers run and how each one executes."""
   ap.add_argument(
     "--peers",
     default="torch,flower",
@@ -178,6 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     default=1.0,
     help="Ray CPUs per virtual client (1 on 2 cores = 2 concurrent clients)",
   )
+
+
+def _add_process_args(ap: argparse.ArgumentParser) -> None:
+  """Interpreters, logs, time limit and JSON output of the runner processes."""
   ap.add_argument(
     "--python", default=sys.executable, help="interpreter for fedqjax/torch"
   )
@@ -193,6 +201,13 @@ def _parser() -> argparse.ArgumentParser:
   ap.add_argument(
     "--json_out", default=None, help="also write all results as JSON here"
   )
+
+
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  _add_workload_args(ap)
+  _add_peer_args(ap)
+  _add_process_args(ap)
   return ap
 
 

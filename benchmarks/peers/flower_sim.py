@@ -99,21 +99,13 @@ def make_client_fn(cfg: common.BenchConfig):
   return client_fn
 
 
-def run(cfg: common.BenchConfig) -> dict:
-  import flwr
+def _timed_strategy(cfg: common.BenchConfig, init, marks: dict):
+  """Flower's FedAvg over all clients, recording in `marks` when each round
+  starts (`configure_fit`) and ends (`aggregate_fit`), its mean client loss,
+  result count and first failure."""
   import numpy as np
-  import torch
   from flwr.common import ndarrays_to_parameters
-  from flwr.server import ServerConfig
   from flwr.server.strategy import FedAvg
-  from flwr.simulation import start_simulation
-
-  from benchmarks.peers import torch_loop
-  from benchmarks.peers import torch_unet as TU
-
-  model, _ = torch_loop.build(cfg)
-  init = [v.detach().numpy().copy() for v in model.state_dict().values()]
-  marks = {"start": [], "end": [], "losses": []}
 
   class TimedFedAvg(FedAvg):
     def configure_fit(self, server_round, parameters, client_manager):
@@ -130,7 +122,7 @@ def run(cfg: common.BenchConfig) -> dict:
       marks.setdefault("n_results", []).append(len(results))
       return out
 
-  strategy = TimedFedAvg(
+  return TimedFedAvg(
     fraction_fit=1.0,
     fraction_evaluate=0.0,
     min_fit_clients=cfg.clients,
@@ -138,7 +130,13 @@ def run(cfg: common.BenchConfig) -> dict:
     min_evaluate_clients=0,
     initial_parameters=ndarrays_to_parameters(init),
   )
-  ncpu = os.cpu_count() or 1
+
+
+def _simulate(cfg: common.BenchConfig, strategy, ncpu: int) -> float:
+  """Runs 1 warm-up + `cfg.rounds` rounds on Ray; returns its start time."""
+  from flwr.server import ServerConfig
+  from flwr.simulation import start_simulation
+
   t0 = time.perf_counter()
   start_simulation(
     client_fn=make_client_fn(cfg),
@@ -158,6 +156,22 @@ def run(cfg: common.BenchConfig) -> dict:
       },
     },
   )
+  return t0
+
+
+def run(cfg: common.BenchConfig) -> dict:
+  import flwr
+  import torch
+
+  from benchmarks.peers import torch_loop
+  from benchmarks.peers import torch_unet as TU
+
+  model, _ = torch_loop.build(cfg)
+  init = [v.detach().numpy().copy() for v in model.state_dict().values()]
+  marks = {"start": [], "end": [], "losses": []}
+  strategy = _timed_strategy(cfg, init, marks)
+  ncpu = os.cpu_count() or 1
+  t0 = _simulate(cfg, strategy, ncpu)
   total = time.perf_counter() - t0
   starts, ends = marks["start"], marks["end"]
   if len(ends) < cfg.rounds + 1:

@@ -158,6 +158,58 @@ class Upsample(nn.Module):
     return self.conv(x) if self.conv is not None else x
 
 
+def _down_path(
+  rb, res, *, ch, ch_mult, nrb, attn_resolutions, with_conv, groups
+):
+  """The down levels from resolution `res`; returns (levels, skip channels,
+  channels, resolution) at the bottom."""
+  levels = nn.ModuleList()
+  skips = [ch]
+  cur = ch
+  for i in range(len(ch_mult)):
+    level = nn.Module()
+    level.blocks, level.attns = nn.ModuleList(), nn.ModuleList()
+    for _ in range(nrb):
+      out = ch * ch_mult[i]
+      level.blocks.append(rb(cur, out))
+      level.attns.append(
+        AttnBlock(out, groups) if res in attn_resolutions else nn.Identity()
+      )
+      cur = out
+      skips.append(cur)
+    level.downsample = None
+    if i != len(ch_mult) - 1:
+      level.downsample = Downsample(cur, with_conv)
+      res //= 2
+      skips.append(cur)
+    levels.append(level)
+  return levels, skips, cur, res
+
+
+def _up_path(
+  rb, res, cur, skips, *, ch, ch_mult, nrb, attn_resolutions, with_conv, groups
+):
+  """The up levels from `cur` channels at resolution `res`, consuming `skips`;
+  returns (levels, channels)."""
+  levels = nn.ModuleList()
+  for i in reversed(range(len(ch_mult))):
+    level = nn.Module()
+    level.blocks, level.attns = nn.ModuleList(), nn.ModuleList()
+    for _ in range(nrb + 1):
+      out = ch * ch_mult[i]
+      level.blocks.append(rb(cur + skips.pop(), out))
+      level.attns.append(
+        AttnBlock(out, groups) if res in attn_resolutions else nn.Identity()
+      )
+      cur = out
+    level.upsample = None
+    if i != 0:
+      level.upsample = Upsample(cur, with_conv)
+      res *= 2
+    levels.append(level)
+  return levels, cur
+
+
 class TorchUNet(nn.Module):
   """eps_theta(x_t, t); x is [B, C, H, W], t is [B] int."""
 
@@ -181,50 +233,20 @@ class TorchUNet(nn.Module):
     self.temb_dense1 = dense(temb_ch, temb_ch)
     self.conv_in = conv3(in_ch, ch)
     rb = lambda ci, co: ResnetBlock(ci, co, temb_ch, dropout, num_groups)
+    arch = dict(
+      ch=ch,
+      ch_mult=ch_mult,
+      nrb=num_res_blocks,
+      attn_resolutions=attn_resolutions,
+      with_conv=resamp_with_conv,
+      groups=num_groups,
+    )
     # Down path, tracking channel counts and resolutions of the skips.
-    self.down = nn.ModuleList()
-    skips = [ch]
-    cur, res = ch, resolution
-    for i in range(self.n_levels):
-      level = nn.Module()
-      level.blocks, level.attns = nn.ModuleList(), nn.ModuleList()
-      for _ in range(num_res_blocks):
-        out = ch * ch_mult[i]
-        level.blocks.append(rb(cur, out))
-        level.attns.append(
-          AttnBlock(out, num_groups)
-          if res in attn_resolutions
-          else nn.Identity()
-        )
-        cur = out
-        skips.append(cur)
-      level.downsample = None
-      if i != self.n_levels - 1:
-        level.downsample = Downsample(cur, resamp_with_conv)
-        res //= 2
-        skips.append(cur)
-      self.down.append(level)
+    self.down, skips, cur, res = _down_path(rb, resolution, **arch)
     self.mid_block_1 = rb(cur, cur)
     self.mid_attn_1 = AttnBlock(cur, num_groups)
     self.mid_block_2 = rb(cur, cur)
-    self.up = nn.ModuleList()
-    for i in reversed(range(self.n_levels)):
-      level = nn.Module()
-      level.blocks, level.attns = nn.ModuleList(), nn.ModuleList()
-      for _ in range(num_res_blocks + 1):
-        out = ch * ch_mult[i]
-        level.blocks.append(rb(cur + skips.pop(), out))
-        level.attns.append(
-          AttnBlock(out, num_groups)
-          if res in attn_resolutions
-          else nn.Identity()
-        )
-        cur = out
-      level.upsample = None
-      if i != 0:
-        level.upsample = Upsample(cur, resamp_with_conv)
-        res *= 2
-      self.up.append(level)
+    self.up, cur = _up_path(rb, res, cur, skips, **arch)
     assert not skips
     self.norm_out = norm(num_groups, cur)
     self.conv_out = conv3(cur, out_ch or in_ch, 0.0)
