@@ -89,6 +89,40 @@ def init_unet(
   return init(key)
 
 
+def _checked_images(steps, batch_size, images) -> Array:
+  """Validates steps and batch_size; images as float32 [N, H, W, C]."""
+  for name, v in (("steps", steps), ("batch_size", batch_size)):
+    if not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"{name}={v!r} is invalid; valid: an int >= 1")
+  images = jnp.asarray(images, jnp.float32)
+  if images.ndim != 4:
+    raise ValueError(
+      f"images.shape={images.shape} is invalid; valid: [N, H, W, C]"
+    )
+  return images
+
+
+def _run_steps(
+  step, carry, images, keys, use_scan, scan_unroll, compiler_options
+) -> Tuple[Carry, Array]:
+  """One step per key: a jitted `lax.scan`, or a Python loop over the jitted
+  step; (final carry, losses [steps])."""
+  if use_scan:
+    run = jax.jit(
+      lambda c, imgs, ks: jax.lax.scan(
+        lambda c, k: step(c, imgs, k), c, ks, unroll=scan_unroll
+      ),
+      compiler_options=compiler_options,
+    )
+    return run(carry, images, keys)
+  step_j = jax.jit(step, compiler_options=compiler_options)
+  losses = []
+  for i in range(keys.shape[0]):
+    carry, loss = step_j(carry, images, keys[i])
+    losses.append(loss)
+  return carry, jnp.stack(losses)
+
+
 def train_centralized(
   unet_config: UNetConfig,
   images: Array,
@@ -124,14 +158,7 @@ def train_centralized(
   Returns:
     (variables {'params': ...}, losses [steps] as NumPy float32).
   """
-  for name, v in (("steps", steps), ("batch_size", batch_size)):
-    if not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"{name}={v!r} is invalid; valid: an int >= 1")
-  images = jnp.asarray(images, jnp.float32)
-  if images.ndim != 4:
-    raise ValueError(
-      f"images.shape={images.shape} is invalid; valid: [N, H, W, C]"
-    )
+  images = _checked_images(steps, batch_size, images)
   schedule = linear_schedule() if schedule is None else schedule
   k_init, k_train = jax.random.split(key)
   params = (
@@ -147,19 +174,7 @@ def train_centralized(
   )
   carry = (params, tx.init(params))
   keys = jax.random.split(k_train, steps)  # [steps] keys
-  if use_scan:
-    run = jax.jit(
-      lambda c, imgs, ks: jax.lax.scan(
-        lambda c, k: step(c, imgs, k), c, ks, unroll=scan_unroll
-      ),
-      compiler_options=compiler_options,
-    )
-    carry, losses = run(carry, images, keys)
-  else:
-    step_j = jax.jit(step, compiler_options=compiler_options)
-    losses = []
-    for i in range(steps):
-      carry, loss = step_j(carry, images, keys[i])
-      losses.append(loss)
-    losses = jnp.stack(losses)
+  carry, losses = _run_steps(
+    step, carry, images, keys, use_scan, scan_unroll, compiler_options
+  )
   return carry[0], np.asarray(losses, np.float32)

@@ -85,6 +85,40 @@ def _explicit_pads(spatial, kernel, strides, padding):
   return tuple(tuple(int(q) for q in p) for p in pads)
 
 
+def _patches(lhs, kernel, window_strides, padding):
+  """The kh*kw shifted, strided views of the padded input on the channel axis.
+
+  [B, H, W, C] -> [B, Ho, Wo, kh*kw*C], views in (i, j) row-major order.
+  """
+  b, h, w, c = lhs.shape
+  kh, kw = kernel
+  sh, sw = (int(s) for s in window_strides)
+  pads = _explicit_pads((h, w), (kh, kw), (sh, sw), padding)
+  x = lax.pad(
+    lhs,
+    jnp.zeros((), lhs.dtype),
+    [
+      (0, 0, 0),
+      (pads[0][0], pads[0][1], 0),
+      (pads[1][0], pads[1][1], 0),
+      (0, 0, 0),
+    ],
+  )
+  hp, wp = x.shape[1], x.shape[2]
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  cols = [
+    lax.slice(
+      x,
+      (0, i, j, 0),
+      (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+      (1, sh, sw, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
 def im2col_conv(
   lhs: Array,
   rhs: Array,
@@ -123,33 +157,9 @@ def im2col_conv(
     feature_group_count,
     batch_group_count,
   )
-  b, h, w, c = lhs.shape
+  c = lhs.shape[3]
   kh, kw, _, c_out = rhs.shape
-  sh, sw = (int(s) for s in window_strides)
-  pads = _explicit_pads((h, w), (kh, kw), (sh, sw), padding)
-  x = lax.pad(
-    lhs,
-    jnp.zeros((), lhs.dtype),
-    [
-      (0, 0, 0),
-      (pads[0][0], pads[0][1], 0),
-      (pads[1][0], pads[1][1], 0),
-      (0, 0, 0),
-    ],
-  )
-  hp, wp = x.shape[1], x.shape[2]
-  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  cols = [
-    lax.slice(
-      x,
-      (0, i, j, 0),
-      (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-      (1, sh, sw, 1),
-    )
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  patches = _patches(lhs, (kh, kw), window_strides, padding)
   return lax.dot_general(
     patches,
     rhs.reshape(kh * kw * c, c_out),

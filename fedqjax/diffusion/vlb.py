@@ -122,6 +122,27 @@ def _term_at(
   return _mean_dims(jnp.where(t == 0, nll, kl))
 
 
+def _check_settings(variance: str, t_stride, schedule: NoiseSchedule) -> None:
+  if variance not in ("large", "small"):
+    raise ValueError(
+      f"variance={variance!r} is invalid; valid: 'large', 'small'"
+    )
+  T = schedule.num_timesteps
+  if not isinstance(t_stride, (int, np.integer)) or not 1 <= t_stride <= T - 1:
+    raise ValueError(f"t_stride={t_stride!r} is invalid; valid: 1..T-1={T - 1}")
+
+
+def _weighted_timesteps(T: int, t_stride) -> tuple[Array, Array]:
+  """Evaluated timesteps and weights: the decoder (t = 0, weight 1), then
+  the KL terms of `kl_timesteps`; int32 [S + 1] and float32 [S + 1]."""
+  kl_ts, kl_w = kl_timesteps(T, int(t_stride))
+  ts = jnp.asarray(
+    np.concatenate([[0], kl_ts]), jnp.int32
+  )  # [S + 1], t = 0: decoder
+  weights = jnp.asarray(np.concatenate([[1.0], kl_w]), jnp.float32)
+  return ts, weights
+
+
 def vlb_bits_per_dim(
   params: Params,
   apply_fn: Callable[..., Array],
@@ -155,24 +176,15 @@ def vlb_bits_per_dim(
   Raises:
     ValueError: on a bad variance, t_stride or image rank.
   """
-  if variance not in ("large", "small"):
-    raise ValueError(
-      f"variance={variance!r} is invalid; valid: 'large', 'small'"
-    )
+  _check_settings(variance, t_stride, schedule)
   T = schedule.num_timesteps
-  if not isinstance(t_stride, (int, np.integer)) or not 1 <= t_stride <= T - 1:
-    raise ValueError(f"t_stride={t_stride!r} is invalid; valid: 1..T-1={T - 1}")
   x0 = jnp.asarray(x0, jnp.float32)
   if x0.ndim < 2:
     raise ValueError(
       f"x0.shape={x0.shape} is invalid; valid: [n, ...] (e.g. [n, H, W, C])"
     )
   log_var = _model_log_variance(schedule, variance)
-  kl_ts, kl_w = kl_timesteps(T, int(t_stride))
-  ts = jnp.asarray(
-    np.concatenate([[0], kl_ts]), jnp.int32
-  )  # [S + 1], t = 0: decoder
-  weights = jnp.asarray(np.concatenate([[1.0], kl_w]), jnp.float32)
+  ts, weights = _weighted_timesteps(T, t_stride)
 
   def add_term(total, tw):
     t, w = tw

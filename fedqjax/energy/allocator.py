@@ -90,6 +90,49 @@ def min_round_time(
 DEADLINE_RULES = ("fp32_feasible", "median", "quantile")
 
 
+def _check_deadline_args(rule, factor, quantile, num_params) -> None:
+  if rule not in DEADLINE_RULES:
+    raise ValueError(
+      f"rule={rule!r} is invalid; valid: {', '.join(DEADLINE_RULES)}"
+    )
+  for name, v, ok, rng in (
+    ("factor", factor, lambda a: a > 0, "finite and > 0"),
+    ("quantile", quantile, lambda a: 0 < a <= 1, "(0, 1]"),
+    ("num_params", num_params, lambda a: a > 0, "finite and > 0"),
+  ):
+    if not nm.is_traced(v):
+      a = np.asarray(v, np.float64)
+      if not (np.all(np.isfinite(a)) and np.all(ok(a))):
+        raise ValueError(f"{name}={v!r} is invalid; valid range: {rng}")
+
+
+def _deadline_stat(t, rule, quantile, present, segments, num_segments):
+  """The rule's statistic of the minimal round times t [N]: all devices, the
+  present ones, or per cell."""
+  if segments is not None:
+    g = int(num_segments)
+    seg = jnp.asarray(segments, jnp.int32)
+    seg = seg if present is None else jnp.where(present, seg, g)  # g: ignored
+    return {
+      "fp32_feasible": lambda: jax.ops.segment_max(t, seg, num_segments=g),
+      "median": lambda: nm.segment_quantile(t, seg, g, 0.5),
+      "quantile": lambda: nm.segment_quantile(t, seg, g, quantile),
+    }[rule]()
+  elif present is None:
+    return {
+      "fp32_feasible": lambda: jnp.max(t),
+      "median": lambda: jnp.median(t),
+      "quantile": lambda: jnp.quantile(t, quantile),
+    }[rule]()
+  else:
+    masked = jnp.where(present, t, jnp.nan)
+    return {
+      "fp32_feasible": lambda: jnp.nanmax(masked),
+      "median": lambda: jnp.nanmedian(masked),
+      "quantile": lambda: jnp.nanquantile(masked, quantile),
+    }[rule]()
+
+
 def deadline_for(
   devices: Devices,
   num_params: ArrayLike,
@@ -128,42 +171,9 @@ def deadline_for(
   Raises:
     ValueError: unknown rule, or concrete factor / quantile / num_params out of range.
   """
-  if rule not in DEADLINE_RULES:
-    raise ValueError(
-      f"rule={rule!r} is invalid; valid: {', '.join(DEADLINE_RULES)}"
-    )
-  for name, v, ok, rng in (
-    ("factor", factor, lambda a: a > 0, "finite and > 0"),
-    ("quantile", quantile, lambda a: 0 < a <= 1, "(0, 1]"),
-    ("num_params", num_params, lambda a: a > 0, "finite and > 0"),
-  ):
-    if not nm.is_traced(v):
-      a = np.asarray(v, np.float64)
-      if not (np.all(np.isfinite(a)) and np.all(ok(a))):
-        raise ValueError(f"{name}={v!r} is invalid; valid range: {rng}")
+  _check_deadline_args(rule, factor, quantile, num_params)
   t = min_round_time(devices, 32.0 * num_params, num_samples, flops_per_sample)
-  if segments is not None:
-    g = int(num_segments)
-    seg = jnp.asarray(segments, jnp.int32)
-    seg = seg if present is None else jnp.where(present, seg, g)  # g: ignored
-    stat = {
-      "fp32_feasible": lambda: jax.ops.segment_max(t, seg, num_segments=g),
-      "median": lambda: nm.segment_quantile(t, seg, g, 0.5),
-      "quantile": lambda: nm.segment_quantile(t, seg, g, quantile),
-    }[rule]()
-  elif present is None:
-    stat = {
-      "fp32_feasible": lambda: jnp.max(t),
-      "median": lambda: jnp.median(t),
-      "quantile": lambda: jnp.quantile(t, quantile),
-    }[rule]()
-  else:
-    masked = jnp.where(present, t, jnp.nan)
-    stat = {
-      "fp32_feasible": lambda: jnp.nanmax(masked),
-      "median": lambda: jnp.nanmedian(masked),
-      "quantile": lambda: jnp.nanquantile(masked, quantile),
-    }[rule]()
+  stat = _deadline_stat(t, rule, quantile, present, segments, num_segments)
   return factor * stat
 
 

@@ -63,6 +63,9 @@ bisections' bandwidths to rounding); W_min and the final per-device solves
 keep `allocate`'s bisection. All loops are fixed-length `lax.fori_loop`s over
 all devices at once, in log space (jit/vmap friendly, float32-stable, float64
 when x64 is on).
+The per-device part (log-space constants, W_min, W_k(mu) on both branches)
+is `fedqjax.energy.bandwidth_response`; this module adds the multiplier
+bracket, the outer search and the final solves.
 
 Several independent cells at once: `segments` assigns each device to one of G
 cells, each with its own budget W_tot[g] and multiplier mu[g]; sums and the
@@ -86,8 +89,7 @@ comparing the returned bandwidth sum with W_tot.
 from __future__ import annotations
 
 import functools
-import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +98,7 @@ import numpy as np
 from fedqjax.energy import model
 from fedqjax.energy import numerics as nm
 from fedqjax.energy.allocator import Allocation, allocate
+from fedqjax.energy.bandwidth_response import bandwidth, device_consts
 from fedqjax.energy.devices import Devices
 from fedqjax.typing import Array, ArrayLike
 
@@ -139,35 +142,12 @@ def allocate_shared_bandwidth(
   nm.check_inputs(
     devices, payload_bits, num_samples, deadline_s, flops_per_sample
   )
-  if not nm.is_traced(total_bandwidth_hz):
-    w = np.asarray(total_bandwidth_hz, np.float64)
-    if not np.all(np.isfinite(w) & (w > 0)):
-      raise ValueError(
-        f"total_bandwidth_hz={total_bandwidth_hz!r} is invalid; valid range: "
-        "finite and > 0"
-      )
-  if (segments is None) != (num_segments is None):
-    raise ValueError(
-      "segments and num_segments go together; valid: both or neither"
-    )
+  _check_budget(total_bandwidth_hz, segments, num_segments)
   dtype = devices.gain.dtype
-  oi = (
-    nm.default_outer_iters(dtype) if outer_iters is None else int(outer_iters)
+  oi, ii = _iters(dtype, outer_iters, inner_iters)
+  present, seg, g, w_tot = _cells(
+    devices, total_bandwidth_hz, present, segments, num_segments
   )
-  ii = (
-    nm.default_inner_iters(dtype) if inner_iters is None else int(inner_iters)
-  )
-  shape = devices.gain.shape
-  present = (
-    jnp.ones(shape, bool) if present is None else jnp.asarray(present, bool)
-  )
-  seg = (
-    jnp.zeros(shape, jnp.int32)
-    if segments is None
-    else jnp.asarray(segments, jnp.int32)
-  )
-  g = 1 if num_segments is None else int(num_segments)
-  w_tot = jnp.broadcast_to(jnp.asarray(total_bandwidth_hz, dtype), (g,))
   al, w, mu = _shared(
     devices,
     payload_bits,
@@ -182,6 +162,49 @@ def allocate_shared_bandwidth(
     ii,
   )
   return al, w, (mu[0] if segments is None else mu)
+
+
+def _check_budget(total_bandwidth_hz, segments, num_segments) -> None:
+  if not nm.is_traced(total_bandwidth_hz):
+    w = np.asarray(total_bandwidth_hz, np.float64)
+    if not np.all(np.isfinite(w) & (w > 0)):
+      raise ValueError(
+        f"total_bandwidth_hz={total_bandwidth_hz!r} is invalid; valid range: "
+        "finite and > 0"
+      )
+  if (segments is None) != (num_segments is None):
+    raise ValueError(
+      "segments and num_segments go together; valid: both or neither"
+    )
+
+
+def _iters(dtype, outer_iters, inner_iters) -> Tuple[int, int]:
+  """(outer, inner) regula falsi steps: the given ones or the dtype's defaults."""
+  oi = (
+    nm.default_outer_iters(dtype) if outer_iters is None else int(outer_iters)
+  )
+  ii = (
+    nm.default_inner_iters(dtype) if inner_iters is None else int(inner_iters)
+  )
+  return oi, ii
+
+
+def _cells(devices, total_bandwidth_hz, present, segments, num_segments):
+  """(present [K] bool, seg [K] int32, G, W_tot [G]) with the defaults filled
+  in: every device present, one cell."""
+  dtype = devices.gain.dtype
+  shape = devices.gain.shape
+  present = (
+    jnp.ones(shape, bool) if present is None else jnp.asarray(present, bool)
+  )
+  seg = (
+    jnp.zeros(shape, jnp.int32)
+    if segments is None
+    else jnp.asarray(segments, jnp.int32)
+  )
+  g = 1 if num_segments is None else int(num_segments)
+  w_tot = jnp.broadcast_to(jnp.asarray(total_bandwidth_hz, dtype), (g,))
+  return present, seg, g, w_tot
 
 
 def mu_of_allocation(d: Devices, al: Allocation, s: Array, bw: Array) -> Array:
@@ -200,64 +223,6 @@ def mu_of_allocation(d: Devices, al: Allocation, s: Array, bw: Array) -> Array:
   xm = jnp.log1p(model.snr(d.p_max_w, d.gain, bw, d.noise_psd_w_hz))
   ratio = jnp.exp(nm.ln_psi(jnp.log(xm)) - jnp.log(xm))  # psi(x_max) / x_max
   return t / bw * (kphi + lam * ratio)
-
-
-class _Consts(NamedTuple):
-  """Per-device log-space constants of the joint problem, [K]."""
-
-  cycles: Array
-  deadline: Array
-  payload: Array  # S
-  ln_b: Array  # log(S ln 2)
-  ln_n0: Array
-  ln_h: Array
-  ln_c: Array  # log(p_max h / N0)
-  ln_cyc: Array
-  ln_2tau: Array
-  ln_fmin: Array
-  ln_fmax: Array
-  u_wmin: Array  # log x at W_min (bisection lo end: W slightly above W_min)
-  feasible: Array
-
-
-def _consts(d, pr, present) -> _Consts:
-  """Feasibility with all the bandwidth (the `allocate` test) and W_min per device."""
-  dtype = d.gain.dtype
-  feasible = pr.feasible & present
-  cycles, s, T = (
-    v.astype(dtype) for v in (pr.cycles, pr.payload_bits, pr.deadline_s)
-  )
-  s_max = T - cycles / d.f_max_hz  # longest upload time (f = f_max)
-  s_max_safe = jnp.where(feasible, s_max, T)
-  ln_b = jnp.log(s) + math.log(model.LN2)  # b = S ln 2
-  ln_n0, ln_h = jnp.log(d.noise_psd_w_hz), jnp.log(d.gain)
-  ln_c = jnp.log(d.p_max_w) + ln_h - ln_n0  # c = p_max h / N0
-  # W_min: x / (e^x - 1) = r = b / (c s_max), x = ln(1 + c / W_min); decreasing in x.
-  ln_r = jnp.minimum(ln_b - ln_c - jnp.log(s_max_safe), -jnp.finfo(dtype).eps)
-  u_lo0 = jnp.log(-jnp.expm1(ln_r))  # x/(e^x-1) >= 1 - x/2 > r
-  u_hi0 = jnp.log(2.0 - 2.0 * ln_r)  # x/(e^x-1) <= r
-  # lo end: x slightly below x(W_min), W slightly above W_min (feasible side).
-  u_wmin, _ = nm.bisect(
-    lambda u: (u - nm.ln_expm1(jnp.exp(u))) - ln_r,
-    u_lo0,
-    u_hi0,
-    nm.default_iters(dtype) + 8,
-  )
-  return _Consts(
-    cycles=cycles,
-    deadline=T,
-    payload=s,
-    ln_b=ln_b,
-    ln_n0=ln_n0,
-    ln_h=ln_h,
-    ln_c=ln_c,
-    ln_cyc=jnp.log(cycles),
-    ln_2tau=math.log(2.0) + jnp.log(d.tau),
-    ln_fmin=jnp.log(d.f_min_hz),
-    ln_fmax=jnp.log(d.f_max_hz),
-    u_wmin=u_wmin,
-    feasible=feasible,
-  )
 
 
 def _mu_bracket(d, k, args, w_tot, seg, g):
@@ -291,66 +256,6 @@ def _mu_bracket(d, k, args, w_tot, seg, g):
   return jnp.where(any_ok, lm_lo, 0.0), jnp.where(any_ok, lm_hi, 0.0), any_ok
 
 
-def _bandwidth_a(d, k, lm, inner_iters):
-  """Branch A (power below p_max): (log W, valid) at mu = e^lm."""
-
-  def ln_t_a(u):
-    return lm + k.ln_h - k.ln_n0 - nm.ln_phi(u)
-
-  def ln_w_a(u):
-    return k.ln_b - ln_t_a(u) - u
-
-  def ln_f(u):
-    ln_nu = lm + ln_w_a(u) - ln_t_a(u)
-    return jnp.clip((ln_nu - k.ln_2tau) / 3.0, k.ln_fmin, k.ln_fmax)
-
-  def g_a(u):
-    return jnp.exp(k.ln_cyc - ln_f(u)) + jnp.exp(ln_t_a(u)) - k.deadline
-
-  ua_hi = k.u_wmin
-  ua_lo = jnp.minimum(
-    jnp.minimum(0.0, 0.5 * (lm + k.ln_h - k.ln_n0 - jnp.log(k.deadline))), ua_hi
-  )
-  log_g_a = lambda u: (
-    jnp.logaddexp(k.ln_cyc - ln_f(u), ln_t_a(u)) - jnp.log(k.deadline)
-  )
-  _, ua = nm.illinois(log_g_a, ua_lo, ua_hi, inner_iters)
-  lw_a = ln_w_a(ua)
-  valid_a = (g_a(ua_hi) <= 0) & (nm.ln_expm1(jnp.exp(ua)) <= k.ln_c - lw_a)
-  return lw_a, valid_a
-
-
-def _bandwidth_b(d, k, lm, inner_iters):
-  """Branch B (p = p_max, t = t^min(W)): log W solving mu_B(x) = mu = e^lm."""
-  tiny = jnp.finfo(d.gain.dtype).tiny
-
-  def ln_w_b(u):
-    return k.ln_c - nm.ln_expm1(jnp.exp(u))
-
-  def neg_h_b(u):  # lm - log mu_B(u), decreasing in u
-    lw = ln_w_b(u)
-    lt = k.ln_b - lw - u
-    t = jnp.exp(lt)
-    f_raw = jnp.minimum(
-      k.cycles / jnp.maximum(k.deadline - t, tiny), d.f_max_hz
-    )
-    coef = jnp.where(
-      f_raw >= d.f_min_hz, jnp.exp(k.ln_2tau + 3.0 * jnp.log(f_raw)), 0.0
-    )
-    ln_mu_b = jnp.log(coef + d.p_max_w) + lt + nm.ln_psi(u) - lw - u
-    return lm - ln_mu_b
-
-  ub, _ = nm.illinois(neg_h_b, k.u_wmin - 40.0, k.u_wmin, inner_iters)
-  return ln_w_b(ub)
-
-
-def _bandwidth(d, k, lm, inner_iters):
-  """W_k(mu) per device, mu = e^lm (decreasing in mu); 0 for infeasible devices."""
-  lw_a, valid_a = _bandwidth_a(d, k, lm, inner_iters)
-  w = jnp.exp(jnp.where(valid_a, lw_a, _bandwidth_b(d, k, lm, inner_iters)))
-  return jnp.where(k.feasible, w, 0.0)
-
-
 @functools.partial(jax.jit, static_argnums=(8, 9, 10))
 def _shared(
   d,
@@ -377,19 +282,19 @@ def _shared(
     deadline_s,
     flops_per_sample,
   )
-  k = _consts(d, pr, present)
+  k = device_consts(d, pr, present)
   args = (payload_bits, num_samples, deadline_s, flops_per_sample)
   lm_lo, lm_hi, any_ok = _mu_bracket(d, k, args, w_tot, seg, g)
   # log(sum W(mu)) is close to linear in log mu: regula falsi needs few steps.
   _, lm = nm.illinois(
     lambda lm: (
-      jnp.log(ssum(_bandwidth(d, k, lm[seg], inner_iters))) - jnp.log(w_tot)
+      jnp.log(ssum(bandwidth(d, k, lm[seg], inner_iters))) - jnp.log(w_tot)
     ),
     lm_lo,
     lm_hi,
     outer_iters,
   )
-  w = _bandwidth(d, k, lm[seg], inner_iters)
+  w = bandwidth(d, k, lm[seg], inner_iters)
   total = ssum(w)
   scale = jnp.where(
     (total > 0) & (total < w_tot), w_tot / jnp.maximum(total, tiny), 1.0

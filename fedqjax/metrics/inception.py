@@ -134,10 +134,9 @@ def _avg_pool_exclude_pad(x):
   return s / cnt
 
 
-def inception_forward(
-  params: dict, x: jax.Array, *, spec: ConvSpec
-) -> jax.Array:
-  """Network input [n, 299, 299, 3] in the preset's range -> pool3 features [n, 2048]."""
+def _units(params: dict, spec: ConvSpec):
+  """(conv, seq): conv(name, h) is one conv + folded BN + ReLU unit;
+  seq(prefix, h, n) a torch Sequential of n of them."""
   table = dict(spec)
 
   def conv(name, h):
@@ -157,63 +156,87 @@ def inception_forward(
       h = conv(f"{prefix}/conv" + (f"_{i}" if i else ""), h)
     return h
 
-  cat = functools.partial(jnp.concatenate, axis=-1)
+  return conv, seq
+
+
+_cat = functools.partial(jnp.concatenate, axis=-1)
+
+
+def _stem(conv, x):
+  """[n, 299, 299, 3] -> [n, 35, 35, 192]."""
   h = conv("conv_2", conv("conv_1", conv("conv", x)))  # [n, 147, 147, 64]
   h = _max_pool(h, 3, 2, 0)  # [n, 73, 73, 64]
-  h = _max_pool(conv("conv_4", conv("conv_3", h)), 3, 2, 0)  # [n, 35, 35, 192]
-  for m in (
-    "mixed",
-    "mixed_1",
-    "mixed_2",
-  ):  # InceptionA -> [n, 35, 35, 256|288|288]
-    h = cat(
-      [
-        conv(f"{m}/conv", h),
-        seq(f"{m}/tower", h, 2),
-        seq(f"{m}/tower_1", h, 3),
-        conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h)),
-      ]
-    )
-  h = cat(
+  return _max_pool(conv("conv_4", conv("conv_3", h)), 3, 2, 0)
+
+
+def _block_a(conv, seq, m, h):  # InceptionA -> [n, 35, 35, 256|288|288]
+  return _cat(
+    [
+      conv(f"{m}/conv", h),
+      seq(f"{m}/tower", h, 2),
+      seq(f"{m}/tower_1", h, 3),
+      conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h)),
+    ]
+  )
+
+
+def _block_b(conv, seq, h):  # InceptionB -> [n, 17, 17, 768]
+  return _cat(
     [conv("mixed_3/conv", h), seq("mixed_3/tower", h, 3), _max_pool(h, 3, 2, 0)]
-  )  # InceptionB -> [n, 17, 17, 768]
-  for m in (
-    "mixed_4",
-    "mixed_5",
-    "mixed_6",
-    "mixed_7",
-  ):  # InceptionC -> [n, 17, 17, 768]
-    h = cat(
-      [
-        conv(f"{m}/conv", h),
-        seq(f"{m}/tower", h, 3),
-        seq(f"{m}/tower_1", h, 5),
-        conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h)),
-      ]
-    )
-  h = cat(
+  )
+
+
+def _block_c(conv, seq, m, h):  # InceptionC -> [n, 17, 17, 768]
+  return _cat(
+    [
+      conv(f"{m}/conv", h),
+      seq(f"{m}/tower", h, 3),
+      seq(f"{m}/tower_1", h, 5),
+      conv(f"{m}/tower_2/conv", _avg_pool_exclude_pad(h)),
+    ]
+  )
+
+
+def _block_d(seq, h):  # InceptionD -> [n, 8, 8, 1280]
+  return _cat(
     [
       seq("mixed_8/tower", h, 2),
       seq("mixed_8/tower_1", h, 4),
       _max_pool(h, 3, 2, 0),
     ]
-  )  # InceptionD -> [n, 8, 8, 1280]
-  for m in ("mixed_9", "mixed_10"):  # InceptionE -> [n, 8, 8, 2048]
-    a = conv(f"{m}/tower_conv", h)
-    b = conv(f"{m}/tower_1_conv_1", conv(f"{m}/tower_1_conv", h))
-    pooled = (
-      _avg_pool_exclude_pad(h) if m == "mixed_9" else _max_pool(h, 3, 1, 1)
-    )
-    h = cat(
-      [
-        conv(f"{m}/conv", h),
-        conv(f"{m}/tower_mixed_conv", a),
-        conv(f"{m}/tower_mixed_conv_1", a),
-        conv(f"{m}/tower_1_mixed_conv", b),
-        conv(f"{m}/tower_1_mixed_conv_1", b),
-        conv(f"{m}/tower_2_conv", pooled),
-      ]
-    )
+  )
+
+
+def _block_e(conv, m, h):  # InceptionE -> [n, 8, 8, 2048]
+  a = conv(f"{m}/tower_conv", h)
+  b = conv(f"{m}/tower_1_conv_1", conv(f"{m}/tower_1_conv", h))
+  pooled = _avg_pool_exclude_pad(h) if m == "mixed_9" else _max_pool(h, 3, 1, 1)
+  return _cat(
+    [
+      conv(f"{m}/conv", h),
+      conv(f"{m}/tower_mixed_conv", a),
+      conv(f"{m}/tower_mixed_conv_1", a),
+      conv(f"{m}/tower_1_mixed_conv", b),
+      conv(f"{m}/tower_1_mixed_conv_1", b),
+      conv(f"{m}/tower_2_conv", pooled),
+    ]
+  )
+
+
+def inception_forward(
+  params: dict, x: jax.Array, *, spec: ConvSpec
+) -> jax.Array:
+  """Network input [n, 299, 299, 3] in the preset's range -> pool3 features [n, 2048]."""
+  conv, seq = _units(params, spec)
+  h = _stem(conv, x)  # [n, 35, 35, 192]
+  for m in ("mixed", "mixed_1", "mixed_2"):
+    h = _block_a(conv, seq, m, h)
+  h = _block_b(conv, seq, h)
+  for m in ("mixed_4", "mixed_5", "mixed_6", "mixed_7"):
+    h = _block_c(conv, seq, m, h)
+  h = _block_d(seq, h)
+  for m in ("mixed_9", "mixed_10"):
+    h = _block_e(conv, m, h)
   return jnp.mean(h, axis=(1, 2))  # 8x8 average pool -> [n, 2048]
 
 

@@ -16,8 +16,9 @@ one flat float32 vector with static bucket segments.
 
 Modules: `quantizer` (layout, quantize; conventions: bits 32 = raw, random
 stream = counter hash keyed by 64 bits of the key, numerics), `bits` (error
-bound, on-demand bit-width, payload size), `codec` (bytes), `validate`
-(host-side argument checks).
+bound, on-demand bit-width, payload size), `codec` (bytes), `layout` (a
+template's leaves and buckets, tree and shape checks), `validate` (host-side
+argument checks).
 """
 
 from fedqjax.quantization.codec import Payload, decode, encode

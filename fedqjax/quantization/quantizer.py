@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedqjax.quantization import bits as bits_lib
+from fedqjax.quantization import layout as layout_lib
 from fedqjax.quantization import validate as V
 from fedqjax.typing import Array, ArrayLike, PRNGKey, PyTree
 
@@ -105,20 +106,7 @@ class Quantizer:
   @functools.cached_property
   def bucket_sizes(self) -> np.ndarray:
     """n_j in flat order, int64 [nb] (read-only); empty leaves have none."""
-    parts = []
-    for n in self.leaf_sizes:
-      if n == 0:
-        continue
-      if self.bucket_size is None:
-        parts.append(np.array([n], np.int64))
-      else:
-        full, rest = divmod(n, self.bucket_size)
-        parts.append(np.full((full,), self.bucket_size, np.int64))
-        if rest:
-          parts.append(np.array([rest], np.int64))
-    out = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
-    out.flags.writeable = False
-    return out
+    return layout_lib.bucket_sizes(self.leaf_sizes, self.bucket_size)
 
   @property
   def num_buckets(self) -> int:
@@ -130,26 +118,14 @@ class Quantizer:
   def pack(self, tree: PyTree) -> Array:
     """Leaves raveled in tree order and concatenated: float32 [d]."""
     leaves, treedef = jax.tree.flatten(tree)
-    if treedef != self.treedef:
-      raise ValueError(
-        f"tree structure {treedef} does not match the "
-        f"quantizer's template {self.treedef}"
-      )
-    for i, (x, shape) in enumerate(zip(leaves, self.shapes)):
-      if np.shape(x) != shape:
-        raise ValueError(
-          f"leaf {i} has shape {np.shape(x)}; the template's is {shape}"
-        )
+    layout_lib.check_leaves(leaves, treedef, self.treedef, self.shapes)
     if not leaves:
       return jnp.zeros((0,), jnp.float32)
     return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
 
   def unpack(self, flat: ArrayLike) -> PyTree:
     """Inverse of `pack`: the template's shapes and dtypes."""
-    if np.shape(flat) != (self.num_entries,):
-      raise ValueError(
-        f"flat must have shape ({self.num_entries},); got {np.shape(flat)}"
-      )
+    layout_lib.check_flat_shape(flat, self.num_entries)
     out, i = [], 0
     for shape, dtype, n in zip(self.shapes, self.dtypes, self.leaf_sizes):
       out.append(flat[i : i + n].reshape(shape).astype(dtype))
@@ -166,7 +142,7 @@ class Quantizer:
         of the wrong shape or with NaN / inf.
     """
     V.validate_flat(flat, self.num_entries)
-    _check_scalar_bits(bits)
+    layout_lib.check_scalar_bits(bits)
     return _quantize(self, flat, bits, key)
 
   def bits_for(
@@ -189,7 +165,7 @@ class Quantizer:
   def error_bound(self, flat: ArrayLike, bits: ArrayLike) -> Array:
     """sum_j n_j R_j^2 / (4 s^2) >= E||Q_b(flat) - flat||^2; 0 at 32 bits."""
     V.validate_flat(flat, self.num_entries)
-    _check_scalar_bits(bits)
+    layout_lib.check_scalar_bits(bits)
     return _error_bound(self, flat, bits)
 
   def payload_bits(self, bits: ArrayLike) -> Array:
@@ -216,35 +192,14 @@ def make_quantizer(
   """
   V.check_method(method)
   V.check_bucket_size(bucket_size)
-  with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
-  shapes, dtypes = [], []
-  for path, leaf in with_path:
-    dtype = jnp.dtype(
-      leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-    )
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(
-        f"template{jax.tree_util.keystr(path)} has dtype "
-        f"{dtype}; only floating-point leaves can be quantized"
-      )
-    shapes.append(tuple(int(n) for n in np.shape(leaf)))
-    dtypes.append(dtype)
+  treedef, shapes, dtypes = layout_lib.template_layout(template)
   return Quantizer(
     method,
     None if bucket_size is None else int(bucket_size),
     treedef,
-    tuple(shapes),
-    tuple(dtypes),
+    shapes,
+    dtypes,
   )
-
-
-def _check_scalar_bits(bits) -> None:
-  V.validate_bits(bits)
-  if np.ndim(bits) != 0:
-    raise ValueError(
-      f"bits must be a scalar (vmap over clients for one "
-      f"width each); got shape {np.shape(bits)}"
-    )
 
 
 # ----------------------------------------------------------------------------
