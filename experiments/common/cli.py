@@ -5,11 +5,13 @@ created before these checks pass."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import sys
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from experiments.common import logs
 from experiments.common import settings as settings_lib
 
 
@@ -199,3 +201,88 @@ def exit_with_error(message: str, status: int = 2) -> None:
   sys.stderr.write(f"error: {' '.join(message.split())}\n")
   sys.stderr.flush()
   sys.exit(status)
+
+
+@dataclasses.dataclass(frozen=True)
+class Main:
+  """A main job's command line: `--workdir`, `--config` (a config file with
+  `--config.KEY=VALUE` overrides) and the program's own flags.
+
+  Attributes:
+    settings: module path of the program's settings tree (it defines
+      `Settings`, `REMOVED` and `parse(config)`).
+    default_config: the shipped config file (found from the package).
+    workdir: the default `--workdir` and its help.
+    flags: every flag, for messages ("--workdir", "--config", ...).
+    config_examples: config files to name when `--config` cannot load.
+    define_flags: defines the program's other flags.
+  """
+
+  settings: str
+  default_config: str
+  workdir: Tuple[str, str]
+  flags: Tuple[str, ...]
+  config_examples: str
+  define_flags: Any = None
+
+  def program(self) -> Program:
+    logs.quiet_start()  # the settings import jax
+    module = importlib.import_module(self.settings)
+    return Program(
+      flags=self.flags,
+      settings=module.Settings,
+      removed=module.REMOVED,
+      config_examples=self.config_examples,
+    )
+
+  def _define(self) -> None:
+    # Inside the parser: ml_collections reads --config.KEY overrides from
+    # argv already while defining the flag, and a bad one must exit too.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+    flags.DEFINE_string("workdir", *self.workdir)
+    config_flags.DEFINE_config_file(
+      "config",
+      self.default_config,
+      "Config file (optionally :preset).",
+      lock_config=True,
+    )
+    if self.define_flags is not None:
+      self.define_flags()
+
+  def parse(self, argv: Sequence[str]):
+    """(remaining argv, settings tree): flags defined and parsed, the config
+    parsed into the settings tree, the workdir checked, the logs quieted;
+    any problem is one line on stderr and exit status 2."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+
+    try:
+      logs.quiet_start()
+      self._define()
+      rest = flags.FLAGS(argv)
+      if len(rest) > 1:
+        raise ValueError(
+          f"unexpected argument(s) {rest[1:]}; valid: flags "
+          f"only ({', '.join(self.flags)})"
+        )
+      if flags.FLAGS["verbosity"].using_default_value:
+        flags.FLAGS.verbosity = -1  # else absl raises it to 0 (INFO)
+      logs.setup(flags.FLAGS.verbosity)
+      tree = importlib.import_module(self.settings).parse(flags.FLAGS.config)
+      check_workdir(flags.FLAGS.workdir)
+    except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
+      # KeyError / AttributeError: ml_collections on an unknown key;
+      # OSError: a config file that cannot be read (read with the value).
+      exit_with_error(command_line_error(e, argv, self.program()))
+    return rest, tree
+
+  def parser(self, into: list):
+    """absl's flags_parser: `parse`, the settings tree stored in `into`."""
+
+    def parse(argv):
+      rest, tree = self.parse(argv)
+      into[:] = [tree]
+      return rest
+
+    return parse

@@ -135,3 +135,10 @@ class _Formatter(logging.Formatter):
       stamp, _, rest = line.partition(" ")
       line = f"{stamp} {record.levelname}: {rest}"
     return line
+
+
+def quiet_start() -> None:
+  """Before jax loads (a settings import does): its C++ start-up lines off
+  unless the user set the level; `setup` then applies the verbosity."""
+  if "jax" not in sys.modules:
+    os.environ.setdefault(_CPP_ENV, _CPP_QUIET)

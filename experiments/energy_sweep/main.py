@@ -15,7 +15,6 @@ on stderr naming it, before anything is computed or written.
 
 import logging
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -33,70 +32,20 @@ DEFAULT_CONFIG = os.path.join(
 _SETTINGS = []  # the parsed settings tree (set by _parse)
 
 
-def _quiet_start() -> None:
-  """The settings (and so the config file) import jax: quiet its start-up
-  (`logs.setup` then sets the level the verbosity asks for)."""
-  if "jax" not in sys.modules:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def _program() -> cli.Program:
-  """The command line's flags and settings, for one-line errors."""
-  _quiet_start()
-  # pylint: disable-next=g-import-not-at-top
-  from experiments.energy_sweep import settings
-
-  return cli.Program(
-    flags=_MAIN_FLAGS,
-    settings=settings.Settings,
-    removed=settings.REMOVED,
-    config_examples=f"{DEFAULT_CONFIG}[:small]",
-  )
-
-
-def _define_flags() -> None:
-  # Inside the parser: ml_collections reads --config.KEY overrides from argv
-  # already while defining the flag, and a bad one must exit like the rest.
-  # pylint: disable-next=g-import-not-at-top
-  from ml_collections import config_flags
-
-  flags.DEFINE_string(
-    "workdir",
+_MAIN = cli.Main(
+  settings="experiments.energy_sweep.settings",
+  default_config=DEFAULT_CONFIG,
+  workdir=(
     "workdir/energy_sweep",
     "Output directory (results.csv, summary.md, figures/).",
-  )
-  config_flags.DEFINE_config_file(
-    "config",
-    DEFAULT_CONFIG,
-    "Config file (optionally :preset).",
-    lock_config=True,
-  )
+  ),
+  flags=_MAIN_FLAGS,
+  config_examples=f"{DEFAULT_CONFIG}[:small]",
+)
 
 
-def _parse(argv):
-  """Defines and parses flags, checks config and workdir; errors exit 2."""
-  try:
-    _quiet_start()
-    _define_flags()
-    rest = FLAGS(argv)
-    if len(rest) > 1:
-      raise ValueError(
-        f"unexpected argument(s) {rest[1:]}; valid: flags "
-        f"only ({', '.join(_MAIN_FLAGS)})"
-      )
-    if FLAGS["verbosity"].using_default_value:
-      FLAGS.verbosity = -1  # else absl raises it to 0 (INFO)
-    logs.setup(FLAGS.verbosity)
-    # pylint: disable-next=g-import-not-at-top
-    from experiments.energy_sweep import settings
-
-    _SETTINGS[:] = [settings.parse(FLAGS.config)]
-    cli.check_workdir(FLAGS.workdir)
-  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
-    # KeyError / AttributeError: ml_collections on an unknown key; OSError:
-    # a config file that cannot be read (raised when the value is read).
-    cli.exit_with_error(cli.command_line_error(e, argv, _program()))
-  return rest
+# Flags and settings; errors exit 2 with one line.
+_parse = _MAIN.parser(_SETTINGS)
 
 
 def main(argv):

@@ -13,7 +13,6 @@ A bad command line exits with status 2 and one line on stderr.
 """
 
 import os
-import sys
 
 from absl import app, flags
 
@@ -41,36 +40,8 @@ DEFAULT_CONFIG = os.path.join(
 _SETTINGS = []  # the parsed settings tree (set by _parse)
 
 
-def _program() -> cli.Program:
-  """The command line's flags and settings, for one-line errors."""
-  if "jax" not in sys.modules:  # the settings import jax: quiet its start-up
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  from experiments.fl_sweep import settings  # pylint: disable=g-import-not-at-top
-
-  return cli.Program(
-    flags=_MAIN_FLAGS,
-    settings=settings.Settings,
-    removed=settings.REMOVED,
-    config_examples=f"{DEFAULT_CONFIG}[:preset] or experiments/configs/test.py",
-  )
-
-
 def _define_flags() -> None:
-  # Inside the parser: ml_collections reads --config.KEY overrides from argv
-  # already while defining the flag, and a bad one must exit like the rest.
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  flags.DEFINE_string(
-    "workdir",
-    "workdir/cifar_sweep",
-    "Output directory (logs, checkpoints, results).",
-  )
-  config_flags.DEFINE_config_file(
-    "config",
-    DEFAULT_CONFIG,
-    "Config file (optionally :preset).",
-    lock_config=True,
-  )
+  """The flags beyond --workdir and --config."""
   # Several hosts (jax.distributed.initialize); defaults from the usual
   # environment variables, nothing when running alone.
   env = os.environ.get
@@ -105,28 +76,21 @@ def _define_flags() -> None:
   )
 
 
-def _parse(argv):
-  """Defines and parses flags, checks config and workdir; errors exit 2."""
-  try:
-    _define_flags()
-    rest = FLAGS(argv)
-    if len(rest) > 1:
-      raise ValueError(
-        f"unexpected argument(s) {rest[1:]}; valid: flags "
-        f"only ({', '.join(_MAIN_FLAGS)})"
-      )
-    if FLAGS["verbosity"].using_default_value:
-      FLAGS.verbosity = -1  # else absl raises it to 0 (INFO: orbax chatter)
-    logs.setup(FLAGS.verbosity)  # before jax loads
-    from experiments.fl_sweep import settings  # pylint: disable=g-import-not-at-top
+_MAIN = cli.Main(
+  settings="experiments.fl_sweep.settings",
+  default_config=DEFAULT_CONFIG,
+  workdir=(
+    "workdir/cifar_sweep",
+    "Output directory (logs, checkpoints, results).",
+  ),
+  flags=_MAIN_FLAGS,
+  config_examples=f"{DEFAULT_CONFIG}[:preset] or experiments/configs/test.py",
+  define_flags=_define_flags,
+)
 
-    _SETTINGS[:] = [settings.parse(FLAGS.config)]
-    cli.check_workdir(FLAGS.workdir)
-  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
-    # KeyError / AttributeError: ml_collections on an unknown key; OSError:
-    # a config file that cannot be read (raised when the value is read).
-    cli.exit_with_error(cli.command_line_error(e, argv, _program()))
-  return rest
+
+# Flags and settings; errors exit 2 with one line.
+_parse = _MAIN.parser(_SETTINGS)
 
 
 def main(argv):

@@ -98,3 +98,17 @@ class Lines(logging.Handler):
 
   def emit(self, record):
     self.lines.append(record.getMessage())
+
+
+def assert_one_line_errors(procs, cases, workdir: Path, keep: str) -> None:
+  """Each process exited 2 with ONE stderr line holding the case's words,
+  printed nothing, and wrote nothing into `workdir` (which holds `keep`)."""
+  for p, (args, words) in zip(procs, cases):
+    out, err = p.communicate(timeout=300)
+    lines = err.splitlines()
+    assert p.returncode == 2, (args, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+    assert out == ""
+    for w in words:
+      assert w in lines[0], (args, w, lines[0])
+  assert sorted(os.listdir(workdir)) == [keep]  # nothing written

@@ -4,6 +4,8 @@ small preset that matches the library's own sweep."""
 
 import os
 
+from tests import support
+
 SMALL = "--config=experiments/configs/energy_sweep.py:small"
 
 _BAD = [
@@ -50,15 +52,7 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path, energy_cli):
   for i, (args, _) in enumerate(_BAD):  # concurrently: mostly import time
     where = workdir if i % 2 else fresh
     procs.append(energy_cli([f"--workdir={where}", *args]))
-  for p, (args, words) in zip(procs, _BAD):
-    out, err = p.communicate(timeout=300)
-    lines = err.splitlines()
-    assert p.returncode == 2, (args, err[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
-    assert out == ""
-    for w in words:
-      assert w in lines[0], (args, w, lines[0])
-  assert sorted(os.listdir(workdir)) == ["keep.txt"]  # nothing written
+  support.assert_one_line_errors(procs, _BAD, workdir, "keep.txt")
   assert (workdir / "keep.txt").read_text() == "mine"
   assert not fresh.exists()
 

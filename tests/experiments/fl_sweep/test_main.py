@@ -6,6 +6,7 @@ where the outputs are, a quiet console)."""
 import os
 import re
 
+from tests import support
 from tests.support import TEST_CONFIG, cli_env, run_cli, start_cli
 
 ENV = cli_env()
@@ -62,15 +63,7 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
     if not any(a.startswith("--workdir=") for a in args):
       args = [f"--workdir={workdir}", *args]
     procs.append(start_cli(args, env=ENV, merge_stderr=False))
-  for p, (args, words) in zip(procs, cases):
-    out, err = p.communicate(timeout=300)
-    lines = err.splitlines()
-    assert p.returncode == 2, (args, err[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
-    assert out == ""
-    for w in words:
-      assert w in lines[0], (args, w, lines[0])
-  assert sorted(os.listdir(workdir)) == ["keep.txt"]  # nothing written
+  support.assert_one_line_errors(procs, cases, workdir, "keep.txt")
   assert (workdir / "keep.txt").read_text() == "mine"
   assert not os.path.exists(tmp_path / "file" / "sub")
 
