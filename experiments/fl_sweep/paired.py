@@ -58,6 +58,15 @@ def log_interval(
   )
 
 
+def seed_groups(rows: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+  """The rows of each (bits scheme, allocation, eps scale): one per seed."""
+  groups: Dict[tuple, List[dict]] = {}
+  for r in rows:
+    key = (r["bits_scheme"], r["allocation"], r["eps_scale"])
+    groups.setdefault(key, []).append(r)
+  return list(groups.values())
+
+
 def add_paired(
   rows: List[Dict[str, Any]], value: str = "total_energy_j"
 ) -> List[Dict[str, Any]]:
@@ -74,12 +83,7 @@ def add_paired(
     for r in rows:
       base, mine = by_seed.get((r["seed"], bits, alloc)), r.get(value)
       r[col] = base / mine if base is not None and mine and mine > 0 else None
-    groups: Dict[tuple, List[dict]] = {}
-    for r in rows:
-      groups.setdefault(
-        (r["bits_scheme"], r["allocation"], r["eps_scale"]), []
-      ).append(r)
-    for members in groups.values():
+    for members in seed_groups(rows):
       g, lo, hi = log_interval([m[col] for m in members])
       for m in members:
         m[col + "_gmean"], m[col + "_lo"], m[col + "_hi"] = g, lo, hi

@@ -168,12 +168,7 @@ def rows_of(
 
 def add_group_stats(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """Per (bits, allocation, eps scale): mean and 95% CI over seeds."""
-  groups: Dict[tuple, List[dict]] = {}
-  for r in rows:
-    groups.setdefault(
-      (r["bits_scheme"], r["allocation"], r["eps_scale"]), []
-    ).append(r)
-  for members in groups.values():
+  for members in paired.seed_groups(rows):
     for col in STAT_COLUMNS:
       st = t_interval([m.get(col) for m in members])
       for m in members:

@@ -46,3 +46,15 @@ def np_devices(rng, n):
     bit_cap=jnp.full((n,), 32, jnp.int32),
     noise_psd_w_hz=f(10.0 ** (-20.4)),
   )
+
+
+# The energy sweep's figures at its small preset (heat map included).
+SWEEP_FIGURES = (
+  "energy_vs_axes",
+  "allocations_vs_axes",
+  "feasible_vs_axes",
+  "energy_split",
+  "energy_cdf",
+  "bits_histogram",
+  "heatmap",
+)

@@ -8,6 +8,7 @@ import re
 from matplotlib.figure import Figure
 
 from experiments.energy_sweep import figures
+from tests.support.energy import SWEEP_FIGURES
 
 
 def test_figures_use_no_global_state():
@@ -23,15 +24,7 @@ def test_figures_use_no_global_state():
 def test_make_and_write_figures(small, tmp_path):
   settings, result, rows, _ = small
   figs = figures.make_figures(rows, result, settings)
-  assert set(figs) == {
-    "energy_vs_axes",
-    "allocations_vs_axes",
-    "feasible_vs_axes",
-    "energy_split",
-    "energy_cdf",
-    "bits_histogram",
-    "heatmap",
-  }
+  assert set(figs) == set(SWEEP_FIGURES)
   assert all(isinstance(f, Figure) for f in figs.values())
   # one panel (and a legend) per swept axis, the rest switched off
   panels = [a for a in figs["energy_vs_axes"].axes if a.axison]

@@ -12,16 +12,9 @@ import numpy as np
 from experiments.energy_sweep import models, outputs
 from fedqjax import energy as E
 from fedqjax.testing.energy_oracles import scipy_energy
+from tests.support.energy import SWEEP_FIGURES
 
-FIGURES = (
-  "energy_vs_axes",
-  "allocations_vs_axes",
-  "feasible_vs_axes",
-  "energy_split",
-  "energy_cdf",
-  "bits_histogram",
-  "heatmap",
-)
+FIGURES = SWEEP_FIGURES
 
 
 def test_outputs_written(small):
