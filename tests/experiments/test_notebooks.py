@@ -1,39 +1,113 @@
-"""The Colab notebook executes headless on CPU with the tiny config."""
+"""notebooks/colab_tpu.ipynb executes headless on CPU with the tiny test
+config: as shipped (synthetic data, one device), and on CIFAR-10 through the
+tfds download path (`data.name=cifar10`, `data.download=True`) with tfds'
+mock data and no network, on two forced host devices (a mesh, K rounded to
+a multiple of the device count). The energy notebook's test is
+tests/experiments/energy_sweep/test_notebook.py."""
 
+import base64
 import os
+import re
 
 import pytest
 
 from tests import support
 
 ROOT = str(support.ROOT)
+NOTEBOOK = os.path.join(ROOT, "notebooks", "colab_tpu.ipynb")
+# Runs in the kernel before the notebook's cells: tfds' mock data stays on
+# (the context manager is entered, never left: the kernel ends with the
+# test), Python sockets refuse to connect (nothing may be downloaded), and
+# the notebook's test-only switch selects CIFAR-10 with download=True.
+MOCK_CIFAR10 = """
+import os
+import socket
+
+import tensorflow_datasets as tfds
 
 
-def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
+def _no_network(*args, **kwargs):
+  raise OSError("network access from a notebook test")
+
+
+socket.socket.connect = _no_network
+socket.create_connection = _no_network
+_mock_data = tfds.testing.mock_data(num_examples=96)
+_mock_data.__enter__()
+os.environ["FEDQJAX_NOTEBOOK_DATA"] = "cifar10"
+"""
+
+
+def _execute(tmp_path, monkeypatch, first_cell=None, devices=1):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
-  monkeypatch.setenv("FEDQJAX_NOTEBOOK_PRESET", "test")
   monkeypatch.setenv("FEDQJAX_WORKDIR", str(tmp_path / "nb"))
   monkeypatch.setenv("FEDQJAX_ROOT", ROOT)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  path = os.path.join(ROOT, "notebooks", "colab_tpu.ipynb")
-  nb = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(
+  for name in ("FEDQJAX_NOTEBOOK_PRESET", "FEDQJAX_NOTEBOOK_DATA"):
+    monkeypatch.delenv(name, raising=False)
+  if devices > 1:
+    monkeypatch.setenv(
+      "XLA_FLAGS", f"--xla_force_host_platform_device_count={devices}"
+    )
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  if first_cell:  # in memory only: the file is not changed
+    nb.cells.insert(0, nbformat.v4.new_code_cell(first_cell))
+  nbclient.NotebookClient(
     nb,
     timeout=900,
     kernel_name="python3",
     resources={"metadata": {"path": ROOT}},
-  )
-  client.execute()
-  outputs = "".join(
-    o.get("text", "")
-    for c in nb.cells
-    if c.cell_type == "code"
-    for o in c.get("outputs", [])
-  )
-  assert "backend=cpu" in outputs
-  assert "| ondemand |" in outputs
+  ).execute()
+  return {c.get("id"): c.get("outputs", []) for c in nb.cells}
+
+
+def _text(outputs, stream="stdout"):
+  return "".join(o.get("text", "") for o in outputs if o.get("name") == stream)
+
+
+def _check(cells, tmp_path, dataset, devices):
+  """The accelerator cell's K, the table, the inline figures, the files."""
+  acc = _text(cells["accelerator"])
+  assert f"backend=cpu devices={devices}" in acc
+  k = int(re.search(r"^K = (\d+) clients per round", acc, re.M).group(1))
+  assert k % devices == 0 and "0 padded slots" in acc
+  assert ("mesh: none" in acc) == (devices == 1)
+  assert f"data={dataset}" in _text(cells["settings"])
   # Three bits schemes train once each; four allocation policies price them.
-  assert "3 runs x 4 allocations = 12 rows" in outputs
+  assert re.search(
+    rf"^{dataset}: 3 runs x 4 allocations = 12 rows",
+    _text(cells["train"]),
+    re.M,
+  )
+  assert "[3/3]: training 3 rounds" in _text(cells["train"], "stderr")
+  rates = re.findall(r"([\d.]+) img/s", _text(cells["throughput"]))
+  assert len(rates) == 3 and all(float(r) > 0 for r in rates)
+  table = "".join(
+    o.get("data", {}).get("text/markdown", "") for o in cells["table"]
+  )
+  assert re.search(r"^\| bits \| alloc \|", table, re.M)
+  assert "| ondemand | kkt |" in table
+  figs = cells["figures"]
+  names = _text(figs).split()
+  pngs = [
+    o["data"]["image/png"] for o in figs if "image/png" in o.get("data", {})
+  ]
+  assert {"energy_vs_rounds", "quality_vs_energy", "schemes"} <= set(names)
+  assert len(pngs) == len(names) and all(
+    base64.b64decode(p).startswith(b"\x89PNG") for p in pngs
+  )
   assert os.path.exists(tmp_path / "nb" / "results.csv")
   assert os.path.exists(tmp_path / "nb" / "figures" / "quality_vs_energy.png")
+
+
+def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
+  cells = _execute(tmp_path, monkeypatch)
+  _check(cells, tmp_path, "synthetic", devices=1)
+
+
+def test_colab_notebook_cifar10_download_path(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow_datasets")
+  cells = _execute(tmp_path, monkeypatch, MOCK_CIFAR10, devices=2)
+  _check(cells, tmp_path, "cifar10", devices=2)
+  assert "download=True" in _text(cells["settings"])

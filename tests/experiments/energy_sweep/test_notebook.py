@@ -1,5 +1,8 @@
-"""notebooks/energy_explorer.ipynb executes headless on CPU (small preset)."""
+"""notebooks/energy_explorer.ipynb executes headless on CPU (small preset):
+the summary table and every figure of `figures.make_figures`, inline as
+PNGs. The training notebook's test is tests/experiments/test_notebooks.py."""
 
+import base64
 import os
 
 import pytest
@@ -24,10 +27,24 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     resources={"metadata": {"path": str(ROOT)}},
   )
   client.execute()
-  outputs = [
-    o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  cells = {c.get("id"): c.get("outputs", []) for c in nb.cells}
+  summary = "".join(
+    o.get("data", {}).get("text/markdown", "") for o in cells["sweep"]
+  )
+  assert "| ondemand | kkt |" in summary
+  figs = cells["figures"]
+  names = "".join(o.get("text", "") for o in figs).split()
+  pngs = [
+    o["data"]["image/png"] for o in figs if "image/png" in o.get("data", {})
   ]
-  text = "".join(o.get("text", "") for o in outputs)
-  images = sum("image/png" in o.get("data", {}) for o in outputs)
-  assert "| ondemand | kkt |" in text and images >= 4
+  assert {"energy_vs_axes", "energy_split", "energy_cdf", "heatmap"} <= set(
+    names
+  )
+  assert len(pngs) == len(names) and all(
+    base64.b64decode(p).startswith(b"\x89PNG") for p in pngs
+  )
+  # write_all saved the same figures as files.
+  assert sorted(os.listdir(tmp_path / "nb" / "figures")) == sorted(
+    n + ".png" for n in names
+  )
   assert os.path.exists(tmp_path / "nb" / "results.csv")
