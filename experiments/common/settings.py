@@ -172,7 +172,7 @@ def type_name(tp) -> str:
 
 
 def describe(cls, path: str) -> str:
-  """What a key accepts, for messages ("an int in [1, inf]")."""
+  """What a key accepts, for messages ("an int >= 1", "a number [0, 1)")."""
   tp, check = leaves(cls)[path]
   return type_name(tp) + (
     ""
@@ -190,10 +190,11 @@ def did_you_mean(name: str, candidates) -> str:
 
 
 def unknown_key(
-  path: str, cls, removed: Mapping[str, str] = ()
+  path: str, cls, removed: Mapping[str, str] = (), known=None
 ) -> Optional[str]:
-  """The message for a key path that the tree does not have, else None."""
-  known = leaves(cls)
+  """The message for a key path that the tree does not have, else None
+  (`known`: `leaves(cls)`, when the caller has it already)."""
+  known = leaves(cls) if known is None else known
   if path in known or any(k.startswith(path + ".") for k in known):
     return None
   if path in removed:
@@ -294,7 +295,7 @@ def parse(cls, config, removed: Mapping[str, str] = ()):
   """
   flat, known = flatten(config), leaves(cls)
   for path in flat:
-    message = unknown_key(path, cls, removed)
+    message = unknown_key(path, cls, removed, known)
     if message:
       raise ValueError(message)
   values = {}

@@ -258,14 +258,13 @@ def _group_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
   return out
 
 
-def _pm(r: Dict[str, Any], col: str, seeds: int) -> str:
+def _pm(r: Dict[str, Any], col: str, seeds: int, ci: bool = True) -> str:
+  """The group's mean over seeds (+- the 95% half-width with `ci`)."""
   mean = r.get(f"{col}_mean") if seeds > 1 else r.get(col)
   if mean is None:
     return ""
-  ci = r.get(f"{col}_ci95")
-  return f"{mean:.4g}" + (
-    f" +- {ci:.2g}" if seeds > 1 and ci is not None else ""
-  )
+  half = r.get(f"{col}_ci95") if ci and seeds > 1 else None
+  return f"{mean:.4g}" + (f" +- {half:.2g}" if half is not None else "")
 
 
 def _ratio(r: Dict[str, Any], col: str) -> str:
@@ -294,8 +293,8 @@ def markdown_table(results: Dict[str, Any]) -> str:
       + ([f"{r['eps_scale']:g}"] if scales else [])
       + [
         _pm(r, "total_energy_j", seeds),
-        f"{r.get('uploaded_mb') or 0:.4g}",
-        f"{r.get('mean_bits') or 0:.3g}",
+        _pm(r, "uploaded_mb", seeds, ci=False),
+        _pm(r, "mean_bits", seeds, ci=False),
         _pm(r, "heldout_loss", seeds),
         _ratio(r, paired.column("fp32", "kkt")),
       ]

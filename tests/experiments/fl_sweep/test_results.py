@@ -113,3 +113,25 @@ def test_one_seed_has_no_interval_and_groups_split_by_scale():
   rows = [r for r in R.rows_of(summaries, {}, 0.02) if r["allocation"] == "kkt"]
   assert [r["total_energy_j_mean"] for r in rows] == [1.0, 2.0]
   assert all(r["total_energy_j_ci95"] is None for r in rows)
+
+
+def test_console_table_shows_means_over_seeds():
+  """Every number of a group's line is over its seeds, not the first seed's."""
+  rows = [
+    dict(
+      run=f"od{s}",
+      bits_scheme="ondemand",
+      allocation="kkt",
+      seed=s,
+      eps_scale=1.0,
+      total_energy_j=e,
+      uploaded_mb=mb,
+      mean_bits=b,
+      heldout_loss=0.1,
+    )
+    for s, e, mb, b in ((0, 1.0, 100.0, 3.0), (1, 3.0, 200.0, 5.0))
+  ]
+  R.add_group_stats(rows)
+  line = R.markdown_table(dict(rows=rows, meta=dict(seeds=[0, 1])))
+  cells = line.splitlines()[2].split(" | ")
+  assert cells[2].startswith("2 +- ") and cells[3:5] == ["150", "4"], cells

@@ -119,7 +119,7 @@ def test_library_takes_no_config_files_or_workdirs():
     [
       "grep",
       "-rnE",
-      "ml_collections|ConfigDict|absl|matplotlib|workdir",
+      r"ml_collections|ConfigDict|absl|matplotlib|open\(|workdir",
       "fedqjax/",
       "--include=*.py",
     ],
