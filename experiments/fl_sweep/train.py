@@ -196,7 +196,7 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
 def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
   """Trains (resuming) and evaluates one run; returns its summary.
 
-  Its directory's settings record was checked (`check_workdir`): a summary
+  Its directory's settings record was checked (`guard_stale_runs`): a summary
   or checkpoint found there was made with the same settings.
   """
   sdir = os.path.join(workdir, run.name)
@@ -279,7 +279,7 @@ def final_samples(
   return out
 
 
-def check_workdir(
+def guard_stale_runs(
   config: Settings, runs: List[Run], workdir: str, overwrite: bool
 ) -> None:
   """Stops (ValueError naming the keys) when the workdir holds runs made
@@ -321,7 +321,9 @@ def train_and_evaluate(
 
   config = settings_tree.parse(config)  # before anything compiles
   runs = plan_runs(config)
-  check_workdir(config, runs, workdir, overwrite)  # before anything is written
+  guard_stale_runs(
+    config, runs, workdir, overwrite
+  )  # before anything is written
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache:
     enable_compilation_cache(os.path.join(workdir, ".jax_cache"))
