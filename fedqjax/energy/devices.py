@@ -170,6 +170,11 @@ class Devices:
   `gain` is the current linear channel power gain (path loss, shadowing and,
   when enabled, this round's fading); `large_scale_gain` excludes fading.
   `bit_cap` is an int bit-width cap (32 = no cap).
+
+  `realized_gain` is None unless the channel is time-varying with an imperfect
+  estimate (`fedqjax.energy.channel`): then `gain` is what the allocator
+  plans with (the estimate, backed off) and `realized_gain` is the channel
+  the upload actually meets (deadline misses are judged on it).
   """
 
   distance_m: Array
@@ -185,6 +190,7 @@ class Devices:
   eps: Array
   bit_cap: Array
   noise_psd_w_hz: Array
+  realized_gain: Optional[Array] = None
 
   @property
   def num_devices(self) -> int:
@@ -324,6 +330,8 @@ def validate_devices(devices: Devices) -> Devices:
     "noise_psd_w_hz",
     "distance_m",
   )
+  if devices.realized_gain is not None:
+    positive = positive + ("realized_gain",)
   for name in positive + ("shadowing_db",):
     v = np.asarray(getattr(devices, name), np.float64)
     if not np.all(np.isfinite(v)):
