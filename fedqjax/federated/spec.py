@@ -90,6 +90,9 @@ class RoundSpec:
     clients_per_round: K participants per round (K == N: everyone).
     local_steps: I optimizer steps per client per round.
     batch_size: B, minibatch per local step.
+    samples_per_step: samples a device's energy is priced for per local
+      step; None: the batch B (the literature's regimes price one local
+      iteration as a pass over D_k samples, `fedqjax.energy.regimes`).
     lr: client learning rate; optimizer: "adam" | "sgd" (fresh client
       optimizer state each round: clients are stateless, as in FedAvg).
     grad_clip: global-norm clip of client gradients (0 disables).
@@ -116,6 +119,7 @@ class RoundSpec:
   clients_per_round: int
   local_steps: int = 2
   batch_size: int = 8
+  samples_per_step: Optional[int] = None
   lr: float = 2e-4
   optimizer: str = "adam"
   grad_clip: float = 1.0
@@ -162,6 +166,10 @@ class RoundSpec:
       bad("local_steps", ">= 1")
     if not _is_int(self.batch_size) or self.batch_size < 1:
       bad("batch_size", ">= 1")
+    if self.samples_per_step is not None and (
+      not _is_int(self.samples_per_step) or self.samples_per_step < 1
+    ):
+      bad("samples_per_step", "None or an integer >= 1")
     if not 0 < self.lr < 10:
       bad("lr", "(0, 10)")
     if self.optimizer not in OPTIMIZERS:
@@ -216,8 +224,10 @@ class RoundSpec:
 
   @property
   def samples_per_round(self) -> int:
-    """Samples a participant processes per round, I * B (MODEL.md 3)."""
-    return self.local_steps * self.batch_size
+    """Samples a participant's energy is priced for per round, I * B
+    (MODEL.md 3), or I * samples_per_step when that is set."""
+    per_step = self.samples_per_step or self.batch_size
+    return self.local_steps * per_step
 
 
 def _is_int(v) -> bool:

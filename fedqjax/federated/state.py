@@ -28,6 +28,11 @@ class ServerState:
   uploaded_bits: Array  # cumulative payload bits actually sent
   skipped_client_rounds: Array  # int32, client-rounds skipped before training
   dropped_client_rounds: Array  # int32, trained but not delivered in time
+  # [P] int32 / float32: uploads that missed T on the realized channel and
+  # the energy they wasted (zero unless the channel is estimated,
+  # fedqjax.energy.channel).
+  deadline_misses: Array
+  energy_wasted_j: Array
 
 
 @struct.dataclass
@@ -59,6 +64,8 @@ def init_server_state(
     uploaded_bits=jnp.zeros((), jnp.float32),
     skipped_client_rounds=count(),
     dropped_client_rounds=count(),
+    deadline_misses=jnp.zeros((num_policies,), jnp.int32),
+    energy_wasted_j=zeros(),
   )
 
 
