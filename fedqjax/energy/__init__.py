@@ -14,8 +14,10 @@ from fedqjax.energy.allocator import (
   naive_allocation,
 )
 from fedqjax.energy.devices import (
+  CELL_SHAPES,
   Devices,
   EnergyConfig,
+  cycles_factor,
   pathloss_db,
   redraw_fading,
   sample_devices,
@@ -35,5 +37,11 @@ from fedqjax.energy.policies import (
   ALLOCATIONS,
   allocate_policies,
   check_policies,
+)
+from fedqjax.energy.regimes import (
+  REGIMES,
+  Regime,
+  computation_share,
+  resolve,
 )
 from fedqjax.energy.shared_bandwidth import allocate_shared_bandwidth

@@ -2,10 +2,19 @@
 
 The channel model and the defaults follow Yang et al., "Energy Efficient
 Federated Learning Over Wireless Communication Networks", IEEE TWC 2021:
-devices uniform in a disc around the base station, path loss
+devices uniform in a disc (or, `cell_shape="square"`, a square) around the
+base station, path loss
 128.1 + 37.6 log10(d_km) dB, log-normal shadowing (8 dB), optional Rayleigh
 block fading redrawn every round, N0 = -174 dBm/Hz, FDMA with an equal share of
 W = 20 MHz, p_max = 0.2 W, f in [0.1, 2] GHz, tau = 1e-28 x U[0.5, 1.5].
+
+Cycles per sample c_k: by default (`cycles_per_sample=None`, the "flops"
+regime of MODEL.md sec. 3) c_k = the model's FLOPs per sample / the device's
+FLOPs per cycle; with `cycles_per_sample=c` every device gets
+c_k = c x U[1 - cycles_spread, 1 + cycles_spread] (the literature's regime,
+`fedqjax.energy.regimes`) and its `flops_per_cycle` is set to
+flops_per_sample / c_k, so that everything that prices cycles as
+flops_per_sample / flops_per_cycle prices c_k.
 
 `EnergyConfig` is the frozen, validated boundary object (never traced);
 `Devices` is the per-device pytree of [N] arrays that the jitted round carries.
@@ -15,24 +24,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Mapping, Optional, Tuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from fedqjax.energy.device_checks import (
+  CELL_SHAPES,
+  check_energy_config,
+  validate_devices,
+)
 from fedqjax.errors import InvalidSetting
-from fedqjax.typing import Array, PRNGKey
+from fedqjax.typing import Array, ArrayLike, PRNGKey
 
+__all__ = [
+  "CELL_SHAPES",
+  "CYCLES_FOLD",
+  "Devices",
+  "EnergyConfig",
+  "cycles_factor",
+  "pathloss_db",
+  "redraw_fading",
+  "sample_devices",
+  "sample_devices_from_keys",
+  "validate_devices",
+]
 
-def _is_bad_number(x: Any) -> bool:
-  return (
-    not isinstance(x, (int, float))
-    or isinstance(x, bool)
-    or not math.isfinite(x)
-  )
+# c_k's factor is drawn from fold_in(key of the device draw, CYCLES_FOLD): the
+# draw's 7-way key split (and so every other field) stays as it was.
+CYCLES_FOLD = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +62,13 @@ class EnergyConfig:
 
   Attributes:
     num_devices: number of devices N sampled by `sample_devices`.
-    radius_m: radius of the cell (devices uniform in the disc).
-    min_distance_m: smallest device distance, keeps log10(d) finite.
+    radius_m: radius of the cell: devices uniform in the disc of this radius
+      (`cell_shape="disc"`) or in the square [-radius_m, radius_m]^2
+      (`"square"`; Yang et al.'s 500 m x 500 m area is radius_m=250), the
+      base station at the centre.
+    min_distance_m: smallest device distance, keeps log10(d) finite (the
+      disc draws from the annulus; the square clips the distance below).
+    cell_shape: "disc" | "square".
     pathloss_const_db, pathloss_exp_db: path loss a + b log10(d_km) in dB.
     shadowing_db: std of the log-normal shadowing in dB (0 disables it).
     rayleigh_fading: multiply the large-scale gain by |h|^2 ~ Exp(1), redrawn
@@ -55,7 +81,14 @@ class EnergyConfig:
     f_min_hz, f_max_hz: CPU frequency range.
     tau_mean: mean effective switched capacitance (J / (cycle Hz^2)).
     tau_spread: tau = tau_mean * U[1 - spread, 1 + spread].
-    flops_per_cycle_choices: per-device FLOPs per CPU cycle, drawn uniformly.
+    flops_per_cycle_choices: per-device FLOPs per CPU cycle, drawn uniformly
+      (used when cycles_per_sample is None).
+    cycles_per_sample: None: c_k = flops_per_sample / flops_per_cycle (the
+      "flops" regime). A number c > 0: c_k = c x U[1 - cycles_spread,
+      1 + cycles_spread] per device, from fold_in(device key, 7); the
+      sampler then needs the model's `flops_per_sample` and sets
+      flops_per_cycle = flops_per_sample / c_k.
+    cycles_spread: the spread s of c_k, in [0, 1).
     eps_choices: per-device relative quantization error budgets, drawn uniformly.
     bit_caps: optional per-device bit-width caps, drawn uniformly (None: 32).
   """
@@ -78,6 +111,9 @@ class EnergyConfig:
   flops_per_cycle_choices: Tuple[float, ...] = (8.0, 16.0, 32.0)
   eps_choices: Tuple[float, ...] = (1e-3, 1e-2, 5e-2, 1e-1)
   bit_caps: Optional[Tuple[int, ...]] = None
+  cycles_per_sample: Optional[float] = None
+  cycles_spread: float = 0.5
+  cell_shape: str = "disc"
 
   def __post_init__(self):
     # Tuples keep the dataclass hashable (it may be a static jit argument).
@@ -89,57 +125,7 @@ class EnergyConfig:
 
   def validate(self) -> "EnergyConfig":
     """Checks every field; raises ValueError naming field, value and valid range."""
-
-    def bad(name, rng):
-      raise InvalidSetting("EnergyConfig", name, getattr(self, name), rng)
-
-    if (
-      not isinstance(self.num_devices, (int, np.integer))
-      or self.num_devices < 1
-    ):
-      bad("num_devices", "integer >= 1")
-    positive = (
-      "radius_m",
-      "min_distance_m",
-      "total_bandwidth_hz",
-      "p_max_w",
-      "f_min_hz",
-      "f_max_hz",
-      "tau_mean",
-    )
-    for name in positive:
-      v = getattr(self, name)
-      if _is_bad_number(v) or v <= 0:
-        bad(name, "finite and > 0")
-    for name in ("pathloss_const_db", "pathloss_exp_db", "noise_psd_dbm_hz"):
-      if _is_bad_number(getattr(self, name)):
-        bad(name, "finite")
-    if _is_bad_number(self.shadowing_db) or self.shadowing_db < 0:
-      bad("shadowing_db", "finite and >= 0")
-    if self.min_distance_m >= self.radius_m:
-      bad("min_distance_m", f"(0, radius_m={self.radius_m})")
-    if self.f_min_hz >= self.f_max_hz:
-      bad("f_min_hz", f"(0, f_max_hz={self.f_max_hz})")
-    if _is_bad_number(self.tau_spread) or not 0 <= self.tau_spread < 1:
-      bad("tau_spread", "[0, 1)")
-    if self.bandwidth_shares is not None and (
-      not isinstance(self.bandwidth_shares, (int, np.integer))
-      or self.bandwidth_shares < 1
-    ):
-      bad("bandwidth_shares", "None or integer >= 1")
-    if not self.flops_per_cycle_choices or any(
-      _is_bad_number(float(c)) or c <= 0 for c in self.flops_per_cycle_choices
-    ):
-      bad("flops_per_cycle_choices", "non-empty, each finite and > 0")
-    if not self.eps_choices or any(
-      _is_bad_number(float(e)) or e <= 0 for e in self.eps_choices
-    ):
-      bad("eps_choices", "non-empty, each finite and > 0")
-    if self.bit_caps is not None and (
-      not self.bit_caps
-      or any(int(b) != b or not 1 <= b <= 32 for b in self.bit_caps)
-    ):
-      bad("bit_caps", "None or non-empty integers in [1, 32]")
+    check_energy_config(self)
     return self
 
   @classmethod
@@ -204,8 +190,23 @@ def pathloss_db(
   return const_db + exp_db * jnp.log10(distance_m / 1000.0)
 
 
+def _need_flops(config: EnergyConfig, flops_per_sample, who: str) -> None:
+  if config.cycles_per_sample is not None and flops_per_sample is None:
+    raise InvalidSetting(
+      who,
+      "flops_per_sample",
+      None,
+      "the model's training FLOPs per sample (> 0), required when "
+      f"EnergyConfig.cycles_per_sample={config.cycles_per_sample!r} is set",
+    )
+
+
 def sample_devices(
-  config: EnergyConfig, key: PRNGKey, n: Optional[int] = None
+  config: EnergyConfig,
+  key: PRNGKey,
+  n: Optional[int] = None,
+  *,
+  flops_per_sample: Optional[ArrayLike] = None,
 ) -> Devices:
   """Samples a device population.
 
@@ -213,15 +214,25 @@ def sample_devices(
     config: validated EnergyConfig (static).
     key: PRNG key.
     n: number of devices; defaults to config.num_devices.
+    flops_per_sample: the model's training FLOPs per sample (scalar); needed
+      (and used) only when config.cycles_per_sample is set.
 
   Returns:
     Devices with [n] arrays in the default float dtype.
   """
+  _need_flops(config, flops_per_sample, "sample_devices")
   n = config.num_devices if n is None else int(n)
-  return _sample_devices(config, key, n)
+  if config.cycles_per_sample is None:
+    flops_per_sample = None
+  return _sample_devices(config, key, n, flops_per_sample)
 
 
-def sample_devices_from_keys(config: EnergyConfig, keys: Array) -> Devices:
+def sample_devices_from_keys(
+  config: EnergyConfig,
+  keys: Array,
+  *,
+  flops_per_sample: Optional[ArrayLike] = None,
+) -> Devices:
   """Device i drawn from keys[i] alone (same distributions as `sample_devices`).
 
   A population of n devices drawn from keys fold_in(k, 0..n-1) is then the
@@ -232,36 +243,71 @@ def sample_devices_from_keys(config: EnergyConfig, keys: Array) -> Devices:
     config: validated EnergyConfig (static); `num_devices` only sets the
       bandwidth share when `bandwidth_shares` is None.
     keys: [n] PRNG keys.
+    flops_per_sample: scalar or [n] (traced) training FLOPs per sample;
+      needed (and used) only when config.cycles_per_sample is set.
 
   Returns:
     Devices with [n] arrays in the default float dtype.
   """
-  return _from_keys(config, keys)
+  _need_flops(config, flops_per_sample, "sample_devices_from_keys")
+  if config.cycles_per_sample is None:
+    return _from_keys(config, keys, None)
+  flops = jnp.broadcast_to(jnp.asarray(flops_per_sample), keys.shape)
+  return _from_keys(config, keys, flops)
+
+
+def cycles_factor(
+  key: PRNGKey, spread: ArrayLike, shape: Tuple[int, ...] = (), dtype=None
+) -> Array:
+  """U[1 - spread, 1 + spread] of `shape` from fold_in(key, CYCLES_FOLD):
+  the factor of c_k = cycles_per_sample x factor (traceable; the energy
+  sweep draws it with a traced cycles_per_sample per scenario)."""
+  dtype = jnp.zeros(()).dtype if dtype is None else dtype
+  return jax.random.uniform(
+    jax.random.fold_in(key, CYCLES_FOLD),
+    shape,
+    dtype,
+    1.0 - spread,
+    1.0 + spread,
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _from_keys(config: EnergyConfig, keys: Array) -> Devices:
-  return jax.vmap(lambda k: _draw(config, k, ()))(keys)
+def _from_keys(config: EnergyConfig, keys: Array, flops) -> Devices:
+  if flops is None:
+    return jax.vmap(lambda k: _draw(config, k, (), None))(keys)
+  return jax.vmap(lambda k, f: _draw(config, k, (), f))(keys, flops)
 
 
 @functools.partial(
   jax.jit, static_argnums=(0, 2)
 )  # config is frozen, hence hashable
-def _sample_devices(config: EnergyConfig, key: PRNGKey, n: int) -> Devices:
-  return _draw(config, key, (n,))
+def _sample_devices(
+  config: EnergyConfig, key: PRNGKey, n: int, flops
+) -> Devices:
+  return _draw(config, key, (n,), flops)
+
+
+def _distance(config: EnergyConfig, key: PRNGKey, n, dtype) -> Array:
+  """Distances to the base station: uniform in the disc's annulus, or in
+  the square [-r, r]^2 clipped below at min_distance_m."""
+  r0, r1 = config.min_distance_m, config.radius_m
+  if config.cell_shape == "square":
+    xy = jax.random.uniform(key, n + (2,), dtype, -r1, r1)
+    return jnp.maximum(jnp.hypot(xy[..., 0], xy[..., 1]), r0)
+  # Uniform in the annulus: the CDF of d is quadratic, hence the sqrt.
+  u = jax.random.uniform(key, n, dtype)
+  return jnp.sqrt(r0**2 + u * (r1**2 - r0**2))
 
 
 def _draw(
-  config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...]
+  config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...], flops
 ) -> Devices:
   """Every field of `shape` from one key (split into one key per field)."""
   n = shape  # every draw below has this shape: () for one device, (n,) for n
   dtype = jnp.zeros(()).dtype  # float64 only when jax_enable_x64 is on
   k_d, k_s, k_f, k_tau, k_c, k_e, k_b = jax.random.split(key, 7)
-  r0, r1 = config.min_distance_m, config.radius_m
-  # Uniform in the annulus: the CDF of d is quadratic, hence the sqrt.
-  u = jax.random.uniform(k_d, n, dtype)
-  distance = jnp.sqrt(r0**2 + u * (r1**2 - r0**2))
+  distance = _distance(config, k_d, n, dtype)
   shadow = config.shadowing_db * jax.random.normal(k_s, n, dtype)
   large = 10.0 ** (
     -(
@@ -281,6 +327,12 @@ def _draw(
   pick = lambda k, choices, dt: jnp.asarray(choices, dt)[
     jax.random.randint(k, n, 0, len(choices))
   ]
+  flops_per_cycle = pick(k_c, config.flops_per_cycle_choices, dtype)
+  if config.cycles_per_sample is not None:
+    c_k = config.cycles_per_sample * cycles_factor(
+      key, config.cycles_spread, n, dtype
+    )
+    flops_per_cycle = jnp.asarray(flops, dtype) / c_k
   caps = config.bit_caps if config.bit_caps is not None else (32,)
   return Devices(
     distance_m=distance,
@@ -292,7 +344,7 @@ def _draw(
     f_min_hz=full(config.f_min_hz),
     f_max_hz=full(config.f_max_hz),
     tau=tau,
-    flops_per_cycle=pick(k_c, config.flops_per_cycle_choices, dtype),
+    flops_per_cycle=flops_per_cycle,
     eps=pick(k_e, config.eps_choices, dtype),
     bit_cap=pick(k_b, caps, jnp.int32),
     noise_psd_w_hz=full(10.0 ** ((config.noise_psd_dbm_hz - 30.0) / 10.0)),
@@ -313,50 +365,3 @@ def redraw_fading(
     return devices
   fading = jax.random.exponential(key, devices.gain.shape, devices.gain.dtype)
   return devices.replace(gain=devices.large_scale_gain * fading)
-
-
-def validate_devices(devices: Devices) -> Devices:
-  """Host-side check of a Devices pytree; raises ValueError naming the field."""
-  positive = (
-    "gain",
-    "large_scale_gain",
-    "bandwidth_hz",
-    "p_max_w",
-    "f_min_hz",
-    "f_max_hz",
-    "tau",
-    "flops_per_cycle",
-    "eps",
-    "noise_psd_w_hz",
-    "distance_m",
-  )
-  if devices.realized_gain is not None:
-    positive = positive + ("realized_gain",)
-  for name in positive + ("shadowing_db",):
-    v = np.asarray(getattr(devices, name), np.float64)
-    if not np.all(np.isfinite(v)):
-      i = int(np.flatnonzero(~np.isfinite(v).ravel())[0])
-      raise ValueError(
-        f"Devices.{name} has non-finite value {v.ravel()[i]!r} at index {i}; "
-        "valid range: finite"
-      )
-    if name in positive and not np.all(v > 0):
-      i = int(np.flatnonzero(~(v > 0).ravel())[0])
-      raise ValueError(
-        f"Devices.{name} has value {v.ravel()[i]!r} at index {i}; "
-        "valid range: > 0"
-      )
-  fmin, fmax = np.asarray(devices.f_min_hz), np.asarray(devices.f_max_hz)
-  if np.any(fmin >= fmax):
-    i = int(np.flatnonzero((fmin >= fmax).ravel())[0])
-    raise ValueError(
-      f"Devices.f_min_hz={fmin.ravel()[i]!r} >= f_max_hz={fmax.ravel()[i]!r} "
-      f"at index {i}; valid range: f_min_hz < f_max_hz"
-    )
-  cap = np.asarray(devices.bit_cap)
-  if np.any((cap < 1) | (cap > 32)):
-    i = int(np.flatnonzero(((cap < 1) | (cap > 32)).ravel())[0])
-    raise ValueError(
-      f"Devices.bit_cap={cap.ravel()[i]!r} at index {i}; valid range: [1, 32]"
-    )
-  return devices

@@ -3,6 +3,8 @@ fading, validation of populations; property-based fuzzing (hypothesis,
 derandomized; `pytest -s` prints the counts) of invalid populations and
 configs at the end."""
 
+import dataclasses
+import hashlib
 import math
 
 import chex
@@ -88,11 +90,131 @@ def test_config_from_dict():
     ("bit_caps", (0,)),
     ("tau_spread", 1.5),
     ("noise_psd_dbm_hz", float("inf")),
+    ("cycles_per_sample", 0.0),
+    ("cycles_per_sample", float("nan")),
+    ("cycles_spread", 1.0),
+    ("cycles_spread", -0.1),
+    ("cell_shape", "hexagon"),
   ],
 )
 def test_config_rejects_bad_values(field, value):
   with pytest.raises(ValueError, match=field):
     E.EnergyConfig(**{field: value})
+
+
+# ----------------------------------------------------------------------------
+# Regimes of the draw: the default is bitwise what it was; cycles per sample;
+# the square cell.
+
+_FIELDS = (
+  "distance_m",
+  "shadowing_db",
+  "gain",
+  "large_scale_gain",
+  "bandwidth_hz",
+  "p_max_w",
+  "f_min_hz",
+  "f_max_hz",
+  "tau",
+  "flops_per_cycle",
+  "eps",
+  "bit_cap",
+  "noise_psd_w_hz",
+)
+
+
+def _sha(d) -> str:
+  m = hashlib.sha256()
+  for name in _FIELDS:
+    m.update(name.encode())
+    m.update(np.asarray(getattr(d, name)).tobytes())
+  return m.hexdigest()
+
+
+def test_default_draws_bitwise_unchanged():
+  # sha256 of the arrays as the code drew them before cycles_per_sample and
+  # cell_shape existed (float32, jax_enable_x64 off).
+  assert not jax.config.jax_enable_x64
+  d = E.sample_devices(E.EnergyConfig(), jax.random.key(0))
+  assert _sha(d) == (
+    "31502ebe497f6b7b7d46bb58d3eb0b6409dc060e9c42ba90fedd69b76e3fc05b"
+  )
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(
+    np.arange(5)
+  )
+  d = E.sample_devices_from_keys(E.EnergyConfig(rayleigh_fading=True), keys)
+  assert _sha(d) == (
+    "58e875892808ac0c4246bb04bd94d1321ac5e2ce92c7ac50e00d41b701b21d4f"
+  )
+
+
+def test_cycles_per_sample_draw():
+  n, c, s, flops = 20000, 2e4, 0.5, 35.0e9
+  cfg = E.EnergyConfig(num_devices=n, cycles_per_sample=c, cycles_spread=s)
+  key = jax.random.key(3)
+  d = E.sample_devices(cfg, key, flops_per_sample=flops)
+  c_k = flops / np.asarray(d.flops_per_cycle, np.float64)
+  assert c_k.min() >= c * (1 - s) * (1 - 1e-6)
+  assert c_k.max() <= c * (1 + s) * (1 + 1e-6)
+  # U[c/2, 3c/2]: std c / sqrt(12); |mean - c| > 6 std / sqrt(n) has
+  # probability < 2e-9 (CLT).
+  assert abs(c_k.mean() - c) < 6 * c / math.sqrt(12 * n)
+  assert c_k.std() == pytest.approx(c / math.sqrt(12), rel=0.03)
+  # The factor is fold_in(key, 7)'s uniform; every other field is unchanged.
+  u = np.asarray(
+    jax.random.uniform(jax.random.fold_in(key, 7), (n,), minval=0.5, maxval=1.5)
+  )
+  np.testing.assert_array_equal(E.cycles_factor(key, s, (n,)), u)
+  np.testing.assert_allclose(c_k, c * u, rtol=2e-7)
+  d0 = E.sample_devices(dataclasses.replace(cfg, cycles_per_sample=None), key)
+  for name in set(_FIELDS) - {"flops_per_cycle"}:
+    np.testing.assert_array_equal(getattr(d, name), getattr(d0, name))
+  # What the allocator prices: cycles = flops / flops_per_cycle = c_k.
+  cyc = np.asarray(E.cycles_per_sample(flops, d.flops_per_cycle), np.float64)
+  np.testing.assert_allclose(cyc, c * u, rtol=2e-7)
+  # Per device keys: the same factor, per-device FLOPs.
+  keys = jax.random.split(jax.random.key(4), 8)
+  f = np.linspace(1e9, 8e9, 8)
+  dk = E.sample_devices_from_keys(cfg, keys, flops_per_sample=f)
+  u = np.asarray(jax.vmap(lambda k: E.cycles_factor(k, s))(keys))
+  np.testing.assert_allclose(
+    f / np.asarray(dk.flops_per_cycle), c * u, rtol=2e-7
+  )
+  one = E.EnergyConfig(cycles_per_sample=c, cycles_spread=0.0)
+  d1 = E.sample_devices(one, key, flops_per_sample=flops)
+  np.testing.assert_allclose(flops / np.asarray(d1.flops_per_cycle), c)
+
+
+def test_cycles_per_sample_needs_flops():
+  cfg = E.EnergyConfig(cycles_per_sample=2e4)
+  with pytest.raises(ValueError, match="flops_per_sample"):
+    E.sample_devices(cfg, jax.random.key(0))
+  with pytest.raises(ValueError, match="flops_per_sample"):
+    E.sample_devices_from_keys(cfg, jax.random.split(jax.random.key(0), 2))
+
+
+def test_square_cell():
+  n, r, r0 = 40000, 250.0, 10.0
+  cfg = E.EnergyConfig(
+    num_devices=n, cell_shape="square", radius_m=r, min_distance_m=r0
+  )
+  key = jax.random.key(5)
+  d = np.asarray(E.sample_devices(cfg, key).distance_m, np.float64)
+  assert d.min() >= r0 and d.max() <= r * math.sqrt(2) * (1 + 1e-6)
+  assert d.max() > r * 1.3  # corners are reached (a disc would stop at r)
+  # The coordinates: uniform in [-r, r]^2 from the distance key.
+  k_d = jax.random.split(key, 7)[0]
+  xy = np.asarray(jax.random.uniform(k_d, (n, 2), minval=-r, maxval=r))
+  np.testing.assert_allclose(
+    d, np.maximum(np.hypot(xy[:, 0], xy[:, 1]), r0), rtol=1e-6
+  )
+  # Uniform area: P(d <= r) = pi / 4; binomial std sqrt(p (1 - p) / n),
+  # a 6-sigma band fails with probability < 2e-9.
+  p = math.pi / 4
+  assert abs(np.mean(d <= r) - p) < 6 * math.sqrt(p * (1 - p) / n)
+  # P(d <= r / 2) = pi / 16.
+  p = math.pi / 16
+  assert abs(np.mean(d <= r / 2) - p) < 6 * math.sqrt(p * (1 - p) / n)
 
 
 # ----------------------------------------------------------------------------
@@ -190,6 +312,9 @@ _ECFG_BAD = {
   "flops_per_cycle_choices": [(), (0.0,), (8.0, float("nan")), (-1.0,)],
   "eps_choices": [(), (0.0,), (float("inf"),)],
   "bit_caps": [(), (0,), (33,), (4.5,)],
+  "cycles_per_sample": [0.0, -1.0, float("inf"), "2e4"],
+  "cycles_spread": [1.0, -0.1, float("nan")],
+  "cell_shape": ["", "Square", None],
 }
 
 
