@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.fl_sweep import channels
 from experiments.fl_sweep.settings import Settings
 from fedqjax import data as data_lib
 from fedqjax import diffusion, energy, federated
@@ -51,6 +52,13 @@ class Setup:
   num_params: int
   heldout: Callable[[Any], float]  # params -> held-out denoising loss
   evaluator: Optional[Callable[..., Dict[str, Any]]] = None
+  channel: Optional[channels.Trajectory] = None  # None: static channel
+
+  def round_devices(self, rnd: int) -> energy.Devices:
+    """The devices round `rnd` (1-based) meets (`channels.round_devices`)."""
+    return channels.round_devices(
+      self.devices, self.channel, rnd, self.spec.mesh
+    )
 
 
 def resolve_dataset(config) -> str:
@@ -134,7 +142,8 @@ def deadline(
   config, devices, num_params: int, flops: float
 ) -> Tuple[float, str, int]:
   """(T, its rule, devices whose fp32 minimal round time exceeds T)."""
-  e, n = config.energy, config.fed.local_steps * config.fed.batch_size
+  e = config.energy
+  n = config.fed.local_steps * (e.samples_per_step or config.fed.batch_size)
   if e.deadline_s > 0:
     t, rule = float(e.deadline_s), "fixed"
   else:
@@ -215,6 +224,7 @@ def round_spec(
     clients_per_round=f.clients_per_round,
     local_steps=f.local_steps,
     batch_size=f.batch_size,
+    samples_per_step=config.energy.samples_per_step,
     lr=o.lr,
     optimizer=o.optimizer,
     grad_clip=o.grad_clip,
@@ -230,7 +240,10 @@ def round_spec(
     flops_per_sample=float(flops_per_sample),
     allocations=config.sweep.plan()[1],
     execution=execution,
-    rayleigh_fading=config.energy.rayleigh_fading,
+    # A time-varying channel brings its own fading (channels.py).
+    rayleigh_fading=(
+      config.energy.rayleigh_fading and config.channel.model == "static"
+    ),
     mesh=mesh,
   )
 
@@ -299,6 +312,7 @@ def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
         config.fed.num_clients, config.fed.clients_per_round
       ),
       keys["devices"],
+      flops_per_sample=flops,
     )
   )
   t, rule, over = deadline(config, devices, num_params, flops)
@@ -330,6 +344,7 @@ def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
     flops_per_sample=flops,
     num_params=num_params,
     heldout=make_heldout(unet, test_f, config),
+    channel=channels.trajectory(config, devices, keys["devices"], t),
   )
   setup.evaluator = evaluation.Evaluator(setup, workdir)
   return setup

@@ -13,7 +13,7 @@ import numpy as np
 
 from experiments.common import settings as settings_lib
 from experiments.fl_sweep.settings import Settings
-from fedqjax import federated
+from fedqjax import energy, federated
 
 
 def hparams(config: Settings, run: str) -> Dict[str, Any]:
@@ -34,6 +34,8 @@ def counters(state) -> Dict[str, np.ndarray]:
       uploaded_bits=state.uploaded_bits,
       skipped_client_rounds=state.skipped_client_rounds,
       dropped_client_rounds=state.dropped_client_rounds,
+      deadline_misses=state.deadline_misses,
+      energy_wasted_j=state.energy_wasted_j,
     )
   )
 
@@ -62,6 +64,7 @@ def history_row(
     bits=[int(b) for b in np.asarray(m["client_bits"])[present]],
   )
   comp, comm = c["energy_comp_j"], c["energy_comm_j"]
+  misses, wasted = c["deadline_misses"], c["energy_wasted_j"]
   row["energy"] = {
     p: dict(
       round_j=float(m["energy_j"][i]),
@@ -69,6 +72,9 @@ def history_row(
       cum_j=float(comp[i] + comm[i]),
       cum_comp_j=float(comp[i]),
       cum_comm_j=float(comm[i]),
+      comp_share=float(energy.computation_share(comp[i], comm[i])),
+      cum_deadline_misses=int(misses[i]),
+      cum_wasted_j=float(wasted[i]),
     )
     for i, p in enumerate(policies)
   }

@@ -29,10 +29,13 @@ ROW_COLUMNS = (
   "total_energy_j",
   "comp_energy_j",
   "comm_energy_j",
+  "comp_share",
   "uploaded_mb",
   "mean_bits",
   "skipped_client_rounds",
   "dropped_client_rounds",
+  "deadline_misses",
+  "energy_wasted_j",
   "bit_shortfall",
   "deadline_s",
   "deadline_policy",
@@ -55,6 +58,8 @@ ROW_COLUMNS = (
 STAT_COLUMNS = (
   "total_energy_j",
   "comm_energy_j",
+  "comp_share",
+  "deadline_misses",
   "uploaded_mb",
   "mean_bits",
   "heldout_loss",
@@ -97,6 +102,9 @@ def run_summary(run, setup, history: List[dict], **fields) -> Dict[str, Any]:
           total_energy_j=e["cum_j"],
           comp_energy_j=e["cum_comp_j"],
           comm_energy_j=e["cum_comm_j"],
+          comp_share=e.get("comp_share"),
+          deadline_misses=e.get("cum_deadline_misses"),
+          energy_wasted_j=e.get("cum_wasted_j"),
         )
         for p, e in last["energy"].items()
       },
@@ -197,6 +205,8 @@ def assemble(
     num_params=setup.num_params,
     flops_per_sample=setup.flops_per_sample,
     deadline_policy=setup.deadline_rule,
+    energy_regime=config.energy.regime,
+    channel=config.channel.model,
     allocations=list(setup.spec.allocations),
     seeds=list(config.sweep.seeds),
     eps_scales=list(config.sweep.eps_scales),
@@ -233,7 +243,8 @@ def write_results(workdir: str, results: Dict[str, Any]) -> None:
     w.writerow(
       [
         f"# dataset={m['dataset']} preset={m['preset']} "
-        f"deadline={m['deadline_policy']} backend={m['backend']} "
+        f"deadline={m['deadline_policy']} regime={m['energy_regime']} "
+        f"channel={m['channel']} backend={m['backend']} "
         f"heldout_size={m['heldout_size']} sampler={m['sampler']} "
         f"settings_hash={m['settings_hash']} git_revision="
         f"{m['git_revision']} device_kind={m['device_kind']} "
@@ -267,6 +278,12 @@ def _pm(r: Dict[str, Any], col: str, seeds: int, ci: bool = True) -> str:
   return f"{mean:.4g}" + (f" +- {half:.2g}" if half is not None else "")
 
 
+def _share(r: Dict[str, Any], seeds: int) -> str:
+  """Computation's share of the energy (mean over seeds) in percent."""
+  v = r.get("comp_share_mean") if seeds > 1 else r.get("comp_share")
+  return "" if v is None or not np.isfinite(v) else f"{100 * v:.0f}%"
+
+
 def _ratio(r: Dict[str, Any], col: str) -> str:
   g, lo, hi = (r.get(col + s) for s in ("_gmean", "_lo", "_hi"))
   if g is None:
@@ -276,15 +293,20 @@ def _ratio(r: Dict[str, Any], col: str) -> str:
 
 def markdown_table(results: Dict[str, Any]) -> str:
   """The console's table: one line per (bits, allocation[, eps scale]);
-  mean +- 95% half-width over seeds, and the paired saving factor vs
+  mean +- 95% half-width over seeds, computation's share of the energy
+  (`comp`; the regime), deadline misses when the channel is estimated
+  (fedqjax.energy.channel), and the paired saving factor vs
   fp32/kkt (geometric mean [95% interval] of the per-seed ratios). Fits in
   100 columns; results.csv has every column and seed."""
   seeds = len(results["meta"].get("seeds", [0]))
   scales = len({r["eps_scale"] for r in results["rows"]}) > 1
+  missed = any(r.get("deadline_misses") for r in results["rows"])
   head = (
     ["bits", "alloc"]
     + (["eps"] if scales else [])
-    + ["energy J", "MB", "bits/up", "held-out", "vs fp32/kkt"]
+    + ["energy J", "comp", "MB", "bits/up", "held-out"]
+    + (["missed"] if missed else [])
+    + ["vs fp32/kkt"]
   )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in _group_rows(results):
@@ -293,11 +315,13 @@ def markdown_table(results: Dict[str, Any]) -> str:
       + ([f"{r['eps_scale']:g}"] if scales else [])
       + [
         _pm(r, "total_energy_j", seeds),
+        _share(r, seeds),
         _pm(r, "uploaded_mb", seeds, ci=False),
         _pm(r, "mean_bits", seeds, ci=False),
         _pm(r, "heldout_loss", seeds),
-        _ratio(r, paired.column("fp32", "kkt")),
       ]
+      + ([_pm(r, "deadline_misses", seeds, ci=False)] if missed else [])
+      + [_ratio(r, paired.column("fp32", "kkt"))]
     )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -25,6 +25,7 @@ from experiments.common.settings import (
   one_of,
   section,
 )
+from experiments.fl_sweep.energy_settings import Channel, Energy
 from fedqjax import energy
 from fedqjax.diffusion import UNetConfig
 from fedqjax.federated import execution, spec
@@ -150,68 +151,6 @@ class Quant:
   target: str = key("update", one_of(*spec.TARGETS), "update: w_k - w")
 
 
-_ENERGY_CONFIG_KEYS = (
-  "radius_m",
-  "shadowing_db",
-  "rayleigh_fading",
-  "total_bandwidth_hz",
-  "noise_psd_dbm_hz",
-  "p_max_w",
-  "f_min_hz",
-  "f_max_hz",
-  "tau_mean",
-  "tau_spread",
-  "flops_per_cycle_choices",
-  "eps_choices",
-)
-
-
-_DEVICES = energy.EnergyConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class Energy:
-  """Devices (checked by `EnergyConfig`: its fields) and the deadline.
-
-  T is deadline_s seconds if > 0, else deadline_factor x a statistic of the
-  devices' fp32 minimal round times (c n / f_max + 32 d / r(p_max)):
-  fp32_feasible = the largest (every device can deliver every scheme's
-  upload), median, or quantile (deadline_quantile; devices above it skip).
-  """
-
-  # The library's defaults (MODEL.md section 3), not written again here.
-  radius_m: float = _DEVICES.radius_m
-  shadowing_db: float = _DEVICES.shadowing_db
-  rayleigh_fading: bool = _DEVICES.rayleigh_fading
-  total_bandwidth_hz: float = _DEVICES.total_bandwidth_hz
-  noise_psd_dbm_hz: float = _DEVICES.noise_psd_dbm_hz
-  p_max_w: float = _DEVICES.p_max_w
-  f_min_hz: float = _DEVICES.f_min_hz
-  f_max_hz: float = _DEVICES.f_max_hz
-  tau_mean: float = _DEVICES.tau_mean
-  tau_spread: float = _DEVICES.tau_spread
-  flops_per_cycle_choices: Tuple[float, ...] = _DEVICES.flops_per_cycle_choices
-  eps_choices: Tuple[float, ...] = _DEVICES.eps_choices
-  deadline_s: float = key(0.0, between(0), "> 0: a fixed deadline T")
-  deadline_rule: str = key("fp32_feasible", one_of(*energy.DEADLINE_RULES))
-  deadline_factor: float = key(1.2, between(0, lo_open=True))
-  deadline_quantile: float = key(0.95, between(0, 1, lo_open=True))
-  infeasible_policy: str = key("drop", one_of(*spec.INFEASIBLE_POLICIES))
-
-  def devices(
-    self, num_devices: int, bandwidth_shares: int
-  ) -> energy.EnergyConfig:
-    """The device population's settings (N devices, K bandwidth shares)."""
-    return energy.EnergyConfig(
-      num_devices=num_devices,
-      bandwidth_shares=bandwidth_shares,
-      **{k: getattr(self, k) for k in _ENERGY_CONFIG_KEYS},
-    )
-
-  def validate(self) -> None:
-    self.devices(1, 1)
-
-
 @dataclasses.dataclass(frozen=True)
 class Eval:
   every: int = key(5, between(0), "held-out loss every n rounds (0: end)")
@@ -277,6 +216,7 @@ class Settings:
   optim: Optim = section(Optim)
   quant: Quant = section(Quant)
   energy: Energy = section(Energy)
+  channel: Channel = section(Channel)
   eval: Eval = section(Eval)
   sweep: Sweep = section(Sweep)
   log_every: int = key(1, _POS_INT)

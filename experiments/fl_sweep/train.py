@@ -168,11 +168,11 @@ def train_loop(setup: Setup, run: Run, sdir: str, progress) -> Dict[str, Any]:
   t0, diverged = time.time(), False
   # Compiled (or loaded from the cache) here; the jitted call reuses it.
   # Processes finish this at different times: meet before the first round.
-  step.lower(state, setup.fed_data, setup.devices, scheme).compile()
+  step.lower(state, setup.fed_data, setup.round_devices(1), scheme).compile()
   compile_wall_s = time.time() - t0
   distributed.barrier(f"fedqjax: {run.name} compiled at {start}")
   for rnd in range(start + 1, stop + 1):
-    state, m = step(state, setup.fed_data, setup.devices, scheme)
+    state, m = step(state, setup.fed_data, setup.round_devices(rnd), scheme)
     if rnd == start + 1:  # compile + the first round
       jax.block_until_ready(state.round)
       progress.compiled(time.time() - t0)

@@ -128,10 +128,36 @@ def test_console_table_shows_means_over_seeds():
       uploaded_mb=mb,
       mean_bits=b,
       heldout_loss=0.1,
+      comp_share=c,
     )
-    for s, e, mb, b in ((0, 1.0, 100.0, 3.0), (1, 3.0, 200.0, 5.0))
+    for s, e, mb, b, c in (
+      (0, 1.0, 100.0, 3.0, 0.2),
+      (1, 3.0, 200.0, 5.0, 0.5),
+    )
   ]
   R.add_group_stats(rows)
-  line = R.markdown_table(dict(rows=rows, meta=dict(seeds=[0, 1])))
-  cells = line.splitlines()[2].split(" | ")
-  assert cells[2].startswith("2 +- ") and cells[3:5] == ["150", "4"], cells
+  table = R.markdown_table(dict(rows=rows, meta=dict(seeds=[0, 1])))
+  head, _, line = table.splitlines()
+  assert "missed" not in head  # no channel estimate: no misses column
+  cells = line.split(" | ")
+  assert cells[2].startswith("2 +- "), cells
+  assert cells[3:6] == ["35%", "150", "4"], cells
+
+
+def test_console_table_shows_misses_when_the_channel_is_estimated():
+  rows = [
+    dict(
+      run="od0",
+      bits_scheme="ondemand",
+      allocation="kkt",
+      seed=0,
+      eps_scale=1.0,
+      total_energy_j=1.0,
+      comp_share=0.1,
+      deadline_misses=7,
+    )
+  ]
+  table = R.markdown_table(dict(rows=R.add_group_stats(rows), meta={}))
+  head, _, line = table.splitlines()
+  i = head.split(" | ").index("missed")
+  assert line.split(" | ")[i] == "7", line

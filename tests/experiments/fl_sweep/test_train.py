@@ -10,6 +10,7 @@ import pytest
 from experiments.configs import test as test_config
 from experiments.fl_sweep import train
 from tests.support import TEST_CONFIG, run_cli
+from tests.support.tensorboard import event_tags
 
 SCHEMES = ("fp32", "ondemand")
 NUMBERS = (
@@ -42,26 +43,6 @@ def _config(**overrides):
   return c
 
 
-def _event_tags(path):
-  from tensorboard.backend.event_processing import event_accumulator
-
-  ea = event_accumulator.EventAccumulator(
-    path,
-    size_guidance={
-      event_accumulator.SCALARS: 0,
-      event_accumulator.TENSORS: 0,
-      event_accumulator.IMAGES: 0,
-    },
-  )
-  ea.Reload()
-  tags = ea.Tags()
-  return (
-    set(tags.get("scalars", []))
-    | set(tags.get("tensors", []))
-    | set(tags.get("images", []))
-  )
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
@@ -80,7 +61,7 @@ def test_end_to_end_writes_everything(full_run):
     sdir = os.path.join(workdir, name)
     events = glob.glob(os.path.join(sdir, "events.out.tfevents.*"))
     assert events, f"no TensorBoard events for {name}"
-    tags = _event_tags(sdir)
+    tags = event_tags(sdir)
     for tag in (
       "loss",
       "cum_j/kkt",

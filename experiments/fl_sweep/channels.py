@@ -1,0 +1,66 @@
+"""The `channel` section on the host: the round-by-round channel a run meets.
+
+With `channel.model = static` nothing here runs: the round sees the devices
+it always saw (bitwise today's runs). With `gauss_markov`, the seed's whole
+channel trajectory (planned and realized gains, [rounds, N]) is drawn once
+by `fedqjax.energy.channel.trajectory` from the seed's device stream, so a
+resumed run meets the same channel, and each round gets its row: the
+devices' `gain` is what the allocator plans with, `realized_gain` what the
+upload meets (the compiled round is the same for every round).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import numpy as np
+
+from fedqjax import energy
+from fedqjax.energy import channel as channel_lib
+
+Trajectory = Tuple[np.ndarray, np.ndarray]  # planned, realized [R, N]
+
+
+def process_of(config, deadline_s: float) -> channel_lib.ChannelProcess:
+  """The ChannelProcess of `config.channel` (Jakes' rho from doppler_hz
+  and the round deadline when doppler_hz > 0)."""
+  c = config.channel
+  rho = c.rho
+  if c.doppler_hz > 0:
+    rho = float(abs(channel_lib.jakes_rho(c.doppler_hz, deadline_s)))
+  return channel_lib.ChannelProcess(
+    rho=rho,
+    estimate_delay=c.estimate_delay,
+    estimate_noise=c.estimate_noise,
+    backoff_db=c.backoff_db,
+  )
+
+
+def trajectory(
+  config, devices: energy.Devices, key, deadline_s: float
+) -> Optional[Trajectory]:
+  """The run's channel rows, or None for the static channel."""
+  if config.channel.model == "static":
+    return None
+  planned, realized = channel_lib.trajectory(
+    process_of(config, deadline_s),
+    devices.large_scale_gain,
+    jax.random.fold_in(key, 1),  # the device stream's second use
+    config.fed.rounds,
+    stationary_start=config.energy.rayleigh_fading,
+  )
+  return np.asarray(planned), np.asarray(realized)
+
+
+def round_devices(
+  devices: energy.Devices, traj: Optional[Trajectory], rnd: int, mesh=None
+) -> energy.Devices:
+  """The devices of round `rnd` (1-based): `devices` itself when static."""
+  if traj is None:
+    return devices
+  from fedqjax import federated  # pylint: disable=g-import-not-at-top
+
+  planned, realized = traj
+  d = devices.replace(gain=planned[rnd - 1], realized_gain=realized[rnd - 1])
+  return d if mesh is None else federated.replicate(d, mesh)

@@ -1,0 +1,155 @@
+"""The `energy` and `channel` sections of the training sweep's settings.
+
+`energy`: the device population (the keys are fields of the library's
+`EnergyConfig`, which checks them), the energy regime (fedqjax/energy/
+regimes.py: `flops`, `yang2021`, `cycles_per_sample`) and the deadline.
+`channel`: how the channel changes between rounds and what the allocator
+knows (fedqjax/energy/channel.py). Part of `settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+from experiments.common.settings import Invalid, between, key, one_of
+from fedqjax import energy
+from fedqjax.energy import regimes
+from fedqjax.federated import spec
+
+_ENERGY_CONFIG_KEYS = (
+  "radius_m",
+  "shadowing_db",
+  "rayleigh_fading",
+  "total_bandwidth_hz",
+  "noise_psd_dbm_hz",
+  "p_max_w",
+  "f_min_hz",
+  "f_max_hz",
+  "tau_mean",
+  "tau_spread",
+  "flops_per_cycle_choices",
+  "eps_choices",
+  "cycles_spread",
+)
+
+
+_DEVICES = energy.EnergyConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Energy:
+  """Devices (checked by `EnergyConfig`: its fields) and the deadline.
+
+  T is deadline_s seconds if > 0, else deadline_factor x a statistic of the
+  devices' fp32 minimal round times (c n / f_max + 32 d / r(p_max)):
+  fp32_feasible = the largest (every device can deliver every scheme's
+  upload), median, or quantile (deadline_quantile; devices above it skip).
+  """
+
+  # The library's defaults (MODEL.md section 3), not written again here.
+  radius_m: float = _DEVICES.radius_m
+  shadowing_db: float = _DEVICES.shadowing_db
+  rayleigh_fading: bool = _DEVICES.rayleigh_fading
+  total_bandwidth_hz: float = _DEVICES.total_bandwidth_hz
+  noise_psd_dbm_hz: float = _DEVICES.noise_psd_dbm_hz
+  p_max_w: float = _DEVICES.p_max_w
+  f_min_hz: float = _DEVICES.f_min_hz
+  f_max_hz: float = _DEVICES.f_max_hz
+  tau_mean: float = _DEVICES.tau_mean
+  tau_spread: float = _DEVICES.tau_spread
+  flops_per_cycle_choices: Tuple[float, ...] = _DEVICES.flops_per_cycle_choices
+  eps_choices: Tuple[float, ...] = _DEVICES.eps_choices
+  cycles_spread: float = _DEVICES.cycles_spread
+  regime: str = key(
+    "flops",
+    one_of(*regimes.REGIMES),
+    "flops: c_k = the U-Net's FLOPs / flops_per_cycle | yang2021: Yang et "
+    "al. TWC 2021 | cycles_per_sample: c_k = cycles_per_sample x U[1 +- "
+    "cycles_spread] (fedqjax/energy/regimes.py)",
+  )
+  cycles_per_sample: float = key(
+    0.0, between(0, 1e15), "regime cycles_per_sample: mean cycles/sample"
+  )
+  deadline_s: float = key(0.0, between(0), "> 0: a fixed deadline T")
+  deadline_rule: str = key("fp32_feasible", one_of(*energy.DEADLINE_RULES))
+  deadline_factor: float = key(1.2, between(0, lo_open=True))
+  deadline_quantile: float = key(0.95, between(0, 1, lo_open=True))
+  infeasible_policy: str = key("drop", one_of(*spec.INFEASIBLE_POLICIES))
+
+  def devices(
+    self, num_devices: int, bandwidth_shares: int
+  ) -> energy.EnergyConfig:
+    """The device population's settings (N devices, K bandwidth shares),
+    the regime's values applied (N stays the federation's)."""
+    cfg = energy.EnergyConfig(
+      num_devices=num_devices,
+      bandwidth_shares=bandwidth_shares,
+      **{k: getattr(self, k) for k in _ENERGY_CONFIG_KEYS},
+    )
+    cfg = regimes.resolve(self.regime, cfg, self.cycles_per_sample or None)
+    return dataclasses.replace(cfg, num_devices=num_devices)
+
+  @property
+  def samples_per_step(self):
+    """Samples priced per local step: the regime's, or None (the batch)."""
+    return regimes.REGIMES[self.regime].samples_per_step
+
+  def validate(self) -> None:
+    self._check_regime()
+    self.devices(1, 1)
+
+  def _check_regime(self) -> None:
+    """A key the regime sets must keep its default; cycles_per_sample is
+    the cycles_per_sample regime's (and only its)."""
+    own = self.regime == "cycles_per_sample"
+    if own != (self.cycles_per_sample > 0):
+      valid = "> 0" if own else "0 unless regime='cycles_per_sample'"
+      raise Invalid("cycles_per_sample", self.cycles_per_sample, valid)
+    for name, value in regimes.REGIMES[self.regime].energy.items():
+      mine = getattr(self, name, None)
+      if name in _ENERGY_CONFIG_KEYS and mine != getattr(_DEVICES, name):
+        raise Invalid(
+          name,
+          mine,
+          f"its default {getattr(_DEVICES, name)!r} (regime={self.regime!r} "
+          f"sets it to {value!r})",
+        )
+
+
+CHANNEL_MODELS = ("static", "gauss_markov")
+
+
+@dataclasses.dataclass(frozen=True)
+class Channel:
+  """How the channel changes between rounds and what the allocator knows
+  (fedqjax.energy.channel; MODEL.md sec. 6 open question 2).
+
+  static: today's channel (the large-scale gain, or i.i.d. Rayleigh fading
+  per round with energy.rayleigh_fading), known exactly. gauss_markov: the
+  small-scale fading h follows h_{r+1} = rho h_r + sqrt(1 - rho^2) w_r (or
+  rho = J0(2 pi doppler_hz T), Jakes, when doppler_hz > 0); the allocator
+  plans on an estimate (estimate_delay rounds old, relative error
+  estimate_noise) backed off by backoff_db; uploads are judged on the
+  realized channel: deadline misses and wasted energy are reported.
+  """
+
+  model: str = key("static", one_of(*CHANNEL_MODELS))
+  rho: float = key(1.0, between(0, 1), "per-round fading correlation")
+  doppler_hz: float = key(
+    0.0, between(0, 1e6), "> 0: rho = J0(2 pi f_d T), T the deadline"
+  )
+  estimate_delay: int = key(0, between(0, 10_000), "rounds")
+  estimate_noise: float = key(0.0, between(0, 1), "relative MSE of h_hat")
+  backoff_db: float = key(0.0, between(0, 60), "plan at h_hat x 10^(-dB/10)")
+
+  def validate(self) -> None:
+    if self.model == "gauss_markov":
+      return
+    for name in ("doppler_hz", "estimate_delay", "estimate_noise"):
+      if getattr(self, name):
+        raise Invalid(name, getattr(self, name), "0 with model='static'")
+    if self.rho != 1.0 or self.backoff_db:
+      name = "rho" if self.rho != 1.0 else "backoff_db"
+      valid = "1" if name == "rho" else "0"
+      raise Invalid(name, getattr(self, name), f"{valid} with model='static'")
