@@ -167,6 +167,19 @@ class Eval:
     0, between(0, 100_000), "bits/dim bound on this many test images (0: off)"
   )
   vlb_t_stride: int = key(32, between(1, 999))
+  energy_images: int = key(
+    100,
+    between(0, 10**9),
+    "images a device generates, priced per sampler (0: off)",
+  )
+  energy_ddim_steps: Tuple[int, ...] = key(
+    (10, 20, 50, 100, 200),
+    each(between(1, 100_000), min_len=0, distinct=True),
+    "DDIM step counts priced (DDPM-T always; those > T left out)",
+  )
+  sampler_curve: bool = key(
+    False, doc="also sample + FID/KID with each priced sampler (slow)"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
