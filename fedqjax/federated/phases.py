@@ -7,12 +7,19 @@ functions with a Python loop over clients. Data flow (ARCHITECTURE.md):
   select -> screen (skip devices that cannot deliver even their smallest
   payload: they know their channel before training) -> local train ->
   upload (bits, infeasibility policy, quantize; one client) -> allocate
-  (every policy, [P, K]) -> aggregate -> EMA -> metrics
+  (every policy, [P, K]) -> deliver -> aggregate -> EMA -> metrics
+
+Channel estimates (`fedqjax.energy.channel`): when the devices carry a
+`realized_gain`, screening and allocation use `gain` (the estimate) and
+`deliver` judges every policy's plan on the realized channel; the training
+follows the FIRST policy's deliveries, every other policy reports what its
+own plan would have missed. Without it (a static, trace-time check) the
+round is exactly the perfect-knowledge one.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +28,8 @@ from flax import struct
 
 from fedqjax import energy
 from fedqjax.diffusion import ema_decay, ema_update
+from fedqjax.energy import channel
+from fedqjax.errors import InvalidSetting
 from fedqjax.federated import sharding
 from fedqjax.federated.spec import BITS_FIXED, BITS_FP32, RoundSpec, Scheme
 from fedqjax.federated.state import FedData, client_keys
@@ -75,10 +84,23 @@ def select(
   devices: energy.Devices,
   spec: RoundSpec,
 ) -> Selection:
-  """Participants, their data and devices; fading drawn per client id."""
+  """Participants, their data and devices; fading drawn per client id.
+
+  Raises (at trace time):
+    InvalidSetting: spec.rayleigh_fading with devices that carry a
+      realized_gain (their channel process already draws the fading).
+  """
+  if spec.rayleigh_fading and devices.realized_gain is not None:
+    raise InvalidSetting(
+      "RoundSpec",
+      "rayleigh_fading",
+      True,
+      "False when the devices carry a realized_gain (the channel process "
+      "of fedqjax.energy.channel draws the fading)",
+    )
   ids, present = select_participants(keys["select"], spec)
   take = lambda x: jnp.take(x, ids, axis=0)
-  dev = jax.tree.map(take, devices)
+  dev = jax.tree.map(take, devices)  # realized_gain too (None: no leaf)
   if spec.rayleigh_fading:
     fade = client_keys(keys["fade"], ids)
     dev = jax.vmap(energy.redraw_fading)(dev, fade)
@@ -203,6 +225,26 @@ def allocate(
     spec.allocations,
   )
   return payload, alloc
+
+
+def deliver(
+  devices: energy.Devices,
+  trained: Array,
+  alloc: energy.Allocation,
+  payload: Array,
+  scheme: Scheme,
+) -> Tuple[Array, Optional[channel.Delivery]]:
+  """(uploaded bool [Kp], every policy's Delivery [P, Kp] or None).
+
+  Uploaded: trained and feasible (feasibility is policy-independent) and,
+  when the devices carry a realized_gain, delivered on it under the first
+  policy's plan. Without one: None, and exactly the feasibility rule.
+  """
+  uploaded = trained & alloc.feasible[0]
+  if devices.realized_gain is None:
+    return uploaded, None
+  out = channel.delivery(alloc, devices, payload, scheme.deadline_s)
+  return uploaded & out.delivered[0], out
 
 
 def aggregate(

@@ -8,18 +8,33 @@ on-demand bits, deadline, error-demand scale) is traced data and every
 allocation policy is priced on the same uploads.
 
 Metrics: names starting with `client_` are per-slot arrays ([Kp], or
-[P, Kp] for energies); the rest are round totals (energies [P]).
+[P, Kp] for energies and misses); the rest are round totals (energies,
+`deadline_misses`, `energy_wasted_j` and `latency_s` [P]).
+
+Channel estimates (devices with a `realized_gain`, `fedqjax.energy.channel`):
+the plan is judged on the realized channel per policy. The training follows
+the first policy's deliveries (`client_uploaded`, `num_uploaded`,
+`dropped_client_rounds` and the bits count its misses as drops); every
+policy's energies count the communication energy actually spent by every
+device that transmitted (trained and feasible), delivered or not;
+`deadline_misses` [P] counts the devices that transmitted and missed T under
+that policy's plan, `energy_wasted_j` [P] their computation plus spent
+communication energy, `client_missed` [P, Kp] flags them; `latency_s` is the
+latest realized finish among the delivered uploads. Without a realized_gain
+the misses and the waste are 0 and everything else is the perfect-knowledge
+round, bitwise.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from fedqjax import energy
+from fedqjax.energy import channel
 from fedqjax.federated import phases
 from fedqjax.federated.client import client_update
 from fedqjax.federated.execution import map_clients
@@ -80,11 +95,13 @@ def round_step(
     client_keys(keys["quant"], sel.ids),
   )
   payload, alloc = phases.allocate(sel.devices, up.bits, scheme, spec)
-  uploaded = trained & alloc.feasible[0]  # feasibility: policy-independent
+  uploaded, outcome = phases.deliver(
+    sel.devices, trained, alloc, payload, scheme
+  )
   weight = jnp.where(uploaded, sel.counts.astype(jnp.float32), 0.0)
   new_w = phases.aggregate(state.params, up.dequantized, weight, spec)
   ema = phases.update_ema(state.ema_params, new_w, state.round, spec)
-  m = round_metrics(sel, trained, uploaded, loss_k, up, payload, alloc)
+  m = round_metrics(sel, trained, uploaded, loss_k, up, payload, alloc, outcome)
   return next_state(state, new_w, ema, m), m
 
 
@@ -108,6 +125,30 @@ def next_state(
   )
 
 
+def policy_energies(
+  trained: Array,
+  uploaded: Array,
+  alloc: energy.Allocation,
+  outcome: Optional[channel.Delivery],
+) -> Tuple[Array, Array, Array, Array]:
+  """(E^cmp, E^com, latency [P], missed bool) per policy, [P, Kp] arrays.
+
+  Without an outcome (perfect channel knowledge): the planned energies of
+  the uploaders, nobody misses. With one: the spent communication energy of
+  every device that transmitted, misses judged per policy.
+  """
+  e_comp = jnp.where(trained, alloc.e_comp_j, 0.0)  # [P, Kp]
+  if outcome is None:
+    e_comm = jnp.where(uploaded, alloc.e_comm_j, 0.0)
+    latency = jnp.max(jnp.where(uploaded, alloc.latency_s, 0.0), axis=-1)
+    return e_comp, e_comm, latency, jnp.zeros(alloc.feasible.shape, bool)
+  sent = trained & alloc.feasible[0]  # transmitted: policy-independent
+  e_comm = jnp.where(sent, outcome.e_comm_j, 0.0)
+  ok = sent & outcome.delivered
+  latency = jnp.max(jnp.where(ok, outcome.latency_s, 0.0), axis=-1)
+  return e_comp, e_comm, latency, sent & ~outcome.delivered
+
+
 def round_metrics(
   sel: phases.Selection,
   trained: Array,
@@ -116,10 +157,12 @@ def round_metrics(
   up: phases.Upload,
   payload: Array,
   alloc: energy.Allocation,
+  outcome: Optional[channel.Delivery] = None,
 ) -> Metrics:
   """Per-client arrays (`client_*`) and round totals; energies per policy."""
-  e_comp = jnp.where(trained, alloc.e_comp_j, 0.0)  # [P, Kp]
-  e_comm = jnp.where(uploaded, alloc.e_comm_j, 0.0)
+  e_comp, e_comm, latency, missed = policy_energies(
+    trained, uploaded, alloc, outcome
+  )
   sent = jnp.where(uploaded, payload, 0.0)
   tf, uf = trained.astype(jnp.float32), uploaded.astype(jnp.float32)
   count = lambda x: jnp.sum(x).astype(jnp.int32)
@@ -128,7 +171,9 @@ def round_metrics(
     energy_comp_j=jnp.sum(e_comp, axis=-1),
     energy_comm_j=jnp.sum(e_comm, axis=-1),
     energy_j=jnp.sum(e_comp + e_comm, axis=-1),
-    latency_s=jnp.max(jnp.where(uploaded, alloc.latency_s, 0.0), axis=-1),
+    latency_s=latency,
+    deadline_misses=jnp.sum(missed, axis=-1).astype(jnp.int32),
+    energy_wasted_j=jnp.sum(jnp.where(missed, e_comp + e_comm, 0.0), axis=-1),
     uploaded_bits=jnp.sum(sent),
     mean_bits=jnp.sum(up.bits * uf) / jnp.maximum(jnp.sum(uf), 1.0),
     bit_shortfall=jnp.sum(
@@ -148,6 +193,7 @@ def round_metrics(
     client_payload_bits=sent,
     client_energy_comp_j=e_comp,
     client_energy_comm_j=e_comm,
+    client_missed=missed,
     client_freq_hz=alloc.freq_hz,
     client_power_w=alloc.power_w,
     client_rel_quant_error=up.sq_error / jnp.maximum(up.sq_norm, 1e-30),

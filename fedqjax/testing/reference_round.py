@@ -84,11 +84,13 @@ def round_step_reference(
     losses.append(loss)
   up = jax.tree.map(lambda *x: jnp.stack(x), *ups)
   payload, alloc = phases.allocate(sel.devices, up.bits, scheme, spec)
-  uploaded = trained & alloc.feasible[0]
+  uploaded, outcome = phases.deliver(
+    sel.devices, trained, alloc, payload, scheme
+  )
   weight = jnp.where(uploaded, sel.counts.astype(jnp.float32), 0.0)
   new_w = phases.aggregate(w, up.dequantized, weight, spec)
   ema = phases.update_ema(state.ema_params, new_w, state.round, spec)
   m = round_metrics(
-    sel, trained, uploaded, jnp.stack(losses), up, payload, alloc
+    sel, trained, uploaded, jnp.stack(losses), up, payload, alloc, outcome
   )
   return next_state(state, new_w, ema, m), m
