@@ -1,6 +1,7 @@
 """Final evaluation: EMA samples (DDIM/DDPM), an image grid, FID and KID
-against the test split (Inception-v3 pool3, fedqjax.metrics), and the DDPM
-variational bound in bits/dim on test images."""
+against the test split (Inception-v3 pool3, fedqjax.metrics), the DDPM
+variational bound in bits/dim on test images and, with eval.sampler_curve,
+FID/KID of every sampler the sampling energy report prices."""
 
 from __future__ import annotations
 
@@ -48,21 +49,26 @@ class Evaluator:
       static_argnames=("apply_fn", "t_stride", "batch_size"),
     )
 
-  def sample(self, params, key, n: int) -> np.ndarray:
-    """n samples, uint8 [n, H, W, C], in fixed-size batches (one compile)."""
+  def sample(
+    self, params, key, n: int, sampler: str = "", steps: int = 0
+  ) -> np.ndarray:
+    """n samples, uint8 [n, H, W, C], in fixed-size batches (one compile);
+    `sampler` / `steps` default to eval.sampler / eval.ddim_steps."""
+    sampler = sampler or self.config.sampler
+    steps = steps or self.config.ddim_steps
     bs = min(self.config.batch_size, n)
     shape = (bs,) + tuple(self.setup.image_shape)
     out = []
     for i in range(-(-n // bs)):
       k = jax.random.fold_in(key, i)
-      if self.config.sampler == "ddim":
+      if sampler == "ddim":
         x = diffusion.ddim_sample(
           self.eps_fn,
           params,
           self.schedule,
           k,
           shape,
-          num_steps=self.config.ddim_steps,
+          num_steps=steps,
           eta=self.config.eta,
         )
       else:
@@ -116,19 +122,48 @@ class Evaluator:
       )
     )
 
-  def __call__(self, params, scheme: str) -> Dict[str, Any]:
+  def quality(self, samples: np.ndarray) -> Dict[str, float]:
+    """FID and KID (mean, std over 100 subsets) vs the test split."""
     from fedqjax import metrics  # pylint: disable=g-import-not-at-top
 
+    ref = self.reference_features()
+    feats = self._features(samples)
+    m = min(self.config.kid_subset_size, len(feats), len(ref))
+    k_mean, k_std = metrics.kid(feats, ref, num_subsets=100, subset_size=m)
+    return dict(
+      fid=float(metrics.fid_from_features(feats, ref)),
+      kid=float(k_mean),
+      kid_std=float(k_std),
+    )
+
+  def sampler_curve(self, params, key, main: Dict[str, float]):
+    """{label: {sampler, steps, fid, kid, kid_std}} for every sampler the
+    sampling energy report prices (`sampling_report.samplers`), each on
+    eval.num_samples samples of the same noise key; the main sampler's
+    scores (`main`, when computed) are reused."""
+    from experiments.fl_sweep import sampling_report  # pylint: disable=g-import-not-at-top
+
+    out = {}
+    for name, steps in sampling_report.samplers(self.setup.config):
+      label = sampling_report.label(name, steps)
+      if main and sampling_report.is_main(self.setup.config, name, steps):
+        scores = dict(main)
+      else:
+        scores = self.quality(
+          self.sample(params, key, self.config.num_samples, name, steps)
+        )
+      out[label] = dict(sampler=name, steps=steps, **scores)
+    return out
+
+  def __call__(self, params, scheme: str) -> Dict[str, Any]:
     key = jax.random.key(self.setup.config.seed + 12345)  # same noise for all
     samples = self.sample(params, key, self.config.num_samples)
     out: Dict[str, Any] = {"grid": image_grid(samples[: self.config.grid])}
     if self.config.fid:
-      ref = self.reference_features()
-      feats = self._features(samples)
-      out["fid"] = float(metrics.fid_from_features(feats, ref))
-      m = min(self.config.kid_subset_size, len(feats), len(ref))
-      k_mean, k_std = metrics.kid(feats, ref, num_subsets=100, subset_size=m)
-      out["kid"], out["kid_std"] = float(k_mean), float(k_std)
+      out.update(self.quality(samples))
+    if self.config.sampler_curve:
+      main = {k: out[k] for k in ("fid", "kid", "kid_std") if k in out}
+      out["sampler_curve"] = self.sampler_curve(params, key, main)
     if self.config.vlb_size:
       out["vlb_bits_per_dim"] = self.bits_per_dim(params)
     return out
