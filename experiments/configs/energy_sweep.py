@@ -15,9 +15,12 @@ Usage:
   python -m experiments.energy_sweep \
       --config=experiments/configs/energy_sweep.py:small --workdir=/tmp/es_small
 
-Presets: `default` (about 50 scenarios x 10 device draws, under a minute on 2
-CPU cores) and `small` (the notebook's and the tests': 2 draws, short axes,
-a synthetic 100k-parameter model; seconds). Every key, its default (the
+Presets: `default` (about 60 scenarios x 10 device draws, under a minute on 2
+CPU cores), `small` (the notebook's and the tests': 2 draws, short axes,
+a synthetic 100k-parameter model; seconds) and `yang2021` (the default with
+config.regime=yang2021: Yang et al., IEEE TWC 2021, Sec. VI's devices,
+N = 50, D_k = 500 samples per round; the values come from
+fedqjax.energy.regimes.REGIMES, experiments/energy_sweep/regime.py). Every key, its default (the
 `default` preset) and its valid range is declared once, in
 experiments/energy_sweep/settings.py; this file overrides what a preset
 changes. Every key is validated before anything is computed: a bad value
@@ -32,7 +35,8 @@ from experiments.energy_sweep import settings
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-  """Returns the energy sweep config for `preset` in {"default", "small"}."""
+  """The energy sweep config for `preset` in {"default", "small",
+  "yang2021"}."""
   if preset not in settings.PRESETS:
     raise ValueError(
       f"preset {preset!r} is invalid; valid: {', '.join(settings.PRESETS)}"
@@ -48,4 +52,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.axes.model = ("10000", "100000")
     c.axes.p_max_w = (0.1, 0.2)
     c.axes.f_max_hz = (1e9, 2e9)
+    c.axes.cycles_per_sample = (1e4, 1e6, 1e8)
+  if preset == "yang2021":
+    c.regime = "yang2021"
   return c

@@ -32,6 +32,7 @@ from fedqjax.energy.allocator import deadline_for
 from fedqjax.energy.devices import (
   Devices,
   EnergyConfig,
+  cycles_factor,
   sample_devices_from_keys,
 )
 from fedqjax.energy.policies import allocate_policies
@@ -133,9 +134,30 @@ def population(
   return sample_devices_from_keys(cfg, keys), keys
 
 
+def with_cycles(d: Devices, keys, cycles, flops, spread) -> Devices:
+  """Devices whose c_k = cycles x U[1 - spread, 1 + spread] where
+  cycles > 0 (traced, [L]): flops_per_cycle = flops / c_k, the factor from
+  fold_in(key, 7), as `sample_devices_from_keys` with
+  EnergyConfig.cycles_per_sample set; cycles = 0 keeps the FLOPs regime's."""
+  u = jax.vmap(lambda k: cycles_factor(k, spread, (), d.gain.dtype))(keys)
+  c_k = cycles * u
+  fpc = jnp.where(cycles > 0, flops / jnp.where(cycles > 0, c_k, 1.0), 0.0)
+  return d.replace(
+    flops_per_cycle=jnp.where(cycles > 0, fpc, d.flops_per_cycle)
+  )
+
+
 def _scenario_devices(seed, draw, index, scen, sc, st: Statics):
-  """Each (scenario, draw)'s devices: its W / N, p_max, f_max, fading."""
+  """Each (scenario, draw)'s devices: its W / N, p_max, f_max, fading,
+  cycles per sample."""
   d, keys = population(st.devices, seed, draw, index)
+  d = with_cycles(
+    d,
+    keys,
+    sc["cycles"][scen],
+    sc["flops"][scen],
+    st.devices.cycles_spread,
+  )
   n = sc["n"][scen].astype(d.gain.dtype)
   d = d.replace(
     bandwidth_hz=sc["W"][scen] / n,

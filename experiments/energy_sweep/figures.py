@@ -13,11 +13,14 @@
   bits_histogram       base scenario: the on-demand bit-widths.
   heatmap              the two heat-map axes: (ondemand, kkt) energy per
                        device and the (fp32, kkt) / (ondemand, kkt) ratio.
+  saving_vs_comp_share the cycles_per_sample axis: E(fp32) / E(ondemand)
+                       against fp32's computation share, the regimes
+                       marked (figure_regimes.py).
 Axes spanning a decade or more are drawn on log scales.
 
 Every figure is a `matplotlib.figure.Figure` of its own (no pyplot, no
 backend selection): `make_figures` returns them (a notebook displays them
-with its own backend untouched); `write_figures` saves them as PNGs.
+with its own backend untouched); `write_figures` saves them as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Dict, List
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments.energy_sweep import models
+from experiments.energy_sweep import figure_regimes, models
 from experiments.energy_sweep.settings import AXES, Settings
 
 COLORS = {"fp32": "tab:red", "fixed": "tab:orange", "ondemand": "tab:blue"}
@@ -55,6 +58,7 @@ LABELS = {
   "p_max_w": "p_max (W)",
   "f_max_hz": "f_max (Hz)",
   "fading": "Rayleigh fading",
+  "cycles_per_sample": "cycles per sample c",
 }
 DPI = 100
 Rows = List[Dict[str, Any]]
@@ -326,16 +330,21 @@ def make_figures(
     heat = _heatmap(rows, settings, allocs)
     if heat is not None:
       figs["heatmap"] = heat
+  saving = figure_regimes.saving_vs_comp_share(result, settings, rows)
+  if saving is not None:
+    figs["saving_vs_comp_share"] = saving
   return figs
 
 
 def write_figures(
   rows: Rows, result: Dict[str, Any], settings: Settings, out: str
 ) -> Dict[str, str]:
-  """Saves `make_figures(...)` as `out`/<name>.png; returns name -> path."""
+  """Saves `make_figures(...)` as `out`/<name>.png and .pdf; returns
+  name -> the PNG's path."""
   os.makedirs(out, exist_ok=True)
   paths = {}
   for name, fig in make_figures(rows, result, settings).items():
     paths[name] = os.path.join(out, name + ".png")
     fig.savefig(paths[name], dpi=DPI)
+    fig.savefig(os.path.join(out, name + ".pdf"))
   return paths

@@ -7,7 +7,11 @@ skip the round under "drop"): `total_energy_j` is the round's energy summed
 over them, `energy_per_device_j` divides it by their number, and
 `feasible_frac` says how many they are. A draw with no feasible device has
 no per-device energy (NaN, excluded from that mean; `feasible_frac` shows
-it). `mean_bits` and `payload_mb` (MB = 1e6 bytes) are over all N devices
+it). `comp_share` is E_comp / (E_comp + E_comm) of the round
+(`fedqjax.energy.computation_share`), the mean over the draws of each
+draw's share. `regime` and `cycles_per_sample` say where the computation's
+constants come from (c = 0: the model's FLOPs / FLOPs per cycle).
+`mean_bits` and `payload_mb` (MB = 1e6 bytes) are over all N devices
 (what each would send; the same for every allocation). `write_all` also
 draws the figures (figures.py, which imports matplotlib) when
 `settings.figures` is set.
@@ -22,7 +26,9 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from experiments.energy_sweep import sweep
 from experiments.energy_sweep.settings import Settings
+from fedqjax.energy.regimes import computation_share
 
 SCENARIO_COLUMNS = (
   "axis",
@@ -39,12 +45,15 @@ SCENARIO_COLUMNS = (
   "p_max_w",
   "f_max_hz",
   "fading",
+  "regime",
+  "cycles_per_sample",
 )
 STAT_COLUMNS = (
   "feasible_frac",
   "total_energy_j",
   "comp_energy_j",
   "comm_energy_j",
+  "comp_share",
   "energy_per_device_j",
   "mean_bits",
   "payload_mb",
@@ -67,7 +76,7 @@ def _mean_std(x: np.ndarray):
   return m, float(np.std(x[ok], ddof=1)) if ok.sum() > 1 else 0.0
 
 
-def _scenario_head(prep, st, row) -> Row:
+def _scenario_head(prep, st, row, settings: Settings) -> Row:
   """The scenario columns of one grid row."""
   axis, value, axis2, value2, i = row
   s = prep.scenarios[i]
@@ -86,6 +95,8 @@ def _scenario_head(prep, st, row) -> Row:
     p_max_w=s.p_max_w,
     f_max_hz=s.f_max_hz,
     fading=s.fading,
+    regime=settings.regime,
+    cycles_per_sample=sweep.cycles_of(settings, s),
   )
 
 
@@ -100,6 +111,7 @@ def _per_draw(st, i: int, b: int, p: int, n: float) -> Dict[str, Any]:
     total_energy_j=ec + em,
     comp_energy_j=ec,
     comm_energy_j=em,
+    comp_share=computation_share(ec, em),
     energy_per_device_j=np.where(nf > 0, (ec + em) / np.maximum(nf, 1), np.nan),
     mean_bits=st["bits_sum"][:, i, b] / n,
     payload_mb=st["payload_sum"][:, i, b] / n / 8e6,
@@ -112,7 +124,7 @@ def table_rows(result: Dict[str, Any], settings: Settings) -> List[Row]:
   rows = []
   for grid_row in prep.rows:
     i = grid_row[-1]
-    head = _scenario_head(prep, st, grid_row)
+    head = _scenario_head(prep, st, grid_row, settings)
     n = float(head["num_devices"])
     for b, scheme in enumerate(settings.bits_schemes):
       for p, alloc in enumerate(result["allocations"]):
@@ -167,6 +179,13 @@ def _header(b0: Row, settings: Settings) -> List[str]:
     f"eps scale {b0['eps_scale']:g}, p_max = {b0['p_max_w']:g} W, "
     f"f_max = {b0['f_max_hz'] / 1e9:g} GHz, "
     f"fading {'on' if b0['fading'] else 'off'}; "
+    f"regime {settings.regime} (cycles per sample: "
+    + (
+      f"{b0['cycles_per_sample']:g}"
+      if b0["cycles_per_sample"] > 0
+      else "the model's FLOPs / FLOPs per cycle"
+    )
+    + "); "
     f"{settings.num_seeds} device draws (mean ± std); on-demand bits: "
     f"{settings.bits_source}; {settings.samples_per_round} samples per "
     "round.",
@@ -175,12 +194,13 @@ def _header(b0: Row, settings: Settings) -> List[str]:
     "the round).",
     "",
     "| bits | allocation | energy / device (J) | computation (J) "
-    "| communication (J) | feasible | mean bits | payload (MB) |",
-    "|---|---|---|---|---|---|---|---|",
+    "| communication (J) | comp share | feasible | mean bits "
+    "| payload (MB) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
 
 
-def _ratios(base: List[Row]) -> List[str]:
+def _ratios(base: List[Row], regime: str) -> List[str]:
   """The key ratios of energy per uploading device, as sentences."""
   e = {
     (r["bits_scheme"], r["allocation"]): r["energy_per_device_j"] for r in base
@@ -201,7 +221,9 @@ def _ratios(base: List[Row]) -> List[str]:
     return []
   return [
     "",
-    "Ratios of energy per uploading device: " + "; ".join(ratios) + ".",
+    f"Regime {regime}: ratios of energy per uploading device: "
+    + "; ".join(ratios)
+    + ".",
   ]
 
 
@@ -215,10 +237,11 @@ def summary(rows: List[Row], settings: Settings, result) -> str:
       f"| {r['bits_scheme']} | {r['allocation']} "
       f"| {_pm(r, 'energy_per_device_j')} "
       f"| {r['comp_energy_j'] / n:.4g} | {r['comm_energy_j'] / n:.4g} "
+      f"| {r['comp_share']:.3g} "
       f"| {r['feasible_frac']:.3f} | {r['mean_bits']:.2f} "
       f"| {r['payload_mb']:.4g} |"
     )
-  lines += _ratios(base)
+  lines += _ratios(base, settings.regime)
   t = result["timings"]
   lines += [
     "",

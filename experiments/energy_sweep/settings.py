@@ -14,6 +14,9 @@ A sweep moves one setting at a time around the base scenario (`base`, a
 to () is not swept), and optionally two at once (`heatmap`), and evaluates
 every bits scheme x allocation policy on `num_seeds` device draws
 (experiments/energy_sweep/sweep.py). Models: see `models.py`.
+
+`regime` names where the device-energy constants come from; `parse`
+applies it (experiments/energy_sweep/regime.py).
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ from experiments.common.settings import (
   section,
 )
 from experiments.energy_sweep import models
+from experiments.energy_sweep import regime as regime_lib
 from fedqjax.energy.allocator import DEADLINE_RULES
+from fedqjax.energy.device_checks import CELL_SHAPES
 from fedqjax.energy.devices import EnergyConfig
 from fedqjax.energy.policies import ALLOCATIONS
+from fedqjax.energy.regimes import REGIMES
 from fedqjax.quantization import METHODS
 
-PRESETS = ("default", "small")
+PRESETS = ("default", "small", "yang2021")
 BITS_SCHEMES = ("fp32", "fixed", "ondemand")
 # shared = allocate_shared_bandwidth (W split optimally instead of W / N)
 SWEEP_ALLOCATIONS = ALLOCATIONS + ("shared",)
@@ -50,6 +56,7 @@ _MAX_INT = 2**31 - 1
 
 # One range per scenario value: `base.<axis>` and each of `axes.<axis>`.
 _RANGE = dict(
+  cycles_per_sample=between(0, 1e15),
   num_devices=between(1, MAX_DEVICES),
   deadline_factor=between(0, 1e6, lo_open=True),
   total_bandwidth_hz=between(0, 1e12, lo_open=True),
@@ -96,6 +103,13 @@ class Scenario:
   fading: bool = key(
     False, _RANGE["fading"], "Rayleigh block fading |h|^2 ~ Exp(1)"
   )
+  cycles_per_sample: float = key(
+    0.0,
+    _RANGE["cycles_per_sample"],
+    "0: the regime's c (config.cycles_per_sample) or, regime flops, the "
+    "model's FLOPs / FLOPs per cycle; > 0: c_k = value x U[1 - s, 1 + s], "
+    "s = devices.cycles_spread",
+  )
 
   def with_value(self, axis: str, value: Any) -> "Scenario":
     return dataclasses.replace(self, **{axis: value})
@@ -109,6 +123,12 @@ class Axes:
   alphabetical order (empty axes left out): `dict(settings.axes)`,
   `settings.axes[0][0]`. The CSV rows and the figures' panels follow it.
   """
+
+  # literature (Yang et al.: 1e4-3e4) to FLOPs / 16 of the tiny (6.6e7) and
+  # the paper U-Net (2.2e9) and beyond
+  cycles_per_sample: Tuple[float, ...] = _axis(
+    (1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10), "cycles_per_sample"
+  )
 
   deadline_factor: Tuple[float, ...] = _axis(
     (1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0), "deadline_factor"
@@ -185,6 +205,8 @@ class Devices:
   flops_per_cycle_choices: Tuple[float, ...] = (8.0, 16.0, 32.0)
   eps_choices: Tuple[float, ...] = (1e-3, 1e-2, 5e-2, 1e-1)
   bit_caps: Tuple[int, ...] = key((), doc="() = no caps")
+  cycles_spread: float = key(0.5, doc="c_k = c x U[1 - s, 1 + s]")
+  cell_shape: str = key("disc", doc=" | ".join(CELL_SHAPES))
 
   def energy_config(self) -> EnergyConfig:
     """The library's device settings (the scenario fields at defaults)."""
@@ -207,6 +229,17 @@ _SOURCE = Check(
 class Settings:
   """The energy sweep's settings tree (defaults: the `default` preset)."""
 
+  regime: str = key(
+    "flops",
+    one_of(*REGIMES),
+    "device-energy constants: flops | yang2021 | cycles_per_sample "
+    "(fedqjax.energy.regimes)",
+  )
+  cycles_per_sample: float = key(
+    0.0,
+    between(0, 1e15),
+    "c of regime cycles_per_sample (> 0 then; 0 otherwise)",
+  )
   seed: int = key(
     0,
     between(0, _MAX_INT),
@@ -323,7 +356,8 @@ def parse(config) -> Settings:
   """
   if isinstance(config, Settings):
     return config
-  return settings_lib.parse(Settings, _models_as_names(config), removed=REMOVED)
+  tree = settings_lib.parse(Settings, _models_as_names(config), removed=REMOVED)
+  return regime_lib.apply(tree)
 
 
 # The name the notebook and benchmarks/energy.py use.

@@ -55,10 +55,18 @@ def _ratio(settings: Settings, name: str, q, log) -> float:
   return 1.0  # unused: bits come from the history
 
 
-def _arrays(scen, specs, ratios, tables) -> Dict[str, np.ndarray]:
-  """[S] per-scenario settings and the [S, 32] payload tables."""
+def cycles_of(settings: Settings, scenario) -> float:
+  """The scenario's c (cycles per sample): its own, else the regime's
+  (config.cycles_per_sample); 0 = the model's FLOPs / FLOPs per cycle."""
+  return float(scenario.cycles_per_sample or settings.cycles_per_sample)
+
+
+def _arrays(scen, specs, ratios, tables, c0) -> Dict[str, np.ndarray]:
+  """[S] per-scenario settings and the [S, 32] payload tables (c0: the
+  regime's cycles per sample, for scenarios without their own)."""
   f = lambda get: np.asarray([get(s) for s in scen], np.float32)
   return dict(
+    cycles=f(lambda s: s.cycles_per_sample or c0),
     n=np.asarray([s.num_devices for s in scen], np.int32),
     W=f(lambda s: s.total_bandwidth_hz),
     factor=f(lambda s: s.deadline_factor),
@@ -102,7 +110,7 @@ def prepare(settings: Settings, log: Callable[[str], None] = print) -> Prepared:
   return Prepared(
     scen,
     grid["rows"],
-    _arrays(scen, specs, ratios, tables),
+    _arrays(scen, specs, ratios, tables, settings.cycles_per_sample),
     specs,
     ratios,
     history,

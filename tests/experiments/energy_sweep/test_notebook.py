@@ -45,6 +45,6 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   )
   # write_all saved the same figures as files.
   assert sorted(os.listdir(tmp_path / "nb" / "figures")) == sorted(
-    n + ".png" for n in names
+    n + ext for n in names for ext in (".png", ".pdf")
   )
   assert os.path.exists(tmp_path / "nb" / "results.csv")

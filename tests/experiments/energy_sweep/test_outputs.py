@@ -14,7 +14,7 @@ from fedqjax import energy as E
 from fedqjax.testing.energy_oracles import scipy_energy
 from tests.support.energy import SWEEP_FIGURES
 
-FIGURES = SWEEP_FIGURES
+FIGURES = SWEEP_FIGURES + ("saving_vs_comp_share",)
 
 
 def test_outputs_written(small):

@@ -51,7 +51,7 @@ def test_axes_iterate_as_pairs():
   s = settings_lib.Settings()
   names = [a for a, _ in s.axes]
   assert names == sorted(names) == list(settings_lib.AXES)
-  assert s.axes[0][0] == "deadline_factor"
+  assert s.axes[0][0] == "cycles_per_sample"
   none = dataclasses.replace(s.axes, fading=(), model=())
   assert "fading" not in dict(none) and len(none) == len(s.axes) - 2
 
