@@ -4,7 +4,7 @@ MODEL.md 6, question 1).
 For every model of the sweep and every sampler (DDPM over all T steps; DDIM
 with each of `ddim_steps`), each device of the base scenario's draws
 (`evaluate.population`: draws r < num_seeds, devices j < base.num_devices,
-with the base's f_max) generates `num_images` images: steps x the FLOPs of
+with the base's f_max and, in a cycles regime, its c_k) generates `num_images` images: steps x the FLOPs of
 one step of the sampler's loop body (`fedqjax.diffusion.flops.
 sampling_step_flops`, lowered HLO, as the sweep's training FLOPs) on the
 device model (`fedqjax.energy.sampling_energy`) at f_min (the
@@ -64,13 +64,25 @@ def step_flops(model: str, sampler: str) -> float:
   )
 
 
-def base_devices(settings):
-  """The base scenario's devices over every draw, one flat [R x N] axis."""
+def base_devices(settings, flops_per_sample: float):
+  """The base scenario's devices over every draw, one flat [R x N] axis:
+  its f_max and, in a cycles regime (`sweep.cycles_of` > 0), its c_k
+  (flops_per_cycle = the model's training FLOPs per sample / c_k, so that
+  sampling costs c_k x its FLOPs over the training FLOPs)."""
+  from experiments.energy_sweep import sweep  # pylint: disable=g-import-not-at-top
+
   r, n = settings.num_seeds, settings.base.num_devices
   draw = np.repeat(np.arange(r), n).astype(np.int32)
   index = np.tile(np.arange(n), r).astype(np.int32)
-  d, _ = evaluate.population(
+  d, keys = evaluate.population(
     settings.devices.energy_config(), settings.seed, draw, index
+  )
+  d = evaluate.with_cycles(
+    d,
+    keys,
+    sweep.cycles_of(settings, settings.base),
+    flops_per_sample,
+    settings.devices.cycles_spread,
   )
   f_max = jnp.full_like(d.f_max_hz, settings.base.f_max_hz)
   return d.replace(f_max_hz=f_max)
@@ -122,10 +134,10 @@ def sampling_rows(
   bad = [k for k in ddim_steps if not 1 <= k <= T]
   if bad:
     raise ValueError(f"sampling ddim_steps={bad} is invalid; valid: 1..{T}")
-  devices = base_devices(settings)
   samplers = [("ddpm", T)] + [("ddim", int(k)) for k in sorted(ddim_steps)]
   rows = []
   for name, spec in prepared.models.items():
+    devices = base_devices(settings, spec.flops_per_sample)
     for sampler, steps in samplers:
       flops = step_flops(name, sampler)
       rows.append(

@@ -104,3 +104,27 @@ def test_write_and_sweep_models(tmp_path):
 def test_bad_ddim_steps_name_the_range(steps):
   with pytest.raises(ValueError, match=r"ddim_steps=.*valid: 1\.\.1000"):
     sampling.sampling_rows(_settings(), _prepared("1000"), ddim_steps=steps)
+
+
+def test_cycles_regime_prices_c_k_times_the_flops_ratio():
+  """With c cycles per training sample (spread 0: c_k = c), a device spends
+  c x step FLOPs / training FLOPs cycles per image-step."""
+  c = config_mod.get_config("small")
+  c.base.cycles_per_sample = 1e6
+  c.devices.cycles_spread = 0.0
+  s = settings_lib.parse(c)
+  row = sampling.sampling_rows(
+    s, _prepared("100000"), ddim_steps=(10,), num_images=2
+  )[1]
+  n = s.base.num_devices
+  d, _ = evaluate.population(
+    s.devices.energy_config(),
+    s.seed,
+    np.repeat(np.arange(s.num_seeds), n),
+    np.tile(np.arange(n), s.num_seeds),
+  )
+  flops = 1e5 * sampling.PAPER_STEP_FLOPS / models.PAPER_PARAMS
+  train = models.model_spec("100000").flops_per_sample
+  e = np.asarray(d.tau, np.float64) * 2 * 10 * flops / train * 1e6 * 0.1e9**2
+  assert row["energy_fmin_j_mean"] == pytest.approx(e.mean(), rel=1e-5)
+  assert row["energy_fmin_j_max"] == pytest.approx(e.max(), rel=1e-5)
