@@ -122,6 +122,8 @@ def next_state(
     dropped_client_rounds=(
       state.dropped_client_rounds + m["dropped_client_rounds"]
     ),
+    deadline_misses=state.deadline_misses + m["deadline_misses"],
+    energy_wasted_j=state.energy_wasted_j + m["energy_wasted_j"],
   )
 
 
