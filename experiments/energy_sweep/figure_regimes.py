@@ -145,7 +145,7 @@ def saving_vs_comp_share(result, settings: Settings, rows) -> Optional[Figure]:
   if cv is None:
     return None
   alloc = result["allocations"][0]
-  fig = Figure(figsize=(7.5, 4.0))
+  fig = Figure(figsize=(8.0, 4.4))
   ax = fig.subplots()
   ax.fill_between(
     cv["x"],
@@ -182,8 +182,8 @@ def saving_vs_comp_share(result, settings: Settings, rows) -> Optional[Figure]:
   ax.set_xlabel("fp32 computation share E_comp / (E_comp + E_comm)", fontsize=9)
   ax.set_ylabel(f"E(fp32) / E(ondemand), {alloc}", fontsize=9)
   ax.set_title(
-    f"regime {settings.regime}: on-demand saving vs computation share "
-    f"(axis {AXIS})",
+    f"regime {settings.regime}: on-demand saving vs computation share\n"
+    f"(axis {AXIS}, {settings.samples_per_round} samples per round)",
     fontsize=9,
   )
   ax.tick_params(labelsize=8)

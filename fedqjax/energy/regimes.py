@@ -102,8 +102,13 @@ paper writes "10 dB"; read as dBm, a power); B = 20 MHz in total
 as the `shared` allocation does); D_k = 500 samples (samples_per_step 500:
 one local iteration is one pass over D_k).
 Not from the paper: f_min_hz = 1e6 Hz (the paper has 0 <= f <= f_max;
-EnergyConfig needs f_min > 0; 1 MHz is far below any optimum, check that it
-never binds); min_distance_m keeps its default (10 m). The paper's own
+EnergyConfig needs f_min > 0). It does bind: at T ~ 1e3 s and c n ~ 1e7
+cycles the deadline and split policies would run at ~1e4 Hz, and the
+energy-optimal f of a low bit-width upload can fall below 1 MHz (fp32
+uploads of the paper U-Net stay above 10 MHz). The computation it forces is
+at most tau c n f_min^2 = 1e-28 x 3e4 x 500 x 1e12 = 1.5e-9 J per device and
+round, below 1e-6 of any of these uploads' energy, so no total moves.
+min_distance_m keeps its default (10 m). The paper's own
 upload is s = 28.1 kbit; ours is the quantized DDPM update.
 Fields set: num_devices, cell_shape, radius_m, pathloss_const_db,
 pathloss_exp_db, shadowing_db, noise_psd_dbm_hz, cycles_per_sample,
