@@ -51,7 +51,7 @@ _parse = _MAIN.parser(_SETTINGS)
 def main(argv):
   del argv
   # pylint: disable-next=g-import-not-at-top
-  from experiments.energy_sweep import outputs, sweep
+  from experiments.energy_sweep import outputs, sampling, sweep
 
   settings, workdir = _SETTINGS[0], FLAGS.workdir
   log = logging.getLogger(logs.LOGGER).info
@@ -65,11 +65,13 @@ def main(argv):
     cli.exit_with_error(message)
   result = sweep.run(settings, log, prepared)
   outputs.write_all(result, settings, workdir)
+  sampling.write(sampling.sampling_rows(settings, prepared), workdir)
   with open(os.path.join(workdir, "summary.md")) as f:
     print(f.read())
   figures = f", figures: {workdir}/figures/" if settings.figures else ""
   print(
-    f"results: {workdir}/results.csv, summary: {workdir}/summary.md"
+    f"results: {workdir}/results.csv, sampling energy: {workdir}/"
+    f"sampling.csv, summary: {workdir}/summary.md"
     f"{figures} ({time.perf_counter() - t0:.1f} s)",
     flush=True,
   )

@@ -28,7 +28,7 @@ def process_of(config, deadline_s: float) -> channel_lib.ChannelProcess:
   c = config.channel
   rho = c.rho
   if c.doppler_hz > 0:
-    rho = float(abs(channel_lib.jakes_rho(c.doppler_hz, deadline_s)))
+    rho = channel_lib.jakes_rho(c.doppler_hz, deadline_s)
   return channel_lib.ChannelProcess(
     rho=rho,
     estimate_delay=c.estimate_delay,
@@ -61,6 +61,5 @@ def round_devices(
     return devices
   from fedqjax import federated  # pylint: disable=g-import-not-at-top
 
-  planned, realized = traj
-  d = devices.replace(gain=planned[rnd - 1], realized_gain=realized[rnd - 1])
+  d = channel_lib.devices_at_round(devices, *traj, rnd - 1)
   return d if mesh is None else federated.replicate(d, mesh)

@@ -28,7 +28,7 @@ import numpy as np
 
 from experiments.common import distributed
 from experiments.fl_sweep import progress as console
-from experiments.fl_sweep import provenance, records
+from experiments.fl_sweep import provenance, records, sampling_report
 from experiments.fl_sweep import results as results_lib
 from experiments.fl_sweep import settings as settings_tree
 from experiments.fl_sweep.build import Setup, build, load_dataset, place
@@ -231,6 +231,11 @@ def run_one(setup: Setup, run: Run, workdir: str, progress) -> Dict[str, Any]:
     summary.update(
       final_samples(setup, run, state, out["writer"], sdir, progress)
     )
+  if done and setup.config.eval.energy_images:
+    summary["sampling_energy"] = sampling_report.run_rows(setup, summary)
+    out["writer"].write_scalars(
+      int(c["round"]), sampling_report.scalars(summary["sampling_energy"])
+    )
   out["writer"].flush()
   if is_primary():
     _write_json(os.path.join(sdir, "history.json"), history)
@@ -342,6 +347,9 @@ def train_and_evaluate(
     config, summaries, setups[runs[0].seed], workdir, wall_s=time.time() - t0
   )
   if is_primary():
+    results["sampling_energy"] = sampling_report.write(
+      workdir, setups, summaries
+    )["rows"]
     results_lib.write_results(workdir, results)
     report.write_figures(workdir, results)
   return results

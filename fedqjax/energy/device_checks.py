@@ -27,17 +27,14 @@ def _is_bad_number(x: Any) -> bool:
   )
 
 
-def check_energy_config(config) -> None:
+def check_energy_config(cfg) -> None:
   """Checks every field of an `EnergyConfig`; raises InvalidSetting naming
   the field, its value and the valid range."""
 
   def bad(name, rng):
-    raise InvalidSetting("EnergyConfig", name, getattr(config, name), rng)
+    raise InvalidSetting("EnergyConfig", name, getattr(cfg, name), rng)
 
-  if (
-    not isinstance(config.num_devices, (int, np.integer))
-    or config.num_devices < 1
-  ):
+  if not isinstance(cfg.num_devices, (int, np.integer)) or cfg.num_devices < 1:
     bad("num_devices", "integer >= 1")
   positive = (
     "radius_m",
@@ -49,43 +46,43 @@ def check_energy_config(config) -> None:
     "tau_mean",
   )
   for name in positive:
-    v = getattr(config, name)
+    v = getattr(cfg, name)
     if _is_bad_number(v) or v <= 0:
       bad(name, "finite and > 0")
   for name in ("pathloss_const_db", "pathloss_exp_db", "noise_psd_dbm_hz"):
-    if _is_bad_number(getattr(config, name)):
+    if _is_bad_number(getattr(cfg, name)):
       bad(name, "finite")
-  if _is_bad_number(config.shadowing_db) or config.shadowing_db < 0:
+  if _is_bad_number(cfg.shadowing_db) or cfg.shadowing_db < 0:
     bad("shadowing_db", "finite and >= 0")
-  if config.min_distance_m >= config.radius_m:
-    bad("min_distance_m", f"(0, radius_m={config.radius_m})")
-  if config.f_min_hz >= config.f_max_hz:
-    bad("f_min_hz", f"(0, f_max_hz={config.f_max_hz})")
-  if _is_bad_number(config.tau_spread) or not 0 <= config.tau_spread < 1:
+  if cfg.min_distance_m >= cfg.radius_m:
+    bad("min_distance_m", f"(0, radius_m={cfg.radius_m})")
+  if cfg.f_min_hz >= cfg.f_max_hz:
+    bad("f_min_hz", f"(0, f_max_hz={cfg.f_max_hz})")
+  if _is_bad_number(cfg.tau_spread) or not 0 <= cfg.tau_spread < 1:
     bad("tau_spread", "[0, 1)")
-  cps = config.cycles_per_sample
+  cps = cfg.cycles_per_sample
   if cps is not None and (_is_bad_number(cps) or cps <= 0):
     bad("cycles_per_sample", "None or finite and > 0")
-  if _is_bad_number(config.cycles_spread) or not 0 <= config.cycles_spread < 1:
+  if _is_bad_number(cfg.cycles_spread) or not 0 <= cfg.cycles_spread < 1:
     bad("cycles_spread", "[0, 1)")
-  if config.cell_shape not in CELL_SHAPES:
+  if cfg.cell_shape not in CELL_SHAPES:
     bad("cell_shape", " | ".join(CELL_SHAPES))
-  if config.bandwidth_shares is not None and (
-    not isinstance(config.bandwidth_shares, (int, np.integer))
-    or config.bandwidth_shares < 1
+  if cfg.bandwidth_shares is not None and (
+    not isinstance(cfg.bandwidth_shares, (int, np.integer))
+    or cfg.bandwidth_shares < 1
   ):
     bad("bandwidth_shares", "None or integer >= 1")
-  if not config.flops_per_cycle_choices or any(
-    _is_bad_number(float(c)) or c <= 0 for c in config.flops_per_cycle_choices
+  if not cfg.flops_per_cycle_choices or any(
+    _is_bad_number(float(c)) or c <= 0 for c in cfg.flops_per_cycle_choices
   ):
     bad("flops_per_cycle_choices", "non-empty, each finite and > 0")
-  if not config.eps_choices or any(
-    _is_bad_number(float(e)) or e <= 0 for e in config.eps_choices
+  if not cfg.eps_choices or any(
+    _is_bad_number(float(e)) or e <= 0 for e in cfg.eps_choices
   ):
     bad("eps_choices", "non-empty, each finite and > 0")
-  if config.bit_caps is not None and (
-    not config.bit_caps
-    or any(int(b) != b or not 1 <= b <= 32 for b in config.bit_caps)
+  if cfg.bit_caps is not None and (
+    not cfg.bit_caps
+    or any(int(b) != b or not 1 <= b <= 32 for b in cfg.bit_caps)
   ):
     bad("bit_caps", "None or non-empty integers in [1, 32]")
 

@@ -190,14 +190,14 @@ def pathloss_db(
   return const_db + exp_db * jnp.log10(distance_m / 1000.0)
 
 
-def _need_flops(config: EnergyConfig, flops_per_sample, who: str) -> None:
-  if config.cycles_per_sample is not None and flops_per_sample is None:
+def _need_flops(cfg: EnergyConfig, flops_per_sample, who: str) -> None:
+  if cfg.cycles_per_sample is not None and flops_per_sample is None:
     raise InvalidSetting(
       who,
       "flops_per_sample",
       None,
       "the model's training FLOPs per sample (> 0), required when "
-      f"EnergyConfig.cycles_per_sample={config.cycles_per_sample!r} is set",
+      f"EnergyConfig.cycles_per_sample={cfg.cycles_per_sample!r} is set",
     )
 
 
@@ -288,11 +288,11 @@ def _sample_devices(
   return _draw(config, key, (n,), flops)
 
 
-def _distance(config: EnergyConfig, key: PRNGKey, n, dtype) -> Array:
+def _distance(cfg: EnergyConfig, key: PRNGKey, n, dtype) -> Array:
   """Distances to the base station: uniform in the disc's annulus, or in
   the square [-r, r]^2 clipped below at min_distance_m."""
-  r0, r1 = config.min_distance_m, config.radius_m
-  if config.cell_shape == "square":
+  r0, r1 = cfg.min_distance_m, cfg.radius_m
+  if cfg.cell_shape == "square":
     xy = jax.random.uniform(key, n + (2,), dtype, -r1, r1)
     return jnp.maximum(jnp.hypot(xy[..., 0], xy[..., 1]), r0)
   # Uniform in the annulus: the CDF of d is quadratic, hence the sqrt.

@@ -68,14 +68,19 @@ def test_small_run_matches_the_library(tmp_path, energy_cli, small):
     out.rstrip()
     .splitlines()[-1]
     .startswith(
-      f"results: {workdir}/results.csv, summary: {workdir}/summary.md ("
+      f"results: {workdir}/results.csv, sampling energy: {workdir}/"
+      f"sampling.csv, summary: {workdir}/summary.md ("
     )
   )
   progress = err.splitlines()
   assert any("energy_sweep: call 0 done: " in ln for ln in progress), err
   cpp = [ln for ln in progress if ln[:1] in "IWEF" and ln[1:5].isdigit()]
   assert not cpp, cpp  # no C++ log lines
-  assert sorted(os.listdir(workdir)) == ["results.csv", "summary.md"]
+  assert sorted(os.listdir(workdir)) == [
+    "results.csv",
+    "sampling.csv",
+    "summary.md",
+  ]
   with (
     open(workdir / "results.csv") as f,
     open(os.path.join(small[3], "results.csv")) as g,

@@ -124,7 +124,8 @@ def channel_run(tmp_path_factory):
       "channel.rho": 0.5,
       "channel.estimate_delay": 1,
       "fed.rounds": 4,
-      "eval.num_samples": 0,
+      "eval.num_samples": 2,
+      "eval.grid": 2,
     }
   )
   return workdir, train.train_and_evaluate(c, workdir)
@@ -141,9 +142,12 @@ def test_channel_run_reports_misses_waste_and_comp_share(channel_run):
   assert 0 < kkt["deadline_misses"] <= 12
   assert kkt["energy_wasted_j"] > 0
   assert kkt["energy_wasted_j"] <= kkt["total_energy_j"]
-  # The literature regime: computation is a sliver of the energy.
+  # comp_share is the row's own split (this tiny U-Net uploads ~10^4
+  # parameters, so even the literature regime is computation-bound here:
+  # tests/fedqjax/energy/test_regimes.py checks the 35.7M-parameter case).
   for r in rows.values():
-    assert 0 < r["comp_share"] < 0.05, r
+    share = r["comp_energy_j"] / (r["comp_energy_j"] + r["comm_energy_j"])
+    np.testing.assert_allclose(r["comp_share"], share, rtol=1e-6)
   assert results["meta"]["energy_regime"] == "yang2021"
   assert results["meta"]["channel"] == "gauss_markov"
   with open(os.path.join(workdir, "results.csv")) as f:
