@@ -11,6 +11,7 @@ upload meets (the compiled round is the same for every round).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Tuple
 
 import jax
@@ -18,23 +19,30 @@ import numpy as np
 
 from fedqjax import energy
 from fedqjax.energy import channel as channel_lib
+from fedqjax.energy import channel_margin
 
 Trajectory = Tuple[np.ndarray, np.ndarray]  # planned, realized [R, N]
 
 
 def process_of(config, deadline_s: float) -> channel_lib.ChannelProcess:
   """The ChannelProcess of `config.channel` (Jakes' rho from doppler_hz
-  and the round deadline when doppler_hz > 0)."""
+  and the round deadline when doppler_hz > 0; with miss_target > 0 the
+  back-off is the closed-form margin of a deadline-active plan on the
+  stationary channel, `channel_margin.kkt_backoff_db`)."""
   c = config.channel
   rho = c.rho
   if c.doppler_hz > 0:
     rho = channel_lib.jakes_rho(c.doppler_hz, deadline_s)
-  return channel_lib.ChannelProcess(
+  process = channel_lib.ChannelProcess(
     rho=rho,
     estimate_delay=c.estimate_delay,
     estimate_noise=c.estimate_noise,
     backoff_db=c.backoff_db,
   )
+  if c.miss_target > 0:  # the margin for the trajectory's first policy
+    margin = channel_margin.kkt_backoff_db(process, c.miss_target)
+    process = dataclasses.replace(process, backoff_db=margin)
+  return process
 
 
 def trajectory(

@@ -142,11 +142,25 @@ class Channel:
   estimate_delay: int = key(0, between(0, 10_000), "rounds")
   estimate_noise: float = key(0.0, between(0, 1), "relative MSE of h_hat")
   backoff_db: float = key(0.0, between(0, 60), "plan at h_hat x 10^(-dB/10)")
+  miss_target: float = key(
+    0.0,
+    between(0, 0.5, hi_open=True),
+    "> 0: back-off_db = the closed-form margin keeping kkt's miss rate here",
+  )
 
   def validate(self) -> None:
     if self.model == "gauss_markov":
+      if self.miss_target and self.backoff_db:
+        raise Invalid(
+          "backoff_db", self.backoff_db, "0 when miss_target > 0 sets it"
+        )
       return
-    for name in ("doppler_hz", "estimate_delay", "estimate_noise"):
+    for name in (
+      "doppler_hz",
+      "estimate_delay",
+      "estimate_noise",
+      "miss_target",
+    ):
       if getattr(self, name):
         raise Invalid(name, getattr(self, name), "0 with model='static'")
     if self.rho != 1.0 or self.backoff_db:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from experiments.common import settings as settings_lib
-from experiments.fl_sweep import paired, provenance
+from experiments.fl_sweep import channels, paired, provenance
 
 ROW_COLUMNS = (
   "run",
@@ -207,6 +207,7 @@ def assemble(
     deadline_policy=setup.deadline_rule,
     energy_regime=config.energy.regime,
     channel=config.channel.model,
+    **channel_meta(config, setup.deadline_s),
     allocations=list(setup.spec.allocations),
     seeds=list(config.sweep.seeds),
     eps_scales=list(config.sweep.eps_scales),
@@ -228,6 +229,15 @@ def assemble(
   return dict(
     runs=summaries, rows=rows, meta=meta, settings=settings_lib.flatten(config)
   )
+
+
+def channel_meta(config, deadline_s: float) -> Dict[str, Any]:
+  """The channel process the runs met (rho after Jakes, the back-off after
+  miss_target), or nothing for the static channel."""
+  if config.channel.model == "static":
+    return {}
+  p = channels.process_of(config, deadline_s)
+  return dict(channel_rho=p.rho, channel_backoff_db=p.backoff_db)
 
 
 def write_results(workdir: str, results: Dict[str, Any]) -> None:

@@ -96,6 +96,32 @@ def test_cycles_per_sample_regime_draws_the_given_cycles():
   assert np.all((c >= 0.5e5 * (1 - 1e-6)) & (c <= 1.5e5 * (1 + 1e-6)))
 
 
+def test_miss_target_sets_the_closed_form_backoff():
+  from fedqjax.energy import channel_margin
+
+  s = _parse(
+    **{
+      "channel.model": "gauss_markov",
+      "channel.rho": 0.0,
+      "channel.estimate_noise": 0.1,
+      "channel.miss_target": 0.05,
+    }
+  )
+  p = channels.process_of(s, deadline_s=1.0)
+  assert p.backoff_db > 0
+  np.testing.assert_allclose(
+    channel_margin.kkt_miss_probability(p), 0.05, rtol=1e-9
+  )
+  with pytest.raises(ValueError, match=r"config\.channel\.backoff_db=3\.0"):
+    _parse(
+      **{
+        "channel.model": "gauss_markov",
+        "channel.miss_target": 0.05,
+        "channel.backoff_db": 3.0,
+      }
+    )
+
+
 def test_static_channel_gives_the_devices_unchanged():
   s = _parse()
   d = object()
@@ -150,6 +176,8 @@ def test_channel_run_reports_misses_waste_and_comp_share(channel_run):
     np.testing.assert_allclose(r["comp_share"], share, rtol=1e-6)
   assert results["meta"]["energy_regime"] == "yang2021"
   assert results["meta"]["channel"] == "gauss_markov"
+  assert results["meta"]["channel_rho"] == 0.5
+  assert results["meta"]["channel_backoff_db"] == 0.0
   with open(os.path.join(workdir, "results.csv")) as f:
     head, cols = f.readline(), f.readline().strip().split(",")
   assert "regime=yang2021 channel=gauss_markov" in head
