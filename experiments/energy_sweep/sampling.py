@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.energy_sweep import evaluate, models
-from fedqjax.energy.sampling_energy import sampling_energy
+from fedqjax.energy.sampling_energy import cost_stats
 
 FILE = "sampling.csv"
 T = 1000  # DDPM's steps (Ho et al.)
@@ -105,15 +105,9 @@ def _row(spec, sampler, steps, flops, devices, settings, n) -> Dict[str, Any]:
     / (settings.samples_per_round * spec.flops_per_sample),
     devices=int(devices.f_min_hz.shape[0]),
   )
-  for tag, freq in (("fmin", "f_min"), ("fmax", "f_max")):
-    cost = sampling_energy(devices, flops, steps, n, freq=freq)
-    e = np.asarray(cost.energy_j, np.float64)
-    t = np.asarray(cost.time_s, np.float64)
-    for s in _STATS:
-      row[f"energy_{tag}_j_{s}"] = float(getattr(np, s)(e))
-    row[f"energy_per_image_{tag}_j_mean"] = float(e.mean()) / n
-    row[f"time_{tag}_s_mean"] = float(t.mean())
-    row[f"time_{tag}_s_max"] = float(t.max())
+  row.update(cost_stats(devices, flops, steps, n))
+  for tag in ("fmin", "fmax"):
+    row[f"energy_per_image_{tag}_j_mean"] = row[f"energy_{tag}_j_mean"] / n
   return row
 
 

@@ -27,12 +27,10 @@ import logging
 import os
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
-
 from experiments.fl_sweep import figures as figs
 from fedqjax import federated
 from fedqjax.diffusion.flops import sampling_step_flops
-from fedqjax.energy.sampling_energy import sampling_energy
+from fedqjax.energy.sampling_energy import cost_stats
 
 log = logging.getLogger("fedqjax")
 FILE = "sampling_energy.csv"
@@ -100,14 +98,7 @@ def energy_rows(setup) -> List[Dict[str, Any]]:
       gflops_per_step=flops / 1e9,
       images=n,
     )
-    for tag, freq in (("fmin", "f_min"), ("fmax", "f_max")):
-      cost = sampling_energy(devices, flops, steps, n, freq=freq)
-      e = np.asarray(cost.energy_j, np.float64)
-      ts = np.asarray(cost.time_s, np.float64)
-      for s in _STATS:
-        row[f"energy_{tag}_j_{s}"] = float(getattr(np, s)(e))
-      row[f"time_{tag}_s_mean"] = float(ts.mean())
-      row[f"time_{tag}_s_max"] = float(ts.max())
+    row.update(cost_stats(devices, flops, steps, n))
     rows.append(row)
   return rows
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Union
+from typing import Dict, NamedTuple, Union
 
 import jax.numpy as jnp
+import numpy as np
 
 from fedqjax.energy.devices import Devices
 from fedqjax.energy.model import comp_energy, cycles_per_sample
@@ -119,3 +120,23 @@ def sampling_energy(
     feasible = cycles / devices.f_max_hz <= freq * (1 + 1e-6)
   energy = comp_energy(devices.tau, per_image, num_images, f)
   return SamplingCost(energy, time_s, f, feasible)
+
+
+def cost_stats(
+  devices: Devices, flops_per_step: float, steps: int, num_images: int
+) -> Dict[str, float]:
+  """The population's sampling cost at f_min and f_max, host floats:
+  energy_{fmin,fmax}_j_{mean,min,max}, time_{fmin,fmax}_s_{mean,max} (what
+  both programs' sampling tables report)."""
+  out: Dict[str, float] = {}
+  for tag in ("fmin", "fmax"):
+    cost = sampling_energy(
+      devices, flops_per_step, steps, num_images, freq=f"f_{tag[1:]}"
+    )
+    e = np.asarray(cost.energy_j, np.float64)
+    t = np.asarray(cost.time_s, np.float64)
+    for s in ("mean", "min", "max"):
+      out[f"energy_{tag}_j_{s}"] = float(getattr(np, s)(e))
+    out[f"time_{tag}_s_mean"] = float(t.mean())
+    out[f"time_{tag}_s_max"] = float(t.max())
+  return out

@@ -112,3 +112,20 @@ def assert_one_line_errors(procs, cases, workdir: Path, keep: str) -> None:
     for w in words:
       assert w in lines[0], (args, w, lines[0])
   assert sorted(os.listdir(workdir)) == [keep]  # nothing written
+
+
+def tiny_config(**overrides):
+  """The tiny test config (experiments/configs/test.py) with dotted-key
+  overrides, e.g. tiny_config(**{"fed.rounds": 4}); the session's
+  compilation cache (conftest) is used, not the workdir's."""
+  from experiments.configs import test as test_preset  # pylint: disable=g-import-not-at-top
+
+  c = test_preset.get_config()
+  c.compilation_cache = False
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c

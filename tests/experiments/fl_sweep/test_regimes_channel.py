@@ -8,23 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import test as test_config
 from experiments.fl_sweep import build, channels, settings, train
 from fedqjax import energy
 from fedqjax.energy import regimes
+from tests.support import tiny_config
 from tests.support.tensorboard import event_tags
 
 
 def _config(**overrides):
-  c = test_config.get_config()
-  c.compilation_cache = False  # the test session's cache (conftest) is used
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return tiny_config(**overrides)
 
 
 def _parse(**overrides):

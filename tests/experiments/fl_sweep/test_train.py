@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import test as test_config
 from experiments.fl_sweep import train
-from tests.support import TEST_CONFIG, run_cli
+from tests.support import TEST_CONFIG, run_cli, tiny_config
 from tests.support.tensorboard import event_tags
 
 SCHEMES = ("fp32", "ondemand")
@@ -31,16 +31,7 @@ def _rows(results):
 
 
 def _config(**overrides):
-  c = test_config.get_config()
-  c.sweep.schemes = SCHEMES
-  c.compilation_cache = False  # the test session's cache (conftest) is used
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return tiny_config(**{"sweep.schemes": SCHEMES, **overrides})
 
 
 @pytest.fixture(scope="module")
