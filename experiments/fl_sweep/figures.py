@@ -100,7 +100,8 @@ def _curve(
   for r in rounds:
     v = np.asarray([b[r] for b in by], np.float64)
     if band == "range":
-      mean.append(float(np.exp(np.log(v).mean())))
+      with np.errstate(divide="ignore"):  # a 0 (nothing sent yet) -> 0
+        mean.append(float(np.exp(np.log(v).mean())))
       lo.append(v.min())
       hi.append(v.max())
       continue
