@@ -174,7 +174,7 @@ class Eval:
   )
   energy_ddim_steps: Tuple[int, ...] = key(
     (10, 20, 50, 100, 200),
-    each(between(1, 100_000), min_len=0, distinct=True),
+    each(between(1, 100_000), distinct=True),
     "DDIM step counts priced (DDPM-T always; those > T left out)",
   )
   sampler_curve: bool = key(
