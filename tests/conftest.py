@@ -21,8 +21,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 # Whole suite on this 2-core machine, 2026-12-03 (one run each), warm
 # compile cache (a developer's rerun): 728 s this way, 850 s in xdist's
 # default order (most tests first: both at the end of one worker), 773 s as
-# one unit queued first; cold cache (CI): 918 s, 899 s, 946 s, and 1071 s
-# side by side.
+# one unit queued first; cold cache (CI): 918 s and 1028 s (a fresh clone),
+# 899 s, 946 s, and 1071 s side by side.
 _MULTIPROCESS = (
   "tests/experiments/fl_sweep/test_distributed.py",
   "tests/experiments/fl_sweep/test_crash_resume.py",
