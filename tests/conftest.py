@@ -1,14 +1,12 @@
 """Test session setup: a persistent XLA compilation cache shared by all test
 processes (xdist workers, subprocess tests), so identical programs compile
-once per machine; UNet compiles dominate this suite's time on 2 CPU cores."""
+once per machine; UNet compiles dominate this suite's time on 2 CPU cores.
+And the order in which two xdist workers take the modules (below)."""
 
 import os
 
-_CACHE = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  ".pytest_cache",
-  "jax_compilation_cache",
-)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CACHE = os.path.join(_ROOT, ".pytest_cache", "jax_compilation_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
@@ -50,9 +48,8 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
   """The multi-process modules after the rest of their directory."""
   del config
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   missing = [
-    m for m in _MULTIPROCESS if not os.path.exists(os.path.join(root, m))
+    m for m in _MULTIPROCESS if not os.path.exists(os.path.join(_ROOT, m))
   ]
   assert not missing, f"tests/conftest.py _MULTIPROCESS names {missing}"
   multi = [i for i in items if _module(i.nodeid) in _MULTIPROCESS]
