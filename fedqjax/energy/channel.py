@@ -183,7 +183,7 @@ def _cn(key: PRNGKey, shape, dtype) -> Array:
 MAX_CLARKE_ROUNDS = 4096  # rounds + estimate_delay: O(n^3) host time
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # up to 134 MB each
 def clarke_factor(normalized_doppler: float, length: int) -> np.ndarray:
   """A [length, m] (float64, host) with A A^T = the Toeplitz matrix of
   J0(2 pi f_D T |i - j|), i, j < length: h = A z, z ~ CN(0, I_m), is the
@@ -193,8 +193,9 @@ def clarke_factor(normalized_doppler: float, length: int) -> np.ndarray:
   omega = 2 pi f_D T cos(theta), theta uniform) but numerically of low rank
   when f_D T < 1/2: eigenvalues below 1e-12 x the largest (rounding, down
   to -1e-13 here) are dropped, an error under 1e-12 x length in any
-  covariance. Costs O(length^3) once: ~1.5 s at 1000 rounds, ~10 s at 2000
-  on a 2-core CPU; lengths over `MAX_CLARKE_ROUNDS` are refused.
+  covariance. Costs O(length^3) once: ~1.5 s at 1000 rounds, ~10 s at 2000,
+  ~90 s at 4000 (a shared, loaded 2-core x86 CPU); lengths over
+  `MAX_CLARKE_ROUNDS` are refused.
   """
   if length > MAX_CLARKE_ROUNDS:
     raise InvalidSetting(
