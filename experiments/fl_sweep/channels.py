@@ -6,7 +6,10 @@ channel trajectory (planned and realized gains, [rounds, N]) is drawn once
 by `fedqjax.energy.channel.trajectory` from the seed's device stream, so a
 resumed run meets the same channel, and each round gets its row: the
 devices' `gain` is what the allocator plans with, `realized_gain` what the
-upload meets (the compiled round is the same for every round).
+upload meets (the compiled round is the same for every round). The process
+starts at its stationary law (Rayleigh fading from round 0, whatever
+`energy.rayleigh_fading`): the closed-form margin of `channel.miss_target`
+assumes it.
 """
 
 from __future__ import annotations
@@ -25,20 +28,23 @@ Trajectory = Tuple[np.ndarray, np.ndarray]  # planned, realized [R, N]
 
 
 def process_of(config, deadline_s: float) -> channel_lib.ChannelProcess:
-  """The ChannelProcess of `config.channel` (Jakes' rho from doppler_hz
-  and the round deadline when doppler_hz > 0; with miss_target > 0 the
-  back-off is the closed-form margin of a deadline-active plan on the
-  stationary channel, `channel_margin.kkt_backoff_db`)."""
+  """The ChannelProcess of `config.channel`: the AR(1) chain of `rho`, or
+  Clarke's process when doppler_hz > 0 (f_D x the round deadline; its
+  estimate d rounds old has Clarke's lag-d correlation). With miss_target
+  > 0 the back-off is the closed-form margin of a deadline-active plan on
+  the stationary channel, `channel_margin.kkt_backoff_db`."""
   c = config.channel
-  rho = c.rho
-  if c.doppler_hz > 0:
-    rho = channel_lib.jakes_rho(c.doppler_hz, deadline_s)
-  process = channel_lib.ChannelProcess(
-    rho=rho,
+  fields = dict(
     estimate_delay=c.estimate_delay,
     estimate_noise=c.estimate_noise,
     backoff_db=c.backoff_db,
   )
+  if c.doppler_hz > 0:
+    process = channel_lib.ChannelProcess.clarke(
+      c.doppler_hz, deadline_s, **fields
+    )
+  else:
+    process = channel_lib.ChannelProcess(rho=c.rho, **fields)
   if c.miss_target > 0:  # the margin for the trajectory's first policy
     margin = channel_margin.kkt_backoff_db(process, c.miss_target)
     process = dataclasses.replace(process, backoff_db=margin)
@@ -56,7 +62,7 @@ def trajectory(
     devices.large_scale_gain,
     jax.random.fold_in(key, 1),  # the device stream's second use
     config.fed.rounds,
-    stationary_start=config.energy.rayleigh_fading,
+    stationary_start=True,
   )
   return np.asarray(planned), np.asarray(realized)
 

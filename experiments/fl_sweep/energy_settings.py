@@ -50,7 +50,12 @@ class Energy:
   # The library's defaults (MODEL.md section 3), not written again here.
   radius_m: float = _DEVICES.radius_m
   shadowing_db: float = _DEVICES.shadowing_db
-  rayleigh_fading: bool = _DEVICES.rayleigh_fading
+  rayleigh_fading: bool = key(
+    _DEVICES.rayleigh_fading,
+    doc="static channel: |h|^2 ~ Exp(1) redrawn every round. gauss_markov: "
+    "no effect on the rounds (their fading is the process's, Rayleigh from "
+    "round 0); only the one draw of gains the deadline rule reads",
+  )
   total_bandwidth_hz: float = _DEVICES.total_bandwidth_hz
   noise_psd_dbm_hz: float = _DEVICES.noise_psd_dbm_hz
   p_max_w: float = _DEVICES.p_max_w
@@ -127,17 +132,25 @@ class Channel:
 
   static: today's channel (the large-scale gain, or i.i.d. Rayleigh fading
   per round with energy.rayleigh_fading), known exactly. gauss_markov: the
-  small-scale fading h follows h_{r+1} = rho h_r + sqrt(1 - rho^2) w_r (or
-  rho = J0(2 pi doppler_hz T), Jakes, when doppler_hz > 0); the allocator
-  plans on an estimate (estimate_delay rounds old, relative error
-  estimate_noise) backed off by backoff_db; uploads are judged on the
-  realized channel: deadline misses and wasted energy are reported.
+  small-scale fading h is a stationary Rayleigh process that starts at its
+  stationary law, h ~ CN(0, 1), in every run: the AR(1) chain
+  h_{r+1} = rho h_r + sqrt(1 - rho^2) w_r, or, when doppler_hz > 0, Clarke's
+  process, whose lag-k correlation is J0(2 pi doppler_hz T k) at every lag
+  (T the deadline; rounds + estimate_delay <= 4096). The allocator plans on
+  an estimate (estimate_delay rounds old, relative error estimate_noise)
+  backed off by backoff_db; uploads are judged on the realized channel:
+  deadline misses and wasted energy are reported. energy.rayleigh_fading
+  does not change a gauss_markov channel (its fading is always Rayleigh,
+  from round 0); it only changes the one draw of the devices' gains that
+  the deadline rule (energy.deadline_rule) reads.
   """
 
   model: str = key("static", one_of(*CHANNEL_MODELS))
   rho: float = key(1.0, between(0, 1), "per-round fading correlation")
   doppler_hz: float = key(
-    0.0, between(0, 1e6), "> 0: rho = J0(2 pi f_d T), T the deadline"
+    0.0,
+    between(0, 1e6),
+    "> 0: Clarke's process, lag-k correlation J0(2 pi f_d T k), T the deadline",
   )
   estimate_delay: int = key(0, between(0, 10_000), "rounds")
   estimate_noise: float = key(0.0, between(0, 1), "relative MSE of h_hat")

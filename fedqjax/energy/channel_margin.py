@@ -50,42 +50,48 @@ def kkt_miss_probability(process: ChannelProcess) -> float:
   A plan that uses the whole deadline (kkt; deadline/split unless f_min
   binds) misses exactly when |h|^2 < beta |h_hat|^2, beta the back-off
   factor. (h, h_hat) are CN(0, 1) with correlation c, kappa = |c|^2 =
-  (1 - s2) rho^(2 d); the ratio of the two correlated exponentials gives
+  (1 - s2) c(d)^2 (`ChannelProcess.estimate_kappa`: c(d) = rho^d for the
+  AR(1), J0(2 pi f_D T d) for Clarke's process); the ratio of the two
+  correlated exponentials gives
 
-    P = (1 + (beta - 1) / sqrt((1 + beta)^2 - 4 kappa beta)) / 2,
+    P = (1 + (beta - 1) / sqrt(D)) / 2,   D = (1 + beta)^2 - 4 kappa beta,
 
-  1/2 at beta = 1 for ANY estimation error (exchangeable pair). It ignores
-  that a device whose backed-off estimate falls below its feasibility
-  threshold skips the round instead (rare for devices far above it).
+  1/2 at beta = 1 for ANY estimation error (exchangeable pair). Evaluated
+  as P = 2 beta (1 - kappa) / (sqrt(D) (sqrt(D) + 1 - beta)) for beta < 1
+  (the same value, D - (1 - beta)^2 = 4 beta (1 - kappa); no cancellation
+  at tiny P). It ignores that a device whose backed-off estimate falls
+  below its feasibility threshold skips the round instead (rare for devices
+  far above it).
   """
   beta = process.backoff
-  kappa = (1.0 - process.estimate_noise) * process.rho ** (
-    2 * process.estimate_delay
-  )
+  kappa = process.estimate_kappa
   disc = (1.0 + beta) ** 2 - 4.0 * kappa * beta
   if disc <= 0.0:  # perfect estimate, no back-off
     return 0.0
-  return 0.5 * (1.0 + (beta - 1.0) / math.sqrt(disc))
+  root = math.sqrt(disc)
+  if beta >= 1.0:
+    return 0.5 * (1.0 + (beta - 1.0) / root)
+  return 2.0 * beta * (1.0 - kappa) / (root * (root + 1.0 - beta))
 
 
 def kkt_backoff_db(process: ChannelProcess, target: float) -> float:
   """The back-off (dB) whose `kkt_miss_probability` equals `target`.
 
   Solves (1 - beta)^2 = a^2 ((1 + beta)^2 - 4 kappa beta), a = 1 - 2 target,
-  for the root beta in (0, 1]; 0 dB when target >= 1/2 or the estimate is
-  perfect. `process.backoff_db` is ignored.
+  for the root beta in (0, 1]: with b = (1 + a^2 - 2 a^2 kappa) / (1 - a^2),
+  beta = b - sqrt(b^2 - 1), evaluated as 1 / (b + sqrt(b^2 - 1)) with
+  1 - a^2 = 4 target (1 - target) (no cancellation at tiny targets).
+  0 dB when target >= 1/2 or the estimate is perfect. `process.backoff_db`
+  is ignored.
   """
   if not finite_number(target) or not 0 < target < 1:
     raise InvalidSetting("kkt_backoff_db", "target", target, "(0, 1)")
-  kappa = (1.0 - process.estimate_noise) * process.rho ** (
-    2 * process.estimate_delay
-  )
-  a2 = (1.0 - 2.0 * target) ** 2
+  kappa = process.estimate_kappa
   if target >= 0.5 or kappa >= 1.0:
     return 0.0
-  b = (1.0 + a2 - 2.0 * a2 * kappa) / (1.0 - a2)
-  beta = b - math.sqrt(b * b - 1.0)
-  return -10.0 * math.log10(beta)
+  a2 = (1.0 - 2.0 * target) ** 2
+  b = (1.0 + a2 - 2.0 * a2 * kappa) / (4.0 * target * (1.0 - target))
+  return 10.0 * math.log10(b + math.sqrt(b * b - 1.0))
 
 
 @functools.partial(jax.jit, static_argnums=(7,))

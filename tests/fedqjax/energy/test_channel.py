@@ -1,6 +1,7 @@
-"""Tests for fedqjax.energy.channel and channel_margin (issue 29, part 3):
-the Gauss-Markov process and its estimate, the delivery rule on hand-made
-numbers, and the back-off that keeps misses under a target.
+"""Tests for fedqjax.energy.channel and channel_margin: the Gauss-Markov
+process and its estimate, the delivery rule on hand-made numbers, and the
+back-off that keeps misses under a target (Clarke's process and the margin
+at tiny targets: test_channel_clarke.py).
 
 Statistical checks state their failure probability; everything else is exact.
 """
@@ -25,7 +26,7 @@ Z7 = 5.33  # two-sided normal quantile for failure probability 1e-7
 @pytest.mark.parametrize(
   "field, value",
   [
-    ("rho", -0.1),
+    ("rho", -1.1),
     ("rho", 1.5),
     ("rho", float("nan")),
     ("estimate_delay", -1),
@@ -35,6 +36,8 @@ Z7 = 5.33  # two-sided normal quantile for failure probability 1e-7
     ("estimate_noise", -1e-3),
     ("backoff_db", -1.0),
     ("backoff_db", float("inf")),
+    ("normalized_doppler", -0.1),
+    ("normalized_doppler", float("nan")),
   ],
 )
 def test_process_rejects_bad_settings(field, value):
@@ -64,8 +67,15 @@ def test_jakes_rho_known_values():
     np.testing.assert_allclose(
       C.jakes_rho(x / (2 * math.pi), 1.0), _j0_series(x), rtol=1e-10
     )
-  # Past the first zero 2.404825557695773 J0 < 0: clipped to 0.
-  assert C.jakes_rho(3.0 / (2 * math.pi), 1.0) == 0.0
+  # Past the first zero 2.404825557695773 J0 < 0, returned as is (not
+  # clipped): J0(3) = -0.2600519549019335 (A&S table 9.1), J0(2.5) < 0.
+  for x in (2.5, 3.0, 3.8):
+    np.testing.assert_allclose(
+      C.jakes_rho(x / (2 * math.pi), 1.0), _j0_series(x), rtol=1e-10
+    )
+  np.testing.assert_allclose(
+    C.jakes_rho(3.0 / (2 * math.pi), 1.0), -0.2600519549019335, rtol=1e-12
+  )
   with pytest.raises(InvalidSetting):
     C.jakes_rho(-1.0, 1.0)
 
@@ -73,10 +83,19 @@ def test_jakes_rho_known_values():
 def test_static_process_is_the_large_scale_channel_bitwise():
   g = jnp.asarray(10.0 ** np.linspace(-14, -8, 7), jnp.float32)
   planned, realized = C.trajectory(
-    C.ChannelProcess(), g, jax.random.PRNGKey(0), 5
+    C.ChannelProcess(), g, jax.random.PRNGKey(0), 5, stationary_start=False
   )
   np.testing.assert_array_equal(np.asarray(planned), np.tile(g, (5, 1)))
   np.testing.assert_array_equal(np.asarray(realized), np.tile(g, (5, 1)))
+  # By default the process starts stationary: rho = 1 is one Rayleigh draw
+  # per device, frozen over the rounds, known exactly.
+  planned, realized = C.trajectory(
+    C.ChannelProcess(), g, jax.random.PRNGKey(0), 5
+  )
+  planned, realized = np.asarray(planned), np.asarray(realized)
+  np.testing.assert_array_equal(planned, realized)
+  np.testing.assert_array_equal(realized, np.tile(realized[0], (5, 1)))
+  assert not np.allclose(realized[0], g, rtol=1e-3, atol=0)
 
 
 def test_delay_without_noise_is_the_channel_d_rounds_ago_bitwise():

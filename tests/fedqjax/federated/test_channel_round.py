@@ -1,6 +1,6 @@
-"""The round on a time-varying channel with stale / noisy estimates (issue
-29, part 3): devices carry a realized_gain, every policy's plan is judged on
-it, the training follows the first policy's deliveries.
+"""The round on a time-varying channel with stale / noisy estimates: devices
+carry a realized_gain, every policy's plan is judged on it, the training
+follows the first policy's deliveries.
 
 One channel-path compile of the shared vmap spec (through `_step`) (tests.support.federated
 LAYOUTS["vmap_k3"], policies kkt, deadline, max); rounds then cost ~20 ms.
@@ -57,7 +57,11 @@ def test_static_channel_process_is_todays_round_bitwise(params, devices, data8):
   step = _step(spec)
   T = H.generous_deadline(devices, spec, params)
   planned, realized = C.trajectory(
-    C.ChannelProcess(), devices.large_scale_gain, jax.random.PRNGKey(0), 3
+    C.ChannelProcess(),
+    devices.large_scale_gain,
+    jax.random.PRNGKey(0),
+    3,
+    stationary_start=False,
   )
   schemes = [
     fed.make_scheme("ondemand", deadline_s=T),
