@@ -11,7 +11,7 @@
                      energy (mean, 95% interval over seeds) and the paired
                      saving vs fp32/kkt (geometric mean, 95% interval of
                      the per-seed ratios); on-demand at eps scale 1 (else
-                     the first swept); each bar's n (seeds) above it
+                     the first swept); each bar's n (seeds) at its foot
   demand_tradeoff    on-demand per error-demand scale (needs >= 2 scales),
                      each point's n beside it
 
@@ -229,19 +229,17 @@ def _stat(rows, bits, col, alloc=None, eps=None):
   return st["mean"] or np.nan, st["ci95"] or 0.0, st["n"]
 
 
-def _n_labels(ax, x, top, ns) -> None:
-  """Each bar's / point's n (the seeds its interval counts) above it."""
-  for xi, yi, n in zip(x, top, ns):
-    if np.isfinite(yi):
-      ax.annotate(
-        f"n={n}",
-        (xi, yi),
-        xytext=(0, 2),
-        textcoords="offset points",
-        ha="center",
-        va="bottom",
-        fontsize=FONT - 1,
-      )
+def _n_labels(ax, x, ns, y=None) -> None:
+  """The n (seeds its interval counts) of each bar, at its foot (y None),
+  or of each point (x, y), right of it."""
+  for i, (xi, n) in enumerate(zip(x, ns)):
+    if y is None:
+      at = dict(xy=(xi, 0.01), xycoords=ax.get_xaxis_transform(), ha="center")
+    elif np.isfinite(y[i]):
+      at = dict(xy=(xi, y[i]), xytext=(4, 0), textcoords="offset points")
+    else:
+      continue
+    ax.annotate(f"n={n}", va="bottom", fontsize=FONT - 1, **at)
 
 
 def _bars(ax, groups, members, value, ylabel, log=False):
@@ -264,7 +262,7 @@ def _bars(ax, groups, members, value, ylabel, log=False):
       color=COLORS[j % len(COLORS)],
       label=m,
     )
-    _n_labels(ax, x, heights + err[1], [n for _, _, n in stats])
+    _n_labels(ax, x, [n for _, _, n in stats])
   ax.set_xticks(np.arange(len(groups)), groups, fontsize=FONT)
   if log:
     ax.set_yscale("log")
@@ -354,7 +352,7 @@ def demand_figure(workdir, results) -> Optional[Any]:
       capsize=2,
       color=COLORS[0],
     )
-    _n_labels(a, scales, [m + c for m, c, _ in st], [n for _, _, n in st])
+    _n_labels(a, scales, [n for _, _, n in st], [m for m, _, _ in st])
     a.set_xscale("log")
     a.minorticks_off()  # the scales themselves as ticks: no overlap
     a.set_xticks(scales, [f"{x:g}" for x in scales], fontsize=FONT)
