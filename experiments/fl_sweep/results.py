@@ -334,10 +334,10 @@ def markdown_table(results: Dict[str, Any]) -> str:
   (fedqjax.energy.channel), and the paired saving factor vs
   fp32/kkt (geometric mean [95% interval] of the per-seed ratios, against
   the baseline at eps scale `meta["paired_baseline_scale"]`, named in the
-  header when it is not 1). Column `n`: the group's seeds; an interval over
-  fewer (a missing value or baseline) says " n=k", and the paired notes
-  (seeds without a baseline) follow the table. Fits in 100 columns;
-  results.csv has every column, n and seed."""
+  header when it is not 1). Column `n` (before it): the group's seeds; an
+  interval over fewer (a missing value or baseline) says " n=k", and the
+  paired notes (seeds without a baseline) follow the table. Fits in 100
+  columns; results.csv has every column, n and seed."""
   seeds = len(results["meta"].get("seeds", [0]))
   base = results["meta"].get("paired_baseline_scale")
   scales = len({r["eps_scale"] for r in results["rows"]}) > 1
@@ -345,9 +345,9 @@ def markdown_table(results: Dict[str, Any]) -> str:
   head = (
     ["bits", "alloc"]
     + (["eps"] if scales else [])
-    + ["n", "energy J", "comp", "MB", "bits/up", "held-out"]
+    + ["energy J", "comp", "MB", "bits/up", "held-out"]
     + (["missed"] if missed else [])
-    + ["vs fp32/kkt" + ("" if base in (None, 1.0) else f" @eps {base:g}")]
+    + ["n", "vs fp32/kkt" + ("" if base in (None, 1.0) else f" @eps {base:g}")]
   )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r, n in _group_rows(results):
@@ -355,7 +355,6 @@ def markdown_table(results: Dict[str, Any]) -> str:
       [r["bits_scheme"], r["allocation"]]
       + ([f"{r['eps_scale']:g}"] if scales else [])
       + [
-        str(n),
         _pm(r, "total_energy_j", seeds, n),
         _share(r, seeds),
         _pm(r, "uploaded_mb", seeds, n, ci=False),
@@ -363,7 +362,7 @@ def markdown_table(results: Dict[str, Any]) -> str:
         _pm(r, "heldout_loss", seeds, n),
       ]
       + ([_pm(r, "deadline_misses", seeds, n, ci=False)] if missed else [])
-      + [_ratio(r, paired.column("fp32", "kkt"), n)]
+      + [str(n), _ratio(r, paired.column("fp32", "kkt"), n)]
     )
     lines.append("| " + " | ".join(cells) + " |")
   notes = results["meta"].get("paired_notes") or []

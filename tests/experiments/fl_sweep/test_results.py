@@ -140,9 +140,9 @@ def test_console_table_shows_means_over_seeds():
   head, _, line = table.splitlines()
   assert "missed" not in head  # no channel estimate: no misses column
   cells = line.split(" | ")
-  assert cells[2] == "2", cells  # n: the group's seeds
-  assert cells[3].startswith("2 +- ") and "n=" not in cells[3], cells
-  assert cells[4:7] == ["35%", "150", "4"], cells
+  assert cells[2].startswith("2 +- ") and "n=" not in cells[2], cells
+  assert cells[3:6] == ["35%", "150", "4"], cells
+  assert cells[-2] == "2", cells  # n: the group's seeds
 
 
 def test_console_table_shows_misses_when_the_channel_is_estimated():
@@ -177,7 +177,7 @@ def test_console_and_csv_carry_n_and_the_missing_baseline():
   lines = R.markdown_table(dict(rows=rows, meta=meta)).splitlines()
   od = next(x for x in lines if x.startswith("| ondemand | kkt"))
   cells = od.split(" | ")
-  assert cells[2] == "3" and "n=" not in cells[3], cells
+  assert cells[-2] == "3" and "n=" not in cells[2], cells
   assert cells[-1].endswith("n=2 |"), cells  # 10 / 1 and 11 / 2: 2 seeds
   assert any(
     x.startswith("warning: paired savings vs fp32/kkt") and "[2]" in x
