@@ -282,19 +282,9 @@ def _saving(rows, bits, alloc):
   return g, ([[g - lo], [hi - g]] if lo is not None else 0.0), n
 
 
-def _one_scale(rows) -> List[Dict[str, Any]]:
-  """Every scheme at one eps scale: a scheme run at several keeps 1.0 (else
-  its first); the paired columns are recomputed on all of the rows."""
-  rows = paired.add_paired([dict(r) for r in rows])
-  scales: Dict[str, Dict[float, None]] = {}  # ordered sets
-  for r in rows:
-    scales.setdefault(r["bits_scheme"], {})[r["eps_scale"]] = None
-  keep = {b: paired.default_scale(list(s)) for b, s in scales.items()}
-  return [r for r in rows if r["eps_scale"] == keep[r["bits_scheme"]]]
-
-
 def schemes_figure(workdir, results):
-  rows = _one_scale(results["rows"])
+  rows = paired.add_paired([dict(r) for r in results["rows"]])
+  rows = paired.one_scale_per_scheme(rows)  # all rows paired, then one scale
   bits = list(dict.fromkeys(r["bits_scheme"] for r in rows))
   allocs = results["meta"]["allocations"]
   fig, ax = _figure(2, width=5.4)

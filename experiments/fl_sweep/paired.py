@@ -83,6 +83,16 @@ def default_scale(scales: Sequence[float]) -> Optional[float]:
   return 1.0 if 1.0 in scales else float(scales[0])
 
 
+def one_scale_per_scheme(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """The rows of every bits scheme at one eps scale: 1.0 where the scheme
+  has it, else its first (a scheme run at one scale keeps it)."""
+  scales: Dict[str, Dict[float, None]] = {}  # ordered sets
+  for r in rows:
+    scales.setdefault(r["bits_scheme"], {})[r["eps_scale"]] = None
+  keep = {b: default_scale(list(s)) for b, s in scales.items()}
+  return [r for r in rows if r["eps_scale"] == keep[r["bits_scheme"]]]
+
+
 def _is_baseline(r: Dict[str, Any]) -> bool:
   return (r["bits_scheme"], r["allocation"]) in BASELINES
 
