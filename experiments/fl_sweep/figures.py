@@ -10,8 +10,12 @@
   schemes            grouped bars per allocation and bits scheme: total
                      energy (mean, 95% interval over seeds) and the paired
                      saving vs fp32/kkt (geometric mean, 95% interval of
-                     the per-seed ratios)
-  demand_tradeoff    on-demand per error-demand scale (needs >= 2 scales)
+                     the per-seed ratios); on-demand at eps scale 1 (else
+                     the first swept); each bar's n (seeds) at its foot
+  demand_tradeoff    on-demand per error-demand scale (needs >= 2 scales),
+                     each point's n beside it
+
+Curves name their number of seeds (n) in the legend.
   bits_histogram     bit-widths the on-demand devices chose (pooled seeds)
   samples            the sample grids
 
@@ -73,14 +77,15 @@ def _label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
 
 
 def _groups(results, hist) -> Dict[str, List[List[dict]]]:
-  """Histories grouped by bits scheme (and eps scale): one list per seed."""
+  """Histories grouped by bits scheme (and eps scale): one list per seed;
+  the label names the number of seeds (n)."""
   scales = len({s["eps_scale"] for s in results["runs"]}) > 1
   out: Dict[str, List[List[dict]]] = {}
   for s in results["runs"]:
     label = s["bits_scheme"] + (f" eps x{s['eps_scale']:g}" if scales else "")
     if hist.get(s["run"]):
       out.setdefault(label, []).append(hist[s["run"]])
-  return out
+  return {f"{k} (n={len(v)})": v for k, v in out.items()}
 
 
 def _curve(
@@ -212,7 +217,7 @@ def quality_figure(workdir, results, hist, tag):
 
 
 def _stat(rows, bits, col, alloc=None, eps=None):
-  """(mean, ci95) of `col` over the seeds of one (bits, allocation)."""
+  """(mean, ci95, n) of `col` over the seeds of one (bits, allocation)."""
   vals = [
     r.get(col)
     for r in rows
@@ -221,27 +226,43 @@ def _stat(rows, bits, col, alloc=None, eps=None):
     and (eps is None or r["eps_scale"] == eps)
   ]
   st = t_interval(vals)
-  return st["mean"] or np.nan, st["ci95"] or 0.0
+  return st["mean"] or np.nan, st["ci95"] or 0.0, st["n"]
+
+
+def _n_labels(ax, x, ns, y=None) -> None:
+  """The n (seeds its interval counts) of each bar, at its foot (y None),
+  or of each point (x, y), right of it."""
+  for i, (xi, n) in enumerate(zip(x, ns)):
+    if y is None:
+      at = dict(xy=(xi, 0.01), xycoords=ax.get_xaxis_transform(), ha="center")
+    elif np.isfinite(y[i]):
+      at = dict(xy=(xi, y[i]), xytext=(4, 0), textcoords="offset points")
+    else:
+      continue
+    ax.annotate(f"n={n}", va="bottom", fontsize=FONT - 1, **at)
 
 
 def _bars(ax, groups, members, value, ylabel, log=False):
-  """Grouped bars: one group per entry of `groups`, one bar per member."""
+  """Grouped bars: one group per entry of `groups`, one bar per member;
+  `value(group, member)` -> (value, err or [[below], [above]], n)."""
   width = 0.8 / max(1, len(members))
   for j, m in enumerate(members):
-    mean_err = [value(g, m) for g in groups]  # (value, err or [[lo], [hi]])
+    stats = [value(g, m) for g in groups]
     err = np.hstack(
-      [np.broadcast_to(np.reshape(e, (-1, 1)), (2, 1)) for _, e in mean_err]
+      [np.broadcast_to(np.reshape(e, (-1, 1)), (2, 1)) for _, e, _ in stats]
     )  # [2, groups]: below, above
     x = np.arange(len(groups)) + (j - (len(members) - 1) / 2) * width
+    heights = np.asarray([v for v, _, _ in stats], np.float64)
     ax.bar(
       x,
-      [v for v, _ in mean_err],
+      heights,
       width,
       yerr=err,
       capsize=2,
       color=COLORS[j % len(COLORS)],
       label=m,
     )
+    _n_labels(ax, x, [n for _, _, n in stats])
   ax.set_xticks(np.arange(len(groups)), groups, fontsize=FONT)
   if log:
     ax.set_yscale("log")
@@ -249,22 +270,21 @@ def _bars(ax, groups, members, value, ylabel, log=False):
 
 
 def _saving(rows, bits, alloc):
-  """Paired saving vs fp32/kkt: (geometric mean, [below, above] it)."""
+  """Paired saving vs fp32/kkt: (geometric mean, [below, above] it, n)."""
   col = paired.column("fp32", "kkt")
   r = next(
     (r for r in rows if r["bits_scheme"] == bits and r["allocation"] == alloc),
     {},
   )
-  g, lo, hi = (r.get(col + s) for s in ("_gmean", "_lo", "_hi"))
+  g, lo, hi, n = (r.get(col + s) for s in ("_gmean", "_lo", "_hi", "_n"))
   if g is None:
-    return np.nan, 0.0
-  return g, ([[g - lo], [hi - g]] if lo is not None else 0.0)
+    return np.nan, 0.0, 0
+  return g, ([[g - lo], [hi - g]] if lo is not None else 0.0), n
 
 
 def schemes_figure(workdir, results):
-  rows = paired.add_paired(
-    [dict(r) for r in results["rows"] if r["eps_scale"] == 1.0]
-  )
+  rows = paired.add_paired([dict(r) for r in results["rows"]])
+  rows = paired.one_scale_per_scheme(rows)  # all rows paired, then one scale
   bits = list(dict.fromkeys(r["bits_scheme"] for r in rows))
   allocs = results["meta"]["allocations"]
   fig, ax = _figure(2, width=5.4)
@@ -316,12 +336,13 @@ def demand_figure(workdir, results) -> Optional[Any]:
     st = [_stat(rows, "ondemand", col, eps=s) for s in scales]
     a.errorbar(
       scales,
-      [m for m, _ in st],
-      yerr=[c for _, c in st],
+      [m for m, _, _ in st],
+      yerr=[c for _, c, _ in st],
       fmt="o-",
       capsize=2,
       color=COLORS[0],
     )
+    _n_labels(a, scales, [n for _, _, n in st], [m for m, _, _ in st])
     a.set_xscale("log")
     a.minorticks_off()  # the scales themselves as ticks: no overlap
     a.set_xticks(scales, [f"{x:g}" for x in scales], fontsize=FONT)

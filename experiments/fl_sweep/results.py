@@ -2,23 +2,28 @@
 and the energy / upload a scheme spends to reach fp32's quality.
 
 Rows name both scheme axes (`bits_scheme`, `allocation`), the seed and the
-error-demand scale. Group columns (`*_mean`, `*_ci95`) give, per (bits
-scheme, allocation, eps scale), the mean over seeds and the half-width of
-the two-sided 95% Student-t interval (empty with one seed).
+error-demand scale. Group columns (`*_mean`, `*_ci95`, `*_n`) give, per
+(bits scheme, allocation, eps scale), the mean over the n seeds that have a
+finite value, the half-width of the two-sided 95% Student-t interval (empty
+with n < 2), and n; the paired columns (experiments/fl_sweep/paired.py)
+likewise carry their n.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from experiments.common import settings as settings_lib
 from experiments.fl_sweep import channels, paired, provenance
+
+log = logging.getLogger("fedqjax")
 
 ROW_COLUMNS = (
   "run",
@@ -70,7 +75,7 @@ STAT_COLUMNS = (
 )
 CSV_COLUMNS = (
   ROW_COLUMNS
-  + tuple(f"{c}_{s}" for c in STAT_COLUMNS for s in ("mean", "ci95"))
+  + tuple(f"{c}_{s}" for c in STAT_COLUMNS for s in ("mean", "ci95", "n"))
   + paired.COLUMNS
 )
 
@@ -133,19 +138,21 @@ def to_target(
   return dict(energy_to_target_j=None, mb_to_target=None)
 
 
-def t_interval(values: Sequence[float]) -> Dict[str, Optional[float]]:
-  """Mean and the half-width of the two-sided 95% Student-t interval."""
+def t_interval(values: Sequence[float]) -> Dict[str, Any]:
+  """Mean, the half-width of the two-sided 95% Student-t interval and n,
+  over the n finite values (None and NaN left out)."""
   v = np.asarray(
     [x for x in values if x is not None and np.isfinite(x)], np.float64
   )
-  if len(v) == 0:
-    return dict(mean=None, ci95=None)
-  if len(v) < 2:
-    return dict(mean=float(v.mean()), ci95=None)
+  n = len(v)
+  if n == 0:
+    return dict(mean=None, ci95=None, n=0)
+  if n < 2:
+    return dict(mean=float(v.mean()), ci95=None, n=n)
   from scipy import stats  # pylint: disable=g-import-not-at-top
 
-  half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-  return dict(mean=float(v.mean()), ci95=float(half))
+  half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
+  return dict(mean=float(v.mean()), ci95=float(half), n=n)
 
 
 def rows_of(
@@ -175,12 +182,13 @@ def rows_of(
 
 
 def add_group_stats(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """Per (bits, allocation, eps scale): mean and 95% CI over seeds."""
+  """Per (bits, allocation, eps scale): mean, 95% CI and n over seeds."""
   for members in paired.seed_groups(rows):
     for col in STAT_COLUMNS:
       st = t_interval([m.get(col) for m in members])
       for m in members:
-        m[f"{col}_mean"], m[f"{col}_ci95"] = st["mean"], st["ci95"]
+        for s in ("mean", "ci95", "n"):
+          m[f"{col}_{s}"] = st[s]
   return rows
 
 
@@ -198,6 +206,9 @@ def assemble(
   """results.json's content: runs, rows (run x policy) and metadata."""
   histories = {s["run"]: load_history(workdir, s["run"]) for s in summaries}
   rows = rows_of(summaries, histories, float(config.sweep.target_margin))
+  notes = paired.notes(rows)
+  for line in notes:
+    log.warning(line)
   meta = dict(
     preset=config.preset,
     dataset=setup.dataset,
@@ -211,6 +222,8 @@ def assemble(
     allocations=list(setup.spec.allocations),
     seeds=list(config.sweep.seeds),
     eps_scales=list(config.sweep.eps_scales),
+    paired_baseline_scale=paired.resolve_baseline_scale(rows),
+    paired_notes=notes,
     target_margin=float(config.sweep.target_margin),
     heldout_size=int(config.eval.heldout_size),
     eval_samples=config.eval.num_samples,
@@ -256,6 +269,7 @@ def write_results(workdir: str, results: Dict[str, Any]) -> None:
         f"deadline={m['deadline_policy']} regime={m['energy_regime']} "
         f"channel={m['channel']} backend={m['backend']} "
         f"heldout_size={m['heldout_size']} sampler={m['sampler']} "
+        f"paired_baseline_scale={m.get('paired_baseline_scale')} "
         f"settings_hash={m['settings_hash']} git_revision="
         f"{m['git_revision']} device_kind={m['device_kind']} "
         + " ".join(f"{k}={v}" for k, v in m["versions"].items())
@@ -267,25 +281,32 @@ def write_results(workdir: str, results: Dict[str, Any]) -> None:
   os.replace(tmp, os.path.join(workdir, "results.csv"))
 
 
-def _group_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
-  """One row per (bits, allocation, eps scale): the first seed's row (its
-  `*_mean`, `*_ci95` and paired columns describe the whole group)."""
-  seen, out = set(), []
-  for r in results["rows"]:
-    k = (r["bits_scheme"], r["allocation"], r["eps_scale"])
-    if k not in seen:
-      seen.add(k)
-      out.append(r)
-  return out
+def _group_rows(results: Dict[str, Any]) -> List[Tuple[Dict[str, Any], int]]:
+  """One (row, seeds) per (bits, allocation, eps scale): the first seed's
+  row (its `*_mean`, `*_ci95`, `*_n` and paired columns describe the whole
+  group) and how many seeds' rows the group has."""
+  groups = paired.seed_groups(results["rows"])
+  return [(members[0], len(members)) for members in groups]
 
 
-def _pm(r: Dict[str, Any], col: str, seeds: int, ci: bool = True) -> str:
-  """The group's mean over seeds (+- the 95% half-width with `ci`)."""
+def _n_note(r: Dict[str, Any], col: str, group: int) -> str:
+  """ " n=k" when the interval of `col` counts k seeds, not the group's."""
+  n = r.get(col + "_n")
+  return "" if n is None or n == group else f" n={n}"
+
+
+def _pm(
+  r: Dict[str, Any], col: str, seeds: int, group: int, ci: bool = True
+) -> str:
+  """The group's mean over seeds (+- the 95% half-width with `ci`, and its
+  n where it is not the group's)."""
   mean = r.get(f"{col}_mean") if seeds > 1 else r.get(col)
   if mean is None:
     return ""
   half = r.get(f"{col}_ci95") if ci and seeds > 1 else None
-  return f"{mean:.4g}" + (f" +- {half:.2g}" if half is not None else "")
+  if half is None:
+    return f"{mean:.4g}"
+  return f"{mean:.4g} +- {half:.2g}" + _n_note(r, col, group)
 
 
 def _share(r: Dict[str, Any], seeds: int) -> str:
@@ -294,11 +315,16 @@ def _share(r: Dict[str, Any], seeds: int) -> str:
   return "" if v is None or not np.isfinite(v) else f"{100 * v:.0f}%"
 
 
-def _ratio(r: Dict[str, Any], col: str) -> str:
+def _ratio(r: Dict[str, Any], col: str, group: int) -> str:
+  """Geometric mean [95% interval], and n where it is not the group's."""
   g, lo, hi = (r.get(col + s) for s in ("_gmean", "_lo", "_hi"))
   if g is None:
     return ""
-  return f"{g:.3g}x" + (f" [{lo:.3g}, {hi:.3g}]" if lo is not None else "")
+  return (
+    f"{g:.3g}x"
+    + (f" [{lo:.3g}, {hi:.3g}]" if lo is not None else "")
+    + _n_note(r, col, group)
+  )
 
 
 def markdown_table(results: Dict[str, Any]) -> str:
@@ -306,9 +332,14 @@ def markdown_table(results: Dict[str, Any]) -> str:
   mean +- 95% half-width over seeds, computation's share of the energy
   (`comp`; the regime), deadline misses when the channel is estimated
   (fedqjax.energy.channel), and the paired saving factor vs
-  fp32/kkt (geometric mean [95% interval] of the per-seed ratios). Fits in
-  100 columns; results.csv has every column and seed."""
+  fp32/kkt (geometric mean [95% interval] of the per-seed ratios, against
+  the baseline at eps scale `meta["paired_baseline_scale"]`, named in the
+  header when it is not 1). Column `n` (before it): the group's seeds; an
+  interval over fewer (a missing value or baseline) says " n=k", and the
+  paired notes (seeds without a baseline) follow the table. Fits in 100
+  columns; results.csv has every column, n and seed."""
   seeds = len(results["meta"].get("seeds", [0]))
+  base = results["meta"].get("paired_baseline_scale")
   scales = len({r["eps_scale"] for r in results["rows"]}) > 1
   missed = any(r.get("deadline_misses") for r in results["rows"])
   head = (
@@ -316,22 +347,23 @@ def markdown_table(results: Dict[str, Any]) -> str:
     + (["eps"] if scales else [])
     + ["energy J", "comp", "MB", "bits/up", "held-out"]
     + (["missed"] if missed else [])
-    + ["vs fp32/kkt"]
+    + ["n", "vs fp32/kkt" + ("" if base in (None, 1.0) else f" @eps {base:g}")]
   )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in _group_rows(results):
+  for r, n in _group_rows(results):
     cells = (
       [r["bits_scheme"], r["allocation"]]
       + ([f"{r['eps_scale']:g}"] if scales else [])
       + [
-        _pm(r, "total_energy_j", seeds),
+        _pm(r, "total_energy_j", seeds, n),
         _share(r, seeds),
-        _pm(r, "uploaded_mb", seeds, ci=False),
-        _pm(r, "mean_bits", seeds, ci=False),
-        _pm(r, "heldout_loss", seeds),
+        _pm(r, "uploaded_mb", seeds, n, ci=False),
+        _pm(r, "mean_bits", seeds, n, ci=False),
+        _pm(r, "heldout_loss", seeds, n),
       ]
-      + ([_pm(r, "deadline_misses", seeds, ci=False)] if missed else [])
-      + [_ratio(r, paired.column("fp32", "kkt"))]
+      + ([_pm(r, "deadline_misses", seeds, n, ci=False)] if missed else [])
+      + [str(n), _ratio(r, paired.column("fp32", "kkt"), n)]
     )
     lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  notes = results["meta"].get("paired_notes") or []
+  return "\n".join(lines + [f"warning: {x}" for x in notes])

@@ -1,8 +1,10 @@
 """The phases of one federated round, each a small pure function.
 
 `round_step` (round.py) composes them with the client axis lifted by the
-execution layout; `round_step_reference` (reference.py) composes the same
-functions with a Python loop over clients. Data flow (ARCHITECTURE.md):
+execution layout; `round_step_reference` (fedqjax/testing/reference_round.py)
+composes the same per-client functions with a Python loop over clients and
+computes the aggregate and the EMA by its own code. Data flow
+(ARCHITECTURE.md):
 
   select -> screen (skip devices that cannot deliver even their smallest
   payload: they know their channel before training) -> local train ->

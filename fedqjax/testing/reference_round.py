@@ -1,10 +1,13 @@
-"""Sequential reference round: a Python loop over clients composing the same
-phases as `round_step`, one client at a time (what most FL simulators do).
+"""Sequential reference round: a Python loop over clients, one client at a
+time (what most FL simulators do).
 
 Used by tests (the compiled round must equal it) and by benchmarks (the
-"one client after another" baseline). It shares the phases, so it checks the
-client layout, masking and aggregation; what the phases compute is tested
-against independent formulas in the tests.
+"one client after another" baseline). It shares the per-client phases
+(selection, local training, bits and quantization, allocation, delivery),
+so for those it checks the client layout and masking; the server side, the
+aggregation and the EMA, it computes by its own code written from the method
+(`docs/model.md`, "Aggregation and EMA"), so a wrong formula in
+`phases.aggregate` or `phases.update_ema` makes the two rounds differ.
 """
 
 from __future__ import annotations
@@ -43,6 +46,28 @@ def _jitted_pieces_cached(spec: RoundSpec):
   upload = jax.jit(functools.partial(phases.client_upload, spec=spec))
   pack = jax.jit(spec.quantizer.pack)
   return local, upload, pack
+
+
+def _aggregate_flat(flat_w, deq, weight, spec: RoundSpec):
+  """w + lr sum_k m_k n_k Q_k / sum_k m_k n_k ("update": Q_k ~ w_k - w), or
+  w + lr (sum_k m_k n_k Q_k / sum_k m_k n_k - w) ("weights": Q_k ~ w_k);
+  w itself when nobody uploaded (weight = m_k n_k, zero off the uploaders)."""
+  total = jnp.sum(weight)
+  mean = jnp.sum(weight[:, None] * deq, axis=0) / jnp.where(total > 0, total, 1)
+  step = mean if spec.target == "update" else mean - flat_w
+  return jnp.where(total > 0, flat_w + spec.server_lr * step, flat_w)
+
+
+def _ema(ema_params, params, rnd, spec: RoundSpec):
+  """decay e + (1 - decay) w, decay = min(cap, (1 + r) / (warmup + r)) at
+  round r (r = rounds completed before this one)."""
+  r = float(rnd)
+  decay = min(spec.ema_decay, (1.0 + r) / (spec.ema_warmup + r))
+  return jax.tree.map(
+    lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+    ema_params,
+    params,
+  )
 
 
 def round_step_reference(
@@ -88,8 +113,10 @@ def round_step_reference(
     sel.devices, trained, alloc, payload, scheme
   )
   weight = jnp.where(uploaded, sel.counts.astype(jnp.float32), 0.0)
-  new_w = phases.aggregate(w, up.dequantized, weight, spec)
-  ema = phases.update_ema(state.ema_params, new_w, state.round, spec)
+  new_w = spec.quantizer.unpack(
+    _aggregate_flat(flat_w, up.dequantized, weight, spec)
+  )
+  ema = _ema(state.ema_params, new_w, state.round, spec)
   m = round_metrics(
     sel, trained, uploaded, jnp.stack(losses), up, payload, alloc, outcome
   )

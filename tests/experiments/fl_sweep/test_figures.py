@@ -79,3 +79,18 @@ def test_schemes_paired_panel_shows_the_per_seed_ratio(tmp_path):
   # fp32/kkt over the row's energy, same seed: fp32 1 and 1/5, on-demand
   # 12 and 12/5 (constant over seeds, so the interval is a point).
   assert sorted(tops) == pytest.approx(sorted([1.0, 0.2, 12.0, 2.4]))
+
+
+def test_schemes_figure_without_scale_one_shows_on_demand_with_n(tmp_path):
+  """On-demand swept at 0.5 and 2 only (fp32 recorded at 1): its bars are
+  there, at the first scale (0.5), and every bar says its n."""
+  res = _results()
+  for r in res["rows"]:
+    if r["bits_scheme"] == "ondemand":
+      r["eps_scale"] = {1.0: 0.5, 2.0: 2.0}[r["eps_scale"]]
+  fig = figures.schemes_figure(str(tmp_path), res)
+  tops = sorted(p.get_height() for p in fig.axes[1].patches)
+  assert tops == pytest.approx(sorted([1.0, 0.2, 12.0, 2.4]))
+  for ax in fig.axes:
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["n=3"] * 4, labels

@@ -140,8 +140,9 @@ def test_console_table_shows_means_over_seeds():
   head, _, line = table.splitlines()
   assert "missed" not in head  # no channel estimate: no misses column
   cells = line.split(" | ")
-  assert cells[2].startswith("2 +- "), cells
+  assert cells[2].startswith("2 +- ") and "n=" not in cells[2], cells
   assert cells[3:6] == ["35%", "150", "4"], cells
+  assert cells[-2] == "2", cells  # n: the group's seeds
 
 
 def test_console_table_shows_misses_when_the_channel_is_estimated():
@@ -161,3 +162,28 @@ def test_console_table_shows_misses_when_the_channel_is_estimated():
   head, _, line = table.splitlines()
   i = head.split(" | ").index("missed")
   assert line.split(" | ")[i] == "7", line
+
+
+def test_console_and_csv_carry_n_and_the_missing_baseline():
+  """Three seeds, seed 2 without its fp32 run: the paired cell of on-demand
+  says n=2 beside its interval (the group has 3 seeds), a warning line
+  names seed 2, and the CSV has the n columns."""
+  summaries = [
+    _summary(f"od{s}", "ondemand", s, 0.5, energy=1.0 + s) for s in range(3)
+  ] + [_summary(f"fp{s}", "fp32", s, 0.5, energy=10.0 + s) for s in range(2)]
+  rows = R.rows_of(summaries, {}, 0.02)
+  notes = R.paired.notes(rows)
+  meta = dict(seeds=[0, 1, 2], paired_baseline_scale=1.0, paired_notes=notes)
+  lines = R.markdown_table(dict(rows=rows, meta=meta)).splitlines()
+  od = next(x for x in lines if x.startswith("| ondemand | kkt"))
+  cells = od.split(" | ")
+  assert cells[-2] == "3" and "n=" not in cells[2], cells
+  assert cells[-1].endswith("n=2 |"), cells  # 10 / 1 and 11 / 2: 2 seeds
+  assert any(
+    x.startswith("warning: paired savings vs fp32/kkt") and "[2]" in x
+    for x in lines
+  ), lines
+  for c in ("saving_vs_fp32_kkt_n", "total_energy_j_n", "heldout_loss_n"):
+    assert c in R.CSV_COLUMNS, c
+  r = next(r for r in rows if r["run"] == "od0" and r["allocation"] == "kkt")
+  assert r["total_energy_j_n"] == 3 and r["saving_vs_fp32_kkt_n"] == 2
