@@ -6,7 +6,7 @@ Used by tests (the compiled round must equal it) and by benchmarks (the
 (selection, local training, bits and quantization, allocation, delivery),
 so for those it checks the client layout and masking; the server side, the
 aggregation and the EMA, it computes by its own code written from the method
-(`docs/model.md`, "Aggregation and EMA"), so a wrong formula in
+(`docs/model.md` sec. 7, "Aggregation and EMA"), so a wrong formula in
 `phases.aggregate` or `phases.update_ema` makes the two rounds differ.
 """
 
