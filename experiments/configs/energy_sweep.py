@@ -1,4 +1,4 @@
-r"""System-level energy sweep (issue 17): every bits scheme x allocation policy
+r"""System-level energy sweep: every bits scheme x allocation policy
 over deadline, devices, bandwidth, error demand, model size, p_max, f_max and
 fading, one axis at a time around `base` (plus one heat map of two axes).
 

@@ -1,5 +1,5 @@
 """The figure of the energy regimes: what on-demand bits save, against how
-much of the energy is computation (issue 29).
+much of the energy is computation.
 
   saving_vs_comp_share  from the cycles_per_sample axis: x = fp32's
                         computation share E_comp / (E_comp + E_comm) (mean

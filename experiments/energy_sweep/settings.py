@@ -82,7 +82,9 @@ class Scenario:
   """One point of the sweep (`base`; an axis moves one of its values)."""
 
   num_devices: int = key(
-    10, _RANGE["num_devices"], "N devices sharing the bandwidth (MODEL.md: 10)"
+    10,
+    _RANGE["num_devices"],
+    "N devices sharing the bandwidth (docs/model.md: 10)",
   )
   deadline_factor: float = key(
     1.2, _RANGE["deadline_factor"], "T = factor x the deadline rule's statistic"

@@ -126,7 +126,7 @@ CHANNEL_MODELS = ("static", "gauss_markov")
 @dataclasses.dataclass(frozen=True)
 class Channel:
   """How the channel changes between rounds and what the allocator knows
-  (fedqjax.energy.channel; MODEL.md sec. 6 open question 2).
+  (fedqjax.energy.channel).
 
   static: today's channel (the large-scale gain, or i.i.d. Rayleigh fading
   per round with energy.rayleigh_fading), known exactly. gauss_markov: the

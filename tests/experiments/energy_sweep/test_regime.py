@@ -1,4 +1,4 @@
-"""The energy sweep's regimes (issue 29): the `regime` key and its errors,
+"""The energy sweep's regimes: the `regime` key and its errors,
 the cycles_per_sample axis, the comp_share column and the
 saving_vs_comp_share figure."""
 

@@ -1,4 +1,4 @@
-"""The training sweep's energy regimes and time-varying channel (issue 29):
+"""The training sweep's energy regimes and time-varying channel:
 the keys, their errors, and one tiny end-to-end run with both."""
 
 import dataclasses
