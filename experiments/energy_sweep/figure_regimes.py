@@ -1,5 +1,5 @@
 """The figure of the energy regimes: what on-demand bits save, against how
-much of the energy is computation (issue 29).
+much of the energy is computation.
 
   saving_vs_comp_share  from the cycles_per_sample axis: x = fp32's
                         computation share E_comp / (E_comp + E_comm) (mean
@@ -9,7 +9,9 @@ much of the energy is computation (issue 29).
                         ratio (the same devices price both), band = the
                         draws' min to max. Marked on the curve
                         (interpolated in log c): Yang et al. 2021's c = 2e4
-                        cycles/sample and the FLOPs regimes of the tiny and
+                        cycles/sample (yang2021, the paper as transcribed)
+                        and 2e5 (yang2021_code, their public MATLAB code),
+                        and the FLOPs regimes of the tiny and
                         the paper U-Net (c = FLOPs x mean(1 / FLOPs per
                         cycle)); the base scenario as a star.
 
@@ -86,10 +88,13 @@ def marks(settings: Settings) -> List[Any]:
   inv = float(
     np.mean([1.0 / f for f in settings.devices.flops_per_cycle_choices])
   )
-  yang = REGIMES["yang2021"].energy["cycles_per_sample"]
+  yang = [
+    (f"{n} (c = {c:.0e})", c)
+    for n in ("yang2021", "yang2021_code")
+    for c in [REGIMES[n].energy["cycles_per_sample"]]
+  ]
   tiny = models.MODEL_PRESETS["tiny"][2]
-  return [
-    (f"yang2021 (c = {yang:.0e})", yang),
+  return yang + [
     (f"tiny U-Net FLOPs (c = {tiny * inv:.2g})", tiny * inv),
     (
       f"paper U-Net FLOPs (c = {models.PAPER_FLOPS * inv:.2g})",
@@ -100,7 +105,7 @@ def marks(settings: Settings) -> List[Any]:
 
 def _draw_marks(ax, cv, settings: Settings) -> None:
   logc = np.log10(cv["c"])
-  styles = ("v", "s", "D")
+  styles = ("v", "^", "s", "D")
   for (label, c), m in zip(marks(settings), styles):
     if not logc[0] <= np.log10(c) <= logc[-1]:
       continue  # outside the swept range: not interpolated

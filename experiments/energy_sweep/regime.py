@@ -3,14 +3,19 @@
 
   flops              c_k = the model's FLOPs per sample / FLOPs per cycle
                      (nothing changes; config.cycles_per_sample must be 0).
-  yang2021           Yang et al., IEEE TWC 2021, Sec. VI: the library's
-                     REGIMES table (written nowhere else) replaces the
-                     devices section's values and the base scenario's
-                     (num_devices 50, p_max_w 0.01, f_max_hz 2e9,
-                     total_bandwidth_hz 20e6), sets config.cycles_per_sample
-                     to its c (2e4 cycles per sample) and samples_per_round
-                     to its samples_per_step (D_k = 500: one local iteration
-                     is one pass over a device's 500 samples).
+  yang2021           Yang et al., IEEE TWC 2021, Sec. VI as transcribed:
+                     the library's REGIMES table (written nowhere else)
+                     replaces the devices section's values and the base
+                     scenario's (num_devices 50, p_max_w 0.01, f_max_hz
+                     2e9, total_bandwidth_hz 20e6), sets
+                     config.cycles_per_sample to its c (2e4 cycles per
+                     sample) and samples_per_round to its samples_per_step
+                     (D_k = 500: one local iteration is one pass over a
+                     device's 500 samples).
+  yang2021_code      the same for the constants of the public MATLAB code
+                     of that paper's figures (num_devices 20, c = 2e5 with
+                     no spread, so C_k D_k = 1e8; shadowing_law
+                     lognormal_offset; min_distance_m 1).
   cycles_per_sample  c_k = config.cycles_per_sample x U[1 - s, 1 + s]
                      (config.cycles_per_sample > 0 required).
 

@@ -1,5 +1,4 @@
-"""The energy of sampling on the sweep's devices, without training (issue 29;
-MODEL.md 6, question 1).
+"""The energy of sampling on the sweep's devices, without training.
 
 For every model of the sweep and every sampler (DDPM over all T steps; DDIM
 with each of `ddim_steps`), each device of the base scenario's draws
@@ -7,9 +6,10 @@ with each of `ddim_steps`), each device of the base scenario's draws
 with the base's f_max and, in a cycles regime, its c_k) generates `num_images` images: steps x the FLOPs of
 one step of the sampler's loop body (`fedqjax.diffusion.flops.
 sampling_step_flops`, lowered HLO, as the sweep's training FLOPs) on the
-device model (`fedqjax.energy.sampling_energy`) at f_min (the
-energy-minimal frequency with no latency budget) and at f_max (the
-fastest). A synthetic model (a parameter count) has no U-Net: its step is
+device model (`fedqjax.energy.sampling_energy`) at f_max, each device
+sampling at full speed (the columns name the frequency: energy_fmax_j_*,
+and freq_fmax_hz_mean its value; f_min, the device model's lower bound, is
+not a frequency anyone samples at and is not reported). A synthetic model (a parameter count) has no U-Net: its step is
 d x the paper U-Net's step FLOPs per parameter (as `models.py` scales the
 training FLOPs). `vs_train_round` is the sampling's computation energy over
 one training round's (samples_per_round x the training FLOPs per sample) on
@@ -44,9 +44,9 @@ _STATS = ("mean", "min", "max")
 COLUMNS = (
   ("model", "num_params", "sampler", "steps", "label", "images")
   + ("gflops_per_step", "train_gflops_per_sample")
-  + tuple(f"energy_{f}_j_{s}" for f in ("fmin", "fmax") for s in _STATS)
-  + ("energy_per_image_fmin_j_mean", "energy_per_image_fmax_j_mean")
-  + tuple(f"time_{f}_s_{s}" for f in ("fmin", "fmax") for s in ("mean", "max"))
+  + tuple(f"energy_fmax_j_{s}" for s in _STATS)
+  + ("energy_per_image_fmax_j_mean",)
+  + ("time_fmax_s_mean", "time_fmax_s_max", "freq_fmax_hz_mean")
   + ("vs_train_round", "devices")
 )
 
@@ -106,8 +106,7 @@ def _row(spec, sampler, steps, flops, devices, settings, n) -> Dict[str, Any]:
     devices=int(devices.f_min_hz.shape[0]),
   )
   row.update(cost_stats(devices, flops, steps, n))
-  for tag in ("fmin", "fmax"):
-    row[f"energy_per_image_{tag}_j_mean"] = row[f"energy_{tag}_j_mean"] / n
+  row["energy_per_image_fmax_j_mean"] = row["energy_fmax_j_mean"] / n
   return row
 
 
@@ -120,7 +119,7 @@ def sampling_rows(
 ) -> List[Dict[str, Any]]:
   """Per model of the sweep (`prepared.models`), DDPM-T then DDIM by steps:
   step FLOPs, energy of `num_images` images per device (mean / min / max
-  over the base scenario's draws) at f_min and f_max, and time.
+  over the base scenario's draws) at f_max, and time.
 
   Raises:
     ValueError: a DDIM step count outside [1, T] (named, with the range).

@@ -38,13 +38,13 @@ from experiments.common.settings import (
 from experiments.energy_sweep import models
 from experiments.energy_sweep import regime as regime_lib
 from fedqjax.energy.allocator import DEADLINE_RULES
-from fedqjax.energy.device_checks import CELL_SHAPES
+from fedqjax.energy.device_checks import CELL_SHAPES, SHADOWING_LAWS
 from fedqjax.energy.devices import EnergyConfig
 from fedqjax.energy.policies import ALLOCATIONS
 from fedqjax.energy.regimes import REGIMES
 from fedqjax.quantization import METHODS
 
-PRESETS = ("default", "small", "yang2021")
+PRESETS = ("default", "small", "yang2021", "yang2021_code")
 BITS_SCHEMES = ("fp32", "fixed", "ondemand")
 # shared = allocate_shared_bandwidth (W split optimally instead of W / N)
 SWEEP_ALLOCATIONS = ALLOCATIONS + ("shared",)
@@ -82,7 +82,9 @@ class Scenario:
   """One point of the sweep (`base`; an axis moves one of its values)."""
 
   num_devices: int = key(
-    10, _RANGE["num_devices"], "N devices sharing the bandwidth (MODEL.md: 10)"
+    10,
+    _RANGE["num_devices"],
+    "N devices sharing the bandwidth (docs/model.md: 10)",
   )
   deadline_factor: float = key(
     1.2, _RANGE["deadline_factor"], "T = factor x the deadline rule's statistic"
@@ -207,6 +209,7 @@ class Devices:
   bit_caps: Tuple[int, ...] = key((), doc="() = no caps")
   cycles_spread: float = key(0.5, doc="c_k = c x U[1 - s, 1 + s]")
   cell_shape: str = key("disc", doc=" | ".join(CELL_SHAPES))
+  shadowing_law: str = key("normal", doc=" | ".join(SHADOWING_LAWS))
 
   def energy_config(self) -> EnergyConfig:
     """The library's device settings (the scenario fields at defaults)."""
@@ -232,7 +235,7 @@ class Settings:
   regime: str = key(
     "flops",
     one_of(*REGIMES),
-    "device-energy constants: flops | yang2021 | cycles_per_sample "
+    "device-energy constants: " + " | ".join(REGIMES) + " "
     "(fedqjax.energy.regimes)",
   )
   cycles_per_sample: float = key(

@@ -2,7 +2,8 @@
 
 `energy`: the device population (the keys are fields of the library's
 `EnergyConfig`, which checks them), the energy regime (fedqjax/energy/
-regimes.py: `flops`, `yang2021`, `cycles_per_sample`) and the deadline.
+regimes.py: `flops`, `yang2021`, `yang2021_code`, `cycles_per_sample`) and
+the deadline.
 `channel`: how the channel changes between rounds and what the allocator
 knows (fedqjax/energy/channel.py). Part of `settings.Settings`.
 """
@@ -47,7 +48,8 @@ class Energy:
   upload), median, or quantile (deadline_quantile; devices above it skip).
   """
 
-  # The library's defaults (MODEL.md section 3), not written again here.
+  # The library's defaults (their sources: fedqjax.energy.regimes.
+  # DEFAULT_SOURCES), not written again here.
   radius_m: float = _DEVICES.radius_m
   shadowing_db: float = _DEVICES.shadowing_db
   rayleigh_fading: bool = key(
@@ -70,8 +72,9 @@ class Energy:
     "flops",
     one_of(*regimes.REGIMES),
     "flops: c_k = the U-Net's FLOPs / flops_per_cycle | yang2021: Yang et "
-    "al. TWC 2021 | cycles_per_sample: c_k = cycles_per_sample x U[1 +- "
-    "cycles_spread] (fedqjax/energy/regimes.py)",
+    "al. TWC 2021 Sec. VI | yang2021_code: their public MATLAB code | "
+    "cycles_per_sample: c_k = cycles_per_sample x U[1 +- cycles_spread] "
+    "(fedqjax/energy/regimes.py)",
   )
   cycles_per_sample: float = key(
     0.0, between(0, 1e15), "regime cycles_per_sample: mean cycles/sample"
@@ -128,7 +131,7 @@ CHANNEL_MODELS = ("static", "gauss_markov")
 @dataclasses.dataclass(frozen=True)
 class Channel:
   """How the channel changes between rounds and what the allocator knows
-  (fedqjax.energy.channel; MODEL.md sec. 6 open question 2).
+  (fedqjax.energy.channel).
 
   static: today's channel (the large-scale gain, or i.i.d. Rayleigh fading
   per round with energy.rayleigh_fading), known exactly. gauss_markov: the

@@ -1,4 +1,4 @@
-"""The energy of sampling on a run's devices (issue 29; MODEL.md 6, question 1).
+"""The energy of sampling on a run's devices.
 
 For every sampler priced (`samplers`: DDPM over all T steps, DDIM with each
 of eval.energy_ddim_steps <= T, and the run's main eval sampler), each of
@@ -6,10 +6,12 @@ the run's devices generates eval.energy_images images: steps x the FLOPs of
 one step of that sampler's loop body (`fedqjax.diffusion.flops.
 sampling_step_flops`, lowered HLO, as the sweep counts training FLOPs) on
 the device model (`fedqjax.energy.sampling_energy`). Each row gives the
-energy (mean / min / max over the devices) and time at f_min, the
-energy-minimal frequency with no latency budget, and at f_max, the fastest,
-beside the FID/KID of the same sampler where computed (the main sampler's
-with eval.fid; every sampler's with eval.sampler_curve).
+energy (mean / min / max over the devices) and time at f_max, each device
+sampling at full speed (the columns name the frequency: energy_fmax_j_*,
+and freq_fmax_hz_mean its value), beside the FID/KID of the same sampler
+where computed (the main sampler's with eval.fid; every sampler's with
+eval.sampler_curve). f_min, the device model's lower bound, is not a
+frequency anyone samples at and is not reported.
 
   run_rows(setup, summary)    a run's rows (energy per seed's devices + its
                               quality); `scalars(rows)` flattens them for
@@ -39,8 +41,8 @@ _STATS = ("mean", "min", "max")
 COLUMNS = (
   ("run", "bits", "seed", "eps_scale", "sampler", "steps", "label", "main")
   + ("gflops_per_step", "images")
-  + tuple(f"energy_{f}_j_{s}" for f in ("fmin", "fmax") for s in _STATS)
-  + tuple(f"time_{f}_s_{s}" for f in ("fmin", "fmax") for s in ("mean", "max"))
+  + tuple(f"energy_fmax_j_{s}" for s in _STATS)
+  + ("time_fmax_s_mean", "time_fmax_s_max", "freq_fmax_hz_mean")
   + ("fid", "kid", "kid_std")
 )
 
@@ -127,15 +129,13 @@ def run_rows(setup, summary: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def scalars(rows: List[Dict[str, Any]]) -> Dict[str, float]:
   """Flat TensorBoard scalars of one run's rows, e.g.
-  sampling/energy_j/ddim50 (mean over devices, f_min),
-  sampling/energy_fmax_j/ddim50, sampling/time_s/ddim50 (mean, f_min),
-  sampling/gflops_per_step/ddim50 and sampling/fid/ddim50 where computed."""
+  sampling/energy_fmax_j/ddim50 (mean over devices, at f_max),
+  sampling/time_fmax_s/ddim50, sampling/gflops_per_step/ddim50 and
+  sampling/fid/ddim50 where computed."""
   out: Dict[str, float] = {}
   for r in rows:
     lab = r["label"]
-    out[f"sampling/energy_j/{lab}"] = r["energy_fmin_j_mean"]
     out[f"sampling/energy_fmax_j/{lab}"] = r["energy_fmax_j_mean"]
-    out[f"sampling/time_s/{lab}"] = r["time_fmin_s_mean"]
     out[f"sampling/time_fmax_s/{lab}"] = r["time_fmax_s_mean"]
     out[f"sampling/gflops_per_step/{lab}"] = r["gflops_per_step"]
     for k in ("fid", "kid"):
@@ -192,45 +192,52 @@ def _by_run(rows) -> Dict[str, List[dict]]:
   return out
 
 
+def freq_label(rows: List[Dict[str, Any]]) -> str:
+  """ "f_max = 2 GHz": the frequency the rows priced (their devices' mean
+  f_max; "f_max" alone when no row carries it)."""
+  f = [r["freq_fmax_hz_mean"] for r in rows if r.get("freq_fmax_hz_mean")]
+  return f"f_max = {f[0] / 1e9:.3g} GHz" if f else "f_max"
+
+
 def sampling_energy_vs_quality(rows: List[Dict[str, Any]]):
-  """Left: device energy per image (mean over devices, at f_min and f_max)
-  vs sampler steps, log-log, DDIM as a line and DDPM-T as a marker (one
-  seed's devices: the first run's). Right (when FIDs exist): FID vs
-  energy per image at f_min, one series per run."""
+  """Left: device energy per image (mean over devices, at f_max, the value
+  in the axis label) vs sampler steps, log-log, DDIM as a line and DDPM-T
+  as a marker (one seed's devices: the first run's). Right (when FIDs
+  exist): FID vs energy per image at f_max, one series per run."""
   runs = _by_run(rows)
   fids = [r for r in rows if r.get("fid") is not None]
   fig, axes = figs._figure(2 if fids else 1)
   first = next(iter(runs.values()))
-  for tag, name, c in (("fmin", "f_min", 0), ("fmax", "f_max", 1)):
-    for sampler, mark, ls in (("ddim", "o", "-"), ("ddpm", "s", "none")):
-      pts = [r for r in first if r["sampler"] == sampler]
-      axes[0].plot(
-        [r["steps"] for r in pts],
-        [r[f"energy_{tag}_j_mean"] / r["images"] for r in pts],
-        marker=mark,
-        ls=ls,
-        color=figs.COLORS[c],
-        label=f"{sampler.upper()} at {name}",
-      )
+  at = freq_label(first)
+  for sampler, mark, ls in (("ddim", "o", "-"), ("ddpm", "s", "none")):
+    pts = [r for r in first if r["sampler"] == sampler]
+    axes[0].plot(
+      [r["steps"] for r in pts],
+      [r["energy_fmax_j_mean"] / r["images"] for r in pts],
+      marker=mark,
+      ls=ls,
+      color=figs.COLORS[0],
+      label=sampler.upper(),
+    )
   axes[0].set_xscale("log")
   axes[0].set_yscale("log")
-  figs._label(axes[0], "sampling steps", "device energy per image (J)")
+  figs._label(axes[0], "sampling steps", f"device energy per image at {at} (J)")
   figs._legend(axes[0])
   if fids:
     for i, (run, rs) in enumerate(runs.items()):
       pts = sorted(
         (r for r in rs if r.get("fid") is not None),
-        key=lambda r: r["energy_fmin_j_mean"],
+        key=lambda r: r["energy_fmax_j_mean"],
       )
       if pts:
         axes[1].plot(
-          [r["energy_fmin_j_mean"] / r["images"] for r in pts],
+          [r["energy_fmax_j_mean"] / r["images"] for r in pts],
           [r["fid"] for r in pts],
           marker="o",
           color=figs.COLORS[i % len(figs.COLORS)],
           label=run,
         )
     axes[1].set_xscale("log")
-    figs._label(axes[1], "device energy per image at f_min (J)", "FID")
+    figs._label(axes[1], f"device energy per image at {at} (J)", "FID")
     figs._legend(axes[1])
   return fig

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
   from fedqjax.energy.devices import Devices
 
 CELL_SHAPES = ("disc", "square")
+SHADOWING_LAWS = ("normal", "lognormal_offset")
 
 
 def _is_bad_number(x: Any) -> bool:
@@ -67,6 +68,8 @@ def check_energy_config(cfg) -> None:
     bad("cycles_spread", "[0, 1)")
   if cfg.cell_shape not in CELL_SHAPES:
     bad("cell_shape", " | ".join(CELL_SHAPES))
+  if cfg.shadowing_law not in SHADOWING_LAWS:
+    bad("shadowing_law", " | ".join(SHADOWING_LAWS))
   if cfg.bandwidth_shares is not None and (
     not isinstance(cfg.bandwidth_shares, (int, np.integer))
     or cfg.bandwidth_shares < 1

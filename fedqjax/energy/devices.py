@@ -1,15 +1,20 @@
 """Device population and wireless channel for the energy model (arXiv 2403.04430, sec. 3).
 
-The channel model and the defaults follow Yang et al., "Energy Efficient
-Federated Learning Over Wireless Communication Networks", IEEE TWC 2021:
-devices uniform in a disc (or, `cell_shape="square"`, a square) around the
-base station, path loss
-128.1 + 37.6 log10(d_km) dB, log-normal shadowing (8 dB), optional Rayleigh
-block fading redrawn every round, N0 = -174 dBm/Hz, FDMA with an equal share of
-W = 20 MHz, p_max = 0.2 W, f in [0.1, 2] GHz, tau = 1e-28 x U[0.5, 1.5].
+The channel model is in the style of Yang et al., "Energy Efficient
+Federated Learning Over Wireless Communication Networks", IEEE TWC 2021
+(their Sec. VI): path loss 128.1 + 37.6 log10(d_km) dB, shadowing, optional
+Rayleigh block fading redrawn every round, N0 = -174 dBm/Hz, FDMA with an
+equal share of W = 20 MHz. The DEFAULT devices are not Yang et al.'s
+(`fedqjax.energy.regimes` has theirs, `yang2021` and `yang2021_code`): a
+disc of radius 500 m (theirs: a 500 m x 500 m square; mean path loss
+without shadowing 99.4 dB there vs 108.7 dB in the disc, 10 m floor), p_max = 0.2 W (theirs 10 dBm, 13 dB less),
+f in [0.1, 2] GHz (theirs [0, 2] GHz) and tau = 1e-28 x U[0.5, 1.5] (theirs
+1e-28 for every user). The source of every default:
+`fedqjax.energy.regimes.DEFAULT_SOURCES` and docs/model.md, "Constants and
+their sources".
 
 Cycles per sample c_k: by default (`cycles_per_sample=None`, the "flops"
-regime of MODEL.md sec. 3) c_k = the model's FLOPs per sample / the device's
+regime) c_k = the model's FLOPs per sample / the device's
 FLOPs per cycle; with `cycles_per_sample=c` every device gets
 c_k = c x U[1 - cycles_spread, 1 + cycles_spread] (the literature's regime,
 `fedqjax.energy.regimes`) and its `flops_per_cycle` is set to
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Mapping, Optional, Tuple
 
 import flax.struct
@@ -32,6 +38,7 @@ import jax.numpy as jnp
 
 from fedqjax.energy.device_checks import (
   CELL_SHAPES,
+  SHADOWING_LAWS,
   check_energy_config,
   validate_devices,
 )
@@ -41,6 +48,7 @@ from fedqjax.typing import Array, ArrayLike, PRNGKey
 __all__ = [
   "CELL_SHAPES",
   "CYCLES_FOLD",
+  "SHADOWING_LAWS",
   "Devices",
   "EnergyConfig",
   "cycles_factor",
@@ -70,7 +78,14 @@ class EnergyConfig:
       disc draws from the annulus; the square clips the distance below).
     cell_shape: "disc" | "square".
     pathloss_const_db, pathloss_exp_db: path loss a + b log10(d_km) in dB.
-    shadowing_db: std of the log-normal shadowing in dB (0 disables it).
+    shadowing_db: the shadowing's spread in dB (0 disables it).
+    shadowing_law: "normal": a N(0, shadowing_db^2) dB offset (log-normal
+      shadowing, the default); "lognormal_offset": the public MATLAB code
+      of Yang et al.'s figures (BrokenBunny/Energy-efficient-federated-
+      learning, generate_shadow_fading.m with mean 0 dB) adds to the path
+      loss in dB a log-normal variable of mean 10^(0/10) = 1 and standard
+      deviation 10^(shadowing_db/10) (6.3 at 8 dB): a loss, never a gain,
+      median 0.16 dB at 8 dB.
     rayleigh_fading: multiply the large-scale gain by |h|^2 ~ Exp(1), redrawn
       per round with `redraw_fading`.
     total_bandwidth_hz: W, shared equally (FDMA) by `bandwidth_shares` devices.
@@ -114,6 +129,7 @@ class EnergyConfig:
   cycles_per_sample: Optional[float] = None
   cycles_spread: float = 0.5
   cell_shape: str = "disc"
+  shadowing_law: str = "normal"
 
   def __post_init__(self):
     # Tuples keep the dataclass hashable (it may be a static jit argument).
@@ -300,6 +316,16 @@ def _distance(cfg: EnergyConfig, key: PRNGKey, n, dtype) -> Array:
   return jnp.sqrt(r0**2 + u * (r1**2 - r0**2))
 
 
+def _shadowing(cfg: EnergyConfig, key: PRNGKey, n, dtype) -> Array:
+  """Shadowing in dB, added to the path loss (see EnergyConfig)."""
+  z = jax.random.normal(key, n, dtype)
+  if cfg.shadowing_law == "normal":
+    return cfg.shadowing_db * z
+  # generate_shadow_fading(0, sigma): log-normal of mean 1, std 10^(sigma/10)
+  var = 10.0 ** (cfg.shadowing_db / 5.0)  # std^2, mean^2 = 1
+  return jnp.exp(-0.5 * math.log1p(var) + math.sqrt(math.log1p(var)) * z)
+
+
 def _draw(
   config: EnergyConfig, key: PRNGKey, shape: Tuple[int, ...], flops
 ) -> Devices:
@@ -308,7 +334,7 @@ def _draw(
   dtype = jnp.zeros(()).dtype  # float64 only when jax_enable_x64 is on
   k_d, k_s, k_f, k_tau, k_c, k_e, k_b = jax.random.split(key, 7)
   distance = _distance(config, k_d, n, dtype)
-  shadow = config.shadowing_db * jax.random.normal(k_s, n, dtype)
+  shadow = _shadowing(config, k_s, n, dtype)
   large = 10.0 ** (
     -(
       pathloss_db(distance, config.pathloss_const_db, config.pathloss_exp_db)

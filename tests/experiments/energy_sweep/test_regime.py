@@ -1,4 +1,4 @@
-"""The energy sweep's regimes (issue 29): the `regime` key and its errors,
+"""The energy sweep's regimes: the `regime` key and its errors,
 the cycles_per_sample axis, the comp_share column and the
 saving_vs_comp_share figure."""
 
@@ -28,9 +28,10 @@ def _parse(preset="default", **overrides):
   return settings_lib.parse(c)
 
 
-def test_yang2021_takes_the_library_values():
-  s = _parse("yang2021")
-  r = E.REGIMES["yang2021"]
+@pytest.mark.parametrize("name", ["yang2021", "yang2021_code"])
+def test_yang2021_takes_the_library_values(name):
+  s = _parse(name)
+  r = E.REGIMES[name]
   cfg = s.devices.energy_config()
   for field, value in r.energy.items():
     if field == "cycles_per_sample":
@@ -40,11 +41,12 @@ def test_yang2021_takes_the_library_values():
     else:
       assert getattr(cfg, field) == value, field
   assert s.samples_per_round == r.samples_per_step == 500
-  assert (s.base.num_devices, s.base.p_max_w) == (50, 0.01)
+  n = dict(yang2021=50, yang2021_code=20)[name]
+  assert (s.base.num_devices, s.base.p_max_w) == (n, 0.01)
   # Applying it again changes nothing; a key set to the regime's value is ok.
   assert settings_lib.parse(s) is s
-  assert _parse("yang2021", base__p_max_w=0.01) == s
-  assert _parse(regime="yang2021") == s
+  assert _parse(name, base__p_max_w=0.01) == s
+  assert _parse(regime=name) == s
 
 
 @pytest.mark.parametrize(

@@ -49,23 +49,24 @@ def test_rows_by_hand_on_the_base_draws():
     assert row["devices"] == r_ * n
     assert row["gflops_per_step"] == pytest.approx(flops / 1e9, rel=1e-12)
     cycles = 3 * row["steps"] * flops / fpc
-    for tag, f in (("fmin", 0.1e9), ("fmax", 1e9)):
-      e = tau * cycles * f**2
-      for st in ("mean", "min", "max"):
-        assert row[f"energy_{tag}_j_{st}"] == pytest.approx(
-          getattr(np, st)(e), rel=1e-5
-        )
-      assert row[f"energy_per_image_{tag}_j_mean"] == pytest.approx(
-        e.mean() / 3, rel=1e-5
+    f = 1e9  # the base's f_max: the reported frequency, named in the row
+    e = tau * cycles * f**2
+    for st in ("mean", "min", "max"):
+      assert row[f"energy_fmax_j_{st}"] == pytest.approx(
+        getattr(np, st)(e), rel=1e-5
       )
-      assert row[f"time_{tag}_s_max"] == pytest.approx(
-        (cycles / f).max(), rel=1e-5
-      )
+    assert row["energy_per_image_fmax_j_mean"] == pytest.approx(
+      e.mean() / 3, rel=1e-5
+    )
+    assert row["time_fmax_s_max"] == pytest.approx((cycles / f).max(), rel=1e-5)
+    assert row["freq_fmax_hz_mean"] == pytest.approx(f, rel=1e-6)
+    # f_min, the model's arbitrary lower bound, is not reported
+    assert not any("fmin" in k for k in row)
     ratio = 3 * row["steps"] * flops / (s.samples_per_round * train)
     assert row["vs_train_round"] == pytest.approx(ratio, rel=1e-12)
   # DDPM-1000 is exactly 100x DDIM-10 (the same step FLOPs).
-  assert rows[0]["energy_fmin_j_mean"] == pytest.approx(
-    100 * rows[1]["energy_fmin_j_mean"], rel=1e-6
+  assert rows[0]["energy_fmax_j_mean"] == pytest.approx(
+    100 * rows[1]["energy_fmax_j_mean"], rel=1e-6
   )
 
 
@@ -95,9 +96,10 @@ def test_write_and_sweep_models(tmp_path):
   with open(path) as f:
     table = list(csv.DictReader(f))
   assert tuple(table[0]) == sampling.COLUMNS and len(table) == len(rows)
-  assert float(table[0]["energy_fmin_j_mean"]) == pytest.approx(
-    rows[0]["energy_fmin_j_mean"]
+  assert float(table[0]["energy_fmax_j_mean"]) == pytest.approx(
+    rows[0]["energy_fmax_j_mean"]
   )
+  assert not any("fmin" in c for c in sampling.COLUMNS)
 
 
 @pytest.mark.parametrize("steps", [(0,), (1001,)])
@@ -125,6 +127,7 @@ def test_cycles_regime_prices_c_k_times_the_flops_ratio():
   )
   flops = 1e5 * sampling.PAPER_STEP_FLOPS / models.PAPER_PARAMS
   train = models.model_spec("100000").flops_per_sample
-  e = np.asarray(d.tau, np.float64) * 2 * 10 * flops / train * 1e6 * 0.1e9**2
-  assert row["energy_fmin_j_mean"] == pytest.approx(e.mean(), rel=1e-5)
-  assert row["energy_fmin_j_max"] == pytest.approx(e.max(), rel=1e-5)
+  f = s.base.f_max_hz
+  e = np.asarray(d.tau, np.float64) * 2 * 10 * flops / train * 1e6 * f**2
+  assert row["energy_fmax_j_mean"] == pytest.approx(e.mean(), rel=1e-5)
+  assert row["energy_fmax_j_max"] == pytest.approx(e.max(), rel=1e-5)

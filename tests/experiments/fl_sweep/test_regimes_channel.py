@@ -26,12 +26,13 @@ def _parse(**overrides):
   return settings.parse(_config(**overrides))
 
 
-def test_yang2021_devices_take_the_regime_values_but_keep_n():
-  s = _parse(**{"energy.regime": "yang2021"})
+@pytest.mark.parametrize("name", ["yang2021", "yang2021_code"])
+def test_yang2021_devices_take_the_regime_values_but_keep_n(name):
+  s = _parse(**{"energy.regime": name})
   cfg = s.energy.devices(4, 3)
-  for name, value in regimes.YANG2021.energy.items():
-    if name != "num_devices":  # N is the federation's (fed.num_clients)
-      assert getattr(cfg, name) == value, name
+  for field, value in regimes.REGIMES[name].energy.items():
+    if field != "num_devices":  # N is the federation's (fed.num_clients)
+      assert getattr(cfg, field) == value, field
   assert cfg.num_devices == 4 and cfg.bandwidth_shares == 3
   assert s.energy.samples_per_step == 500
   assert _parse().energy.samples_per_step is None  # flops: the batch

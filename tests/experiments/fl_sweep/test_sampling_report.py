@@ -52,8 +52,9 @@ def test_samplers_ddpm_first_ddim_within_T_and_the_main(caplog):
 
 def test_energy_rows_are_steps_x_step_flops_on_the_devices():
   """Each row by hand: steps x the sampler's step FLOPs / FLOPs per cycle x
-  images cycles per device, tau c f^2 at f_min and f_max, mean / min / max
-  over the devices; time c / f."""
+  images cycles per device, tau c f^2 at f_max (named in the keys, its
+  value in freq_fmax_hz_mean), mean / min / max over the devices; time
+  c / f. f_min, the model's lower bound, is not reported."""
   config = _config(energy_images=7, energy_ddim_steps=(10,))
   setup = _setup(config)
   rows = sr.energy_rows(setup)
@@ -66,14 +67,14 @@ def test_energy_rows_are_steps_x_step_flops_on_the_devices():
     )
     assert r["gflops_per_step"] == pytest.approx(flops / 1e9, rel=1e-12)
     cycles = r["steps"] * flops / fpc * 7
-    for tag, f in (("fmin", 0.1e9), ("fmax", 2e9)):
-      e = tau * cycles * f**2
-      for s in ("mean", "min", "max"):
-        got = r[f"energy_{tag}_j_{s}"]
-        assert got == pytest.approx(getattr(np, s)(e), rel=1e-5)
-      assert r[f"time_{tag}_s_max"] == pytest.approx(
-        (cycles / f).max(), rel=1e-5
-      )
+    f = 2e9  # the devices' f_max
+    e = tau * cycles * f**2
+    for s in ("mean", "min", "max"):
+      got = r[f"energy_fmax_j_{s}"]
+      assert got == pytest.approx(getattr(np, s)(e), rel=1e-5)
+    assert r["time_fmax_s_max"] == pytest.approx((cycles / f).max(), rel=1e-5)
+    assert r["freq_fmax_hz_mean"] == pytest.approx(f, rel=1e-6)
+    assert not any("fmin" in k for k in r)
   assert [r["main"] for r in rows] == [False, True, False]
   assert sr.energy_rows(_setup(_config(energy_images=0))) == []
 
@@ -98,9 +99,10 @@ def test_run_rows_carry_the_quality_of_the_same_sampler():
   }
   s = sr.scalars(rows)
   assert s["sampling/fid/ddim3"] == 40.0 and "sampling/fid/ddim10" not in s
-  assert s["sampling/energy_j/ddim10"] == rows[2]["energy_fmin_j_mean"]
+  assert s["sampling/energy_fmax_j/ddim10"] == rows[2]["energy_fmax_j_mean"]
   assert s["sampling/energy_fmax_j/ddpm50"] == rows[0]["energy_fmax_j_mean"]
-  assert s["sampling/time_s/ddim3"] == rows[1]["time_fmin_s_mean"]
+  assert s["sampling/time_fmax_s/ddim3"] == rows[1]["time_fmax_s_mean"]
+  assert not any("fmin" in k or "/energy_j/" in k for k in s)
 
 
 def test_write_csv_figure_and_results(tmp_path):
@@ -109,13 +111,14 @@ def test_write_csv_figure_and_results(tmp_path):
   config = _config(energy_ddim_steps=(10,))
   setups = {0: _setup(config)}
   stored = sr.run_rows(setups[0], _summary("fp32", fid=50.0))
-  stored[0]["energy_fmin_j_mean"] = -1.0  # marks the reused rows
+  stored[0]["energy_fmax_j_mean"] = -1.0  # marks the reused rows
   summaries = [_summary("fp32", sampling_energy=stored), _summary("fixed")]
   out = sr.write(str(tmp_path), setups, summaries)
   with open(tmp_path / sr.FILE) as f:
     table = list(csv.DictReader(f))
   assert tuple(table[0]) == sr.COLUMNS and len(table) == 6
-  assert table[0]["energy_fmin_j_mean"] == "-1.0"
+  assert table[0]["energy_fmax_j_mean"] == "-1.0"
+  assert not any("fmin" in c for c in sr.COLUMNS)
   assert [r["run"] for r in table] == ["fp32"] * 3 + ["fixed"] * 3
   assert table[1]["fid"] == "50.0" and table[4]["fid"] == ""
   assert set(out["scalars"]) == {"fp32", "fixed"} and len(out["rows"]) == 6
@@ -138,6 +141,14 @@ def test_figure_fonts_and_outside_legends():
   fig = sr.sampling_energy_vs_quality(rows)
   assert len(fig.axes) == 2
   assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
+  # the energy axes name the frequency priced, with its value
+  assert fig.axes[0].get_ylabel() == (
+    "device energy per image at f_max = 2 GHz (J)"
+  )
+  assert fig.axes[1].get_xlabel() == fig.axes[0].get_ylabel()
+  assert "f_min" not in " ".join(
+    t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()
+  )
   fig.canvas.draw()
   for ax in fig.axes:
     texts = [ax.xaxis.label, ax.yaxis.label] + ax.get_xticklabels()

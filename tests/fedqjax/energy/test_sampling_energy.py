@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from fedqjax.energy.devices import EnergyConfig, sample_devices
-from fedqjax.energy.sampling_energy import sampling_cycles, sampling_energy
+from fedqjax.energy.sampling_energy import (
+  cost_stats,
+  sampling_cycles,
+  sampling_energy,
+)
 from fedqjax.errors import InvalidSetting
 
 FLOPS = 3.19e7  # about the small test U-Net's step
@@ -25,8 +29,8 @@ def _by_hand(d, k, flops, steps, images, f):
 
 @pytest.mark.parametrize("freq", ["f_min", "f_max"])
 def test_energy_and_time_by_hand(devices, freq):
-  """Every device: steps x per-step FLOPs / FLOPs-per-cycle cycles, at f_min
-  (the default) or f_max; float32 round-off only."""
+  """Every device: steps x per-step FLOPs / FLOPs-per-cycle cycles, at f_max
+  (the default) or f_min; float32 round-off only."""
   out = sampling_energy(devices, FLOPS, 50, 100, freq=freq)
   for k in range(devices.num_devices):
     f = float(getattr(devices, f"{freq}_hz")[k])
@@ -36,12 +40,31 @@ def test_energy_and_time_by_hand(devices, freq):
     assert float(out.freq_hz[k]) == pytest.approx(f, rel=1e-6)
   assert bool(np.all(out.feasible))
   default = sampling_energy(devices, FLOPS, 50, 100)
-  if freq == "f_min":
+  if freq == "f_max":
     np.testing.assert_array_equal(default.energy_j, out.energy_j)
+    np.testing.assert_array_equal(default.freq_hz, devices.f_max_hz)
+
+
+def test_default_frequency_is_f_max_not_the_f_min_bound(devices):
+  """f_min is an arbitrary bound of the device model: neither
+  `sampling_energy` nor the reports' `cost_stats` default to it, and the
+  reports' keys name the frequency they priced."""
+  out = sampling_energy(devices, FLOPS, 10, 2)
+  np.testing.assert_array_equal(out.freq_hz, devices.f_max_hz)
+  stats = cost_stats(devices, FLOPS, 10, 2)
+  assert not any("fmin" in k for k in stats)
+  assert stats["freq_fmax_hz_mean"] == pytest.approx(2e9)
+  assert stats["energy_fmax_j_mean"] == pytest.approx(
+    float(np.mean(np.asarray(out.energy_j, np.float64))), rel=1e-6
+  )
+  both = cost_stats(devices, FLOPS, 10, 2, freqs=("f_max", "f_min", 0.5))
+  assert both["freq_fmin_hz_mean"] == pytest.approx(0.1e9)
+  assert "energy_t0.5s_j_mean" in both and "freq_t0.5s_hz_mean" in both
 
 
 def test_f_min_is_cheaper_and_slower(devices):
-  """(f_max / f_min)^2 = 400x the energy, 1/20 the time by default."""
+  """(f_max / f_min)^2 = 400x the energy, 1/20 the time with the default
+  devices."""
   lo = sampling_energy(devices, FLOPS, 20, 10, freq="f_min")
   hi = sampling_energy(devices, FLOPS, 20, 10, freq="f_max")
   np.testing.assert_allclose(hi.energy_j / lo.energy_j, 400.0, rtol=1e-5)
@@ -108,7 +131,7 @@ def test_deadline_picks_the_slowest_frequency_that_meets_it(devices):
 )
 def test_bad_arguments_name_themselves(devices, kw, name):
   args = dict(flops_per_step=FLOPS, steps=10, num_images=5)
-  freq = kw.pop("freq", "f_min")
+  freq = kw.pop("freq", "f_max")
   args.update(kw)
   with pytest.raises(InvalidSetting, match=rf"sampling_energy\.{name}=") as e:
     sampling_energy(devices, **args, freq=freq)
