@@ -28,6 +28,7 @@ from experiments.common.settings import (
 from experiments.fl_sweep.energy_settings import Channel, Energy
 from fedqjax import energy
 from fedqjax.diffusion import UNetConfig
+from fedqjax.energy.channel import MAX_CLARKE_ROUNDS
 from fedqjax.federated import execution, spec
 from fedqjax.quantization import METHODS
 
@@ -187,7 +188,8 @@ class Sweep:
   schemes: Tuple[str, ...] = key(
     ("fp32", "fixed", "ondemand"),
     each(one_of(*SCHEME_NAMES)),
-    "bits schemes, each trained once per (seed, eps scale)",
+    "bits schemes: ondemand trained once per (seed, eps scale), fp32 and fixed"
+    " once per seed",
   )
   allocations: Tuple[str, ...] = key(
     ("kkt", "deadline", "split", "max"),
@@ -254,6 +256,15 @@ class Settings:
     if self.eval.vlb_t_stride > t - 1:
       raise Invalid(
         "eval.vlb_t_stride", self.eval.vlb_t_stride, f"1..diffusion.T-1={t - 1}"
+      )
+    c = self.channel
+    span = self.fed.rounds + c.estimate_delay
+    if c.model == "gauss_markov" and c.doppler_hz and span > MAX_CLARKE_ROUNDS:
+      raise Invalid(
+        "fed.rounds",
+        self.fed.rounds,
+        f"rounds + channel.estimate_delay <= {MAX_CLARKE_ROUNDS} with"
+        " channel.doppler_hz > 0 (Clarke's process), or give channel.rho",
       )
     if self.eval.vlb_size > self.data.num_test:
       raise Invalid(

@@ -78,8 +78,9 @@ def ema_decay(
   of the initial parameters after R updates is prod_{r<R} decay_r. Each
   decay is at most the warm-up ratio, so for warmup = 10 that weight is at
   most prod_{r<R} (1 + r) / (10 + r) = 1 / C(R + 9, 9) (1.1e-5 at R = 10)
-  whatever the cap: below 1% for every R >= 2 and any max_decay < 1. A
-  fixed decay of 0.999 would leave 0.999^R (90% after 100 updates).
+  whatever the cap: below 1% for every R >= 3 (1.8% at R = 2) and any
+  max_decay < 1. A fixed decay of 0.999 would leave 0.999^R (90% after
+  100 updates).
 
   Args:
     step: update count, a Python int or a traced integer scalar.

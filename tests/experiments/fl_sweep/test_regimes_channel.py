@@ -136,6 +136,19 @@ def test_jakes_doppler_sets_rho_from_the_deadline():
   assert p.rho == 0.3 and not p.clarke_process
 
 
+def test_a_clarke_run_longer_than_its_factor_fails_at_parse():
+  """Clarke's process is drawn from an O(n^3) factor over rounds + delay;
+  a longer run is a one-line error at parse time, not in the build."""
+  keys = {"channel.model": "gauss_markov", "channel.doppler_hz": 5.0}
+  with pytest.raises(ValueError, match=r"config\.fed\.rounds=4096 is invalid"):
+    _parse(**keys, **{"fed.rounds": 4096, "channel.estimate_delay": 1})
+  _parse(**keys, **{"fed.rounds": 4095, "channel.estimate_delay": 1})
+  _parse(
+    **{"channel.model": "gauss_markov", "channel.rho": 0.9},
+    **{"fed.rounds": 5000},
+  )
+
+
 Z7 = 5.33  # two-sided normal quantile for failure probability 1e-7
 
 
