@@ -11,6 +11,8 @@ import re
 import sys
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from experiments import configs
+from experiments.common import keys as keys_lib
 from experiments.common import logs
 from experiments.common import settings as settings_lib
 
@@ -195,6 +197,14 @@ def command_line_error(
   return one if isinstance(exc, ValueError) else f"{one} (see --helpfull)"
 
 
+def use_doc(doc: str) -> None:
+  """`doc` as the usage text of --help where the main module has none (a
+  console script such as `fedqjax-sweep`)."""
+  main = sys.modules.get("__main__")
+  if main is not None and not main.__doc__:
+    main.__doc__ = doc
+
+
 def exit_with_error(message: str, status: int = 2) -> None:
   """Writes `error: message` as ONE line on stderr and exits with `status`."""
   sys.stdout.flush()
@@ -241,15 +251,62 @@ class Main:
     from absl import flags  # pylint: disable=g-import-not-at-top
     from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+    before = set(flags.FLAGS)
     flags.DEFINE_string("workdir", *self.workdir)
     config_flags.DEFINE_config_file(
       "config",
       self.default_config,
-      "Config file (optionally :preset).",
+      "Config file FILE[:preset], a path or a shipped name: "
+      f"{', '.join(configs.names())} (e.g. cifar_sweep:paper), or a "
+      "preset of the default file (e.g. paper, test).",
       lock_config=True,
+    )
+    flags.DEFINE_string(
+      "list_keys",
+      None,
+      "Print every config key (its value in --config, valid range and "
+      "meaning) and exit; --list_keys=PREFIX: only the keys under PREFIX "
+      "(e.g. fed).",
     )
     if self.define_flags is not None:
       self.define_flags()
+    # --help lists the key flags of the main module (sys.argv[0], as absl
+    # names it, also for a console script): the program's flags.
+    for name in sorted(set(flags.FLAGS) - before) + ["verbosity"]:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+  def _argv(self, argv: Sequence[str]) -> list:
+    """argv with shipped config names resolved and a bare `--list_keys`
+    given its empty value (all keys)."""
+    presets = importlib.import_module(self.settings).PRESETS
+    out = []
+    for a in argv:
+      m = re.match(r"^(--?config=)(.*)$", a, re.S)
+      if m:
+        a = m.group(1) + configs.resolve(
+          m.group(2), self.default_config, presets
+        )
+      out.append("--list_keys=" if a in ("--list_keys", "-list_keys") else a)
+    return out
+
+  def _list_keys(self, prefix: str, tree) -> None:
+    """Prints the key listing (defaults, and the values of --config where
+    they differ) and exits 0."""
+    rows = keys_lib.key_table(type(tree), prefix)
+    if not rows:
+      raise ValueError(
+        f"--list_keys={prefix} names no config key; valid: a key or section "
+        f"(e.g. {keys_lib.key_table(type(tree))[0].key}), or --list_keys "
+        "alone for all"
+      )
+    print(
+      "Config keys (default, valid range, meaning); set one with "
+      "--config.KEY=VALUE:\n\n"
+      + keys_lib.to_text(rows, keys_lib.key_table(tree, prefix)),
+      end="",
+      flush=True,
+    )
+    sys.exit(0)
 
   def parse(self, argv: Sequence[str]):
     """(remaining argv, settings tree): flags defined and parsed, the config
@@ -260,7 +317,7 @@ class Main:
     try:
       logs.quiet_start()
       self._define()
-      rest = flags.FLAGS(argv)
+      rest = flags.FLAGS(self._argv(argv))
       if len(rest) > 1:
         raise ValueError(
           f"unexpected argument(s) {rest[1:]}; valid: flags "
@@ -270,6 +327,8 @@ class Main:
         flags.FLAGS.verbosity = -1  # else absl raises it to 0 (INFO)
       logs.setup(flags.FLAGS.verbosity)
       tree = importlib.import_module(self.settings).parse(flags.FLAGS.config)
+      if flags.FLAGS.list_keys is not None:
+        self._list_keys(flags.FLAGS.list_keys, tree)
       check_workdir(flags.FLAGS.workdir)
     except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
       # KeyError / AttributeError: ml_collections on an unknown key;

@@ -1,9 +1,11 @@
 r"""System-level energy sweep: energy of every bits scheme x allocation policy
-over scenarios and device draws, in seconds (issue 17).
+over scenarios and device draws, in seconds.
 
   python -m experiments.energy_sweep --workdir=/tmp/es
   python -m experiments.energy_sweep --workdir=/tmp/es --config.num_seeds=20 \
       --config.axes.deadline_factor=1,2,4,8
+  python -m experiments.energy_sweep --config=small --workdir=/tmp/es_small
+  python -m experiments.energy_sweep --list_keys=axes   (keys, defaults, ranges)
 
 Writes results.csv, summary.md and figures/ under --workdir (the keys:
 experiments/energy_sweep/settings.py, presets: experiments/configs/
@@ -22,7 +24,13 @@ from absl import app, flags
 from experiments.common import cli, logs
 
 FLAGS = flags.FLAGS
-_MAIN_FLAGS = ("--workdir", "--config", "--config.KEY=VALUE", "--verbosity")
+_MAIN_FLAGS = (
+  "--workdir",
+  "--config",
+  "--config.KEY=VALUE",
+  "--list_keys",
+  "--verbosity",
+)
 # The shipped config, found from this module (runs from any directory).
 DEFAULT_CONFIG = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -79,4 +87,5 @@ def main(argv):
 
 def run() -> None:
   """The program: flags, then `main`."""
+  cli.use_doc(__doc__)
   app.run(main, flags_parser=_parse)

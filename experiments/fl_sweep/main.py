@@ -1,9 +1,15 @@
 r"""Main job: compare fp32 / fixed / on-demand federated DDPM training.
 
   python -m experiments.cifar_sweep --workdir=workdir/cifar_sweep
-  python -m experiments.cifar_sweep --config=experiments/configs/cifar_sweep.py:paper \
+  python -m experiments.cifar_sweep --config=cifar_sweep:paper \
       --workdir=/tmp/paper --config.fed.num_clients=32
-  python -m experiments.cifar_sweep --config=experiments/configs/test.py --workdir=/tmp/t
+  python -m experiments.cifar_sweep --config=test --workdir=/tmp/t
+  python -m experiments.cifar_sweep --list_keys=fed   (keys, defaults, ranges)
+
+Installed, the same program is `fedqjax-sweep`; it needs the `tensorflow`
+extra (`pip install "fedqjax[tensorflow]"`). `--config` takes a path
+(`experiments/configs/cifar_sweep.py:paper`) or a shipped name
+(`cifar_sweep:paper`, `paper`, `test`).
 
 Writes TensorBoard logs (one subdirectory per run), results.csv/json and
 figures/ under --workdir. Rerunning resumes. The console shows a compile
@@ -24,6 +30,7 @@ _MAIN_FLAGS = (
   "--workdir",
   "--config",
   "--config.KEY=VALUE",
+  "--list_keys",
   "--overwrite",
   "--verbosity",
   "--coordinator_address",
@@ -93,10 +100,24 @@ _MAIN = cli.Main(
 _parse = _MAIN.parser(_SETTINGS)
 
 
+def _require_training_extra() -> None:
+  """Exits 2 with one line naming the extra unless TensorFlow (clu's
+  TensorBoard writer) and clu import; quiets TF's load-time INFO lines."""
+  try:
+    if logs.resolve_verbosity(FLAGS.verbosity) <= 0:
+      logs.import_quietly("tensorflow")
+    import clu.metric_writers  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    cli.exit_with_error(
+      f"the training sweep needs TensorFlow and clu ({e}); valid: "
+      "pip install 'fedqjax[tensorflow]' (or 'fedqjax[train]' where "
+      "TensorFlow is installed already)"
+    )
+
+
 def main(argv):
   del argv
-  if logs.resolve_verbosity(FLAGS.verbosity) <= 0:
-    logs.import_quietly("tensorflow")  # its load-time INFO lines
+  _require_training_extra()
   from experiments.common import distributed  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import results as results_lib  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import train
@@ -120,4 +141,5 @@ def main(argv):
 
 def run() -> None:
   """The program: flags, then `main`."""
+  cli.use_doc(__doc__)
   app.run(main, flags_parser=_parse)

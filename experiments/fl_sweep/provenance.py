@@ -14,6 +14,7 @@ to move the stale runs aside (`--overwrite`).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -161,29 +162,43 @@ def write_record(sdir: str, record: Dict[str, Any]) -> None:
   os.replace(tmp, os.path.join(sdir, SETTINGS_FILE))
 
 
-def _git_revision() -> Optional[str]:
-  """The checkout's commit (with "+dirty" when files changed), or None."""
-  here = os.path.dirname(os.path.abspath(__file__))
+def _git(root: str, *args: str) -> Optional[str]:
+  """`git args` run in `root`: its stdout, or None when it fails."""
   try:
-    rev = subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      cwd=here,
-      text=True,
-      capture_output=True,
-      timeout=10,
+    out = subprocess.run(
+      ["git", *args], cwd=root, text=True, capture_output=True, timeout=10
     )
-    if rev.returncode:
-      return None
-    dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--", "fedqjax", "experiments"],
-      cwd=here,
-      text=True,
-      capture_output=True,
-      timeout=10,
-    ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
-  return rev.stdout.strip() + ("+dirty" if dirty else "")
+  return None if out.returncode else out.stdout
+
+
+def checkout_root() -> Optional[str]:
+  """The git checkout fedqjax is imported from (the directory holding
+  `fedqjax/`, when it is a repository's top level), else None (e.g. an
+  installed wheel, even inside another repository's ignored venv)."""
+  spec = importlib.util.find_spec("fedqjax")
+  if spec is None or not spec.origin:
+    return None
+  root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+  top = _git(root, "rev-parse", "--show-toplevel")
+  if top is None or os.path.realpath(top.strip()) != os.path.realpath(root):
+    return None
+  return root
+
+
+def _git_revision() -> Optional[str]:
+  """The checkout's commit (with "+dirty" when a file of fedqjax/ or
+  experiments/ differs from it), or None outside a checkout."""
+  root = checkout_root()
+  rev = root and _git(root, "rev-parse", "HEAD")
+  if not rev:
+    return None
+  # From the top level, where the pathspecs name the two packages.
+  dirty = _git(root, "status", "--porcelain", "--", "fedqjax", "experiments")
+  if dirty is None:
+    return None
+  return rev.strip() + ("+dirty" if dirty.strip() else "")
 
 
 def software_and_machine() -> Dict[str, Any]:

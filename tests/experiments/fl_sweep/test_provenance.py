@@ -4,6 +4,9 @@ them aside and recomputes; results carry the settings hash, versions and
 machine; the program runs from any directory."""
 
 import json
+import shutil
+import subprocess
+import sys
 import types
 
 import pytest
@@ -155,3 +158,61 @@ def test_runs_from_another_directory(tmp_path):
   )
   assert out.returncode == 0, out.stdout[-3000:]
   assert (tmp_path / "w" / "results.csv").is_file()
+
+
+def _revision(pythonpath, cwd) -> str:
+  """`provenance._git_revision()` in a fresh process importing fedqjax and
+  experiments from `pythonpath`, started in `cwd`."""
+  code = (
+    "from experiments.fl_sweep import provenance as p; print(p._git_revision())"
+  )
+  env = dict(cli_env(), PYTHONPATH=str(pythonpath))
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=cwd,
+    env=env,
+    text=True,
+    capture_output=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr
+  return out.stdout.strip()
+
+
+def test_git_revision_records_dirty_checkout(tmp_path):
+  """A changed file of fedqjax/ or experiments/ marks the revision +dirty
+  (from any working directory); a change elsewhere does not; a copy that is
+  not a checkout's top level records no revision."""
+  repo = tmp_path / "repo"
+  for pkg in ("fedqjax", "experiments"):
+    shutil.copytree(
+      ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__")
+    )
+  (repo / "README.md").write_text("x\n")
+  git = lambda *a: subprocess.run(
+    ["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
+    cwd=repo,
+    check=True,
+    capture_output=True,
+  )
+  git("init", "-q")
+  git("add", ".")
+  git("commit", "-q", "-m", "snapshot")
+  head = subprocess.run(
+    ["git", "rev-parse", "HEAD"], cwd=repo, text=True, capture_output=True
+  ).stdout.strip()
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  assert _revision(repo, elsewhere) == head
+  (repo / "README.md").write_text("changed outside the packages\n")
+  assert _revision(repo, elsewhere) == head
+  with open(repo / "experiments" / "fl_sweep" / "build.py", "a") as f:
+    f.write("\n# changed\n")
+  assert _revision(repo, elsewhere) == head + "+dirty"
+  assert _revision(repo, repo / "experiments" / "fl_sweep") == head + "+dirty"
+  # Imported from a directory below the checkout (as a venv's
+  # site-packages inside a repository): not this checkout's code.
+  inner = repo / "venv" / "site-packages"
+  shutil.copytree(repo / "experiments", inner / "experiments")
+  shutil.copytree(repo / "fedqjax", inner / "fedqjax")
+  assert _revision(inner, elsewhere) == "None"
