@@ -90,3 +90,17 @@ def test_round_too_big_for_the_device(tmp_path, loop, fix):
     ["config.fed.clients_per_round=3", f"{loop})", "GB per device", fix],
     FEDQJAX_DEVICE_MEMORY_GB="0.001",
   )
+
+
+def test_sampling_batch_too_big_for_the_device(tmp_path):
+  # 0.1 GB: the test round fits (~0.02 GB), 1000 samples at once do not.
+  _fails(
+    tmp_path,
+    [
+      TEST_CONFIG,
+      "--config.eval.num_samples=1000",
+      "--config.eval.batch_size=1000",
+    ],
+    ["config.eval.batch_size=1000", "smaller --config.eval.batch_size"],
+    FEDQJAX_DEVICE_MEMORY_GB="0.1",
+  )
