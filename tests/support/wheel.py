@@ -1,4 +1,4 @@
-"""The package as a wheel, built once per test session from this checkout."""
+"""The package as a wheel, built once per test run from this checkout."""
 
 import pathlib
 import subprocess
