@@ -11,6 +11,13 @@ I = 2 local steps at B = 8, one compile + 2 timed rounds of
 
 Prints one row per K: peak RSS (MB), compile s, s/round; then the slope
 (bytes per participant) of a least-squares line through the peaks.
+
+  python benchmarks/memory.py --table
+
+prints instead the estimated per-device memory of the round
+(fedqjax.federated.memory, traced, nothing compiles) of the paper and
+quality presets on one 16 / 40 / 80 GB device, vmap and map, and the
+layout `fed.client_loop=auto` picks (docs/accelerators.md).
 """
 
 from __future__ import annotations
@@ -111,13 +118,63 @@ def one(n: int, k: int, per_client: int) -> dict:
   )
 
 
+def table() -> None:
+  """Markdown rows: preset, K, dtype, vmap GB, map GB, the pick per size."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  from experiments.configs import cifar_sweep  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import preflight, settings  # pylint: disable=g-import-not-at-top
+  from fedqjax.federated import memory as mem  # pylint: disable=g-import-not-at-top
+
+  sizes = (15, 16, 40, 80)
+  print(
+    "| preset | K | dtype | vmap GB | map GB | "
+    + " | ".join(f"{g} GB" for g in sizes)
+    + " |"
+  )
+  print("|---" * (5 + len(sizes)) + "|")
+  for preset, ks in (("paper", (8, 10, 32)), ("quality", (6,))):
+    base = settings.parse(cifar_sweep.get_config(preset))
+    _, shape = preflight.check_data(base)
+    for dtype in ("bfloat16", "float32") if preset == "paper" else ("",):
+      for k in ks:
+        model = base.model
+        if dtype:
+          model = dataclasses.replace(model, dtype=dtype)
+        fed = dataclasses.replace(
+          base.fed,
+          clients_per_round=k,
+          num_clients=max(k, base.fed.num_clients),
+        )
+        c = dataclasses.replace(base, fed=fed, model=model)
+        est = {
+          lay: preflight.round_estimate(c, shape, lay, 1)
+          for lay in ("vmap", "map")
+        }
+        picks = []
+        for g in sizes:
+          r = mem.fit_layout("vmap", est.__getitem__, int(g * mem.GB))
+          fits = r.total <= mem.HEADROOM * g * mem.GB
+          picks.append(r.layout if fits else "does not fit")
+        print(
+          f"| {preset} | {k} | {dtype or c.model.dtype} | "
+          f"{est['vmap'].total / mem.GB:.1f} | {est['map'].total / mem.GB:.1f}"
+          f" | " + " | ".join(picks) + " |",
+          flush=True,
+        )
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--clients_per_round", default="8,32,64")
   ap.add_argument("--num_clients", type=int, default=10000)
   ap.add_argument("--per_client", type=int, default=2)
   ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+  ap.add_argument("--table", action="store_true")
   a = ap.parse_args()
+  if a.table:
+    table()
+    return
   if a.child:
     print(json.dumps(one(a.num_clients, a.child, a.per_client)))
     return

@@ -53,6 +53,7 @@ class Setup:
   heldout: Callable[[Any], float]  # params -> held-out denoising loss
   evaluator: Optional[Callable[..., Dict[str, Any]]] = None
   channel: Optional[channels.Trajectory] = None  # None: static channel
+  memory: Any = None  # the round's RoundMemory (fedqjax.federated.memory)
 
   def round_devices(self, rnd: int) -> energy.Devices:
     """The devices round `rnd` (1-based) meets (`channels.round_devices`)."""
@@ -208,14 +209,17 @@ def round_spec(
   quantizer,
   flops_per_sample: float,
   mesh=None,
+  fits=None,
 ) -> federated.RoundSpec:
-  """The round's static settings; `fed.client_loop` resolved here."""
+  """The round's static settings; `fed.client_loop` resolved here
+  (`fits(layout)`: the memory check, `preflight.fits`)."""
   f, o, d = config.fed, config.optim, config.diffusion
   shards = federated.num_shards(mesh)
   execution = execution_lib.resolve_execution(
     f.client_loop,
     jax.default_backend(),
     federated.padded_clients(f.clients_per_round, mesh) // shards,
+    fits=fits,
   )
   return federated.RoundSpec(
     unet=unet,
@@ -293,6 +297,7 @@ def _partition(config: Settings, xf, y, seed: int):
 def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
   """Partitions the data and builds model, devices, deadline and spec."""
   from experiments.fl_sweep import evaluate as evaluation  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import preflight  # pylint: disable=g-import-not-at-top
 
   name, x, y, xt = dataset
   res = config.data.resolution or x.shape[1]  # 0 = native size
@@ -322,7 +327,18 @@ def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
     bucket_size=config.quant.bucket_size or None,
   )
   mesh = client_mesh(config)
-  spec = round_spec(config, unet, quantizer, flops, mesh=mesh)
+  shards = federated.num_shards(mesh)
+  spec = round_spec(
+    config,
+    unet,
+    quantizer,
+    flops,
+    mesh=mesh,
+    fits=preflight.fits(config, image_shape, shards),
+  )
+  mem = preflight.round_estimate(
+    config, image_shape, spec.execution.layout, shards
+  )
   setup = Setup(
     config=config,
     dataset=name,
@@ -345,6 +361,7 @@ def build(config: Settings, dataset, seed: int, workdir: str) -> Setup:
     num_params=num_params,
     heldout=make_heldout(unet, test_f, config),
     channel=channels.trajectory(config, devices, keys["devices"], t),
+    memory=mem,
   )
   setup.evaluator = evaluation.Evaluator(setup, workdir)
   return setup

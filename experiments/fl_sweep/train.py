@@ -323,8 +323,10 @@ def train_and_evaluate(
      "meta": {...}}.
   """
   from experiments.fl_sweep import figures as report  # pylint: disable=g-import-not-at-top
+  from experiments.fl_sweep import preflight  # pylint: disable=g-import-not-at-top
 
   config = settings_tree.parse(config)  # before anything compiles
+  preflight.check(config, workdir)  # data, FID weights, memory: exit 2
   runs = plan_runs(config)
   guard_stale_runs(
     config, runs, workdir, overwrite
@@ -386,6 +388,7 @@ def announce(setup: Setup, progress, first: bool) -> None:
     )
     progress.compiling(
       f"the federated round ({spec.clients_per_round} "
-      f"clients, {spec.execution.layout} layout, {backend})",
+      f"clients, {spec.execution.layout} layout, {backend}, "
+      f"{setup.memory.describe()})",
       est,
     )

