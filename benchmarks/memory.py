@@ -1,5 +1,5 @@
 r"""Peak host memory of one round vs the number of participants K, and the
-round time with a large population (issue 19 item 3).
+round time with a large population.
 
 Each K runs in its own process (peak RSS is per process): N clients of
 synthetic 28x28x1 data (n images each) held on the host side as one padded

@@ -12,7 +12,7 @@ layout, the local-step unroll and the convolution form; the resolved values
 are printed), of `round_step_reference` (Python loop over clients, with the
 first client loop's convolution form and unroll), and of centralized training
 of one model at batch K*B; compile times; MFU from the XLA-CPU-counted FLOPs
-per image (MODEL.md section 3) and a peak you give.
+per image (docs/model.md sec. 3) and a peak you give.
 """
 
 import argparse

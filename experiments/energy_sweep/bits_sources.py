@@ -1,6 +1,6 @@
-"""Where the energy sweep's on-demand bit-widths come from (issue 17, 2).
+"""Where the energy sweep's on-demand bit-widths come from.
 
-On-demand bits (MODEL.md sec. 2) are the least b in [b_min, 32] with
+On-demand bits (docs/model.md sec. 2) are the least b in [b_min, 32] with
   A / (4 (2^b - 1)^2) <= eps_k ||u||^2,   A = sum_j n_j R_j^2,
 so a device's bits depend on its update u only through rho = A / ||u||^2
 (R_j = hi_j - lo_j for min-max, ||v_j|| for QSGD). Given rho, the bits of

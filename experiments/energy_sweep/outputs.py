@@ -1,4 +1,4 @@
-"""Outputs of the energy sweep: results.csv and summary.md (issue 17, 3).
+"""Outputs of the energy sweep: results.csv and summary.md.
 
 One CSV row per (scenario row, bits scheme, allocation); every statistic is
 the mean over the device draws with its sample standard deviation (`_std`).

@@ -1,5 +1,5 @@
 """The system-level energy sweep: scenarios x device draws x bits schemes x
-allocations (issue 17).
+allocations.
 
 Energy-efficient FL papers (Yang et al., IEEE TWC 2021, and the seed paper
 arXiv 2403.04430) show how system energy moves with the deadline, the number

@@ -1,7 +1,7 @@
 """The main job: train_and_evaluate(config, workdir) runs the scheme sweep.
 
 A sweep is a list of runs: each bits scheme (fp32 / fixed / on-demand,
-MODEL.md section 1) trains ONCE per seed (on-demand once per error-demand
+docs/model.md sec. 1) trains ONCE per seed (on-demand once per error-demand
 scale too); every allocation policy is priced inside the same round on the
 same uploads. One subdirectory per run holds TensorBoard logs (clu), orbax
 checkpoints, the per-round history and a summary; the workdir gets

@@ -1,9 +1,9 @@
 """Per-image FLOPs of DDPM training and sampling from XLA's cost analysis.
 
-MODEL.md section 3: the computation energy needs the training FLOPs of ONE
+docs/model.md sec. 3: the computation energy needs the training FLOPs of ONE
 image's forward + backward pass, counted by XLA's HLO cost analysis of the
 program compiled for the CPU (XLA's GPU cost analysis of a vmapped round
-undercounts convolutions). Sampling energy (MODEL.md section 6.1) needs the
+undercounts convolutions). Sampling energy (docs/model.md sec. 6) needs the
 FLOPs of one denoising step: `sample_flops_per_image` is the forward pass
 alone at batch 1; `sampling_step_flops` is one step of the sampler's actual
 loop body (forward + the DDPM / DDIM update + the step's noise draw, a few
@@ -78,7 +78,7 @@ def train_flops_per_image(
   Args:
     unet_config: the model.
     image_shape: (H, W, C).
-    compiled: count on the CPU-compiled (optimized) HLO, as MODEL.md
+    compiled: count on the CPU-compiled (optimized) HLO, as docs/model.md sec. 3
       prescribes; False counts the unoptimized lowered HLO (no compile, much
       faster, usually within a few percent).
 

@@ -21,7 +21,7 @@ and the bisection live in `numerics` (shared with `policies` and
 `shared_bandwidth`). Infeasible devices get f = f_max, p = p_max, t = t^min,
 their energies, nu = 0.
 
-Infeasibility policies (MODEL.md sec. 4) are applied by the round engine
+Infeasibility policies (docs/model.md sec. 4) are applied by the round engine
 (fedqjax/federated/phases.py: `screen`, `degrade`) from `feasible_mask`.
 """
 

@@ -1,7 +1,7 @@
 """Allocation policies on the same uploads: the optimum and the baselines a reviewer asks for.
 
 Every policy answers the same question for each device (arXiv 2403.04430
-sec. 3-4, MODEL.md sec. 1 "Allocation"): which CPU frequency f in
+sec. 3-4, docs/model.md sec. 1 "Allocation"): which CPU frequency f in
 [f_min, f_max] and transmit power p in (0, p_max] deliver the payload S by the
 deadline T, c n / f + t^com <= T with t^com = S / r(p)? They differ only in
 how much of the deadline's slack they turn into energy savings:

@@ -1,4 +1,4 @@
-"""Energy-optimal allocation with a shared, optimized FDMA bandwidth (MODEL.md sec. 4, end).
+"""Energy-optimal allocation with a shared, optimized FDMA bandwidth (docs/model.md sec. 4, end).
 
 Beyond the per-device problem of `allocator.allocate`, the bandwidths W_k are
 variables too, coupled by the budget sum_k W_k <= W_tot:

@@ -159,7 +159,7 @@ def choose_bits(
   """Bit-width of ONE client by scheme (traced): 32, fixed, or on demand.
 
   On demand: the least b whose variance bound meets eps_k s ||u_k||^2
-  (MODEL.md section 2, s = the scheme's error-demand scale), then capped by
+  (docs/model.md sec. 2, s = the scheme's error-demand scale), then capped by
   the device's bit cap.
   """
   ondemand = spec.quantizer.bits_for(

@@ -4,7 +4,7 @@ RoundSpec is hashable and static under jit: everything that changes the
 program (model, quantizer layout, shapes, loop lengths, client layout,
 allocation policies). Scheme is a pytree of traced scalars: everything a sweep
 varies per run (fp32 / fixed / on-demand bits, the deadline, the error-demand
-scale), so one compiled round serves the whole sweep (MODEL.md section 1,
+scale), so one compiled round serves the whole sweep (docs/model.md sec. 1,
 "schemes every sweep compares").
 
 Schemes have two axes. Bits (`BITS_SCHEMES`) decide what a client uploads and
@@ -56,7 +56,7 @@ def _bad(owner: str, name: str, value: Any, valid: Any):
 def make_scheme(
   bits: str, *, deadline_s: float, fixed_bits: int = 8, eps_scale: float = 1.0
 ) -> Scheme:
-  """A bits scheme by name (MODEL.md section 1) as traced data.
+  """A bits scheme by name (docs/model.md sec. 1) as traced data.
 
   Raises:
     ValueError: unknown name, fixed_bits outside 1..32, deadline or eps_scale
@@ -99,14 +99,14 @@ class RoundSpec:
     server_lr: 1.0 is plain FedAvg.
     ema_decay: the EMA's per-round decay cap; the decay warms up as
       min(ema_decay, (1 + r) / (ema_warmup + r)) so the initial weights hold
-      < 1% of the EMA after 10 rounds (MODEL.md section 1).
+      < 1% of the EMA after 10 rounds (docs/model.md sec. 1).
     T, beta_start, beta_end: the linear DDPM schedule.
     b_min: smallest bit-width on demand (and under "degrade").
     target: "update" uploads w_k - w, "weights" uploads w_k (paper-literal).
     infeasible_policy: a device that cannot deliver by the deadline is
-      "drop"ped or "degrade"d to fewer bits (MODEL.md section 4).
+      "drop"ped or "degrade"d to fewer bits (docs/model.md sec. 4).
     flops_per_sample: training FLOPs per image (forward + backward), XLA CPU
-      cost analysis (MODEL.md section 3).
+      cost analysis (docs/model.md sec. 3).
     allocations: allocation policies priced every round (energy.ALLOCATIONS).
     execution: how the client axis is laid out (`resolve_execution`).
     rayleigh_fading: redraw Rayleigh fading each round (as EnergyConfig).
@@ -225,7 +225,7 @@ class RoundSpec:
   @property
   def samples_per_round(self) -> int:
     """Samples a participant's energy is priced for per round, I * B
-    (MODEL.md 3), or I * samples_per_step when that is set."""
+    (docs/model.md sec. 3), or I * samples_per_step when that is set."""
     per_step = self.samples_per_step or self.batch_size
     return self.local_steps * per_step
 

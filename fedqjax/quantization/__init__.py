@@ -1,6 +1,6 @@
 """Unbiased stochastic quantization of client uploads, on-demand bits, codec.
 
-MODEL.md section 2 of fedqjax ("On-demand Quantization for Green Federated
+docs/model.md sec. 2 of fedqjax ("On-demand Quantization for Green Federated
 Generative Diffusion in Mobile Edge Networks", https://arxiv.org/abs/2403.04430):
 min-max stochastic quantization, and QSGD (Alistarh et al. 2017,
 https://arxiv.org/abs/1610.02132) beside it, on the update pytree raveled into

@@ -1,4 +1,4 @@
-"""Variance bound, on-demand bit-width and payload size (MODEL.md section 2).
+"""Variance bound, on-demand bit-width and payload size (docs/model.md sec. 2).
 
 For buckets j with n_j entries and range R_j (min-max: hi_j - lo_j; QSGD:
 the bucket norm ||v_j||, Alistarh et al. 2017, https://arxiv.org/abs/1610.02132)

@@ -1,4 +1,4 @@
-"""Host-side byte codec of a quantized upload (MODEL.md section 2).
+"""Host-side byte codec of a quantized upload (docs/model.md sec. 2).
 
 `encode` really packs the levels the traced quantizer draws into a bit stream
 at b bits per entry (b + 1 for QSGD: the sign in the top bit), followed by the

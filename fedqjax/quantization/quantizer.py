@@ -1,6 +1,6 @@
 """The quantizer: unbiased stochastic min-max and QSGD on one flat vector.
 
-Implements MODEL.md section 2 ("On-demand Quantization for Green Federated
+Implements docs/model.md sec. 2 ("On-demand Quantization for Green Federated
 Generative Diffusion in Mobile Edge Networks", https://arxiv.org/abs/2403.04430)
 and its QSGD variant (Alistarh et al., NeurIPS 2017,
 https://arxiv.org/abs/1610.02132) on an update pytree raveled into ONE float32
@@ -183,7 +183,7 @@ def make_quantizer(
 
   Args:
     template: pytree of float arrays or `jax.ShapeDtypeStruct`s.
-    method: "minmax" (MODEL.md section 2) or "qsgd".
+    method: "minmax" (docs/model.md sec. 2) or "qsgd".
     bucket_size: entries per bucket within each leaf (the last one partial);
       None = one bucket per leaf.
 

@@ -127,7 +127,7 @@ def install(
 
 def user_env() -> Dict[str, str]:
   """A user's environment: no checkout on the path, CPU only, the quiet
-  console, this session's compilation cache."""
+  console, this test run's compilation cache."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   for name in ("PYTHONPATH", "FEDQJAX_VERBOSE", "PYTHONHOME"):
     env.pop(name, None)

@@ -1,4 +1,4 @@
-"""The sweep's statistics on the small preset (issue 17 "Done when"):
+"""The sweep's statistics on the small preset:
 energy non-increasing in the deadline, the policies' order, the shared
 bandwidth split, on-demand bits vs the error scale."""
 

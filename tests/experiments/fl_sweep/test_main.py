@@ -69,7 +69,7 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
 
 
 def test_console_of_a_real_run(tmp_path):
-  """Issue 22 item 6: compile line, progress with ETA, table, tensorboard."""
+  """Compile line, progress with ETA, table, tensorboard."""
   workdir = tmp_path / "run"
   out = run_cli(
     [

@@ -26,7 +26,7 @@ def _run_script(name, env_extra, args=()):
 
 
 def test_main_job_on_8_devices_equals_one_device(tmp_path):
-  """`fed.mesh=auto` through train_and_evaluate (issue 19 item 1)."""
+  """`fed.mesh=auto` through train_and_evaluate."""
   out = _run_script(
     "experiments/fl_sweep/mesh_train_check.py",
     {

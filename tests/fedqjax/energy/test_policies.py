@@ -1,4 +1,4 @@
-"""Tests for fedqjax.energy.policies (issue 15 items 1, 2, 5); the deadline
+"""Tests for fedqjax.energy.policies; the deadline
 rules are tested in test_allocator.py.
 
 Energy is checked from both sides: the (f, p, t) each policy returns must

@@ -1,4 +1,4 @@
-"""Tests for fedqjax.quantization.quantizer (MODEL.md section 2): layout,
+"""Tests for fedqjax.quantization.quantizer (docs/model.md sec. 2): layout,
 statistics, exact and extreme cases, tracing, the frozen reference of the
 round's old code; property-based fuzzing (hypothesis) at the end.
 
