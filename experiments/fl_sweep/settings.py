@@ -326,8 +326,8 @@ class Settings:
   preset: str = key(
     "cpu",
     one_of(*PRESETS),
-    "the preset's name, recorded in results.json and the figures (set the "
-    "values with --config=<preset>)",
+    "the preset's name, recorded in results.json and the figures (a "
+    "preset's values are set by --config=NAME)",
   )
   seed: int = key(0, between(0, 2**31 - 1), "synthetic data, sampling noise")
   data: Data = section(Data)
