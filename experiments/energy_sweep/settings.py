@@ -91,7 +91,8 @@ class Scenario:
   total_bandwidth_hz: float = key(
     20e6,
     _RANGE["total_bandwidth_hz"],
-    "Hz, W: equal FDMA shares W / N (`shared` optimizes them); 20 MHz: Yang et al. TWC 2021, Sec. VI",
+    "Hz, W: equal FDMA shares W / N (`shared` optimizes them); 20 MHz: Yang et"
+    " al. TWC 2021, Sec. VI",
   )
   eps_scale: float = key(
     1.0, _RANGE["eps_scale"], "multiplies every device's error budget eps_k"
@@ -108,10 +109,13 @@ class Scenario:
   f_max_hz: float = key(
     2e9,
     _RANGE["f_max_hz"],
-    "Hz, every device's highest CPU frequency f_max; 2 GHz: Yang et al. TWC 2021, Sec. VI",
+    "Hz, every device's highest CPU frequency f_max; 2 GHz: Yang et al. TWC"
+    " 2021, Sec. VI",
   )
   fading: bool = key(
-    False, _RANGE["fading"], "Rayleigh block fading |h|^2 ~ Exp(1)"
+    False,
+    _RANGE["fading"],
+    "Rayleigh block fading |h|^2 ~ Exp(1) on every device's gain (off: ours)",
   )
   cycles_per_sample: float = key(
     0.0,
@@ -234,7 +238,8 @@ class Devices:
   )
   pathloss_const_db: float = key(
     128.1,
-    doc="dB, a of the path loss a + b log10(d / km); 128.1: Yang et al. TWC 2021, Sec. VI (a 3GPP "
+    doc="dB, a of the path loss a + b log10(d / km); 128.1: Yang et al. TWC"
+    " 2021, Sec. VI (a 3GPP "
     "macro-cell model)",
   )
   pathloss_exp_db: float = key(
@@ -244,11 +249,13 @@ class Devices:
   )
   shadowing_db: float = key(
     8.0,
-    doc="dB, spread of the shadowing (shadowing_law; 0: off); 8 dB: Yang et al. TWC 2021, Sec. VI",
+    doc="dB, spread of the shadowing (shadowing_law; 0: off); 8 dB: Yang et"
+    " al. TWC 2021, Sec. VI",
   )
   noise_psd_dbm_hz: float = key(
     -174.0,
-    doc="dBm/Hz, noise power spectral density N0; -174: Yang et al. TWC 2021, Sec. VI",
+    doc="dBm/Hz, noise power spectral density N0; -174: Yang et al. TWC 2021,"
+    " Sec. VI",
   )
   f_min_hz: float = key(
     0.1e9,
@@ -356,7 +363,10 @@ class Settings:
     "finished training sweep's workdir (bits_sources.py)",
   )
   samples_per_round: int = key(
-    16, between(1, 10**9), "n = I B: the CPU preset's 2 steps x batch 8"
+    16,
+    between(1, 10**9),
+    "n, samples a device computes per round; 16 = I B: the training "
+    "sweep's cpu preset, 2 steps x batch 8",
   )
   heatmap: Tuple[str, ...] = key(
     ("deadline_factor", "eps_scale"),

@@ -53,7 +53,8 @@ class Energy:
   radius_m: float = key(
     _DEVICES.radius_m,
     doc="m, cell radius: devices uniform in the disc around the base "
-    "station, >= 10 m from it; 500 m is ours (Yang et al. TWC 2021, Sec. VI: a 500 m x 500 m square)",
+    "station, >= 10 m from it; 500 m is ours (Yang et al. TWC 2021, Sec. VI: a"
+    " 500 m x 500 m square)",
   )
   shadowing_db: float = key(
     _DEVICES.shadowing_db,
@@ -73,7 +74,8 @@ class Energy:
   )
   noise_psd_dbm_hz: float = key(
     _DEVICES.noise_psd_dbm_hz,
-    doc="dBm/Hz, noise power spectral density N0; -174: Yang et al. TWC 2021, Sec. VI",
+    doc="dBm/Hz, noise power spectral density N0; -174: Yang et al. TWC 2021,"
+    " Sec. VI",
   )
   p_max_w: float = key(
     _DEVICES.p_max_w,
@@ -87,7 +89,8 @@ class Energy:
   )
   f_max_hz: float = key(
     _DEVICES.f_max_hz,
-    doc="Hz, every device's highest CPU frequency; 2 GHz: Yang et al. TWC 2021, Sec. VI",
+    doc="Hz, every device's highest CPU frequency; 2 GHz: Yang et al. TWC"
+    " 2021, Sec. VI",
   )
   tau_mean: float = key(
     _DEVICES.tau_mean,
@@ -222,7 +225,12 @@ class Channel:
     " process (rho or doppler_hz), planned on a stale noisy estimate; "
     "docs/model.md sec. 7",
   )
-  rho: float = key(1.0, between(0, 1), "per-round fading correlation")
+  rho: float = key(
+    1.0,
+    between(0, 1),
+    "per-round correlation rho of the AR(1) fading (model gauss_markov; 1: "
+    "constant fading)",
+  )
   doppler_hz: float = key(
     0.0,
     between(0, 1e6),
@@ -231,8 +239,16 @@ class Channel:
   estimate_delay: int = key(
     0, between(0, 10_000), "d, rounds by which the channel estimate lags"
   )
-  estimate_noise: float = key(0.0, between(0, 1), "relative MSE of h_hat")
-  backoff_db: float = key(0.0, between(0, 60), "plan at h_hat x 10^(-dB/10)")
+  estimate_noise: float = key(
+    0.0,
+    between(0, 1),
+    "s2, the estimate's relative MSE: h_hat = sqrt(1 - s2) h + sqrt(s2) e",
+  )
+  backoff_db: float = key(
+    0.0,
+    between(0, 60),
+    "dB, the allocator plans at the estimated gain x 10^(-dB/10)",
+  )
   miss_target: float = key(
     0.0,
     between(0, 0.5, hi_open=True),

@@ -55,10 +55,27 @@ class Data:
     one_of("auto", "cifar10", "fashion_mnist", "synthetic"),
     "auto: CIFAR-10 if tfds has it prepared, else Fashion-MNIST",
   )
-  data_dir: str = key("", doc="Fashion-MNIST idx dir or tfds data_dir")
-  tarball: str = key("", doc="cifar-10-python.tar.gz (trusted input)")
-  download: bool = key(False, doc="let tfds download CIFAR-10 (a network)")
-  resolution: int = key(0, one_of(0, 8, 16, 28, 32), "0 = native size")
+  data_dir: str = key(
+    "",
+    doc="directory of the Fashion-MNIST idx files, or tfds's data_dir for "
+    "CIFAR-10 ('': the default places)",
+  )
+  tarball: str = key(
+    "",
+    doc="path to cifar-10-python.tar.gz, read instead of tfds (Python pickles:"
+    " a"
+    " file you trust)",
+  )
+  download: bool = key(
+    False, doc="let tfds download CIFAR-10 (needs a network)"
+  )
+  resolution: int = key(
+    0,
+    one_of(0, 8, 16, 28, 32),
+    "pixels per side: smaller images are padded to it (28 -> 32, no "
+    "interpolation), larger ones refused; 0 = native size (28 Fashion-MNIST,"
+    " 32 CIFAR-10; synthetic: 32)",
+  )
   partition: str = key(
     "iid",
     one_of("iid", "dirichlet", "shards"),
@@ -79,7 +96,12 @@ class Data:
     "2017), so about this many classes per client",
   )
   max_train: int = key(6000, between(0), "training images used (0 = all)")
-  num_test: int = key(1000, between(2), "reference images for FID/KID")
+  num_test: int = key(
+    1000,
+    between(2),
+    "test images kept: the reference images for FID/KID, and the held-out "
+    "and bits/dim sets come from them",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +178,12 @@ class Fed:
   rounds: int = key(
     30, between(1, 10_000_000), "R, federated rounds of every run"
   )
-  server_lr: float = key(1.0, between(0, 10, lo_open=True), "1 = FedAvg")
+  server_lr: float = key(
+    1.0,
+    between(0, 10, lo_open=True),
+    "server learning rate on the averaged upload; 1 = FedAvg (docs/model.md "
+    "sec. 7)",
+  )
   ema_decay: float = key(
     0.9,
     between(0, 1, hi_open=True),
@@ -211,10 +238,24 @@ class Quant:
     "stochastic quantizer: minmax (per-bucket min-max levels) | qsgd "
     "(Alistarh et al. 2017); docs/model.md sec. 2",
   )
-  bucket_size: int = key(0, between(0), "0 = one bucket per tensor")
-  b_min: int = key(1, between(1, 32), "smallest bit-width on demand")
+  bucket_size: int = key(
+    0,
+    between(0),
+    "entries per quantization bucket, each with its own range; 0 = one "
+    "bucket per tensor",
+  )
+  b_min: int = key(
+    1,
+    between(1, 32),
+    "smallest bit-width on demand (and under energy.infeasible_policy degrade)",
+  )
   fixed_bits: int = key(8, between(1, 32), "the fixed scheme's bit-width")
-  target: str = key("update", one_of(*spec.TARGETS), "update: w_k - w")
+  target: str = key(
+    "update",
+    one_of(*spec.TARGETS),
+    "update: upload w_k - w | weights: upload w_k (the literal reading); "
+    "docs/model.md sec. 1",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +267,11 @@ class Eval:
     "test images of the held-out denoising loss (fixed noise and t, the same"
     " for every run; 0: off)",
   )
-  num_samples: int = key(64, between(2, 1_000_000), "samples at the end")
+  num_samples: int = key(
+    64,
+    between(2, 1_000_000),
+    "samples at the end (FID/KID and the grid)",
+  )
   batch_size: int = key(
     128,
     between(1, 100_000),
@@ -301,7 +346,8 @@ class Sweep:
   eps_scales: Tuple[float, ...] = key(
     (1.0,),
     each(between(0, lo_open=True)),
-    "multiplies every device's error budget",
+    "multiplies every device's error budget eps_k; ondemand trains once per"
+    " scale",
   )
   target_margin: float = key(
     0.02, between(0, 10), "energy to fp32's final held-out loss x (1+m)"
@@ -329,7 +375,12 @@ class Settings:
     "the preset's name, recorded in results.json and the figures (a "
     "preset's values are set by --config=NAME)",
   )
-  seed: int = key(0, between(0, 2**31 - 1), "synthetic data, sampling noise")
+  seed: int = key(
+    0,
+    between(0, 2**31 - 1),
+    "seed of the synthetic data and of the evaluation's noise (samples, "
+    "bits/dim); the runs' seeds are sweep.seeds",
+  )
   data: Data = section(Data)
   model: Model = section(Model)
   diffusion: Diffusion = section(Diffusion)
@@ -349,7 +400,12 @@ class Settings:
   ckpt_every: int = key(
     10, _POS_INT, "rounds between checkpoints (and the last round)"
   )
-  max_rounds_this_run: int = key(0, between(0), "> 0: stop after n rounds")
+  max_rounds_this_run: int = key(
+    0,
+    between(0),
+    "> 0: this invocation stops after n more rounds (a rerun resumes from "
+    "the checkpoint)",
+  )
   compilation_cache: bool = key(
     True, doc="JAX's persistent compilation cache (a rerun compiles in seconds)"
   )

@@ -28,7 +28,8 @@ def test_every_key_has_a_doc():
   for root in TREES:
     rows = keys.key_table(root)
     missing = [r.key for r in rows if not r.doc.strip()]
-    assert rows and not missing, (root.__module__, missing)
+    assert rows, root
+    assert not missing, f"{root.__module__}: keys without a doc: {missing}"
 
 
 def test_configuration_page_is_current():
