@@ -38,7 +38,6 @@ from experiments.common.settings import (
 from experiments.energy_sweep import models
 from experiments.energy_sweep import regime as regime_lib
 from fedqjax.energy.allocator import DEADLINE_RULES
-from fedqjax.energy.device_checks import CELL_SHAPES, SHADOWING_LAWS
 from fedqjax.energy.devices import EnergyConfig
 from fedqjax.energy.policies import ALLOCATIONS
 from fedqjax.energy.regimes import REGIMES
@@ -92,7 +91,8 @@ class Scenario:
   total_bandwidth_hz: float = key(
     20e6,
     _RANGE["total_bandwidth_hz"],
-    "W: equal FDMA shares W / N (`shared` optimizes them)",
+    "Hz, W: equal FDMA shares W / N (`shared` optimizes them); 20 MHz: Yang et"
+    " al. TWC 2021, Sec. VI",
   )
   eps_scale: float = key(
     1.0, _RANGE["eps_scale"], "multiplies every device's error budget eps_k"
@@ -100,10 +100,22 @@ class Scenario:
   model: str = key(
     "tiny", _RANGE["model"], "tiny | paper | a parameter count (models.py)"
   )
-  p_max_w: float = key(0.2, _RANGE["p_max_w"], "every device's power cap")
-  f_max_hz: float = key(2e9, _RANGE["f_max_hz"], "every device's CPU cap")
+  p_max_w: float = key(
+    0.2,
+    _RANGE["p_max_w"],
+    "W, every device's transmit power cap p_max; 0.2 W (23 dBm) is ours: LTE"
+    " UE power class 3 (Yang et al. 2021: 10 dBm)",
+  )
+  f_max_hz: float = key(
+    2e9,
+    _RANGE["f_max_hz"],
+    "Hz, every device's highest CPU frequency f_max; 2 GHz: Yang et al. TWC"
+    " 2021, Sec. VI",
+  )
   fading: bool = key(
-    False, _RANGE["fading"], "Rayleigh block fading |h|^2 ~ Exp(1)"
+    False,
+    _RANGE["fading"],
+    "Rayleigh block fading |h|^2 ~ Exp(1) on every device's gain (off: ours)",
   )
   cycles_per_sample: float = key(
     0.0,
@@ -167,7 +179,12 @@ assert AXES == tuple(sorted(AXES)), AXES
 
 @dataclasses.dataclass(frozen=True)
 class Quant:
-  method: str = key("minmax", one_of(*METHODS))
+  method: str = key(
+    "minmax",
+    one_of(*METHODS),
+    "stochastic quantizer priced: minmax (per-bucket min-max levels) | qsgd "
+    "(Alistarh et al. 2017); docs/model.md sec. 2",
+  )
   bucket_size: int = key(0, between(0, _MAX_INT), "0 = one bucket per tensor")
   b_min: int = key(1, between(1, 32), "smallest on-demand bit-width")
 
@@ -184,10 +201,24 @@ class Deadline:
   move; devices that can no longer meet it skip the round).
   """
 
-  rule: str = key("fp32_feasible", one_of(*DEADLINE_RULES))
-  quantile: float = key(0.95, between(0, 1, lo_open=True))
+  rule: str = key(
+    "fp32_feasible",
+    one_of(*DEADLINE_RULES),
+    "statistic of the fp32 minimal round times that T scales: fp32_feasible"
+    " = the largest | median | quantile; ours, docs/model.md sec. 7",
+  )
+  quantile: float = key(
+    0.95,
+    between(0, 1, lo_open=True),
+    "the quantile of rule quantile (devices above it skip the round)",
+  )
   seconds: float = key(0.0, between(0, 1e9), "> 0: a fixed deadline T")
-  reference: str = key("scenario", one_of(*DEADLINE_REFERENCES))
+  reference: str = key(
+    "scenario",
+    one_of(*DEADLINE_REFERENCES),
+    "scenario: T from each scenario's own devices and model | base: the "
+    "base scenario's T per draw, held fixed while the axes move",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,21 +226,83 @@ class Devices:
   """The rest of the device model; `EnergyConfig` checks these keys (its
   fields; N, W, p_max, f_max and fading are the scenario's)."""
 
-  radius_m: float = 500.0
-  min_distance_m: float = 10.0
-  pathloss_const_db: float = 128.1
-  pathloss_exp_db: float = 37.6
-  shadowing_db: float = 8.0
-  noise_psd_dbm_hz: float = -174.0
-  f_min_hz: float = 0.1e9
-  tau_mean: float = 1e-28
-  tau_spread: float = 0.5
-  flops_per_cycle_choices: Tuple[float, ...] = (8.0, 16.0, 32.0)
-  eps_choices: Tuple[float, ...] = (1e-3, 1e-2, 5e-2, 1e-1)
-  bit_caps: Tuple[int, ...] = key((), doc="() = no caps")
-  cycles_spread: float = key(0.5, doc="c_k = c x U[1 - s, 1 + s]")
-  cell_shape: str = key("disc", doc=" | ".join(CELL_SHAPES))
-  shadowing_law: str = key("normal", doc=" | ".join(SHADOWING_LAWS))
+  radius_m: float = key(
+    500.0,
+    doc="m, cell size: the disc's radius, or half the square's side; 500 m "
+    "is ours (Yang et al. TWC 2021, Sec. VI: a 500 m x 500 m square)",
+  )
+  min_distance_m: float = key(
+    10.0,
+    doc="m, smallest distance to the base station (keeps the path loss "
+    "finite); 10 m is ours",
+  )
+  pathloss_const_db: float = key(
+    128.1,
+    doc="dB, a of the path loss a + b log10(d / km); 128.1: Yang et al. TWC"
+    " 2021, Sec. VI (a 3GPP "
+    "macro-cell model)",
+  )
+  pathloss_exp_db: float = key(
+    37.6,
+    doc="dB per decade of distance, b of the path loss a + b log10(d / km);"
+    " 37.6: Yang et al. TWC 2021, Sec. VI",
+  )
+  shadowing_db: float = key(
+    8.0,
+    doc="dB, spread of the shadowing (shadowing_law; 0: off); 8 dB: Yang et"
+    " al. TWC 2021, Sec. VI",
+  )
+  noise_psd_dbm_hz: float = key(
+    -174.0,
+    doc="dBm/Hz, noise power spectral density N0; -174: Yang et al. TWC 2021,"
+    " Sec. VI",
+  )
+  f_min_hz: float = key(
+    0.1e9,
+    doc="Hz, every device's lowest CPU frequency; 0.1 GHz is ours (Yang et "
+    "al. 2021: f >= 0)",
+  )
+  tau_mean: float = key(
+    1e-28,
+    doc="J/(cycle Hz^2), mean effective switched capacitance tau (kappa) of "
+    "E_cmp = tau c n f^2; 1e-28: Yang et al. TWC 2021, Sec. VI",
+  )
+  tau_spread: float = key(
+    0.5,
+    doc="s of tau_k = tau_mean x U[1 - s, 1 + s], in [0, 1); ours (Yang et "
+    "al. 2021: one kappa for every user)",
+  )
+  flops_per_cycle_choices: Tuple[float, ...] = key(
+    (8.0, 16.0, 32.0),
+    doc="a device's FLOPs per CPU cycle, drawn uniformly from these; regime "
+    "flops: c_k = the model's training FLOPs per sample / this (ours)",
+  )
+  eps_choices: Tuple[float, ...] = key(
+    (1e-3, 1e-2, 5e-2, 1e-1),
+    doc="a device's relative error budget eps_k, drawn uniformly from these:"
+    " ondemand bits meet E||Q(u) - u||^2 <= eps_k ||u||^2 (ours)",
+  )
+  bit_caps: Tuple[int, ...] = key(
+    (),
+    doc="per-device bit-width caps, drawn uniformly from these: b_k <= cap "
+    "(() = no caps)",
+  )
+  cycles_spread: float = key(
+    0.5,
+    doc="s of c_k = c x U[1 - s, 1 + s] in the regimes with a cycles per "
+    "sample c, in [0, 1); ours",
+  )
+  cell_shape: str = key(
+    "disc",
+    doc="disc (radius radius_m) | square ([-radius_m, radius_m]^2), the base"
+    " station at the centre; the disc is ours (Yang et al. 2021: a square)",
+  )
+  shadowing_law: str = key(
+    "normal",
+    doc="normal: a N(0, shadowing_db^2) dB offset | lognormal_offset: a "
+    "log-normal dB loss, as the public MATLAB code of Yang et al. 2021's "
+    "figures (docs/model.md sec. 5)",
+  )
 
   def energy_config(self) -> EnergyConfig:
     """The library's device settings (the scenario fields at defaults)."""
@@ -252,7 +345,10 @@ class Settings:
     10, between(1, 1000), "device draws; mean and std over them"
   )
   bits_schemes: Tuple[str, ...] = key(
-    BITS_SCHEMES, each(one_of(*BITS_SCHEMES), distinct=True)
+    BITS_SCHEMES,
+    each(one_of(*BITS_SCHEMES), distinct=True),
+    "bits schemes priced: fp32 (32 bits) | fixed (fixed_bits) | ondemand "
+    "(b_k from each device's eps_k: the paper's method)",
   )
   fixed_bits: int = key(8, between(1, 32), "b of the fixed scheme")
   allocations: Tuple[str, ...] = key(
@@ -267,7 +363,10 @@ class Settings:
     "finished training sweep's workdir (bits_sources.py)",
   )
   samples_per_round: int = key(
-    16, between(1, 10**9), "n = I B: the CPU preset's 2 steps x batch 8"
+    16,
+    between(1, 10**9),
+    "n, samples a device computes per round; 16 = I B: the training "
+    "sweep's cpu preset, 2 steps x batch 8",
   )
   heatmap: Tuple[str, ...] = key(
     ("deadline_factor", "eps_scale"),

@@ -50,24 +50,73 @@ class Energy:
 
   # The library's defaults (their sources: fedqjax.energy.regimes.
   # DEFAULT_SOURCES), not written again here.
-  radius_m: float = _DEVICES.radius_m
-  shadowing_db: float = _DEVICES.shadowing_db
+  radius_m: float = key(
+    _DEVICES.radius_m,
+    doc="m, cell radius: devices uniform in the disc around the base "
+    "station, >= 10 m from it; 500 m is ours (Yang et al. TWC 2021, Sec. VI: a"
+    " 500 m x 500 m square)",
+  )
+  shadowing_db: float = key(
+    _DEVICES.shadowing_db,
+    doc="dB, std of the log-normal shadowing N(0, s^2) dB (0: off); 8 dB: "
+    "Yang et al. TWC 2021, Sec. VI",
+  )
   rayleigh_fading: bool = key(
     _DEVICES.rayleigh_fading,
     doc="static channel: |h|^2 ~ Exp(1) redrawn every round. gauss_markov: "
     "no effect on the rounds (their fading is the process's, Rayleigh from "
     "round 0); only the one draw of gains the deadline rule reads",
   )
-  total_bandwidth_hz: float = _DEVICES.total_bandwidth_hz
-  noise_psd_dbm_hz: float = _DEVICES.noise_psd_dbm_hz
-  p_max_w: float = _DEVICES.p_max_w
-  f_min_hz: float = _DEVICES.f_min_hz
-  f_max_hz: float = _DEVICES.f_max_hz
-  tau_mean: float = _DEVICES.tau_mean
-  tau_spread: float = _DEVICES.tau_spread
-  flops_per_cycle_choices: Tuple[float, ...] = _DEVICES.flops_per_cycle_choices
-  eps_choices: Tuple[float, ...] = _DEVICES.eps_choices
-  cycles_spread: float = _DEVICES.cycles_spread
+  total_bandwidth_hz: float = key(
+    _DEVICES.total_bandwidth_hz,
+    doc="Hz, W: equal FDMA shares W / K among a round's K participants; "
+    "20 MHz: Yang et al. TWC 2021, Sec. VI (which optimizes the split)",
+  )
+  noise_psd_dbm_hz: float = key(
+    _DEVICES.noise_psd_dbm_hz,
+    doc="dBm/Hz, noise power spectral density N0; -174: Yang et al. TWC 2021,"
+    " Sec. VI",
+  )
+  p_max_w: float = key(
+    _DEVICES.p_max_w,
+    doc="W, every device's transmit power cap p_max; 0.2 W (23 dBm) is ours:"
+    " LTE UE power class 3 (Yang et al. 2021: 10 dBm)",
+  )
+  f_min_hz: float = key(
+    _DEVICES.f_min_hz,
+    doc="Hz, every device's lowest CPU frequency; 0.1 GHz is ours (Yang et "
+    "al. 2021: f >= 0)",
+  )
+  f_max_hz: float = key(
+    _DEVICES.f_max_hz,
+    doc="Hz, every device's highest CPU frequency; 2 GHz: Yang et al. TWC"
+    " 2021, Sec. VI",
+  )
+  tau_mean: float = key(
+    _DEVICES.tau_mean,
+    doc="J/(cycle Hz^2), mean effective switched capacitance tau (kappa) of "
+    "E_cmp = tau c n f^2; 1e-28: Yang et al. TWC 2021, Sec. VI",
+  )
+  tau_spread: float = key(
+    _DEVICES.tau_spread,
+    doc="s of tau_k = tau_mean x U[1 - s, 1 + s], in [0, 1); ours (Yang et "
+    "al. 2021: one kappa for every user)",
+  )
+  flops_per_cycle_choices: Tuple[float, ...] = key(
+    _DEVICES.flops_per_cycle_choices,
+    doc="a device's FLOPs per CPU cycle, drawn uniformly from these; regime "
+    "flops: c_k = the U-Net's training FLOPs per image / this (ours)",
+  )
+  eps_choices: Tuple[float, ...] = key(
+    _DEVICES.eps_choices,
+    doc="a device's relative error budget eps_k, drawn uniformly from these:"
+    " ondemand bits meet E||Q(u) - u||^2 <= eps_k ||u||^2 (ours)",
+  )
+  cycles_spread: float = key(
+    _DEVICES.cycles_spread,
+    doc="s of c_k = c x U[1 - s, 1 + s] in the regimes with a cycles per "
+    "sample c, in [0, 1); ours",
+  )
   regime: str = key(
     "flops",
     one_of(*regimes.REGIMES),
@@ -80,10 +129,31 @@ class Energy:
     0.0, between(0, 1e15), "regime cycles_per_sample: mean cycles/sample"
   )
   deadline_s: float = key(0.0, between(0), "> 0: a fixed deadline T")
-  deadline_rule: str = key("fp32_feasible", one_of(*energy.DEADLINE_RULES))
-  deadline_factor: float = key(1.2, between(0, lo_open=True))
-  deadline_quantile: float = key(0.95, between(0, 1, lo_open=True))
-  infeasible_policy: str = key("drop", one_of(*spec.INFEASIBLE_POLICIES))
+  deadline_rule: str = key(
+    "fp32_feasible",
+    one_of(*energy.DEADLINE_RULES),
+    "statistic of the devices' fp32 minimal round times that T scales: "
+    "fp32_feasible = the largest | median | quantile (deadline_quantile); "
+    "ours, docs/model.md sec. 7",
+  )
+  deadline_factor: float = key(
+    1.2,
+    between(0, lo_open=True),
+    "T = factor x the deadline_rule statistic (unused when deadline_s > 0); "
+    "ours",
+  )
+  deadline_quantile: float = key(
+    0.95,
+    between(0, 1, lo_open=True),
+    "the quantile of deadline_rule quantile (devices above it skip)",
+  )
+  infeasible_policy: str = key(
+    "drop",
+    one_of(*spec.INFEASIBLE_POLICIES),
+    "a device that cannot deliver its upload by T: drop (skips the round, "
+    "or its upload after training) | degrade (to the largest deliverable "
+    "b >= quant.b_min); docs/model.md sec. 4",
+  )
 
   def devices(
     self, num_devices: int, bandwidth_shares: int
@@ -148,16 +218,37 @@ class Channel:
   the deadline rule (energy.deadline_rule) reads.
   """
 
-  model: str = key("static", one_of(*CHANNEL_MODELS))
-  rho: float = key(1.0, between(0, 1), "per-round fading correlation")
+  model: str = key(
+    "static",
+    one_of(*CHANNEL_MODELS),
+    "static: the channel known exactly | gauss_markov: a correlated Rayleigh"
+    " process (rho or doppler_hz), planned on a stale noisy estimate; "
+    "docs/model.md sec. 7",
+  )
+  rho: float = key(
+    1.0,
+    between(0, 1),
+    "per-round correlation rho of the AR(1) fading (model gauss_markov; 1: "
+    "constant fading)",
+  )
   doppler_hz: float = key(
     0.0,
     between(0, 1e6),
     "> 0: Clarke's process, lag-k correlation J0(2 pi f_d T k), T the deadline",
   )
-  estimate_delay: int = key(0, between(0, 10_000), "rounds")
-  estimate_noise: float = key(0.0, between(0, 1), "relative MSE of h_hat")
-  backoff_db: float = key(0.0, between(0, 60), "plan at h_hat x 10^(-dB/10)")
+  estimate_delay: int = key(
+    0, between(0, 10_000), "d, rounds by which the channel estimate lags"
+  )
+  estimate_noise: float = key(
+    0.0,
+    between(0, 1),
+    "s2, the estimate's relative MSE: h_hat = sqrt(1 - s2) h + sqrt(s2) e",
+  )
+  backoff_db: float = key(
+    0.0,
+    between(0, 60),
+    "dB, the allocator plans at the estimated gain x 10^(-dB/10)",
+  )
   miss_target: float = key(
     0.0,
     between(0, 0.5, hi_open=True),

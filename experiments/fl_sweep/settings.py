@@ -55,28 +55,89 @@ class Data:
     one_of("auto", "cifar10", "fashion_mnist", "synthetic"),
     "auto: CIFAR-10 if tfds has it prepared, else Fashion-MNIST",
   )
-  data_dir: str = key("", doc="Fashion-MNIST idx dir or tfds data_dir")
-  tarball: str = key("", doc="cifar-10-python.tar.gz (trusted input)")
-  download: bool = key(False, doc="let tfds download CIFAR-10 (a network)")
-  resolution: int = key(0, one_of(0, 8, 16, 28, 32), "0 = native size")
-  partition: str = key("iid", one_of("iid", "dirichlet", "shards"))
-  dirichlet_alpha: float = key(0.5, between(0, lo_open=True))
-  labels_per_client: int = key(2, between(1, 10))
+  data_dir: str = key(
+    "",
+    doc="directory of the Fashion-MNIST idx files, or tfds's data_dir for "
+    "CIFAR-10 ('': the default places)",
+  )
+  tarball: str = key(
+    "",
+    doc="path to cifar-10-python.tar.gz, read instead of tfds (Python pickles:"
+    " a"
+    " file you trust)",
+  )
+  download: bool = key(
+    False, doc="let tfds download CIFAR-10 (needs a network)"
+  )
+  resolution: int = key(
+    0,
+    one_of(0, 8, 16, 28, 32),
+    "pixels per side: smaller images are padded to it (28 -> 32, no "
+    "interpolation), larger ones refused; 0 = native size (28 Fashion-MNIST,"
+    " 32 CIFAR-10; synthetic: 32)",
+  )
+  partition: str = key(
+    "iid",
+    one_of("iid", "dirichlet", "shards"),
+    "split of the training images over the N clients (per seed): iid | "
+    "dirichlet (label skew, dirichlet_alpha) | shards (labels_per_client)",
+  )
+  dirichlet_alpha: float = key(
+    0.5,
+    between(0, lo_open=True),
+    "partition dirichlet: each class's images go to the clients in "
+    "proportions ~ Dir(alpha); small = few classes per client, large = "
+    "near iid",
+  )
+  labels_per_client: int = key(
+    2,
+    between(1, 10),
+    "partition shards: label-sorted shards per client (McMahan et al. "
+    "2017), so about this many classes per client",
+  )
   max_train: int = key(6000, between(0), "training images used (0 = all)")
-  num_test: int = key(1000, between(2), "reference images for FID/KID")
+  num_test: int = key(
+    1000,
+    between(2),
+    "test images kept: the reference images for FID/KID, and the held-out "
+    "and bits/dim sets come from them",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
   """The U-Net; `UNetConfig` checks these keys (its fields)."""
 
-  ch: int = 32
-  ch_mult: Tuple[int, ...] = (1, 2, 2)
-  num_res_blocks: int = 1
-  attn_resolutions: Tuple[int, ...] = (16,)
-  dropout: float = 0.1
-  num_groups: int = 8
-  dtype: str = "float32"
+  ch: int = key(
+    32,
+    doc="base channel count (every level's is a multiple); Ho et al. 2020's"
+    " CIFAR-10 U-Net: 128 (preset paper)",
+  )
+  ch_mult: Tuple[int, ...] = key(
+    (1, 2, 2),
+    doc="channel multiplier per resolution level, a 2x downsampling between "
+    "levels; Ho et al. 2020: 1,2,2,2",
+  )
+  num_res_blocks: int = key(
+    1, doc="residual blocks per level (>= 1); Ho et al. 2020: 2"
+  )
+  attn_resolutions: Tuple[int, ...] = key(
+    (16,),
+    doc="feature-map sizes (pixels per side) with self-attention; Ho et al. "
+    "2020: 16",
+  )
+  dropout: float = key(
+    0.1,
+    doc="dropout rate in the residual blocks, in [0, 1); Ho et al. 2020 "
+    "(CIFAR-10): 0.1",
+  )
+  num_groups: int = key(
+    8, doc="GroupNorm groups, a divisor of ch; Ho et al. 2020: 32"
+  )
+  dtype: str = key(
+    "float32",
+    doc="compute dtype: float32 | bfloat16 | float16 (parameters stay float32)",
+  )
 
   def unet(self, resolution=None) -> UNetConfig:
     return UNetConfig(**dataclasses.asdict(self), resolution=resolution)
@@ -87,9 +148,19 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class Diffusion:
-  T: int = key(1000, between(2))
-  beta_start: float = key(1e-4, between(0, 1, lo_open=True, hi_open=True))
-  beta_end: float = key(0.02, between(0, 1, lo_open=True, hi_open=True))
+  T: int = key(
+    1000, between(2), "diffusion steps T of the DDPM; 1000: Ho et al. 2020"
+  )
+  beta_start: float = key(
+    1e-4,
+    between(0, 1, lo_open=True, hi_open=True),
+    "beta_1 of the linear noise schedule; 1e-4: Ho et al. 2020",
+  )
+  beta_end: float = key(
+    0.02,
+    between(0, 1, lo_open=True, hi_open=True),
+    "beta_T of the linear noise schedule; 0.02: Ho et al. 2020",
+  )
 
   def validate(self) -> None:
     if not self.beta_start < self.beta_end:
@@ -104,8 +175,15 @@ class Fed:
   clients_per_round: int = key(10, _POS_INT, "K participants per round")
   local_steps: int = key(2, _POS_INT, "I local optimizer steps per round")
   batch_size: int = key(8, _POS_INT, "B, images per local step")
-  rounds: int = key(30, between(1, 10_000_000))
-  server_lr: float = key(1.0, between(0, 10, lo_open=True), "1 = FedAvg")
+  rounds: int = key(
+    30, between(1, 10_000_000), "R, federated rounds of every run"
+  )
+  server_lr: float = key(
+    1.0,
+    between(0, 10, lo_open=True),
+    "server learning rate on the averaged upload; 1 = FedAvg (docs/model.md "
+    "sec. 7)",
+  )
   ema_decay: float = key(
     0.9,
     between(0, 1, hi_open=True),
@@ -138,36 +216,99 @@ class Fed:
 
 @dataclasses.dataclass(frozen=True)
 class Optim:
-  optimizer: str = key("adam", one_of(*spec.OPTIMIZERS))
-  lr: float = key(1e-3, between(0, 10, lo_open=True, hi_open=True))
+  optimizer: str = key(
+    "adam",
+    one_of(*spec.OPTIMIZERS),
+    "client optimizer, a fresh state every round (stateless clients, as in "
+    "FedAvg)",
+  )
+  lr: float = key(
+    1e-3,
+    between(0, 10, lo_open=True, hi_open=True),
+    "client learning rate (ours; Ho et al. 2020: 2e-4, preset paper)",
+  )
   grad_clip: float = key(1.0, between(0), "global-norm clip (0 disables)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Quant:
-  method: str = key("minmax", one_of(*METHODS))
-  bucket_size: int = key(0, between(0), "0 = one bucket per tensor")
-  b_min: int = key(1, between(1, 32), "smallest bit-width on demand")
+  method: str = key(
+    "minmax",
+    one_of(*METHODS),
+    "stochastic quantizer: minmax (per-bucket min-max levels) | qsgd "
+    "(Alistarh et al. 2017); docs/model.md sec. 2",
+  )
+  bucket_size: int = key(
+    0,
+    between(0),
+    "entries per quantization bucket, each with its own range; 0 = one "
+    "bucket per tensor",
+  )
+  b_min: int = key(
+    1,
+    between(1, 32),
+    "smallest bit-width on demand (and under energy.infeasible_policy degrade)",
+  )
   fixed_bits: int = key(8, between(1, 32), "the fixed scheme's bit-width")
-  target: str = key("update", one_of(*spec.TARGETS), "update: w_k - w")
+  target: str = key(
+    "update",
+    one_of(*spec.TARGETS),
+    "update: upload w_k - w | weights: upload w_k (the literal reading); "
+    "docs/model.md sec. 1",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Eval:
   every: int = key(5, between(0), "held-out loss every n rounds (0: end)")
-  heldout_size: int = key(256, between(0, 100_000))
-  num_samples: int = key(64, between(2, 1_000_000), "samples at the end")
-  batch_size: int = key(128, between(1, 100_000))
-  sampler: str = key("ddim", one_of("ddim", "ddpm"))
-  ddim_steps: int = key(20, between(1, 100_000))
-  eta: float = key(0.0, between(0, 1))
+  heldout_size: int = key(
+    256,
+    between(0, 100_000),
+    "test images of the held-out denoising loss (fixed noise and t, the same"
+    " for every run; 0: off)",
+  )
+  num_samples: int = key(
+    64,
+    between(2, 1_000_000),
+    "samples at the end (FID/KID and the grid)",
+  )
+  batch_size: int = key(
+    128,
+    between(1, 100_000),
+    "images per batch of the sampler and of the bits/dim bound",
+  )
+  sampler: str = key(
+    "ddim",
+    one_of("ddim", "ddpm"),
+    "sampler of the end samples: ddim (ddim_steps steps) | ddpm (all T "
+    "ancestral steps)",
+  )
+  ddim_steps: int = key(
+    20, between(1, 100_000), "steps of sampler ddim (<= diffusion.T)"
+  )
+  eta: float = key(
+    0.0,
+    between(0, 1),
+    "DDIM stochasticity (Song et al. 2021): 0 deterministic given x_T; 1 with"
+    " T steps: DDPM with the posterior variance",
+  )
   fid: bool = key(False, doc="FID/KID of the samples vs the test split")
-  kid_subset_size: int = key(200, between(2, 1_000_000))
+  kid_subset_size: int = key(
+    200,
+    between(2, 1_000_000),
+    "images per KID subset (100 subsets; capped at the sample and reference"
+    " counts)",
+  )
   grid: int = key(64, between(1, 1024), "samples in the logged grid")
   vlb_size: int = key(
     0, between(0, 100_000), "bits/dim bound on this many test images (0: off)"
   )
-  vlb_t_stride: int = key(32, between(1, 999))
+  vlb_t_stride: int = key(
+    32,
+    between(1, 999),
+    "s of the bits/dim bound: every t < s exactly, one t per block of s "
+    "above (1: the full bound, T passes per image)",
+  )
   energy_images: int = key(
     100,
     between(0, 10**9),
@@ -196,11 +337,17 @@ class Sweep:
     each(one_of(*energy.ALLOCATIONS), distinct=True),
     "allocation policies priced inside the round on the same uploads",
   )
-  seeds: Tuple[int, ...] = key((0, 1, 2), each(between(0, 2**31 - 1)))
+  seeds: Tuple[int, ...] = key(
+    (0, 1, 2),
+    each(between(0, 2**31 - 1)),
+    "one run per seed and bits scheme; a seed draws the devices, the U-Net's"
+    " initialization and the data split (paired across schemes)",
+  )
   eps_scales: Tuple[float, ...] = key(
     (1.0,),
     each(between(0, lo_open=True)),
-    "multiplies every device's error budget",
+    "multiplies every device's error budget eps_k; ondemand trains once per"
+    " scale",
   )
   target_margin: float = key(
     0.02, between(0, 10), "energy to fp32's final held-out loss x (1+m)"
@@ -222,8 +369,18 @@ class Sweep:
 class Settings:
   """The training sweep's settings tree (defaults: the `cpu` preset)."""
 
-  preset: str = key("cpu", one_of(*PRESETS))
-  seed: int = key(0, between(0, 2**31 - 1), "synthetic data, sampling noise")
+  preset: str = key(
+    "cpu",
+    one_of(*PRESETS),
+    "the preset's name, recorded in results.json and the figures (a "
+    "preset's values are set by --config=NAME)",
+  )
+  seed: int = key(
+    0,
+    between(0, 2**31 - 1),
+    "seed of the synthetic data and of the evaluation's noise (samples, "
+    "bits/dim); the runs' seeds are sweep.seeds",
+  )
   data: Data = section(Data)
   model: Model = section(Model)
   diffusion: Diffusion = section(Diffusion)
@@ -234,10 +391,24 @@ class Settings:
   channel: Channel = section(Channel)
   eval: Eval = section(Eval)
   sweep: Sweep = section(Sweep)
-  log_every: int = key(1, _POS_INT)
-  ckpt_every: int = key(10, _POS_INT)
-  max_rounds_this_run: int = key(0, between(0), "> 0: stop after n rounds")
-  compilation_cache: bool = key(True, doc="JAX's persistent cache")
+  log_every: int = key(
+    1,
+    _POS_INT,
+    "rounds between history / TensorBoard / console records (and the last);"
+    " the held-out loss runs on recorded rounds only",
+  )
+  ckpt_every: int = key(
+    10, _POS_INT, "rounds between checkpoints (and the last round)"
+  )
+  max_rounds_this_run: int = key(
+    0,
+    between(0),
+    "> 0: this invocation stops after n more rounds (a rerun resumes from "
+    "the checkpoint)",
+  )
+  compilation_cache: bool = key(
+    True, doc="JAX's persistent compilation cache (a rerun compiles in seconds)"
+  )
 
   def validate(self) -> None:
     """Checks across sections (keys named with their section)."""
