@@ -66,7 +66,9 @@ def test_csv_row_recomputed_with_scipy(small):
   base = settings.base
   n, d_params = base.num_devices, int(base.model)
   nb = math.ceil(d_params / models.SYNTHETIC_LEAF)
-  bits = d_params * settings.fixed_bits + 64 * nb  # docs/model.md sec. 2: S(b) = d b + 64 nb
+  bits = (
+    d_params * settings.fixed_bits + 64 * nb
+  )  # docs/model.md sec. 2: S(b) = d b + 64 nb
   flops = d_params * models.PAPER_FLOPS / models.PAPER_PARAMS
   cfg = settings.devices.energy_config()
   totals, deadlines = [], []
