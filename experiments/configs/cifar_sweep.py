@@ -12,14 +12,14 @@ Presets (one config argument):
   cpu   (default) small UNet, Fashion-MNIST unless CIFAR-10 is prepared in
         tfds, N = K = 10 clients, 30 rounds, 3 seeds, held-out denoising loss
         every 5 rounds (FID off: noise at this budget); about 20 minutes on
-        2 CPU cores (see README).
+        2 CPU cores (see docs/results.md).
   quality  the smallest federated training after which Fashion-MNIST
         garments are recognizable in the sample grid: the cpu U-Net, all
         60k training images, N = K = 6 clients x 16 local steps x batch 8 for
         80 rounds (~61k images per scheme, 1,280 local steps), fp32 and
         on-demand, one seed, FID/KID on 500 DDIM-50 samples and the DDPM
         bound in bits/dim at the end; within 90 minutes on 2 CPU cores
-        (README, "Quality preset").
+        (docs/results.md, "Quality preset").
   paper ch=128 UNet (35.7M params), CIFAR-10 (downloaded by tfds when not
         prepared), K=10, FID on 10k DDIM samples; for a GPU/TPU
         (docs/accelerators.md).

@@ -37,7 +37,7 @@ def estimate_compile_s(
 ) -> Optional[float]:
   """Rough compile time of the federated round, from measurements.
 
-  The project's 2-core CPU, jax 0.10.2, tiny U-Net (~1.06M params; README,
+  A 2-core x86 CPU, jax 0.10.2, tiny U-Net (~1.06M params; docs/results.md,
   benchmarks/RESULTS.md). Unrolled clients: the default CPU sweep (K = 10)
   compiled in ~6 min (36 s per client), benchmarks/round.py at K = 8 in
   347 s, benchmarks/peers/__main__.py in 330 s (41-43 s per client): rule 40 s per

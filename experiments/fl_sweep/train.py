@@ -5,13 +5,14 @@ docs/model.md sec. 1) trains ONCE per seed (on-demand once per error-demand
 scale too); every allocation policy is priced inside the same round on the
 same uploads. One subdirectory per run holds TensorBoard logs (clu), orbax
 checkpoints, the per-round history and a summary; the workdir gets
-results.csv / results.json and PNG figures (fedqjax.report). Rerunning the
+results.csv / results.json and PNG figures (experiments/fl_sweep/results.py,
+figures.py). Rerunning the
 same command resumes each run from its last checkpoint and skips finished
 runs. All runs share ONE compiled round (the scheme is traced data) and
 JAX's persistent compilation cache.
 
-This module (with `data` loaders and `report`) is where TensorFlow-backed
-pieces (clu writers, tfds) are imported; the core stays TF-free.
+This module (with the `data` loaders) is where TensorFlow-backed pieces
+(clu writers, tfds) are imported; the core stays TF-free.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `fed.client_loop` in {auto, vmap, unrolled, map} is the only user setting.
 `resolve_execution` turns it into everything it implies, from measurements on
-the project's 2-core CPU (benchmarks/RESULTS.md, "Round throughput"):
+a 2-core x86 CPU (benchmarks/RESULTS.md, "Round throughput"):
 
 | backend | layout   | local-step scan | convolutions | why (K = 8, I = 2, B = 4) |
 |---------|----------|-----------------|--------------|---------------------------|

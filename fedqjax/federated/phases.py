@@ -4,7 +4,7 @@
 execution layout; `round_step_reference` (fedqjax/testing/reference_round.py)
 composes the same per-client functions with a Python loop over clients and
 computes the aggregate and the EMA by its own code. Data flow
-(ARCHITECTURE.md):
+(docs/development.md, "Data flow of one round"):
 
   select -> screen (skip devices that cannot deliver even their smallest
   payload: they know their channel before training) -> local train ->

@@ -1,5 +1,5 @@
 """The energy sweep's settings tree: defaults declared once, the config
-file's presets, the README's command lines, and rejections that name the
+file's presets, docs/usage.md's command lines, and rejections that name the
 key path (parsed in process, through ml_collections' own flag parsing)."""
 
 import dataclasses
