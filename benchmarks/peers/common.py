@@ -41,6 +41,13 @@ class BenchConfig:
   # layout, local-step unroll and convolution form from it.
   fedqjax_client_loop: str = "auto"
   flower_cpus_per_client: float = 1.0  # Ray resources per virtual client
+  # DrJAX runner: the client program's convolution form ("auto": what
+  # fed.resolve_execution picks for a vmapped round; "xla": XLA's, local
+  # steps unrolled) and the "clients" mesh size (0/1: no mesh).
+  drjax_conv: str = "auto"
+  drjax_mesh: int = 0
+  skip_reference: bool = False  # fedqjax: skip round_step_reference
+  dump_dir: str = ""  # where runners save the params after the warm-up round
   seed: int = 0
 
   @property
