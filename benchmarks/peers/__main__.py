@@ -29,7 +29,11 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository root (benchmarks/peers/__main__.py -> three levels up): on
+# sys.path here and in every runner's PYTHONPATH and working directory.
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
