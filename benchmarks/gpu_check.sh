@@ -16,7 +16,8 @@
 #   pip install --no-deps --target .drjax_site drjax==0.2.1
 #   DRJAX_SITE=.drjax_site bash benchmarks/gpu_check.sh drjax
 # Dry run on CPU with the tiny U-Net (the settings below are overridable):
-#   MODEL=tiny CLIENTS=2 BATCH=2 RES=28 OUT=/tmp/gc bash benchmarks/gpu_check.sh drjax
+#   MODEL=tiny CLIENTS=2 BATCH=2 RES=28 TIMEOUT=1800 OUT=/tmp/gc \
+#     bash benchmarks/gpu_check.sh drjax
 #
 # PEAK (TFLOP/s for MFU) defaults to the H100 SXM bf16 dense peak, 989.
 set -euo pipefail
@@ -47,7 +48,7 @@ case "${1:-round}" in
       --clients "${CLIENTS:-8,32}" --rounds 2 --local_steps 2 \
       --batch "${BATCH:-32}" --res "${RES:-32}" --peers drjax \
       --fedqjax_client_loop "${CLIENT_LOOP:-auto}" --skip_reference \
-      --timeout 280 --logdir "$OUT/drjax_logs" --json_out "$OUT/drjax.json" \
+      --timeout "${TIMEOUT:-280}" --logdir "$OUT/drjax_logs" --json_out "$OUT/drjax.json" \
       2>&1 | tee "$OUT/drjax.txt"
     ;;
   *)

@@ -186,9 +186,19 @@ def runner_main(run_fn) -> None:
   sys.stdout.flush()
 
 
-def summarize(times) -> dict:
+def summarize(times, cpu_times=None) -> dict:
+  """Wall-time statistics of the timed rounds; with `cpu_times` (process
+  CPU seconds per round, all threads: less sensitive to other jobs on a
+  shared machine than wall time) also their minimum."""
   t = np.asarray(times, dtype=np.float64)
+  extra = {}
+  if cpu_times:
+    extra = dict(
+      cpu_s_min=float(np.min(cpu_times)),
+      cpu_s_all=[float(x) for x in cpu_times],
+    )
   return dict(
+    **extra,
     round_s_mean=float(t.mean()),
     round_s_median=float(np.median(t)),
     round_s_min=float(t.min()),

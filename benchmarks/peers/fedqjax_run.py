@@ -79,12 +79,13 @@ def time_rounds(step, state, rounds: int, first_hook=None) -> dict:
   first = time.perf_counter() - t0
   if first_hook is not None:
     first_hook(state)
-  losses, times = [float(m["loss"])], []
+  losses, times, cpu = [float(m["loss"])], [], []
   for _ in range(rounds):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state, m = step(state)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
     losses.append(float(m["loss"]))
   return dict(
     first_round_s=first,

@@ -129,9 +129,10 @@ def table(
   fq = results.get("fedqjax")
   print(
     "| runner | params | round time (s) | images/s | fedqjax speed-up "
-    "| peak RSS (MB) | first round (s) | compile / start-up (s) |"
+    "| CPU s/round (min) | peak RSS (MB) | first round (s) "
+    "| compile / start-up (s) |"
   )
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for label, r in _rows(results):
     t = r["round_s_mean"]
     speed = f"{t / fq['round_s_mean']:.2f}x" if fq else "n/a"
@@ -142,11 +143,14 @@ def table(
       extra = f"Ray+engine {_fmt(r['startup_s'], 1)}"
     print(
       f"| {label} | {r.get('num_params', 0):,} | {t:.3f} | {n_img / t:.1f} "
-      f"| {speed} | {_fmt(r.get('peak_rss_tree_mb'), 0)} "
+      f"| {speed} | {_fmt(r.get('cpu_s_min'), 2)} "
+      f"| {_fmt(r.get('peak_rss_tree_mb'), 0)} "
       f"| {_fmt(r.get('first_round_s'), 2)} | {extra} |"
     )
   print(
-    "\nfedqjax speed-up = runner round time / fedqjax round time. Peak RSS: "
+    "\nfedqjax speed-up = runner round time / fedqjax round time. CPU "
+    "s/round: process CPU time (all threads) of the fastest timed round. "
+    "Peak RSS: "
     "summed over the runner's process tree; the reference loop shares "
     "fedqjax's process. First round: the warm-up round."
   )
