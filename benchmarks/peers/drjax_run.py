@@ -41,6 +41,7 @@ def drjax_fedavg(spec, mesh=None):
     bits) -> (new params, mean client loss).
   """
   import drjax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from fedqjax import federated as fed  # pylint: disable=g-import-not-at-top
@@ -60,16 +61,10 @@ def drjax_fedavg(spec, mesh=None):
     )
     avg = drjax.reduce_weighted_mean(deq, counts.astype(jnp.float32))
     step = q.unpack(avg * spec.server_lr)
-    new = jax_tree_add(params, step)
+    new = jax.tree.map(jnp.add, params, step)
     return new, drjax.reduce_mean(loss)
 
   return fedavg
-
-
-def jax_tree_add(a, b):
-  import jax  # pylint: disable=g-import-not-at-top
-
-  return jax.tree.map(lambda x, y: x + y, a, b)
 
 
 def round_step(state, data, devices, scheme, *, spec, mesh=None):
