@@ -1,7 +1,9 @@
 """Side by side with the peers: the same federated DDPM round in fedqjax
 (`jit_round_step`, all K clients in one compiled XLA program), in a PyTorch
-sequential client loop (how most papers' code does FedAvg), and in Flower's
-simulation engine (NumPyClient + FedAvg on the Ray backend).
+sequential client loop (how most papers' code does FedAvg), in Flower's
+simulation engine (NumPyClient + FedAvg on the Ray backend), and with DrJAX's
+primitives (broadcast / map_fn / reduce_weighted_mean around fedqjax's client
+update and quantizer; drjax_run.py).
 
   python -m benchmarks.peers --model tiny --clients 8 --rounds 3 \
       --local_steps 2 --batch 4 --res 32 --peers torch,flower
