@@ -8,10 +8,20 @@
 #                                        # centralized, K=32, bf16 (~5 min)
 #   bash benchmarks/gpu_check.sh peers   # fedqjax vs the PyTorch loop, K=8
 #                                        # and K=32, float32 (~8 min)
+#   bash benchmarks/gpu_check.sh drjax   # fedqjax vs DrJAX (same round with
+#                                        # drjax.map_fn), K=8 and K=32, float32
+#
+# The drjax stage needs the pure-Python `drjax` package (0.2.1). Where the
+# machine has no index, install it here first and carry the folder:
+#   pip install --no-deps --target .drjax_site drjax==0.2.1
+#   DRJAX_SITE=.drjax_site bash benchmarks/gpu_check.sh drjax
+# Dry run on CPU with the tiny U-Net (the settings below are overridable):
+#   MODEL=tiny CLIENTS=2 BATCH=2 RES=28 TIMEOUT=1800 OUT=/tmp/gc \
+#     bash benchmarks/gpu_check.sh drjax
 #
 # PEAK (TFLOP/s for MFU) defaults to the H100 SXM bf16 dense peak, 989.
 set -euo pipefail
-export PYTHONPATH=.
+export PYTHONPATH=.${DRJAX_SITE:+:$DRJAX_SITE}
 OUT=${OUT:-/tmp/fedqjax_gpu}
 mkdir -p "$OUT"
 export JAX_COMPILATION_CACHE_DIR="$OUT/jax_cache"
@@ -31,8 +41,18 @@ case "${1:-round}" in
         | tee "$OUT/peers_paper_k$k.txt"
     done
     ;;
+  drjax)
+    # One driver call: fedqjax and DrJAX (client program of fedqjax's vmap
+    # layout on this backend) per K; parameters after round 1 compared.
+    python -u benchmarks/peers/__main__.py --model "${MODEL:-paper}" \
+      --clients "${CLIENTS:-8,32}" --rounds 2 --local_steps 2 \
+      --batch "${BATCH:-32}" --res "${RES:-32}" --peers drjax \
+      --fedqjax_client_loop "${CLIENT_LOOP:-auto}" --skip_reference \
+      --timeout "${TIMEOUT:-280}" --logdir "$OUT/drjax_logs" --json_out "$OUT/drjax.json" \
+      2>&1 | tee "$OUT/drjax.txt"
+    ;;
   *)
-    echo "usage: $0 round|peers" >&2
+    echo "usage: $0 round|peers|drjax" >&2
     exit 2
     ;;
 esac

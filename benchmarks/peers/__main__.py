@@ -1,7 +1,9 @@
 """Side by side with the peers: the same federated DDPM round in fedqjax
 (`jit_round_step`, all K clients in one compiled XLA program), in a PyTorch
-sequential client loop (how most papers' code does FedAvg), and in Flower's
-simulation engine (NumPyClient + FedAvg on the Ray backend).
+sequential client loop (how most papers' code does FedAvg), in Flower's
+simulation engine (NumPyClient + FedAvg on the Ray backend), and with DrJAX's
+primitives (broadcast / map_fn / reduce_weighted_mean around fedqjax's client
+update and quantizer; drjax_run.py).
 
   python -m benchmarks.peers --model tiny --clients 8 --rounds 3 \
       --local_steps 2 --batch 4 --res 32 --peers torch,flower
@@ -22,29 +24,38 @@ images/s = K * I * B / mean round time (training images only).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository root (benchmarks/peers/__main__.py -> three levels up): on
+# sys.path here and in every runner's PYTHONPATH and working directory.
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from benchmarks.peers import common  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks.peers import common, report  # noqa: E402  pylint: disable=wrong-import-position
 
 RUNNERS = {
   "fedqjax": "benchmarks.peers.fedqjax_run",
+  "drjax": "benchmarks.peers.drjax_run",
+  "drjax_xla": "benchmarks.peers.drjax_run",
   "torch": "benchmarks.peers.torch_loop",
   "flower": "benchmarks.peers.flower_sim",
 }
 REQUIRES = {
   "fedqjax": ("jax", "flax", "optax"),
+  "drjax": ("jax", "flax", "optax", "drjax"),
+  "drjax_xla": ("jax", "flax", "optax", "drjax"),
   "torch": ("torch",),
   "flower": ("torch", "flwr", "ray"),
 }
+PEERS = tuple(n for n in RUNNERS if n != "fedqjax")
 
 
 def _probe(python: str, modules) -> tuple[bool, str, dict]:
@@ -87,8 +98,9 @@ def _probe(python: str, modules) -> tuple[bool, str, dict]:
   return True, "", info["versions"]
 
 
-def _env() -> dict:
+def _env(extra=None) -> dict:
   env = dict(os.environ)
+  env.update(extra or {})
   env["PYTHONPATH"] = ROOT + (
     os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
   )
@@ -102,6 +114,7 @@ def _run(
   cfg: common.BenchConfig,
   log_path: str,
   timeout: float,
+  extra_env=None,
 ) -> dict:
   t0 = time.perf_counter()
   with open(log_path, "w") as log:
@@ -112,7 +125,7 @@ def _run(
         stderr=log,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=_env(extra_env),
         cwd=ROOT,
       )
     except subprocess.TimeoutExpired:
@@ -128,14 +141,14 @@ def _run(
   return {"error": f"rc={res.returncode}, no result (log: {log_path}):\n{tail}"}
 
 
-def _fmt(x, nd=2):
-  return "n/a" if x is None else f"{x:.{nd}f}"
-
-
 def _add_workload_args(ap: argparse.ArgumentParser) -> None:
   """The federated round every runner runs: model, K, rounds, I, B, data."""
   ap.add_argument("--model", default="tiny", choices=("tiny", "paper"))
-  ap.add_argument("--clients", type=int, default=8)
+  ap.add_argument(
+    "--clients",
+    default="8",
+    help="K, or a comma list of K run one after the other (e.g. 8,10)",
+  )
   ap.add_argument(
     "--rounds", type=int, default=3, help="timed rounds (after 1 warm-up)"
   )
@@ -156,7 +169,25 @@ def _add_peer_args(ap: argparse.ArgumentParser) -> None:
   ap.add_argument(
     "--peers",
     default="torch,flower",
-    help="comma list of torch, flower (fedqjax always runs)",
+    help=f"comma list of {', '.join(PEERS)} (fedqjax always runs, unless "
+    "--skip_fedqjax); drjax: DrJAX's vmap with the client program "
+    "fedqjax's vmap layout uses on this backend; drjax_xla: with XLA's "
+    "convolutions and unrolled local steps",
+  )
+  ap.add_argument(
+    "--drjax_mesh",
+    type=int,
+    default=0,
+    help="DrJAX runners: a 'clients' mesh over this many devices (on CPU "
+    "forced with XLA_FLAGS=--xla_force_host_platform_device_count)",
+  )
+  ap.add_argument(
+    "--skip_reference",
+    action="store_true",
+    help="skip fedqjax's round_step_reference (python loop over clients)",
+  )
+  ap.add_argument(
+    "--skip_fedqjax", action="store_true", help="run the peers only"
   )
   ap.add_argument(
     "--fedqjax_client_loop",
@@ -211,48 +242,54 @@ def _parser() -> argparse.ArgumentParser:
   return ap
 
 
-def _run_all(cfg, peers, pythons, args):
-  """Runs fedqjax and each peer in its own process: (versions, results,
-  skipped)."""
+def _runner_env(name: str, cfg: common.BenchConfig) -> dict:
+  """Extra environment of one runner: forced CPU devices for a DrJAX mesh."""
+  if not name.startswith("drjax") or cfg.drjax_mesh <= 1:
+    return {}
+  flag = f"--xla_force_host_platform_device_count={cfg.drjax_mesh}"
+  return {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()}
+
+
+def _runner_cfg(name: str, cfg: common.BenchConfig) -> common.BenchConfig:
+  if name == "drjax_xla":
+    return dataclasses.replace(cfg, drjax_conv="xla")
+  return cfg
+
+
+def _run_all(cfg, names, pythons, args):
+  """Runs each runner in its own process: (versions, results, skipped)."""
   versions, results, skipped = {}, {}, {}
-  for name in ["fedqjax"] + peers:
+  for name in names:
     ok, why, vers = _probe(pythons[name], REQUIRES[name])
     versions.update({f"{name}:{k}": v for k, v in vers.items()})
     if not ok:
       skipped[name] = why
       print(f"[peers] skipping {name}: {why}", file=sys.stderr, flush=True)
       continue
-    print(
-      f"[peers] running {name} ({RUNNERS[name]}) ...",
-      file=sys.stderr,
-      flush=True,
-    )
+    print(f"[peers] K={cfg.clients}: running {name} ...", file=sys.stderr)
+    log = os.path.join(args.logdir, f"{name}_k{cfg.clients}.log")
+    rcfg = _runner_cfg(name, cfg)
     r = _run(
       pythons[name],
       RUNNERS[name],
-      cfg,
-      os.path.join(args.logdir, f"{name}.log"),
+      rcfg,
+      log,
       args.timeout,
+      _runner_env(name, rcfg),
     )
     if "error" in r:
       skipped[name] = r["error"]
       print(f"[peers] {name} failed: {r['error']}", file=sys.stderr, flush=True)
       continue
     results[name] = r
-    print(
-      f"[peers] {name}: {r['round_s_mean']:.3f} s/round",
-      file=sys.stderr,
-      flush=True,
-    )
+    print(f"[peers] {name}: {r['round_s_mean']:.3f} s/round", file=sys.stderr)
   return versions, results, skipped
 
 
-def main(argv=None):
-  ap = _parser()
-  args = ap.parse_args(argv)
-  cfg = common.BenchConfig(
+def _config(args, clients: int) -> common.BenchConfig:
+  return common.BenchConfig(
     model=args.model,
-    clients=args.clients,
+    clients=clients,
     rounds=args.rounds,
     local_steps=args.local_steps,
     batch=args.batch,
@@ -262,129 +299,56 @@ def main(argv=None):
     torch_device=args.torch_device,
     fedqjax_client_loop=args.fedqjax_client_loop,
     flower_cpus_per_client=args.flower_cpus_per_client,
+    drjax_mesh=args.drjax_mesh,
+    skip_reference=args.skip_reference,
+    dump_dir=args.logdir,
   )
-  os.makedirs(args.logdir, exist_ok=True)
+
+
+def _parse_lists(ap, args):
+  """(clients list, peer names) from the comma-list arguments."""
+  try:
+    ks = [int(k) for k in args.clients.split(",") if k.strip()]
+  except ValueError:
+    ks = []
+  if not ks or min(ks) < 1:
+    ap.error(f"--clients={args.clients!r}: one or more integers >= 1")
   peers = [p.strip() for p in args.peers.split(",") if p.strip()]
   for p in peers:
-    if p not in ("torch", "flower"):
-      ap.error(f"--peers: unknown peer {p!r}; valid: torch, flower")
-  pythons = {
-    "fedqjax": args.python,
-    "torch": args.python,
-    "flower": args.flower_python or args.python,
-  }
-
-  versions, results, skipped = _run_all(cfg, peers, pythons, args)
-  _report(cfg, args, versions, results, skipped)
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(
-        dict(
-          config=json.loads(cfg.to_json()),
-          versions=versions,
-          results=results,
-          skipped=skipped,
-        ),
-        f,
-        indent=1,
-      )
-  return results
+    if p not in PEERS:
+      ap.error(f"--peers: unknown peer {p!r}; valid: {', '.join(PEERS)}")
+  return ks, ([] if args.skip_fedqjax else ["fedqjax"]) + peers
 
 
-def _rows(results):
-  """(label, result) of each runner that finished, fedqjax first."""
-  fq = results.get("fedqjax")
-  rows = []
-  if fq:
-    rows.append(
-      (
-        f"fedqjax `jit_round_step` (client_loop {fq['client_loop']} -> "
-        f"{fq['mode']}, conv {fq['conv_impl']}, local unroll {fq['local_unroll']})",
-        fq,
+def main(argv=None):
+  ap = _parser()
+  args = ap.parse_args(argv)
+  ks, names = _parse_lists(ap, args)
+  os.makedirs(args.logdir, exist_ok=True)
+  pythons = {n: args.python for n in RUNNERS}
+  pythons["flower"] = args.flower_python or args.python
+  load_before = report.load_average()
+  runs = []
+  for k in ks:
+    cfg = _config(args, k)
+    versions, results, skipped = _run_all(cfg, names, pythons, args)
+    diffs = report.param_diffs(cfg, results)
+    runs.append(
+      dict(
+        config=json.loads(cfg.to_json()),
+        versions=versions,
+        results=results,
+        skipped=skipped,
+        round1_param_diff_vs_fedqjax=diffs,
+        load_before=load_before,
+        load_after=report.load_average(),
       )
     )
-    rows.append(
-      (
-        "fedqjax `round_step_reference` (python loop over clients)",
-        dict(
-          fq["reference"], peak_rss_tree_mb=None, num_params=fq["num_params"]
-        ),
-      )
-    )
-  if "torch" in results:
-    tr = results["torch"]
-    where = (
-      f"{tr['threads']} threads"
-      if tr.get("device", "cpu") == "cpu"
-      else tr["device"]
-    )
-    rows.append((f"PyTorch sequential loop ({where})", tr))
-  if "flower" in results:
-    fl = results["flower"]
-    rows.append(
-      (
-        f"Flower {fl['version']} simulation (Ray, {fl['cpus_per_client']:g} "
-        f"CPU/client)",
-        fl,
-      )
-    )
-  return rows
-
-
-def _report(cfg, args, versions, results, skipped) -> None:
-  """The markdown table of round times, side by side, and the machine."""
-  n_img = cfg.images_per_round
-  try:
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:
-    load = "n/a"
-  jv = versions.get("fedqjax:jax", "n/a")
-  tv = versions.get("torch:torch") or versions.get("flower:torch") or "n/a"
-  fv = versions.get("flower:flwr", "n/a")
-  rv = versions.get("flower:ray", "n/a")
-  print(
-    f"### Peers: federated DDPM round, {args.model} U-Net, {cfg.res}x{cfg.res}x"
-    f"{cfg.channels}, K={cfg.clients}, I={cfg.local_steps}, B={cfg.batch} "
-    f"({n_img} images/round), {cfg.bits}-bit update quantization, float32\n"
-  )
-  print(
-    f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-    f"{os.cpu_count()} CPUs, Python {platform.python_version()}; "
-    f"jax {jv}, torch {tv}, flwr {fv}, ray {rv}. "
-    f"Load average after the run (1/5/15 min): {load}. "
-    f"{cfg.rounds} timed rounds after 1 warm-up round; mean round time.\n"
-  )
-  fq = results.get("fedqjax")
-  print(
-    "| runner | params | round time (s) | images/s | fedqjax speed-up | peak RSS (MB) "
-    "| first round (s) | compile / start-up (s) |"
-  )
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
-  for label, r in _rows(results):
-    t = r["round_s_mean"]
-    speed = f"{t / fq['round_s_mean']:.2f}x" if fq else "n/a"
-    extra = (
-      f"compile {_fmt(r['compile_s'], 1)}"
-      if "compile_s" in r
-      else f"Ray+engine {_fmt(r['startup_s'], 1)}"
-      if "startup_s" in r
-      else ""
-    )
-    print(
-      f"| {label} | {r.get('num_params', 'n/a'):,} | {t:.3f} | {n_img / t:.1f} | {speed} "
-      f"| {_fmt(r.get('peak_rss_tree_mb'), 0)} | {_fmt(r.get('first_round_s'), 2)} "
-      f"| {extra} |"
-    )
-  print()
-  print(
-    "fedqjax speed-up = peer round time / fedqjax round time. Peak RSS: summed over the "
-    "runner's process tree (Flower: driver + Ray GCS/raylet/workers; shared pages counted "
-    "per process); the reference loop shares fedqjax's process, so no separate figure. "
-    "First round: the warm-up round (torch allocator warm-up; Flower: Ray actor start "
-    "and imports; fedqjax: first call of the compiled program)."
-  )
-  for name, why in skipped.items():
-    print(f"\n- {name} skipped: {why}")
+    if args.json_out:  # after every K: a late failure keeps the earlier ones
+      with open(args.json_out, "w") as f:
+        json.dump(runs, f, indent=1)
+    report.table(cfg, args, versions, results, skipped, diffs, load_before)
+  return runs
 
 
 if __name__ == "__main__":

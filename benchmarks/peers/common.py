@@ -41,6 +41,13 @@ class BenchConfig:
   # layout, local-step unroll and convolution form from it.
   fedqjax_client_loop: str = "auto"
   flower_cpus_per_client: float = 1.0  # Ray resources per virtual client
+  # DrJAX runner: the client program's convolution form ("auto": what
+  # fed.resolve_execution picks for a vmapped round; "xla": XLA's, local
+  # steps unrolled) and the "clients" mesh size (0/1: no mesh).
+  drjax_conv: str = "auto"
+  drjax_mesh: int = 0
+  skip_reference: bool = False  # fedqjax: skip round_step_reference
+  dump_dir: str = ""  # where runners save the params after the warm-up round
   seed: int = 0
 
   @property
@@ -179,9 +186,19 @@ def runner_main(run_fn) -> None:
   sys.stdout.flush()
 
 
-def summarize(times) -> dict:
+def summarize(times, cpu_times=None) -> dict:
+  """Wall-time statistics of the timed rounds; with `cpu_times` (process
+  CPU seconds per round, all threads: less sensitive to other jobs on a
+  shared machine than wall time) also their minimum."""
   t = np.asarray(times, dtype=np.float64)
+  extra = {}
+  if cpu_times:
+    extra = dict(
+      cpu_s_min=float(np.min(cpu_times)),
+      cpu_s_all=[float(x) for x in cpu_times],
+    )
   return dict(
+    **extra,
     round_s_mean=float(t.mean()),
     round_s_median=float(np.median(t)),
     round_s_min=float(t.min()),

@@ -17,6 +17,7 @@ run after one warm-up round.
 
 from __future__ import annotations
 
+import os
 import time
 
 from benchmarks.peers import common
@@ -66,10 +67,48 @@ def _setup(cfg: common.BenchConfig):
   return spec, params, data, devices, scheme, d
 
 
+def time_rounds(step, state, rounds: int, first_hook=None) -> dict:
+  """One warm-up round, then `rounds` timed rounds of `step(state) ->
+  (state, metrics)` (a compiled round; state donated). `first_hook(state)`
+  sees the state after the warm-up round, before it is donated."""
+  import jax
+
+  t0 = time.perf_counter()
+  state, m = step(state)
+  jax.block_until_ready(state)
+  first = time.perf_counter() - t0
+  if first_hook is not None:
+    first_hook(state)
+  losses, times, cpu = [float(m["loss"])], [], []
+  for _ in range(rounds):
+    t0, c0 = time.perf_counter(), time.process_time()
+    state, m = step(state)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+    losses.append(float(m["loss"]))
+  return dict(
+    first_round_s=first,
+    losses=losses,
+    last_metrics=m,
+    **common.summarize(times),
+  )
+
+
+def dump_hook(cfg: common.BenchConfig, spec, name: str):
+  """A `first_hook` saving the flat params after the warm-up round as
+  `<dump_dir>/<name>_k<K>_round1.npy` (None without a dump_dir)."""
+  if not cfg.dump_dir:
+    return None
+  import numpy as np
+
+  path = os.path.join(cfg.dump_dir, f"{name}_k{cfg.clients}_round1.npy")
+  return lambda s: np.save(path, np.asarray(spec.quantizer.pack(s.params)))
+
+
 def _time_compiled(cfg, spec, params, data, devices, scheme, key) -> dict:
   """The compiled round (all K clients in one XLA program): compile time,
   one warm-up round, then `cfg.rounds` timed rounds."""
-  import jax
   import numpy as np
 
   from fedqjax import federated as fed
@@ -80,26 +119,18 @@ def _time_compiled(cfg, spec, params, data, devices, scheme, key) -> dict:
     fed.jit_round_step(spec).lower(state, data, devices, scheme).compile()
   )
   compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  state, m = compiled(state, data, devices, scheme)
-  jax.block_until_ready(state)
-  first = time.perf_counter() - t0
-  losses = [float(m["loss"])]
-  uploaded = int(m["num_uploaded"])
-  times = []
-  for _ in range(cfg.rounds):
-    t0 = time.perf_counter()
-    state, m = compiled(state, data, devices, scheme)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t0)
-    losses.append(float(m["loss"]))
+  out = time_rounds(
+    lambda s: compiled(s, data, devices, scheme),
+    state,
+    cfg.rounds,
+    dump_hook(cfg, spec, "fedqjax"),
+  )
+  m = out.pop("last_metrics")
   return dict(
     compile_s=compile_s,
-    first_round_s=first,
-    uploaded_clients=uploaded,
+    uploaded_clients=int(m["num_uploaded"]),
     bits=np.asarray(m["client_bits"]).tolist(),
-    losses=losses,
-    **common.summarize(times),
+    **out,
   )
 
 
@@ -147,7 +178,8 @@ def run(cfg: common.BenchConfig) -> dict:
     num_params=int(d),
     **timed,
   )
-  out["reference"] = _time_reference(cfg, *inputs)
+  if not cfg.skip_reference:
+    out["reference"] = _time_reference(cfg, *inputs)
   return out
 
 

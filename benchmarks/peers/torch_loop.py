@@ -92,14 +92,15 @@ def run(cfg: common.BenchConfig) -> dict:
   )
   sync()
   first = time.perf_counter() - t0
-  times, losses = [], []
+  times, cpu, losses = [], [], []
   for _ in range(cfg.rounds):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     losses.append(
       fedavg_round(model, global_w, ema_w, images, counts, cfg, sched, gen)
     )
     sync()
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   return dict(
     peer="torch_loop",
     version=torch.__version__,
@@ -108,7 +109,7 @@ def run(cfg: common.BenchConfig) -> dict:
     num_params=TU.num_params(model),
     first_round_s=first,
     losses=[warm_loss] + losses,
-    **common.summarize(times),
+    **common.summarize(times, cpu),
   )
 
 
