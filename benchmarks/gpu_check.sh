@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared accelerator measurements of issues #7 and #10 (paper-size
+# The prepared accelerator measurements (paper-size
 # U-Net, 35.7M params). Meant for the `device` machine (one H100/H200, jax,
 # flax, optax, chex, torch; no clu/TF): run from the repo root, one stage per
 # call so each stays under the 10-minute command limit. Results go to $OUT.
