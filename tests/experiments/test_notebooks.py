@@ -52,9 +52,7 @@ def _execute(tmp_path, monkeypatch, first_cell=None, devices=1):
   for name in ("FEDQJAX_NOTEBOOK_PRESET", "FEDQJAX_NOTEBOOK_DATA"):
     monkeypatch.delenv(name, raising=False)
   if devices > 1:
-    monkeypatch.setenv(
-      "XLA_FLAGS", f"--xla_force_host_platform_device_count={devices}"
-    )
+    monkeypatch.setenv("XLA_FLAGS", support.xla_flags(devices))
   nb = nbformat.read(NOTEBOOK, as_version=4)
   if first_cell:  # in memory only: the file is not changed
     nb.cells.insert(0, nbformat.v4.new_code_cell(first_cell))

@@ -18,6 +18,16 @@ ENERGY_SWEEP = ("-m", "experiments.energy_sweep")
 TEST_CONFIG = "--config=experiments/configs/test.py"
 
 
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for `devices` forced host devices, keeping the suite's."""
+  kept = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def cli_env(devices: int = 0, **extra: str) -> Dict[str, str]:
   """The environment of a program under test: this checkout on the path,
   CPU only, the quiet console (no FEDQJAX_VERBOSE), `devices` > 0 forced
@@ -26,7 +36,7 @@ def cli_env(devices: int = 0, **extra: str) -> Dict[str, str]:
   env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
   env.pop("FEDQJAX_VERBOSE", None)
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
   env.update(extra)
   return env
 
