@@ -13,7 +13,7 @@ from tests.support import FAST_XLA
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE = os.path.join(_ROOT, ".pytest_cache", "jax_compilation_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # LLVM at -O0 for every XLA:CPU program of the suite (tests/support FAST_XLA),
 # but in the processes that run the `xla_default` tests (below).
 if not support.AT_DEFAULT_LEVEL and FAST_XLA not in os.environ.get(
