@@ -5,10 +5,46 @@ And the order in which two xdist workers take the modules (below)."""
 
 import os
 
+import pytest
+
+from tests import support
+from tests.support import FAST_XLA
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE = os.path.join(_ROOT, ".pytest_cache", "jax_compilation_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+# LLVM at -O0 for every XLA:CPU program of the suite (tests/support FAST_XLA),
+# but in the processes that run the `xla_default` tests (below).
+if not support.AT_DEFAULT_LEVEL and FAST_XLA not in os.environ.get(
+  "XLA_FLAGS", ""
+):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}"
+
+
+def pytest_configure(config):
+  # In the test processes, programs that compile in 2 s or more: the many
+  # tiny ones compile faster than the cache stores them. The programs the
+  # tests start keep their own setting (the sweeps: every program).
+  import jax  # pylint: disable=g-import-not-at-top
+
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+  config.addinivalue_line(
+    "markers",
+    "xla_default: the exact bits of XLA's default compile; run in a "
+    "process of its own without the suite's -O0",
+  )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+  """An `xla_default` test, in a -O0 process: run in a new one."""
+  if support.AT_DEFAULT_LEVEL or not pyfuncitem.get_closest_marker(
+    "xla_default"
+  ):
+    return None
+  support.run_at_default_level(pyfuncitem.nodeid)
+  return True
+
 
 # Scheduling for `make test` (`-n 2 --dist loadfile --no-loadscope-reorder`).
 # The modules that run many JAX processes (two-process jobs, chains of

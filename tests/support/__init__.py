@@ -16,6 +16,45 @@ ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ("-m", "experiments.cifar_sweep")
 ENERGY_SWEEP = ("-m", "experiments.energy_sweep")
 TEST_CONFIG = "--config=experiments/configs/test.py"
+# The suite compiles every XLA:CPU program with LLVM at -O0 (tests/conftest.py
+# puts FAST_XLA in XLA_FLAGS, which the programs it starts inherit): 2-3x
+# faster compiles. Convolutions and matmuls are library calls at any level,
+# but an elementwise fusion's last bits may differ (contracted multiply-adds):
+# tests of the exact bits users get pin XLA's default level per program with
+# `jax.jit(..., compiler_options=DEFAULT_XLA)`, which overrides the flag.
+FAST_XLA = "--xla_backend_optimization_level=0"
+DEFAULT_XLA = {"xla_backend_optimization_level": 3}  # XLA's default
+# Eager dispatch cannot take compiler options: tests marked `xla_default`
+# run in a process of their own with this set (tests/conftest.py).
+AT_DEFAULT_LEVEL = os.environ.get("FEDQJAX_TEST_XLA") == "default"
+
+
+def run_at_default_level(nodeid: str) -> None:
+  """Runs one test (a pytest node id) in a new pytest process that compiles
+  at XLA's default level; fails with its output unless it passed."""
+  env = dict(os.environ, FEDQJAX_TEST_XLA="default")
+  env["XLA_FLAGS"] = " ".join(
+    f for f in env.get("XLA_FLAGS", "").split() if f != FAST_XLA
+  )
+  out = subprocess.run(
+    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
+    cwd=ROOT,
+    env=env,
+    text=True,
+    capture_output=True,
+    timeout=600,
+  )
+  assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:]
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for `devices` forced host devices, keeping the suite's."""
+  kept = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
 
 
 def cli_env(devices: int = 0, **extra: str) -> Dict[str, str]:
@@ -26,7 +65,7 @@ def cli_env(devices: int = 0, **extra: str) -> Dict[str, str]:
   env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
   env.pop("FEDQJAX_VERBOSE", None)
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
   env.update(extra)
   return env
 

@@ -33,7 +33,7 @@ import pytest
 from tests.support import ROOT, SWEEP, cli_env
 
 ROUNDS = 12
-SURVIVOR_WAIT_S = 30
+SURVIVOR_WAIT_S = 5
 COMPILE_DELAY_S = 35  # > gloo's 30 s
 ARGS = (
   "--config=experiments/configs/test.py",
@@ -104,22 +104,23 @@ def _results(workdir):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-  work = tmp_path_factory.mktemp("single")
-  _finish([_cli(work, "--config.fed.mesh=none")])
-  return _results(work)[1]
+def jobs(tmp_path_factory):
+  """The uninterrupted 2-process job (process 1's round compile held back)
+  and, started with it (it runs while process 1 waits), the single-process
+  reference: (outputs, results) of the job, rows of the reference."""
+  work, single = (tmp_path_factory.mktemp(n) for n in ("two", "single"))
+  procs = [*_job(work, delay_process=1), _cli(single, "--config.fed.mesh=none")]
+  outs = _finish(procs)
+  return outs[:2], _results(work), _results(single)[1]
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory):
-  """The uninterrupted 2-process job (process 1's round compile held back)."""
-  work = tmp_path_factory.mktemp("two")
-  outs = _finish(_job(work, delay_process=1))
-  return outs, _results(work)
+def two(jobs):
+  return jobs[:2]
 
 
-def test_two_processes_through_the_cli_equal_one(two, single):
-  outs, (res, a) = two
+def test_two_processes_through_the_cli_equal_one(jobs):
+  outs, (res, a), single = jobs
   assert "COMPILE_DELAYED" in outs[1], outs[1][-3000:]
   assert "| fp32 | kkt |" in outs[0]  # process 0 reports ...
   assert "| fp32 |" not in outs[1]  # ... and only process 0

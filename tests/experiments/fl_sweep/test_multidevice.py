@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.support import ROOT as _ROOT
+from tests.support import xla_flags
 
 ROOT = str(_ROOT)
 
@@ -30,7 +31,7 @@ def test_main_job_on_8_devices_equals_one_device(tmp_path):
   out = _run_script(
     "experiments/fl_sweep/mesh_train_check.py",
     {
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+      "XLA_FLAGS": xla_flags(8),
       "JAX_PLATFORMS": "cpu",
     },
     [str(tmp_path)],

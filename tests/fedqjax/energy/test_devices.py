@@ -4,6 +4,7 @@ derandomized; `pytest -s` prints the counts) of invalid populations and
 configs at the end."""
 
 import dataclasses
+import functools
 import hashlib
 import math
 
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedqjax import energy as E
+from tests.support import DEFAULT_XLA
 from tests.support.energy import N_DEV
 from tests.support.fuzz import SETTINGS, Counts
 
@@ -133,16 +135,22 @@ def _sha(d) -> str:
 
 def test_default_draws_bitwise_unchanged():
   # sha256 of the arrays as the code drew them before cycles_per_sample and
-  # cell_shape existed (float32, jax_enable_x64 off).
+  # cell_shape existed (float32, jax_enable_x64 off), compiled at XLA's
+  # default level as users compile them.
   assert not jax.config.jax_enable_x64
-  d = E.sample_devices(E.EnergyConfig(), jax.random.key(0))
+  jit = functools.partial(
+    jax.jit, compiler_options=DEFAULT_XLA, static_argnums=0
+  )
+  d = jit(E.sample_devices)(E.EnergyConfig(), jax.random.key(0))
   assert _sha(d) == (
     "31502ebe497f6b7b7d46bb58d3eb0b6409dc060e9c42ba90fedd69b76e3fc05b"
   )
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(
     np.arange(5)
   )
-  d = E.sample_devices_from_keys(E.EnergyConfig(rayleigh_fading=True), keys)
+  d = jit(E.sample_devices_from_keys)(
+    E.EnergyConfig(rayleigh_fading=True), keys
+  )
   assert _sha(d) == (
     "58e875892808ac0c4246bb04bd94d1321ac5e2ce92c7ac50e00d41b701b21d4f"
   )

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedqjax import quantization as Q
+from tests.support import DEFAULT_XLA
 from tests.support.fuzz import SETTINGS, Counts
 from tests.support.quantization import (
   F32_MAX,
@@ -129,10 +130,12 @@ _REF_EPS = jnp.array([1e-1, 1e-2, 1e-3, 1e-5, 1e-9, 0.0], jnp.float32)
 
 
 class FrozenReferenceTest(parameterized.TestCase):
-  """min-max quantize, bits_for and payload_bits equal the round's old code."""
+  """min-max quantize, bits_for and payload_bits equal the round's old code
+  (compiled as users compile them: XLA's default optimization level)."""
 
   @parameterized.product(bucket_size=(None, 7), single=(False, True))
   def test_bit_for_bit_in_every_context(self, bucket_size, single):
+    jit = functools.partial(jax.jit, compiler_options=DEFAULT_XLA)
     k = len(_REF_BITS)
     trees = [_ref_tree(i, single) for i in range(k)]
     batch = jax.tree.map(lambda *x: np.stack(x), *trees)
@@ -144,24 +147,23 @@ class FrozenReferenceTest(parameterized.TestCase):
 
     def scan(fn):  # the round's CPU client loop: an unrolled scan
       body = lambda c, xs: (c, fn(*xs))
-      return jax.jit(lambda *xs: jax.lax.scan(body, 0, xs, unroll=True)[1])
+      return jit(lambda *xs: jax.lax.scan(body, 0, xs, unroll=True)[1])
 
     def lax_map(fn):  # client_loop="map"
-      return jax.jit(lambda *xs: jax.lax.map(lambda a: fn(*a), xs))
+      return jit(lambda *xs: jax.lax.map(lambda a: fn(*a), xs))
 
-    for wrap in (lambda f: jax.jit(jax.vmap(f)), scan, lax_map):
+    for wrap in (lambda f: jit(jax.vmap(f)), scan, lax_map):
       assert_bitwise(
         wrap(new)(batch, _REF_BITS, keys), wrap(old)(batch, _REF_BITS, keys)
       )
-    for i in range(k):  # one client, jitted; eager runs the same program
-      want = jax.jit(old)(trees[i], _REF_BITS[i], keys[i])
-      assert_bitwise(jax.jit(new)(trees[i], _REF_BITS[i], keys[i]), want)
-      assert_bitwise(new(trees[i], _REF_BITS[i], keys[i]), want)
+    for i in range(k):  # one client, jitted (eager: the test below)
+      args = trees[i], _REF_BITS[i], keys[i]
+      assert_bitwise(jit(new)(*args), jit(old)(*args))
     # On-demand bits (the sweep's energies depend on them) and payloads.
     bnew = lambda t, e: q.bits_for(q.pack(t), e, 2, 32)
     bold = lambda t, e: _ref_bits(q.pack(t), e, sizes, 2, 32)
-    got = jax.jit(jax.vmap(bnew))(batch, _REF_EPS)
-    np.testing.assert_array_equal(got, jax.jit(jax.vmap(bold))(batch, _REF_EPS))
+    got = jit(jax.vmap(bnew))(batch, _REF_EPS)
+    np.testing.assert_array_equal(got, jit(jax.vmap(bold))(batch, _REF_EPS))
     self.assertGreater(len(set(got.tolist())), 3)
     d, nb = q.num_entries, q.num_buckets
     want = np.where(
@@ -170,6 +172,23 @@ class FrozenReferenceTest(parameterized.TestCase):
       np.float32(d) * _REF_BITS.astype(np.float32) + 64 * np.float32(nb),
     )
     np.testing.assert_array_equal(q.payload_bits(_REF_BITS), want)
+
+
+@pytest.mark.xla_default
+@pytest.mark.parametrize("bucket_size", [None, 7])
+@pytest.mark.parametrize("single", [False, True])
+def test_eager_runs_the_jitted_program(bucket_size, single):
+  """Op-by-op dispatch gives the jitted old code's bits (eager dispatch
+  compiles at the process's level: tests/conftest.py runs this at XLA's
+  default level, in a process of its own)."""
+  trees = [_ref_tree(i, single) for i in range(len(_REF_BITS))]
+  keys = jax.random.split(jax.random.key(2024), len(_REF_BITS))
+  q = Q.make_quantizer(trees[0], "minmax", bucket_size)
+  sizes = tuple(int(n) for n in q.bucket_sizes)
+  for i, tree in enumerate(trees):
+    args = q.pack(tree), _REF_BITS[i], keys[i]
+    want = jax.jit(lambda f, b, k: _ref_quantize(f, b, k, sizes))(*args)
+    assert_bitwise(q.quantize(*args), want)
 
 
 # ----------------------------------------------------------------------------
