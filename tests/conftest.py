@@ -14,7 +14,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE = os.path.join(_ROOT, ".pytest_cache", "jax_compilation_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 # LLVM at -O0 for every XLA:CPU program of the suite (tests/support FAST_XLA),
-# but in the processes that run the `xla_default` tests (below).
+# except in the processes that run the `xla_default` tests (below).
 if not support.AT_DEFAULT_LEVEL and FAST_XLA not in os.environ.get(
   "XLA_FLAGS", ""
 ):

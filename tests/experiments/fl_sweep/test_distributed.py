@@ -114,11 +114,6 @@ def jobs(tmp_path_factory):
   return outs[:2], _results(work), _results(single)[1]
 
 
-@pytest.fixture(scope="module")
-def two(jobs):
-  return jobs[:2]
-
-
 def test_two_processes_through_the_cli_equal_one(jobs):
   outs, (res, a), single = jobs
   assert "COMPILE_DELAYED" in outs[1], outs[1][-3000:]
@@ -163,7 +158,7 @@ def _kill_after_first_checkpoint(procs, ckpt_dir, timeout_s=600):
   return steps
 
 
-def test_killed_process_job_resumes_and_matches_uninterrupted(tmp_path, two):
+def test_killed_process_job_resumes_and_matches_uninterrupted(tmp_path, jobs):
   work = tmp_path / "dist"
   ckpt_dir = os.path.join(work, "fp32", "checkpoints")
   at_kill = _kill_after_first_checkpoint(_job(work), ckpt_dir)
@@ -182,7 +177,7 @@ def test_killed_process_job_resumes_and_matches_uninterrupted(tmp_path, two):
     outs[0][-3000:],
   )
   _, a = _results(work)
-  _, (_, b) = two
+  _, (_, b), _ = jobs
   assert set(a) == set(b) and a
   for key in b:
     assert a[key]["rounds"] == b[key]["rounds"] == ROUNDS

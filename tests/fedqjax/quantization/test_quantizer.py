@@ -9,6 +9,7 @@ examples are derandomized and bounded; `pytest -s` prints their counts.
 """
 
 import functools
+import itertools
 
 import chex
 import jax
@@ -175,20 +176,20 @@ class FrozenReferenceTest(parameterized.TestCase):
 
 
 @pytest.mark.xla_default
-@pytest.mark.parametrize("bucket_size", [None, 7])
-@pytest.mark.parametrize("single", [False, True])
-def test_eager_runs_the_jitted_program(bucket_size, single):
-  """Op-by-op dispatch gives the jitted old code's bits (eager dispatch
-  compiles at the process's level: tests/conftest.py runs this at XLA's
-  default level, in a process of its own)."""
-  trees = [_ref_tree(i, single) for i in range(len(_REF_BITS))]
+def test_eager_runs_the_jitted_program():
+  """Op-by-op dispatch gives the jitted old code's bits in the frozen
+  test's four contexts (eager dispatch compiles at the process's level:
+  tests/conftest.py runs this at XLA's default level, in a process of its
+  own, one for all four)."""
   keys = jax.random.split(jax.random.key(2024), len(_REF_BITS))
-  q = Q.make_quantizer(trees[0], "minmax", bucket_size)
-  sizes = tuple(int(n) for n in q.bucket_sizes)
-  for i, tree in enumerate(trees):
-    args = q.pack(tree), _REF_BITS[i], keys[i]
-    want = jax.jit(lambda f, b, k: _ref_quantize(f, b, k, sizes))(*args)
-    assert_bitwise(q.quantize(*args), want)
+  for bucket_size, single in itertools.product((None, 7), (False, True)):
+    trees = [_ref_tree(i, single) for i in range(len(_REF_BITS))]
+    q = Q.make_quantizer(trees[0], "minmax", bucket_size)
+    sizes = tuple(int(n) for n in q.bucket_sizes)
+    old = jax.jit(lambda f, b, k, s=sizes: _ref_quantize(f, b, k, s))
+    for i, tree in enumerate(trees):
+      args = q.pack(tree), _REF_BITS[i], keys[i]
+      assert_bitwise(q.quantize(*args), old(*args))
 
 
 # ----------------------------------------------------------------------------
