@@ -20,6 +20,7 @@ ARGS = (
   "--config.sweep.schemes=fp32",
   "--config.eval.num_samples=4",
   "--config.eval.vlb_size=0",
+  "--config.figures=False",  # not in a run's hash (test above)
 )
 
 
@@ -39,10 +40,11 @@ def test_run_hash_follows_what_decides_the_numbers():
   assert base == provenance.run_record(_settings(), _run("fp32"))
   c = test_config.get_config()
   c.sweep.seeds, c.ckpt_every, c.sweep.target_margin = (0, 5, 7), 9, 0.5
+  c.figures = False
   assert (
     provenance.run_record(settings.parse(c), _run("fp32"))["hash"]
     == base["hash"]
-  )  # more seeds, other checkpoint cadence: same runs
+  )  # more seeds, other checkpoint cadence, no figures: same runs
   for other in (
     provenance.run_record(_settings(rounds=5), _run("fp32")),
     provenance.run_record(_settings(), _run("fp32", seed=1)),
