@@ -369,7 +369,7 @@ def train_and_evaluate(
   )
   if is_primary():
     results["sampling_energy"] = sampling_report.write(
-      workdir, setups, summaries
+      workdir, setups, summaries, figure=config.figures
     )["rows"]
     results_lib.write_results(workdir, results)
     if config.figures:
