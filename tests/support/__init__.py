@@ -28,10 +28,11 @@ FAST_XLA = (
   "--xla_backend_optimization_level=0",
   "--xla_cpu_use_fusion_emitters=false",
 )
-DEFAULT_XLA = {  # XLA's defaults
-  "xla_backend_optimization_level": 3,
-  "xla_cpu_use_fusion_emitters": True,
-}
+# Tests that compare two different programs bit for bit compile both with
+# XLA:CPU's default fusion emitter (the elemental one may round an op the
+# programs share differently in each).
+FUSION_EMITTER = {"xla_cpu_use_fusion_emitters": True}
+DEFAULT_XLA = {"xla_backend_optimization_level": 3, **FUSION_EMITTER}
 # Eager dispatch cannot take compiler options: tests marked `xla_default`
 # run in a process of their own with this set (tests/conftest.py).
 AT_DEFAULT_LEVEL = os.environ.get("FEDQJAX_TEST_XLA") == "default"
