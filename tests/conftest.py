@@ -13,12 +13,13 @@ from tests.support import FAST_XLA
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE = os.path.join(_ROOT, ".pytest_cache", "jax_compilation_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-# LLVM at -O0 for every XLA:CPU program of the suite (tests/support FAST_XLA),
-# except in the processes that run the `xla_default` tests (below).
-if not support.AT_DEFAULT_LEVEL and FAST_XLA not in os.environ.get(
-  "XLA_FLAGS", ""
-):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}"
+# Fast compiles for every XLA:CPU program of the suite (tests/support
+# FAST_XLA), except in the processes that run the `xla_default` tests (below).
+if not support.AT_DEFAULT_LEVEL:
+  _flags = os.environ.get("XLA_FLAGS", "").split()
+  os.environ["XLA_FLAGS"] = " ".join(
+    _flags + [f for f in FAST_XLA if f not in _flags]
+  )
 
 
 def pytest_configure(config):

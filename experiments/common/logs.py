@@ -21,6 +21,7 @@ _CPP_ENV_AT_IMPORT = os.environ.get(_CPP_ENV)
 # absl / TSL C++ levels: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL.
 _CPP_QUIET, _CPP_DEFAULT, _CPP_ALL = "3", "1", "0"
 LOGGER = _LOG = "fedqjax"
+_VERBOSITY = [0]  # the last `setup`'s
 
 
 def resolve_verbosity(verbosity: int = 0) -> int:
@@ -54,6 +55,7 @@ def setup(verbosity: int = 0) -> int:
     The resolved verbosity.
   """
   v = resolve_verbosity(verbosity)
+  _VERBOSITY[0] = v
   _set_cpp_log_level(
     _CPP_QUIET
     if v <= 0
@@ -98,8 +100,13 @@ _LOAD_NOISE = re.compile(
 
 def import_quietly(module: str) -> None:
   """Imports `module`, dropping C++ INFO lines it prints to stderr (fd 2)
-  while loading; every other line (warnings, errors) is written back."""
+  while loading; every other line (warnings, errors) is written back.
+  Above verbosity 0 (the last `setup`'s) a plain import: the user asked
+  for the libraries' lines."""
   if module in sys.modules:
+    return
+  if _VERBOSITY[0] > 0:
+    importlib.import_module(module)
     return
   sys.stderr.flush()
   saved = os.dup(2)

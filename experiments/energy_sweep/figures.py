@@ -31,6 +31,7 @@ from typing import Any, Dict, List
 import numpy as np
 from matplotlib.figure import Figure
 
+from experiments.common import figfiles
 from experiments.energy_sweep import figure_regimes, models
 from experiments.energy_sweep.settings import AXES, Settings
 
@@ -344,7 +345,5 @@ def write_figures(
   os.makedirs(out, exist_ok=True)
   paths = {}
   for name, fig in make_figures(rows, result, settings).items():
-    paths[name] = os.path.join(out, name + ".png")
-    fig.savefig(paths[name], dpi=DPI)
-    fig.savefig(os.path.join(out, name + ".pdf"))
+    paths[name] = figfiles.save_png_and_pdf(fig, os.path.join(out, name), DPI)
   return paths

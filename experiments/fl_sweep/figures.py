@@ -31,11 +31,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from experiments.common import figfiles
 from experiments.fl_sweep import paired
 from experiments.fl_sweep.results import load_history, t_interval
 
 STYLES = {"kkt": "-", "deadline": "--", "split": "-.", "max": ":"}
 FONT = 9  # >= 8 pt everywhere
+DPI = 150
 COLORS = ("#1b6ca8", "#d1495b", "#3c9a5f", "#edae49", "#6a4c93", "#00798c")
 
 
@@ -53,8 +55,7 @@ def _figure(cols: int, width: float = 5.2, height: float = 3.6):
 def _save(fig, workdir: str, name: str):
   figdir = os.path.join(workdir, "figures")
   os.makedirs(figdir, exist_ok=True)
-  for ext in ("png", "pdf"):
-    fig.savefig(os.path.join(figdir, f"{name}.{ext}"), dpi=150)
+  figfiles.save_png_and_pdf(fig, os.path.join(figdir, name), DPI, DPI)
   return fig
 
 

@@ -18,6 +18,7 @@ FEDQJAX_VERBOSE=1) also shows the libraries' own log lines (XLA, TF, orbax).
 A bad command line exits with status 2 and one line on stderr.
 """
 
+import importlib.util
 import os
 
 from absl import app, flags
@@ -100,24 +101,39 @@ _MAIN = cli.Main(
 _parse = _MAIN.parser(_SETTINGS)
 
 
-def _require_training_extra() -> None:
+_NEEDS_EXTRA = (
+  "the training sweep needs TensorFlow and clu ({}); valid: "
+  "pip install 'fedqjax[tensorflow]' (or 'fedqjax[train]' where "
+  "TensorFlow is installed already)"
+)
+
+
+def _check_training_extra() -> None:
   """Exits 2 with one line naming the extra unless TensorFlow (clu's
-  TensorBoard writer) and clu import; quiets TF's load-time INFO lines."""
+  TensorBoard writer) and clu are installed: found, not imported (about
+  4 s, paid after the settings' checks: `_import_training_extra`)."""
+  for name in ("tensorflow", "clu"):
+    try:
+      found = importlib.util.find_spec(name) is not None
+    except ImportError as e:
+      cli.exit_with_error(_NEEDS_EXTRA.format(e))
+    if not found:
+      cli.exit_with_error(_NEEDS_EXTRA.format(f"No module named {name!r}"))
+
+
+def _import_training_extra() -> None:
+  """Imports TensorFlow (its load-time INFO lines quieted) and clu's
+  writers; a ValueError naming the extra if either fails to import."""
   try:
-    if logs.resolve_verbosity(FLAGS.verbosity) <= 0:
-      logs.import_quietly("tensorflow")
+    logs.import_quietly("tensorflow")
     import clu.metric_writers  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    cli.exit_with_error(
-      f"the training sweep needs TensorFlow and clu ({e}); valid: "
-      "pip install 'fedqjax[tensorflow]' (or 'fedqjax[train]' where "
-      "TensorFlow is installed already)"
-    )
+    raise ValueError(_NEEDS_EXTRA.format(e)) from None
 
 
 def main(argv):
   del argv
-  _require_training_extra()
+  _check_training_extra()
   from experiments.common import distributed  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import results as results_lib  # pylint: disable=g-import-not-at-top
   from experiments.fl_sweep import train
@@ -130,13 +146,20 @@ def main(argv):
       auto=FLAGS.distributed_auto,
     )
     results = train.train_and_evaluate(
-      _SETTINGS[0], FLAGS.workdir, overwrite=FLAGS.overwrite
+      _SETTINGS[0],
+      FLAGS.workdir,
+      overwrite=FLAGS.overwrite,
+      after_checks=_import_training_extra,
     )
   except ValueError as e:  # bad data or setting found late: exit 2
     cli.exit_with_error(str(e))
   if train.is_primary():
     print(results_lib.markdown_table(results), flush=True)
-    progress.show_outputs(FLAGS.workdir, results.get("meta", {}).get("wall_s"))
+    progress.show_outputs(
+      FLAGS.workdir,
+      results.get("meta", {}).get("wall_s"),
+      figures=_SETTINGS[0].figures,
+    )
 
 
 def run() -> None:

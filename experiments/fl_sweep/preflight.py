@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 
 import jax
 
+from experiments.common import logs
 from fedqjax import data as data_lib
 from fedqjax import federated
 from fedqjax.federated import memory
@@ -38,9 +39,14 @@ class PreflightError(ValueError):
 
 
 def _cifar10_prepared(data_dir: Optional[str]) -> bool:
-  """`cifar10_available` without tfds' warnings on an empty data_dir."""
+  """`cifar10_available` without tfds' warnings on an empty data_dir (and
+  TensorFlow, which tfds loads, without its load-time lines)."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
+  try:
+    logs.import_quietly("tensorflow")
+  except ImportError:  # tfds tells without it
+    pass
   level = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:

@@ -259,6 +259,7 @@ def show_outputs(
   workdir: str,
   wall_s: Optional[float] = None,
   *,
+  figures: bool = True,
   logger: Optional[logging.Logger] = None,
 ) -> None:
   """Logs where the sweep's outputs are and how to open TensorBoard.
@@ -271,7 +272,8 @@ def show_outputs(
   if wall_s is not None:
     log.info("sweep finished in %s", fmt_duration(wall_s))
   log.info("results: %s/results.csv, %s/results.json", w, w)
-  log.info("figures: %s/figures/", w)
+  if figures:
+    log.info("figures: %s/figures/", w)
   log.info(
     "per run: %s/<run>/ (TensorBoard events, checkpoints/, "
     "history.json, summary.json)",

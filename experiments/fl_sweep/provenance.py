@@ -27,7 +27,8 @@ from experiments.common import settings as settings_lib
 SETTINGS_FILE = "settings.json"
 # Keys that do not change a run's numbers: which runs exist (the sweep's
 # lists), how results are summarized across runs (target_margin), and how
-# a run is checkpointed, stopped early or compiled.
+# a run is checkpointed, stopped early or compiled, and whether the sweep
+# draws figures.
 NOT_IN_RUN_HASH = (
   "sweep.schemes",
   "sweep.seeds",
@@ -36,6 +37,7 @@ NOT_IN_RUN_HASH = (
   "ckpt_every",
   "max_rounds_this_run",
   "compilation_cache",
+  "figures",
 )
 PACKAGES = (
   "fedqjax",

@@ -157,7 +157,12 @@ def write_csv(workdir: str, rows: List[Dict[str, Any]]) -> str:
   return path
 
 
-def write(workdir: str, setups: Dict[int, Any], summaries: List[dict]):
+def write(
+  workdir: str,
+  setups: Dict[int, Any],
+  summaries: List[dict],
+  figure: bool = True,
+):
   """The sweep's report: CSV, figure, and what results.json keeps.
 
   Args:
@@ -165,6 +170,7 @@ def write(workdir: str, setups: Dict[int, Any], summaries: List[dict]):
     setups: {seed: Setup} (train_and_evaluate's `setups`).
     summaries: every run's summary; one holding "sampling_energy" rows
       (`run_rows`, stored by run_one) is reused, else its rows are made.
+    figure: draw and save the figure (the sweep's `figures` setting).
 
   Returns:
     {"rows": every run's rows, "scalars": {run: scalars(rows)}, "figure":
@@ -180,8 +186,10 @@ def write(workdir: str, setups: Dict[int, Any], summaries: List[dict]):
   if not rows:
     return dict(rows=[], scalars=per_run, figure=None)
   write_csv(workdir, rows)
-  fig = sampling_energy_vs_quality(rows)
-  figs._save(fig, workdir, FIGURE)
+  fig = None
+  if figure:
+    fig = sampling_energy_vs_quality(rows)
+    figs._save(fig, workdir, FIGURE)
   return dict(rows=rows, scalars=per_run, figure=fig)
 
 

@@ -288,6 +288,9 @@ class Settings:
   compilation_cache: bool = key(
     True, doc="JAX's persistent compilation cache (a rerun compiles in seconds)"
   )
+  figures: bool = key(
+    True, doc="write figures/ (PNG and PDF) after the results"
+  )
 
   def validate(self) -> None:
     """Checks across sections (keys named with their section)."""

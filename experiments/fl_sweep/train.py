@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -316,9 +316,12 @@ def guard_stale_runs(
 
 
 def train_and_evaluate(
-  config, workdir: str, overwrite: bool = False
+  config,
+  workdir: str,
+  overwrite: bool = False,
+  after_checks: Optional[Callable[[], None]] = None,
 ) -> Dict[str, Any]:
-  """Runs every run of the sweep; writes results + figures.
+  """Runs every run of the sweep; writes results (+ figures: `figures`).
 
   Args:
     config: the `Settings` tree, or a ConfigDict / mapping of its keys
@@ -328,6 +331,9 @@ def train_and_evaluate(
       settings (`provenance`).
     overwrite: move runs made with other settings aside and recompute them
       (else such a run is a ValueError, before anything is written).
+    after_checks: called once the settings, data, memory and workdir
+      passed their checks, before anything is written or compiled (the
+      CLI imports TensorFlow there).
 
   Returns:
     {"runs": [summary per run], "rows": [one per (run, allocation)],
@@ -342,6 +348,8 @@ def train_and_evaluate(
   guard_stale_runs(
     config, runs, workdir, overwrite
   )  # before anything is written
+  if after_checks is not None:
+    after_checks()
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache:
     enable_compilation_cache(os.path.join(workdir, ".jax_cache"))
@@ -361,10 +369,11 @@ def train_and_evaluate(
   )
   if is_primary():
     results["sampling_energy"] = sampling_report.write(
-      workdir, setups, summaries
+      workdir, setups, summaries, figure=config.figures
     )["rows"]
     results_lib.write_results(workdir, results)
-    report.write_figures(workdir, results)
+    if config.figures:
+      report.write_figures(workdir, results)
   return results
 
 

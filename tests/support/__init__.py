@@ -16,14 +16,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ("-m", "experiments.cifar_sweep")
 ENERGY_SWEEP = ("-m", "experiments.energy_sweep")
 TEST_CONFIG = "--config=experiments/configs/test.py"
-# The suite compiles every XLA:CPU program with LLVM at -O0 (tests/conftest.py
-# puts FAST_XLA in XLA_FLAGS, which the programs it starts inherit): 2-3x
-# faster compiles. Convolutions and matmuls are library calls at any level,
-# but an elementwise fusion's last bits may differ (contracted multiply-adds):
-# tests of the exact bits users get pin XLA's default level per program with
-# `jax.jit(..., compiler_options=DEFAULT_XLA)`, which overrides the flag.
-FAST_XLA = "--xla_backend_optimization_level=0"
-DEFAULT_XLA = {"xla_backend_optimization_level": 3}  # XLA's default
+# The suite compiles every XLA:CPU program fast (tests/conftest.py puts
+# FAST_XLA in XLA_FLAGS, which the programs it starts inherit): LLVM at -O0
+# (2-3x faster compiles) and XLA:CPU's older elemental emitter for fusions
+# (a cold sweep of the test preset: 26 s instead of 31 s). Convolutions and
+# matmuls are library calls either way, but an elementwise fusion's last bits
+# may differ (contracted multiply-adds): tests of the exact bits users get
+# pin XLA's defaults per program with `jax.jit(...,
+# compiler_options=DEFAULT_XLA)`, which overrides the flags.
+FAST_XLA = (
+  "--xla_backend_optimization_level=0",
+  "--xla_cpu_use_fusion_emitters=false",
+)
+# Tests that compare two different programs bit for bit compile both with
+# XLA:CPU's default fusion emitter (the elemental one may round an op the
+# programs share differently in each).
+FUSION_EMITTER = {"xla_cpu_use_fusion_emitters": True}
+DEFAULT_XLA = {"xla_backend_optimization_level": 3, **FUSION_EMITTER}
 # Eager dispatch cannot take compiler options: tests marked `xla_default`
 # run in a process of their own with this set (tests/conftest.py).
 AT_DEFAULT_LEVEL = os.environ.get("FEDQJAX_TEST_XLA") == "default"
@@ -34,7 +43,7 @@ def run_at_default_level(nodeid: str) -> None:
   at XLA's default level; fails with its output unless it passed."""
   env = dict(os.environ, FEDQJAX_TEST_XLA="default")
   env["XLA_FLAGS"] = " ".join(
-    f for f in env.get("XLA_FLAGS", "").split() if f != FAST_XLA
+    f for f in env.get("XLA_FLAGS", "").split() if f not in FAST_XLA
   )
   out = subprocess.run(
     [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],

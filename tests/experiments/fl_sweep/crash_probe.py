@@ -103,13 +103,18 @@ def _draw(rng: random.Random, kind: str, run: str = "") -> KillPoint:
 
 
 def schedule(seed: int, kills: int) -> List[KillPoint]:
-  """`kills` points in sweep order: every per-run kind in every run, the
-  results write and a start-up (at a drawn place: every process starts
-  up), then drawn ones; delays and checkpoint steps drawn. One drawn
-  last-round kill (its run then holds steps _LAST - CKPT_EVERY and _LAST)
-  is followed by damaging the newest step."""
+  """`kills` points in sweep order: every per-run kind once, in a run
+  drawn so that both runs get half of them (a run's state and checkpoints
+  go through the same code whatever its scheme; a kill in the second run
+  also has the first one to skip), the results write and a start-up (at a
+  drawn place: every process starts up), then drawn ones; delays and
+  checkpoint steps drawn. The last-round kill (its run then holds steps
+  _LAST - CKPT_EVERY and _LAST) is followed by damaging the newest step."""
   rng = random.Random(seed)
-  points = [_draw(rng, k, run) for run in RUNS for k in _PER_RUN]
+  kinds = list(_PER_RUN)
+  rng.shuffle(kinds)
+  half = len(kinds) // 2
+  points = [_draw(rng, k, RUNS[n >= half]) for n, k in enumerate(kinds)]
   points += [_draw(rng, "results"), _draw(rng, "startup")]
   points += [
     _draw(rng, rng.choice(("startup",) + _PER_RUN))

@@ -33,6 +33,7 @@ def run(mesh, workdir):
   c.sweep.schemes = ("fp32", "ondemand")
   c.compilation_cache = False
   c.eval.num_samples = 4
+  c.figures = False
   return train.train_and_evaluate(c, workdir)
 
 

@@ -7,7 +7,7 @@ import os
 import re
 
 from tests import support
-from tests.support import TEST_CONFIG, cli_env, run_cli, start_cli
+from tests.support import cli_env, start_cli
 
 ENV = cli_env()
 
@@ -68,21 +68,10 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "file" / "sub")
 
 
-def test_console_of_a_real_run(tmp_path):
+def test_console_of_a_real_run(cli_run):
   """Compile line, progress with ETA, table, tensorboard."""
-  workdir = tmp_path / "run"
-  out = run_cli(
-    [
-      TEST_CONFIG,
-      f"--workdir={workdir}",
-      "--config.sweep.schemes=('fp32','ondemand')",
-      "--config.compilation_cache=False",
-    ],
-    env=ENV,
-    merge_stderr=True,
-  )
-  lines = out.stdout.splitlines()
-  assert out.returncode == 0, out.stdout[-3000:]
+  workdir, console = cli_run
+  lines = console.splitlines()
 
   def first(pattern):
     return next(i for i, ln in enumerate(lines) if re.search(pattern, ln))
@@ -91,7 +80,7 @@ def test_console_of_a_real_run(tmp_path):
   round_at = first(r"fp32 \[1/2\]: round 1/3 ")
   assert compile_at < round_at
   eta = [ln for ln in lines if re.search(r"round \d/3 .* ETA \d+s \(sweep", ln)]
-  assert eta, out.stdout[-3000:]
+  assert eta, console[-3000:]
   table_at = first(r"^\| .*ondemand")
   assert table_at > max(i for i, ln in enumerate(lines) if "/3 " in ln)
   assert lines[-1].endswith(f"tensorboard --logdir {workdir}")

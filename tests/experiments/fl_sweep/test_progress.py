@@ -147,3 +147,8 @@ def test_fmt_duration_and_outputs():
   assert lines[0] == "sweep finished in 26m31s"
   assert lines[-1] == "TensorBoard: tensorboard --logdir '/tmp/my work'"
   assert any("results.csv" in ln for ln in lines)
+  assert "figures: /tmp/my work/figures/" in lines
+  del lines[:]
+  console.show_outputs("/w", 5.0, figures=False, logger=p._log)  # pylint: disable=protected-access
+  assert any("results.csv" in ln for ln in lines)
+  assert not any("figures" in ln for ln in lines), lines

@@ -13,13 +13,14 @@ import pytest
 
 from experiments.configs import test as test_config
 from experiments.fl_sweep import provenance, settings
-from tests.support import ROOT, TEST_CONFIG, cli_env, run_cli, snapshot
+from tests.support import ROOT, cli_env, run_cli, snapshot
 
 ARGS = (
-  TEST_CONFIG,
+  f"--config={ROOT / 'experiments/configs/test.py'}",  # from any directory
   "--config.sweep.schemes=fp32",
   "--config.eval.num_samples=4",
   "--config.eval.vlb_size=0",
+  "--config.figures=False",  # not in a run's hash (test above)
 )
 
 
@@ -39,10 +40,11 @@ def test_run_hash_follows_what_decides_the_numbers():
   assert base == provenance.run_record(_settings(), _run("fp32"))
   c = test_config.get_config()
   c.sweep.seeds, c.ckpt_every, c.sweep.target_margin = (0, 5, 7), 9, 0.5
+  c.figures = False
   assert (
     provenance.run_record(settings.parse(c), _run("fp32"))["hash"]
     == base["hash"]
-  )  # more seeds, other checkpoint cadence: same runs
+  )  # more seeds, other checkpoint cadence, no figures: same runs
   for other in (
     provenance.run_record(_settings(rounds=5), _run("fp32")),
     provenance.run_record(_settings(), _run("fp32", seed=1)),
@@ -71,9 +73,13 @@ def test_stale_runs_named_with_their_keys(tmp_path):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-  """The test config (fp32 only) into a fresh workdir, through the CLI."""
+  """The test config (fp32 only) into a fresh workdir, through the CLI
+  started outside the checkout."""
+  elsewhere = tmp_path_factory.mktemp("elsewhere")
   workdir = tmp_path_factory.mktemp("prov") / "w"
-  out = run_cli([*ARGS, f"--workdir={workdir}"], merge_stderr=True)
+  out = run_cli(
+    [*ARGS, f"--workdir={workdir}"], cwd=elsewhere, merge_stderr=True
+  )
   assert out.returncode == 0, out.stdout[-3000:]
   return workdir
 
@@ -132,32 +138,19 @@ def test_results_name_their_settings_software_and_machine(first_run):
   assert record["settings"]["fed.rounds"] == results["settings"]["fed.rounds"]
 
 
-def test_runs_from_another_directory(tmp_path):
+def test_runs_from_another_directory(tmp_path, first_run):
   """No path relative to the checkout: the default config is found from the
-  module (a bad override proves it was loaded), a given one as typed."""
-  env = cli_env()
+  module (a bad override proves it was loaded), a given one as typed (the
+  first run: started in a temporary directory)."""
   out = run_cli(
     [f"--workdir={tmp_path / 'w'}", "--config.fed.local_steps=0"],
     cwd=tmp_path,
-    env=env,
+    env=cli_env(),
   )
   assert out.returncode == 2, out.stderr
   assert "config.fed.local_steps=0 is invalid" in out.stderr
-  out = run_cli(
-    [
-      f"--config={ROOT / 'experiments/configs/test.py'}",
-      f"--workdir={tmp_path / 'w'}",
-      "--config.fed.rounds=1",
-      "--config.sweep.schemes=fp32",
-      "--config.eval.num_samples=4",
-      "--config.eval.vlb_size=0",
-    ],
-    cwd=tmp_path,
-    env=env,
-    merge_stderr=True,
-  )
-  assert out.returncode == 0, out.stdout[-3000:]
-  assert (tmp_path / "w" / "results.csv").is_file()
+  assert (first_run / "results.csv").is_file()
+  assert (first_run / "fp32" / "summary.json").is_file()
 
 
 def _revision(pythonpath, cwd) -> str:

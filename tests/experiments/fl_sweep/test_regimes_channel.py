@@ -244,6 +244,7 @@ def channel_run(tmp_path_factory):
       "fed.rounds": 4,
       "eval.num_samples": 2,
       "eval.grid": 2,
+      "figures": False,
     }
   )
   return workdir, train.train_and_evaluate(c, workdir)
@@ -275,6 +276,7 @@ def test_channel_run_reports_misses_waste_and_comp_share(channel_run):
   assert "regime=yang2021 channel=gauss_markov" in head
   for col in ("comp_share", "deadline_misses", "energy_wasted_j"):
     assert col in cols
+  assert not os.path.exists(os.path.join(workdir, "figures"))  # figures=False
 
 
 def test_channel_run_writes_misses_to_tensorboard(channel_run):

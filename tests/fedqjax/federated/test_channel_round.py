@@ -22,6 +22,7 @@ from fedqjax.errors import InvalidSetting
 from fedqjax.federated import phases
 from fedqjax.testing.reference_round import round_step_reference
 from tests.fedqjax.federated.test_round import assert_quantized_close
+from tests.support import FUSION_EMITTER
 from tests.support import federated as H
 
 SPEC = dict(H.LAYOUTS["vmap_k3"])
@@ -33,11 +34,17 @@ def _spec():
 
 
 @functools.lru_cache(maxsize=None)
-def _step(spec):
+def _step(spec, bitwise=False):
   """The jitted round, a wrapper of this module's own: the channel path's
   compile must not show in the cache that test_round.py counts for the
-  shared spec (today's path comes from the persistent compilation cache)."""
-  return jax.jit(functools.partial(fed.round_step, spec=spec), donate_argnums=0)
+  shared spec (today's path comes from the persistent compilation cache).
+  `bitwise`: compiled with XLA's default fusion emitter, to compare the
+  two paths bit for bit (tests/support FUSION_EMITTER)."""
+  return jax.jit(
+    functools.partial(fed.round_step, spec=spec),
+    donate_argnums=0,
+    compiler_options=FUSION_EMITTER if bitwise else None,
+  )
 
 
 def _tight_deadline(devices, spec):
@@ -54,7 +61,7 @@ def test_static_channel_process_is_todays_round_bitwise(params, devices, data8):
   from `trajectory` give today's round bit for bit (state and every metric
   of today's round), misses 0; one extra compile for the channel path."""
   spec = _spec()
-  step = _step(spec)
+  step = _step(spec, bitwise=True)
   T = H.generous_deadline(devices, spec, params)
   planned, realized = C.trajectory(
     C.ChannelProcess(),
