@@ -39,8 +39,8 @@ class PreflightError(ValueError):
 
 
 def _cifar10_prepared(data_dir: Optional[str]) -> bool:
-  """`cifar10_available` without tfds' warnings on an empty data_dir (and
-  TensorFlow, which tfds loads, without its load-time lines)."""
+  """`cifar10_available` without tfds' warnings on an empty data_dir,
+  and TensorFlow (which tfds loads) without its load-time lines."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
   try:

@@ -7,8 +7,8 @@ on-demand, 5 rounds, checkpoints at rounds 2, 4 and 5). The chain kills one
 process at each of KILLS points of a seeded schedule (crash_probe.py):
 a run's first round, inside a checkpoint write, between checkpoints, the
 last round, the final evaluation and the history / summary writes (each
-once, three in each run); a start-up; the results write. Each is fired on an event
-seen from outside and verified after the kill. After one kill it flips
+once, three in each run); a start-up; the results write. Each is fired on
+an event seen from outside and verified after the kill. After one kill it flips
 bytes in the newest checkpoint's array data (same size). A last process
 finishes the sweep.
 

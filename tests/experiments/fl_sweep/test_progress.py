@@ -149,6 +149,7 @@ def test_fmt_duration_and_outputs():
   assert any("results.csv" in ln for ln in lines)
   assert "figures: /tmp/my work/figures/" in lines
   del lines[:]
-  console.show_outputs("/w", 5.0, figures=False, logger=p._log)  # pylint: disable=protected-access
+  log = p._log  # pylint: disable=protected-access
+  console.show_outputs("/w", 5.0, figures=False, logger=log)
   assert any("results.csv" in ln for ln in lines)
   assert not any("figures" in ln for ln in lines), lines
