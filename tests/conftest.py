@@ -64,20 +64,36 @@ _MULTIPROCESS = (
 )
 
 
+# Modules that share a session fixture run on one worker: the command-line
+# run of the test config (tests/experiments/fl_sweep/conftest.py `cli_run`)
+# would run once per worker otherwise (about 25 s).
+_SHARED_FIXTURE = (
+  "tests/experiments/fl_sweep/test_main.py",
+  "tests/experiments/fl_sweep/test_train.py",
+)
+
+
 def _module(nodeid: str) -> str:
   return nodeid.split("::", 1)[0]
 
 
+def _unit(nodeid: str) -> str:
+  """The scheduling unit of a test: its module, or a group of modules."""
+  module = _module(nodeid)
+  if module in _MULTIPROCESS:
+    return "multiprocess"
+  return "cli_run" if module in _SHARED_FIXTURE else module
+
+
 def pytest_xdist_make_scheduler(config, log):
-  """loadfile, except that the multi-process modules are one unit."""
+  """loadfile, except for the units of `_unit`."""
   if config.getoption("dist") != "loadfile":
     return None
   from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
 
   class _Scheduler(LoadFileScheduling):
     def _split_scope(self, nodeid):
-      module = _module(nodeid)
-      return "multiprocess" if module in _MULTIPROCESS else module
+      return _unit(nodeid)
 
   return _Scheduler(config, log)
 
@@ -86,9 +102,11 @@ def pytest_collection_modifyitems(config, items):
   """The multi-process modules after the rest of their directory."""
   del config
   missing = [
-    m for m in _MULTIPROCESS if not os.path.exists(os.path.join(_ROOT, m))
+    m
+    for m in _MULTIPROCESS + _SHARED_FIXTURE
+    if not os.path.exists(os.path.join(_ROOT, m))
   ]
-  assert not missing, f"tests/conftest.py _MULTIPROCESS names {missing}"
+  assert not missing, f"tests/conftest.py names missing modules {missing}"
   multi = [i for i in items if _module(i.nodeid) in _MULTIPROCESS]
   rest = [i for i in items if _module(i.nodeid) not in _MULTIPROCESS]
   home = {os.path.dirname(m) for m in _MULTIPROCESS}

@@ -7,11 +7,15 @@ solves it and the PDF keeps those positions (same figure size and point
 sizes; the two renderers' text extents differ by a point or two, inside
 the layout's 3-point pads). The training sweep's six figures: 3.2 s
 instead of 3.9 s on 2 CPU cores.
+
+A notebook shows the PNGs a sweep wrote (`show_saved`) rather than drawing
+the figures again.
 """
 
 from __future__ import annotations
 
-from typing import Union
+import os
+from typing import List, Union
 
 
 def save_png_and_pdf(
@@ -31,3 +35,22 @@ def save_png_and_pdf(
     if engine is not None:
       fig.set_layout_engine(engine)
   return png
+
+
+def show_saved(figdir: str, dpi: float, saved_dpi: float) -> List[str]:
+  """Shows every PNG in `figdir` in a notebook's output, each after its
+  name, at the screen size of `dpi` (the files are at `saved_dpi`): the
+  figures a sweep wrote, not drawn again. Returns the names, sorted."""
+  from IPython import display  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  names = sorted(
+    f[: -len(".png")] for f in os.listdir(figdir) if f.endswith(".png")
+  )
+  for name in names:
+    path = os.path.join(figdir, name + ".png")
+    with Image.open(path) as im:  # reads the header only
+      width = round(im.size[0] * dpi / saved_dpi)
+    print(name)
+    display.display(display.Image(filename=path, width=width))
+  return names

@@ -1,7 +1,9 @@
 """A figure saved as PNG and PDF: the layout is solved once, the PDF keeps
-the PNG's positions, and the figure keeps its layout engine."""
+the PNG's positions, and the figure keeps its layout engine. A notebook
+shows the saved PNGs by name, at its own dpi."""
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
@@ -47,3 +49,23 @@ def test_layout_solved_once_and_kept(tmp_path, monkeypatch):
   bare, bare_axes = _figure()
   bare.set_layout_engine("none")
   assert np.abs(_boxes(bare_axes) - _boxes(axes)).max() > 0.02
+
+
+def test_show_saved_displays_each_png_after_its_name(
+  tmp_path, monkeypatch, capsys
+):
+  display = pytest.importorskip("IPython.display")
+  shown = []
+  monkeypatch.setattr(display, "display", shown.append)
+  for name, inches in (("b_wide", 6.0), ("a_small", 2.0)):
+    fig = Figure(figsize=(inches, 1))
+    figfiles.save_png_and_pdf(fig, str(tmp_path / name), dpi=150)
+  (tmp_path / "notes.txt").write_text("not a figure")
+  names = figfiles.show_saved(str(tmp_path), dpi=100, saved_dpi=150)
+  assert names == ["a_small", "b_wide"]
+  assert capsys.readouterr().out.split() == names
+  # 2 and 6 inches saved at 150 dpi (300 and 900 px), shown at 100 dpi.
+  assert [im.width for im in shown] == [200, 600]
+  assert [im.data for im in shown] == [
+    (tmp_path / f"{n}.png").read_bytes() for n in names
+  ]

@@ -1,5 +1,5 @@
 """notebooks/energy_explorer.ipynb executes headless on CPU (small preset):
-the summary table and every figure of `figures.make_figures`, inline as
+the summary table and every figure `write_all` saved, inline as
 PNGs. The training notebook's test is tests/experiments/test_notebooks.py."""
 
 import base64

@@ -10,7 +10,7 @@ def cli_run(tmp_path_factory):
   """The test config (fp32, on-demand) through the command line, as a user
   starts it: (workdir, its console with stderr merged into stdout). One run
   for the console test (test_main.py) and the CLI-equals-in-process test
-  (test_train.py)."""
+  (test_train.py); tests/conftest.py runs both modules on one worker."""
   workdir = tmp_path_factory.mktemp("cli") / "run"
   out = run_cli(
     [
