@@ -53,6 +53,8 @@ def pytest_pyfunc_call(pyfuncitem):
 # (side by side they oversubscribe 2 cores), queued after the other tests of
 # their directory, whose command-line runs fill the compile cache they read,
 # and before the library's tests, which the other worker takes meanwhile.
+# In this order: the two-process jobs start the reference sweep that both
+# modules compare with, while one of their processes is held back.
 # Whole suite on this 2-core machine, 2026-12-03 (one run each), warm
 # compile cache (a developer's rerun): 728 s this way, 850 s in xdist's
 # default order (most tests first: both at the end of one worker), 773 s as
@@ -69,6 +71,7 @@ _MULTIPROCESS = (
 # would run once per worker otherwise (about 25 s).
 _SHARED_FIXTURE = (
   "tests/experiments/fl_sweep/test_main.py",
+  "tests/experiments/fl_sweep/test_multidevice.py",
   "tests/experiments/fl_sweep/test_train.py",
 )
 
@@ -99,7 +102,8 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-  """The multi-process modules after the rest of their directory."""
+  """The multi-process modules after the rest of their directory, in the
+  order of _MULTIPROCESS."""
   del config
   missing = [
     m
@@ -107,7 +111,10 @@ def pytest_collection_modifyitems(config, items):
     if not os.path.exists(os.path.join(_ROOT, m))
   ]
   assert not missing, f"tests/conftest.py names missing modules {missing}"
-  multi = [i for i in items if _module(i.nodeid) in _MULTIPROCESS]
+  multi = sorted(
+    (i for i in items if _module(i.nodeid) in _MULTIPROCESS),
+    key=lambda i: _MULTIPROCESS.index(_module(i.nodeid)),
+  )
   rest = [i for i in items if _module(i.nodeid) not in _MULTIPROCESS]
   home = {os.path.dirname(m) for m in _MULTIPROCESS}
   cut = max(

@@ -1,8 +1,9 @@
 """Crash safety of the sweep CLI: SIGKILL at verified points, a damaged
 checkpoint, and everything the resumed sweep wrote compared bit for bit.
 
-One uninterrupted reference run and one chain of killed-and-rerun processes
-of `python -m experiments.cifar_sweep` on the tiny test config (fp32 and
+One uninterrupted reference run (conftest.py `reference_sweep`, shared with
+the two-process jobs) and one chain of killed-and-rerun processes of
+`python -m experiments.cifar_sweep` on the tiny test config (fp32 and
 on-demand, 5 rounds, checkpoints at rounds 2, 4 and 5). The chain kills one
 process at each of KILLS points of a seeded schedule (crash_probe.py):
 a run's first round, inside a checkpoint write, between checkpoints, the
@@ -45,23 +46,20 @@ import numpy as np
 import pytest
 
 from tests.experiments.fl_sweep import crash_probe as cp
-from tests.support import ROOT, SWEEP, TEST_CONFIG, Lines, cli_env
+from tests.experiments.fl_sweep.conftest import REFERENCE_ARGS
+from tests.support import ROOT, SWEEP, Lines, cli_env
 
 SEED, KILLS = 20240304, 8  # every per-run phase once, start-up, results
 RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
 
 
-def _cmd(workdir: Path, schemes: str):
+def _cmd(workdir: Path):
   return [
     sys.executable,
     *SWEEP,
-    TEST_CONFIG,
+    *REFERENCE_ARGS,
     f"--workdir={workdir}",
-    f"--config.fed.rounds={cp.ROUNDS}",
-    f"--config.ckpt_every={cp.CKPT_EVERY}",
-    "--config.eval.fid=False",
-    "--config.figures=False",  # not compared; drawn in test_train
-    f"--config.sweep.schemes={schemes}",
+    "--config.sweep.schemes=fp32,ondemand",
   ]
 
 
@@ -92,24 +90,23 @@ def _wait(proc) -> int:
 
 
 @pytest.fixture(scope="module")
-def sweeps(env, tmp_path_factory):
+def sweeps(env, reference_sweep, tmp_path_factory):
   """The reference workdir and the chain's, with the chain's records."""
   base = tmp_path_factory.mktemp("crash")
-  ref, got, logs = base / "reference", base / "chain", []
+  got, logs = base / "chain", []
   t0 = time.time()
-  proc, _ = _start(_cmd(ref, "('fp32','ondemand')"), env, base / "ref.log", ref)
-  assert _wait(proc) == 0, (base / "ref.log").read_text()[-3000:]
+  ref = reference_sweep.wait(RUN_TIMEOUT_S)
   t_ref = time.time() - t0
 
   def start():
     logs.append(base / f"chain{len(logs)}.log")
-    return _start(_cmd(got, "fp32,ondemand"), env, logs[-1], got)
+    return _start(_cmd(got), env, logs[-1], got)
 
   points = cp.schedule(SEED, KILLS)
   chain = cp.run_chain(points, start, RUN_TIMEOUT_S, SEED)
   final_rc = _wait(start()[0])
   print(
-    f"\nreference {t_ref:.1f}s; chain of {len(logs)} processes "
+    f"\nreference (waited) {t_ref:.1f}s; chain of {len(logs)} processes "
     f"{time.time() - t0 - t_ref:.1f}s"
   )
   for point, attempts in chain["points"]:

@@ -13,9 +13,12 @@ through the real CLI.
    if it has not exited within SURVIVOR_WAIT_S). It resumes from the last
    orbax checkpoint and ends equal to the uninterrupted 2-process job.
 
-All runs share one config (fp32 + on-demand, 6 rounds, a checkpoint every
-2), one single-process reference (module fixtures) and, as a user's reruns
-do, the persistent compilation cache (the suite's, tests/conftest.py).
+All runs share one config (fp32 + on-demand, 5 rounds, a checkpoint every
+2; the jobs with 4 evaluation samples and no bits/dim, which the training
+numbers compared do not depend on), one single-process reference (the
+session's `reference_sweep`, conftest.py, shared with the chain of killed
+processes) and, as a user's reruns do, the persistent compilation cache
+(the suite's, tests/conftest.py).
 """
 
 import json
@@ -30,20 +33,19 @@ import time
 import numpy as np
 import pytest
 
+from tests.experiments.fl_sweep import crash_probe as cp
+from tests.experiments.fl_sweep.conftest import REFERENCE_ARGS
 from tests.support import ROOT, SWEEP, cli_env
 
-ROUNDS = 6
+ROUNDS = cp.ROUNDS
 SURVIVOR_WAIT_S = 5
 COMPILE_DELAY_S = 35  # > gloo's 30 s
 ARGS = (
-  "--config=experiments/configs/test.py",
+  *REFERENCE_ARGS,
   "--config.sweep.schemes=fp32,ondemand",
-  f"--config.fed.rounds={ROUNDS}",
-  "--config.ckpt_every=2",
   "--config.eval.num_samples=4",
   "--config.eval.vlb_size=0",
-  "--config.figures=False",
-)  # bits/dim: per process, tested elsewhere; figures: test_train
+)  # bits/dim: per process, tested elsewhere
 COMPARED = (
   "total_energy_j",
   "comm_energy_j",
@@ -105,14 +107,14 @@ def _results(workdir):
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory):
+def jobs(tmp_path_factory, reference_sweep):
   """The uninterrupted 2-process job (process 1's round compile held back)
   and, started with it (it runs while process 1 waits), the single-process
   reference: (outputs, results) of the job, rows of the reference."""
-  work, single = (tmp_path_factory.mktemp(n) for n in ("two", "single"))
-  procs = [*_job(work, delay_process=1), _cli(single, "--config.fed.mesh=none")]
-  outs = _finish(procs)
-  return outs[:2], _results(work), _results(single)[1]
+  work = tmp_path_factory.mktemp("two")
+  reference_sweep.start()
+  outs = _finish(_job(work, delay_process=1))
+  return outs, _results(work), _results(reference_sweep.wait())[1]
 
 
 def test_two_processes_through_the_cli_equal_one(jobs):

@@ -1,16 +1,29 @@
-"""The main job on several devices (a subprocess, mesh_train_check.py; moved
-from tests/test_federated_multidevice.py, a file of its own so pytest-xdist
-can run it beside the other tests). The round itself on 8 devices:
+"""The main job on several devices (a subprocess, mesh_train_check.py, a
+file of its own so pytest-xdist can run it beside the other tests) equals
+the same config on one device (the command-line run `cli_run`,
+conftest.py). The round itself on 8 devices:
 tests/fedqjax/federated/test_sharding.py."""
 
+import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 from tests.support import ROOT as _ROOT
 from tests.support import xla_flags
 
 ROOT = str(_ROOT)
+NUMBERS = (
+  "total_energy_j",
+  "comp_energy_j",
+  "comm_energy_j",
+  "uploaded_mb",
+  "final_loss",
+  "heldout_loss",
+  "skipped_client_rounds",
+)
 
 
 def _run_script(name, env_extra, args=()):
@@ -26,7 +39,12 @@ def _run_script(name, env_extra, args=()):
   return out.stdout
 
 
-def test_main_job_on_8_devices_equals_one_device(tmp_path):
+def _rows(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    return {(r["run"], r["allocation"]): r for r in json.load(f)["rows"]}
+
+
+def test_main_job_on_8_devices_equals_one_device(tmp_path, cli_run):
   """`fed.mesh=auto` through train_and_evaluate."""
   out = _run_script(
     "experiments/fl_sweep/mesh_train_check.py",
@@ -37,3 +55,11 @@ def test_main_job_on_8_devices_equals_one_device(tmp_path):
     [str(tmp_path)],
   )
   assert "MESH_TRAIN_OK devices=8" in out, out
+  sharded, single = _rows(tmp_path), _rows(cli_run[0])
+  assert set(sharded) == set(single) and sharded
+  for key, b in single.items():
+    a = sharded[key]
+    assert a["rounds"] == b["rounds"] == 3, key
+    for k in NUMBERS:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, err_msg=f"{key} {k}")
+    assert a["mean_bits"] == b["mean_bits"], key
