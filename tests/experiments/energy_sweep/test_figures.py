@@ -21,16 +21,30 @@ def test_figures_use_no_global_state():
   )
 
 
-def test_make_and_write_figures(small, tmp_path):
-  settings, result, rows, _ = small
-  figs = figures.make_figures(rows, result, settings)
+def test_make_and_write_figures(small, tmp_path, monkeypatch):
+  """The figures of `make_figures` as `write_figures` saves them: here with
+  the saver recording them (drawn once, not saved again), and as files in
+  the workdir that `write_all` wrote (the fixture)."""
+  settings, result, rows, workdir = small
+  figs = {}
+
+  def record(fig, stem, dpi):
+    assert dpi == figures.DPI
+    figs[os.path.basename(stem)] = fig
+    return stem + ".png"
+
+  monkeypatch.setattr(figures.figfiles, "save_png_and_pdf", record)
+  paths = figures.write_figures(rows, result, settings, str(tmp_path))
   assert set(figs) == set(SWEEP_FIGURES) | {"saving_vs_comp_share"}
+  assert paths == {n: str(tmp_path / f"{n}.png") for n in figs}
   assert all(isinstance(f, Figure) for f in figs.values())
   # one panel (and a legend) per swept axis, the rest switched off
   panels = [a for a in figs["energy_vs_axes"].axes if a.axison]
   assert len(panels) == len(settings.axes)
-  paths = figures.write_figures(rows, result, settings, str(tmp_path))
-  assert sorted(paths) == sorted(figs)
-  assert all(os.path.getsize(p) > 0 for p in paths.values())
-  for p in paths.values():  # and a PDF beside each PNG
-    assert os.path.getsize(p[: -len(".png")] + ".pdf") > 0, p
+  figdir = os.path.join(workdir, "figures")
+  assert sorted(os.listdir(figdir)) == sorted(
+    n + ext for n in figs for ext in (".png", ".pdf")
+  )
+  assert all(
+    os.path.getsize(os.path.join(figdir, f)) > 0 for f in os.listdir(figdir)
+  )
