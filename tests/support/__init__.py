@@ -100,6 +100,17 @@ def start_cli(
   )
 
 
+def wait_or_kill(proc: subprocess.Popen, timeout: float) -> int:
+  """`proc`'s exit status; killed (and TimeoutExpired raised) if it is
+  still running after `timeout` seconds."""
+  try:
+    return proc.wait(timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
 def run_cli(
   args: Sequence[str],
   program: Sequence[str] = SWEEP,

@@ -1,12 +1,15 @@
 """Fixtures of the training sweep's tests."""
 
-import subprocess
-import sys
-
 import pytest
 
 from tests.experiments.fl_sweep import crash_probe as cp
-from tests.support import ROOT, SWEEP, TEST_CONFIG, cli_env, run_cli
+from tests.support import (
+  TEST_CONFIG,
+  cli_env,
+  run_cli,
+  start_cli,
+  wait_or_kill,
+)
 
 
 @pytest.fixture(scope="session")
@@ -54,24 +57,14 @@ class Background:
   def start(self) -> None:
     if self.proc is None:
       with open(self.log, "w") as f:
-        self.proc = subprocess.Popen(
-          [sys.executable, *SWEEP, *self.args, f"--workdir={self.workdir}"],
-          cwd=ROOT,
-          env=cli_env(),
-          stdout=f,
-          stderr=subprocess.STDOUT,
+        self.proc = start_cli(
+          [*self.args, f"--workdir={self.workdir}"], stdout=f
         )
 
   def wait(self, timeout: float = 900):
     """The workdir, once the run has ended with status 0."""
     self.start()
-    try:
-      rc = self.proc.wait(timeout)
-    finally:
-      if self.proc.poll() is None:
-        self.proc.kill()
-        self.proc.wait()
-    assert rc == 0, self.log.read_text()[-3000:]
+    assert wait_or_kill(self.proc, timeout) == 0, self.log.read_text()[-3000:]
     return self.workdir
 
 

@@ -47,7 +47,7 @@ import pytest
 
 from tests.experiments.fl_sweep import crash_probe as cp
 from tests.experiments.fl_sweep.conftest import REFERENCE_ARGS
-from tests.support import ROOT, SWEEP, Lines, cli_env
+from tests.support import ROOT, SWEEP, Lines, cli_env, wait_or_kill
 
 SEED, KILLS = 20240304, 8  # every per-run phase once, start-up, results
 RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
@@ -63,14 +63,6 @@ def _cmd(workdir: Path):
   ]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = cli_env()
-  if "JAX_COMPILATION_CACHE_DIR" not in e:  # conftest sets it
-    e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  return e
-
-
 def _start(cmd, env, log: Path, probe_dir: Path):
   probe = cp.Probe(probe_dir, log)  # snapshot before the process starts
   with open(log, "w") as f:
@@ -80,17 +72,8 @@ def _start(cmd, env, log: Path, probe_dir: Path):
   return proc, probe
 
 
-def _wait(proc) -> int:
-  try:
-    return proc.wait(RUN_TIMEOUT_S)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-
-
 @pytest.fixture(scope="module")
-def sweeps(env, reference_sweep, tmp_path_factory):
+def sweeps(reference_sweep, tmp_path_factory):
   """The reference workdir and the chain's, with the chain's records."""
   base = tmp_path_factory.mktemp("crash")
   got, logs = base / "chain", []
@@ -100,11 +83,11 @@ def sweeps(env, reference_sweep, tmp_path_factory):
 
   def start():
     logs.append(base / f"chain{len(logs)}.log")
-    return _start(_cmd(got), env, logs[-1], got)
+    return _start(_cmd(got), cli_env(), logs[-1], got)
 
   points = cp.schedule(SEED, KILLS)
   chain = cp.run_chain(points, start, RUN_TIMEOUT_S, SEED)
-  final_rc = _wait(start()[0])
+  final_rc = wait_or_kill(start()[0], RUN_TIMEOUT_S)
   print(
     f"\nreference (waited) {t_ref:.1f}s; chain of {len(logs)} processes "
     f"{time.time() - t0 - t_ref:.1f}s"

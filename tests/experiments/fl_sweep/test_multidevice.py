@@ -6,15 +6,12 @@ tests/fedqjax/federated/test_sharding.py."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-from tests.support import ROOT as _ROOT
-from tests.support import xla_flags
+from tests.support import ROOT, cli_env, run_cli
 
-ROOT = str(_ROOT)
+SCRIPT = ROOT / "tests" / "experiments" / "fl_sweep" / "mesh_train_check.py"
 NUMBERS = (
   "total_energy_j",
   "comp_energy_j",
@@ -26,19 +23,6 @@ NUMBERS = (
 )
 
 
-def _run_script(name, env_extra, args=()):
-  env = dict(os.environ, PYTHONPATH=ROOT, **env_extra)
-  out = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "tests", name), *args],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  return out.stdout
-
-
 def _rows(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
     return {(r["run"], r["allocation"]): r for r in json.load(f)["rows"]}
@@ -46,15 +30,9 @@ def _rows(workdir):
 
 def test_main_job_on_8_devices_equals_one_device(tmp_path, cli_run):
   """`fed.mesh=auto` through train_and_evaluate."""
-  out = _run_script(
-    "experiments/fl_sweep/mesh_train_check.py",
-    {
-      "XLA_FLAGS": xla_flags(8),
-      "JAX_PLATFORMS": "cpu",
-    },
-    [str(tmp_path)],
-  )
-  assert "MESH_TRAIN_OK devices=8" in out, out
+  proc = run_cli([str(tmp_path)], program=(str(SCRIPT),), env=cli_env(8))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "MESH_TRAIN_OK devices=8" in proc.stdout, proc.stdout
   sharded, single = _rows(tmp_path), _rows(cli_run[0])
   assert set(sharded) == set(single) and sharded
   for key, b in single.items():
