@@ -142,7 +142,8 @@ def _label(loop, ex):
 
 
 def _time_round(spec, params, data, devices, scheme, rounds):
-  """(s/round, compile s) of the jitted round (no donation: as before #14)."""
+  """(s/round, compile s) of the jitted round; the state is not donated, as
+  in this benchmark's earlier results, which stay comparable."""
   state = fed.init_server_state(
     params, jax.random.key(2), len(spec.allocations)
   )

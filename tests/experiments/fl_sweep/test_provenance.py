@@ -92,7 +92,7 @@ def _energy(workdir):
 
 
 def test_changed_setting_exits_2_and_overwrite_recomputes(first_run):
-  """The issue-27 scenario: p_max_w and rounds changed in an old workdir."""
+  """A researcher's rerun: p_max_w and rounds changed in an old workdir."""
   before_energy, _ = _energy(first_run)
   before = snapshot(first_run)
   changed = ("--config.energy.p_max_w=0.05", "--config.fed.rounds=5")
