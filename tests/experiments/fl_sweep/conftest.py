@@ -34,6 +34,11 @@ def cli_run(tmp_path_factory):
   return workdir, out.stdout
 
 
+def result_rows(results):
+  """The rows of a sweep's results, by (run, allocation)."""
+  return {(r["run"], r["allocation"]): r for r in results["rows"]}
+
+
 # The reference sweep's settings; the chain of killed processes and the
 # two-process jobs run the same (the jobs with fewer evaluation samples:
 # training numbers do not depend on them).

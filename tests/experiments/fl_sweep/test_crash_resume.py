@@ -36,8 +36,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,27 +45,24 @@ import pytest
 
 from tests.experiments.fl_sweep import crash_probe as cp
 from tests.experiments.fl_sweep.conftest import REFERENCE_ARGS
-from tests.support import ROOT, SWEEP, Lines, cli_env, wait_or_kill
+from tests.support import Lines, start_cli, wait_or_kill
 
 SEED, KILLS = 20240304, 8  # every per-run phase once, start-up, results
 RUN_TIMEOUT_S = 600  # one process; a cold compile takes minutes on 2 cores
 
 
-def _cmd(workdir: Path):
-  return [
-    sys.executable,
-    *SWEEP,
-    *REFERENCE_ARGS,
-    f"--workdir={workdir}",
-    "--config.sweep.schemes=fp32,ondemand",
-  ]
-
-
-def _start(cmd, env, log: Path, probe_dir: Path):
-  probe = cp.Probe(probe_dir, log)  # snapshot before the process starts
+def _start(workdir: Path, log: Path):
+  """A chain process (the reference's settings, the schemes as typed on
+  a command line) and its probe, snapshotted before it starts."""
+  probe = cp.Probe(workdir, log)
   with open(log, "w") as f:
-    proc = subprocess.Popen(
-      cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
+    proc = start_cli(
+      [
+        *REFERENCE_ARGS,
+        f"--workdir={workdir}",
+        "--config.sweep.schemes=fp32,ondemand",
+      ],
+      stdout=f,
     )
   return proc, probe
 
@@ -83,7 +78,7 @@ def sweeps(reference_sweep, tmp_path_factory):
 
   def start():
     logs.append(base / f"chain{len(logs)}.log")
-    return _start(_cmd(got), cli_env(), logs[-1], got)
+    return _start(got, logs[-1])
 
   points = cp.schedule(SEED, KILLS)
   chain = cp.run_chain(points, start, RUN_TIMEOUT_S, SEED)

@@ -27,15 +27,14 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from tests.experiments.fl_sweep import crash_probe as cp
-from tests.experiments.fl_sweep.conftest import REFERENCE_ARGS
-from tests.support import ROOT, SWEEP, cli_env
+from tests.experiments.fl_sweep.conftest import REFERENCE_ARGS, result_rows
+from tests.support import ROOT, SWEEP, cli_env, start_cli
 
 ROUNDS = cp.ROUNDS
 SURVIVOR_WAIT_S = 5
@@ -64,14 +63,7 @@ def _cli(workdir, *extra, devices=1, delay_process=None):
       COMPILE_DELAY_S=str(COMPILE_DELAY_S),
     )
     main = [str(ROOT / "tests/experiments/fl_sweep/cli_compile_delay.py")]
-  return subprocess.Popen(
-    [sys.executable, *main, f"--workdir={workdir}", *ARGS, *extra],
-    cwd=ROOT,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
+  return start_cli([f"--workdir={workdir}", *ARGS, *extra], main, env=env)
 
 
 def _job(workdir, *extra, delay_process=None):
@@ -103,7 +95,7 @@ def _finish(procs):
 def _results(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
     res = json.load(f)
-  return res, {(r["run"], r["allocation"]): r for r in res["rows"]}
+  return res, result_rows(res)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from tests.experiments.fl_sweep.conftest import result_rows
 from tests.support import ROOT, cli_env, run_cli
 
 SCRIPT = ROOT / "tests" / "experiments" / "fl_sweep" / "mesh_train_check.py"
@@ -25,7 +26,7 @@ NUMBERS = (
 
 def _rows(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
-    return {(r["run"], r["allocation"]): r for r in json.load(f)["rows"]}
+    return result_rows(json.load(f))
 
 
 def test_main_job_on_8_devices_equals_one_device(tmp_path, cli_run):

@@ -9,6 +9,7 @@ import pytest
 
 from experiments.configs import test as test_config
 from experiments.fl_sweep import train
+from tests.experiments.fl_sweep.conftest import result_rows
 from tests.support import TEST_CONFIG, run_cli, tiny_config
 from tests.support.tensorboard import event_tags
 
@@ -26,10 +27,6 @@ NUMBERS = (
 )
 
 
-def _rows(results):
-  return {(r["run"], r["allocation"]): r for r in results["rows"]}
-
-
 def _config(**overrides):
   return tiny_config(**{"sweep.schemes": SCHEMES, **overrides})
 
@@ -44,7 +41,7 @@ def test_end_to_end_writes_everything(full_run):
   workdir, results = full_run
   assert [s["run"] for s in results["runs"]] == list(SCHEMES)
   allocs = tuple(test_config.get_config().sweep.allocations)
-  assert sorted(_rows(results)) == sorted(
+  assert sorted(result_rows(results)) == sorted(
     (s, a) for s in SCHEMES for a in allocs
   )
   assert results["meta"]["dataset"] == "synthetic"
@@ -113,7 +110,7 @@ def test_end_to_end_writes_everything(full_run):
 def test_paper_direction_on_tiny_run(full_run):
   """On-demand uploads fewer bits and spends less energy than fp32."""
   _, results = full_run
-  by = _rows(results)
+  by = result_rows(results)
   for a in ("kkt", "deadline", "max"):
     on, fp = by[("ondemand", a)], by[("fp32", a)]
     assert on["uploaded_mb"] < fp["uploaded_mb"]
@@ -153,8 +150,8 @@ def test_resume_equals_uninterrupted(full_run, tmp_path):
   assert all(not s["complete"] for s in r1["runs"])
   assert all(s["rounds"] == 2 for s in r1["runs"])
   r2 = train.train_and_evaluate(_config(), part)
-  want = _rows(results)
-  for key, a in _rows(r2).items():
+  want = result_rows(results)
+  for key, a in result_rows(r2).items():
     for k in NUMBERS:
       assert a[k] == want[key][k], (key, k, a[k], want[key][k])  # bitwise
   # A third run skips both finished runs.
@@ -223,8 +220,8 @@ def test_cli_runs_and_matches_in_process(full_run, cli_run):
   assert max(map(len, table)) <= 100, table  # one compact console table
   with open(workdir / "results.json") as f:
     cli = json.load(f)
-  want = _rows(results)
-  for key, a in _rows(cli).items():
+  want = result_rows(results)
+  for key, a in result_rows(cli).items():
     for k in NUMBERS:
       assert a[k] == want[key][k], (key, k)
 
